@@ -1,0 +1,1 @@
+//! The REST API: built in its own issue. The crate exists so the workspace layout is fixed.

@@ -1,0 +1,170 @@
+//! The 8250/16550 UART (COM1) used as the guest console, on top of vm-superio.
+//!
+//! Output goes to any writer (the VMM's stdout or a log file). Input is pushed by the event
+//! loop with [`Serial::enqueue_input`], which takes only what fits in the UART's receive FIFO;
+//! the caller keeps the rest and waits for [`SerialInput::drained`] to become readable, which
+//! happens when the guest has read the FIFO empty. No input byte is dropped.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use vm_superio::serial::SerialEvents;
+use vm_superio::Trigger;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::BusDevice;
+
+/// COM1's I/O ports and its ISA interrupt.
+pub const COM1_PORT: u64 = 0x3f8;
+pub const COM1_PORT_LEN: u64 = 8;
+pub const COM1_IRQ: u32 = 4;
+
+/// Raises the UART interrupt through an eventfd that the VMM registers as a KVM irqfd.
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Signals the event loop when the guest has emptied the receive FIFO.
+pub struct SerialInput {
+    drained: EventFd,
+}
+
+impl SerialInput {
+    pub fn new() -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            drained: EventFd::new(libc::EFD_NONBLOCK)?,
+        }))
+    }
+    pub fn drained(&self) -> &EventFd {
+        &self.drained
+    }
+}
+
+impl SerialEvents for SerialInput {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        let _ = self.drained.write(1);
+    }
+}
+
+pub type ConsoleOut = Box<dyn Write + Send>;
+
+pub struct Serial {
+    inner: vm_superio::Serial<IrqTrigger, Arc<SerialInput>, ConsoleOut>,
+    lost_output: bool,
+}
+
+impl Serial {
+    pub fn new(irq: EventFd, input: Arc<SerialInput>, out: ConsoleOut) -> Self {
+        Self {
+            inner: vm_superio::Serial::with_events(IrqTrigger(irq), input, out),
+            lost_output: false,
+        }
+    }
+
+    /// Queues as much of `bytes` as the receive FIFO takes; returns how many were taken.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        if bytes.is_empty() || self.inner.fifo_capacity() == 0 {
+            return 0;
+        }
+        self.inner.enqueue_raw_bytes(bytes).unwrap_or_default()
+    }
+
+    pub fn fifo_capacity(&self) -> usize {
+        self.inner.fifo_capacity()
+    }
+}
+
+impl BusDevice for Serial {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+        if data.len() == 1 && offset < COM1_PORT_LEN {
+            data[0] = self.inner.read(offset as u8);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.len() != 1 || offset >= COM1_PORT_LEN {
+            return;
+        }
+        if let Err(e) = self.inner.write(offset as u8, data[0]) {
+            // Console output is best effort (a closed stdout must not stop the guest), but say so once.
+            if !self.lost_output {
+                eprintln!("qvm-vmm: serial console output failed, dropping it: {e}");
+                self.lost_output = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn serial() -> (Serial, Sink, Arc<SerialInput>, EventFd) {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let irq2 = irq.try_clone().unwrap();
+        let sink = Sink::default();
+        let input = SerialInput::new().unwrap();
+        let s = Serial::new(irq, input.clone(), Box::new(sink.clone()));
+        (s, sink, input, irq2)
+    }
+
+    #[test]
+    fn output_reaches_the_writer() {
+        let (mut s, sink, _, _) = serial();
+        for b in b"hi\n" {
+            s.write(0, &[*b]);
+        }
+        assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
+    }
+
+    #[test]
+    fn input_is_bounded_by_the_fifo_and_drain_is_signalled() {
+        let (mut s, _, input, irq) = serial();
+        s.write(1, &[0x01]); // IER: receive-data interrupt on
+        let big = vec![b'x'; 1000];
+        let taken = s.enqueue_input(&big);
+        assert!(taken > 0 && taken < big.len());
+        assert_eq!(s.enqueue_input(&big), 0, "a full FIFO takes nothing");
+        assert!(irq.read().unwrap() >= 1);
+        for _ in 0..taken {
+            let mut d = [0u8];
+            s.read(0, &mut d);
+            assert_eq!(d[0], b'x');
+        }
+        assert_eq!(input.drained().read().unwrap(), 1);
+        assert_eq!(s.enqueue_input(&big), taken);
+    }
+
+    #[test]
+    fn odd_sizes_and_offsets_are_harmless() {
+        let (mut s, sink, _, _) = serial();
+        let mut d = [0u8; 4];
+        s.read(0, &mut d);
+        assert_eq!(d, [0xff; 4]);
+        s.write(0, &[1, 2]);
+        s.write(9, &[1]);
+        assert!(sink.0.lock().unwrap().is_empty());
+    }
+}

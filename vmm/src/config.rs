@@ -1,0 +1,309 @@
+//! `vm.toml`: what one VM is made of.
+//!
+//! Parsing is strict (unknown keys are errors) and every check produces one line that names the
+//! key and says how to fix it; `qvm-vmm` prints it and exits with code 2.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Smallest guest RAM we accept: the kernel is loaded at 16 MiB and needs room above it.
+pub const MIN_MEMORY_MIB: u64 = 32;
+/// xAPIC ids are 8 bits and 0xff is broadcast; the IOAPIC takes one more id.
+pub const MAX_VCPUS: u8 = 254;
+/// Linux's x86 COMMAND_LINE_SIZE.
+pub const MAX_CMDLINE_LEN: usize = 2048;
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    pub machine: MachineConfig,
+    pub boot: BootConfig,
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u64,
+    pub memory_mib: u64,
+}
+
+fn default_vcpus() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    /// An ELF `vmlinux` (PVH entry if it has one, else the 64-bit entry) or a `bzImage`.
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+}
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_string()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleMode {
+    /// Guest serial output to our stdout, our stdin to the guest.
+    #[default]
+    Stdio,
+    /// Guest serial output appended to `path`; no input.
+    File,
+    /// Serial port present, output discarded.
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    #[serde(default)]
+    pub mode: ConsoleMode,
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("[machine] memory_mib = {0}: too small, a guest needs at least {MIN_MEMORY_MIB}; set memory_mib = {MIN_MEMORY_MIB} or more")]
+    MemoryTooSmall(u64),
+    #[error(
+        "[machine] memory_mib = {got}: more than this host's {host} MiB of RAM; lower memory_mib"
+    )]
+    MemoryTooLarge { got: u64, host: u64 },
+    #[error("[machine] vcpus = 0: a VM needs at least one vCPU; set vcpus = 1 or more")]
+    NoVcpus,
+    #[error("[machine] vcpus = {got}: more than the {max} vCPUs qvm supports; lower vcpus")]
+    TooManyVcpus { got: u64, max: u64 },
+    #[error("[boot] {key} = {path:?}: {reason}")]
+    BadFile {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("[boot] cmdline is {0} bytes; Linux takes at most {MAX_CMDLINE_LEN}, shorten it")]
+    CmdlineTooLong(usize),
+    #[error("[boot] cmdline contains a NUL or non-ASCII character; use plain ASCII")]
+    CmdlineNotAscii,
+    #[error("[console] mode = \"file\" needs path = \"<file>\" for the guest's output")]
+    ConsoleFileWithoutPath,
+    #[error("[console] path is only used with mode = \"file\"; remove it or set mode = \"file\"")]
+    ConsolePathWithoutFile,
+}
+
+impl VmConfig {
+    /// Reads, parses and validates a config file. Relative paths inside it are taken relative to
+    /// the file's directory, so an example VM works from any working directory.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let cfg = Self::parse(&text, path, base)?;
+        cfg.validate(host_memory_mib())?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text; `name` is used in error messages, `base` resolves relative paths.
+    pub fn parse(text: &str, name: &Path, base: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: VmConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: name.to_path_buf(),
+            line: e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(1),
+            message: e.message().trim().replace('\n', " "),
+        })?;
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut cfg.boot.kernel);
+        if let Some(p) = cfg.boot.initrd.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = cfg.console.path.as_mut() {
+            resolve(p);
+        }
+        Ok(cfg)
+    }
+
+    /// Checks values and referenced files. `host_mib` bounds guest memory (None: unknown host).
+    pub fn validate(&self, host_mib: Option<u64>) -> Result<(), ConfigError> {
+        let m = &self.machine;
+        if m.vcpus == 0 {
+            return Err(ConfigError::NoVcpus);
+        }
+        if m.vcpus > u64::from(MAX_VCPUS) {
+            return Err(ConfigError::TooManyVcpus {
+                got: m.vcpus,
+                max: u64::from(MAX_VCPUS),
+            });
+        }
+        if m.memory_mib < MIN_MEMORY_MIB {
+            return Err(ConfigError::MemoryTooSmall(m.memory_mib));
+        }
+        if let Some(host) = host_mib {
+            if m.memory_mib > host {
+                return Err(ConfigError::MemoryTooLarge {
+                    got: m.memory_mib,
+                    host,
+                });
+            }
+        }
+        check_file("kernel", &self.boot.kernel)?;
+        if let Some(initrd) = &self.boot.initrd {
+            check_file("initrd", initrd)?;
+        }
+        if self.boot.cmdline.len() >= MAX_CMDLINE_LEN {
+            return Err(ConfigError::CmdlineTooLong(self.boot.cmdline.len()));
+        }
+        if !self.boot.cmdline.bytes().all(|b| b.is_ascii() && b != 0) {
+            return Err(ConfigError::CmdlineNotAscii);
+        }
+        match (self.console.mode, &self.console.path) {
+            (ConsoleMode::File, None) => return Err(ConfigError::ConsoleFileWithoutPath),
+            (ConsoleMode::Stdio | ConsoleMode::Off, Some(_)) => {
+                return Err(ConfigError::ConsolePathWithoutFile)
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub fn vcpus(&self) -> u8 {
+        // validate() bounds vcpus to 1..=MAX_VCPUS.
+        u8::try_from(self.machine.vcpus).unwrap_or(MAX_VCPUS)
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        self.machine.memory_mib << 20
+    }
+}
+
+fn check_file(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let bad = |reason: String| ConfigError::BadFile {
+        key,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| {
+        bad(match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "no such file; fix the path (relative paths are relative to the config file)"
+                    .to_string()
+            }
+            _ => format!("cannot access it: {e}"),
+        })
+    })?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".to_string()));
+    }
+    if meta.len() == 0 {
+        return Err(bad("the file is empty".to_string()));
+    }
+    std::fs::File::open(path).map_err(|e| bad(format!("cannot open it: {e}")))?;
+    Ok(())
+}
+
+fn host_memory_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<VmConfig, ConfigError> {
+        VmConfig::parse(text, Path::new("vm.toml"), Path::new("/base"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolved_paths() {
+        let c = parse("[machine]\nmemory_mib = 128\n[boot]\nkernel = \"k/vmlinux\"\n").unwrap();
+        assert_eq!(c.machine.vcpus, 1);
+        assert_eq!(c.boot.kernel, PathBuf::from("/base/k/vmlinux"));
+        assert_eq!(c.boot.cmdline, DEFAULT_CMDLINE);
+        assert_eq!(c.console.mode, ConsoleMode::Stdio);
+        assert_eq!(c.memory_bytes(), 128 << 20);
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_line() {
+        let e = parse("[machine]\nmemory_mib = 128\nvcpu = 2\n[boot]\nkernel = \"k\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("vm.toml:3: unknown field `vcpu`"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn value_checks() {
+        let mut c = parse("[machine]\nmemory_mib = 128\n[boot]\nkernel = \"/bin/sh\"\n").unwrap();
+        c.validate(Some(1024)).unwrap();
+        c.machine.memory_mib = 4096;
+        assert!(matches!(
+            c.validate(Some(1024)),
+            Err(ConfigError::MemoryTooLarge { .. })
+        ));
+        c.machine.memory_mib = 0;
+        assert!(matches!(
+            c.validate(None),
+            Err(ConfigError::MemoryTooSmall(0))
+        ));
+        c.machine.memory_mib = 64;
+        c.machine.vcpus = 0;
+        assert!(matches!(c.validate(None), Err(ConfigError::NoVcpus)));
+        c.machine.vcpus = 255;
+        assert!(matches!(
+            c.validate(None),
+            Err(ConfigError::TooManyVcpus { .. })
+        ));
+        c.machine.vcpus = 2;
+        c.boot.cmdline = "x".repeat(MAX_CMDLINE_LEN);
+        assert!(matches!(
+            c.validate(None),
+            Err(ConfigError::CmdlineTooLong(_))
+        ));
+        c.boot.cmdline = "console=ttyS0 é".into();
+        assert!(matches!(
+            c.validate(None),
+            Err(ConfigError::CmdlineNotAscii)
+        ));
+        c.boot.cmdline = DEFAULT_CMDLINE.into();
+        c.console.mode = ConsoleMode::File;
+        assert!(matches!(
+            c.validate(None),
+            Err(ConfigError::ConsoleFileWithoutPath)
+        ));
+        c.boot.kernel = "/nonexistent/vmlinux".into();
+        let e = c.validate(None).unwrap_err().to_string();
+        assert!(
+            e.starts_with("[boot] kernel = \"/nonexistent/vmlinux\": no such file"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,342 @@
+//! From a validated config to a running VM, and back to an exit status.
+
+use std::fs::OpenOptions;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use qvm_devices::legacy::{
+    acpi_pm, i8042, pvpanic, serial, AcpiPm, PvPanic, Serial, SerialInput, I8042,
+};
+use qvm_devices::{Bus, ExitSignal, GuestExit};
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{self, acpi, layout, regs, Entry, EntryMode};
+use crate::config::{ConsoleMode, VmConfig};
+use crate::console::{ConsoleInput, RawTerminal, StopCause, StopWatcher};
+use crate::vcpu::{self, VcpuShared};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(
+        "cannot open /dev/kvm: {0}; load the kvm module and make sure this user may open /dev/kvm"
+    )]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("this host's KVM lacks {0}, which qvm needs")]
+    MissingCap(&'static str),
+    #[error("[machine] vcpus = {got}: this host's KVM allows at most {max}; lower vcpus")]
+    TooManyVcpus { got: u8, max: usize },
+    #[error("KVM: {what}: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot allocate {0} MiB of guest memory: {1}")]
+    Memory(u64, String),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error("[console] path = {0:?}: cannot open it for writing: {1}")]
+    ConsoleFile(std::path::PathBuf, std::io::Error),
+    #[error("device setup: {0}")]
+    Device(String),
+    #[error("event loop: {0}")]
+    EventLoop(String),
+    #[error("cannot start a vCPU thread: {0}")]
+    Thread(std::io::Error),
+}
+
+impl VmError {
+    /// Errors the user fixes in vm.toml exit with 2, like config errors.
+    pub fn is_config_error(&self) -> bool {
+        match self {
+            VmError::TooManyVcpus { .. } | VmError::ConsoleFile(..) => true,
+            VmError::Boot(b) => !matches!(
+                b,
+                boot::BootError::WriteCmdline
+                    | boot::BootError::WriteBootParams
+                    | boot::BootError::WriteBootTables
+                    | boot::BootError::Msrs
+                    | boot::BootError::WriteAcpi
+            ),
+            _ => false,
+        }
+    }
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// How a VM run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    Guest(GuestExit),
+    Signal(i32),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub report_first_run: bool,
+}
+
+struct Devices {
+    pio: Bus,
+    serial: Arc<Mutex<Serial>>,
+    serial_input: Arc<SerialInput>,
+}
+
+fn create_devices(vm: &VmFd, cfg: &VmConfig, exit: &Arc<ExitSignal>) -> Result<Devices, VmError> {
+    let dev_err = |e: std::io::Error| VmError::Device(e.to_string());
+    let out: serial::ConsoleOut = match cfg.console.mode {
+        ConsoleMode::Stdio => Box::new(std::io::stdout()),
+        ConsoleMode::Off => Box::new(std::io::sink()),
+        ConsoleMode::File => {
+            let path = cfg.console.path.clone().unwrap_or_default();
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| VmError::ConsoleFile(path, e))?;
+            Box::new(f)
+        }
+    };
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err)?;
+    vm.register_irqfd(&irq, serial::COM1_IRQ)
+        .map_err(kvm_err("register serial irqfd"))?;
+    let serial_input = SerialInput::new().map_err(dev_err)?;
+    let serial = Arc::new(Mutex::new(Serial::new(irq, serial_input.clone(), out)));
+
+    let mut pio = Bus::new();
+    let bus_err = |e: qvm_devices::BusError| VmError::Device(e.to_string());
+    pio.insert(serial.clone(), serial::COM1_PORT, serial::COM1_PORT_LEN)
+        .map_err(bus_err)?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        i8042::I8042_PORT,
+        i8042::I8042_PORT_LEN,
+    )
+    .map_err(bus_err)?;
+    pio.insert(
+        Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
+        acpi_pm::ACPI_PM_PORT,
+        acpi_pm::ACPI_PM_PORT_LEN,
+    )
+    .map_err(bus_err)?;
+    pio.insert(
+        Arc::new(Mutex::new(PvPanic::new(exit.clone()))),
+        pvpanic::PVPANIC_PORT,
+        pvpanic::PVPANIC_PORT_LEN,
+    )
+    .map_err(bus_err)?;
+    Ok(Devices {
+        pio,
+        serial,
+        serial_input,
+    })
+}
+
+fn acpi_config(vcpus: u8) -> acpi::AcpiConfig {
+    acpi::AcpiConfig {
+        num_cpus: vcpus,
+        lapic_addr: layout::LAPIC_ADDR,
+        ioapic_id: vcpus,
+        ioapic_addr: layout::IOAPIC_ADDR,
+        sleep_control_port: acpi_pm::SLEEP_CONTROL_PORT,
+        sleep_status_port: acpi_pm::SLEEP_STATUS_PORT,
+        reset_port: acpi_pm::RESET_PORT,
+        reset_value: acpi_pm::RESET_VALUE,
+        pvpanic_port: Some(pvpanic::PVPANIC_PORT as u16),
+        mmio_devices: Vec::new(),
+    }
+}
+
+fn create_memory(vm: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap, VmError> {
+    let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(mem_size)
+        .into_iter()
+        .map(|(a, s)| (GuestAddress(a), s as usize))
+        .collect();
+    let mem = GuestMemoryMmap::from_ranges(&ranges)
+        .map_err(|e| VmError::Memory(mem_size >> 20, e.to_string()))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| VmError::Memory(mem_size >> 20, e.to_string()))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region stays mapped for the VM's lifetime (`mem` outlives every vCPU
+        // thread: they are joined before run() returns and drops it).
+        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("register guest memory"))?;
+    }
+    Ok(mem)
+}
+
+fn configure_vcpu(
+    vm: &VmFd,
+    kvm: &Kvm,
+    id: u8,
+    count: u8,
+    entry: Entry,
+) -> Result<kvm_ioctls::VcpuFd, VmError> {
+    let fd = vm
+        .create_vcpu(u64::from(id))
+        .map_err(kvm_err("create vCPU"))?;
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("get supported CPUID"))?;
+    let cpuid = boot::cpuid::filter(&supported, id, count)
+        .map_err(|e| VmError::Device(format!("CPUID table: {e:?}")))?;
+    fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+    let msrs = regs::boot_msrs()?;
+    let n = fd.set_msrs(&msrs).map_err(kvm_err("set MSRs"))?;
+    if n != msrs.as_slice().len() {
+        return Err(VmError::Device(format!(
+            "KVM accepted only {n} of {} boot MSRs",
+            msrs.as_slice().len()
+        )));
+    }
+    fd.set_fpu(&regs::boot_fpu()).map_err(kvm_err("set FPU"))?;
+    let mut lapic = fd.get_lapic().map_err(kvm_err("get LAPIC"))?;
+    regs::setup_lint(&mut lapic);
+    fd.set_lapic(&lapic).map_err(kvm_err("set LAPIC"))?;
+    if id == 0 {
+        let mut sregs = fd.get_sregs().map_err(kvm_err("get sregs"))?;
+        regs::setup_sregs(&mut sregs, entry.mode);
+        fd.set_sregs(&sregs).map_err(kvm_err("set sregs"))?;
+        fd.set_regs(&regs::boot_regs(entry.mode, entry.addr))
+            .map_err(kvm_err("set regs"))?;
+    }
+    Ok(fd)
+}
+
+/// Builds the VM described by `cfg`, runs it until the guest stops or a signal arrives, and
+/// tears it down with every thread joined.
+pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
+    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    for (cap, name) in [
+        (Cap::Irqchip, "an in-kernel irqchip (KVM_CAP_IRQCHIP)"),
+        (Cap::Pit2, "an in-kernel PIT (KVM_CAP_PIT2)"),
+        (Cap::Irqfd, "irqfd (KVM_CAP_IRQFD)"),
+        (Cap::Ioeventfd, "ioeventfd (KVM_CAP_IOEVENTFD)"),
+        (Cap::UserMemory, "user memory regions (KVM_CAP_USER_MEMORY)"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(VmError::MissingCap(name));
+        }
+    }
+    let vcpus = cfg.vcpus();
+    let max = kvm.get_max_vcpus();
+    if usize::from(vcpus) > max {
+        return Err(VmError::TooManyVcpus { got: vcpus, max });
+    }
+
+    let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+    vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
+        .map_err(kvm_err("set TSS address"))?;
+    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
+        .map_err(kvm_err("set identity map address"))?;
+    vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(kvm_err("create PIT"))?;
+
+    let mem = create_memory(&vm, cfg.memory_bytes())?;
+    let entry = boot::load(
+        &mem,
+        &boot::BootSpec {
+            kernel: &cfg.boot.kernel,
+            initrd: cfg.boot.initrd.as_deref(),
+            cmdline: &cfg.boot.cmdline,
+            mem_size: cfg.memory_bytes(),
+            acpi: acpi_config(vcpus),
+        },
+    )?;
+    debug_assert!(matches!(entry.mode, EntryMode::Linux64 | EntryMode::Pvh));
+
+    let exit = Arc::new(ExitSignal::new().map_err(|e| VmError::Device(e.to_string()))?);
+    let devices = create_devices(&vm, cfg, &exit)?;
+
+    let mut fds = Vec::with_capacity(usize::from(vcpus));
+    for id in 0..vcpus {
+        fds.push(configure_vcpu(&vm, &kvm, id, vcpus, entry)?);
+    }
+
+    let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+        .map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
+    let watcher = Arc::new(Mutex::new(
+        StopWatcher::new(exit.clone()).map_err(|e| VmError::EventLoop(e.to_string()))?,
+    ));
+    em.add_subscriber(watcher.clone());
+    let _raw_terminal = if cfg.console.mode == ConsoleMode::Stdio {
+        em.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
+            libc::STDIN_FILENO,
+            devices.serial.clone(),
+            devices.serial_input.clone(),
+        ))));
+        RawTerminal::enable(libc::STDIN_FILENO)
+    } else {
+        None
+    };
+
+    vcpu::install_kick_handler().map_err(VmError::Thread)?;
+    let shared = Arc::new(VcpuShared {
+        pio: Arc::new(devices.pio),
+        mmio: Arc::new(Bus::new()),
+        exit: exit.clone(),
+        stop: AtomicBool::new(false),
+        report_first_run: opts.report_first_run,
+    });
+    let mut handles = Vec::with_capacity(fds.len());
+    let mut spawn_err = None;
+    for (id, fd) in fds.into_iter().enumerate() {
+        match vcpu::spawn(id as u8, fd, shared.clone()) {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                spawn_err = Some(e);
+                break;
+            }
+        }
+    }
+
+    let loop_result = if spawn_err.is_none() {
+        loop {
+            if let Err(e) = em.run() {
+                break Err(VmError::EventLoop(format!("{e:?}")));
+            }
+            if let Some(cause) = qvm_devices::bus::lock(&watcher).cause {
+                break Ok(cause);
+            }
+        }
+    } else {
+        Ok(StopCause::Guest)
+    };
+
+    let stuck = vcpu::stop_all(&shared, handles, Duration::from_secs(2));
+    if !stuck.is_empty() {
+        eprintln!("qvm-vmm: vCPU threads {stuck:?} did not stop; exiting anyway");
+    }
+    if let Some(e) = spawn_err {
+        return Err(VmError::Thread(e));
+    }
+    drop(mem);
+    match loop_result? {
+        StopCause::Guest => Ok(RunOutcome::Guest(
+            exit.reason().unwrap_or(GuestExit::VcpuFault),
+        )),
+        StopCause::Signal(s) => Ok(RunOutcome::Signal(s)),
+    }
+}
