@@ -9,6 +9,8 @@ use serde::Deserialize;
 
 /// Smallest guest RAM we accept: the kernel is loaded at 16 MiB and needs room above it.
 pub const MIN_MEMORY_MIB: u64 = 32;
+/// 1 TiB: beyond this the e820 map and our page-table set-up are untested.
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 /// xAPIC ids are 8 bits and 0xff is broadcast; the IOAPIC takes one more id.
 pub const MAX_VCPUS: u8 = 254;
 /// Linux's x86 COMMAND_LINE_SIZE.
@@ -163,7 +165,10 @@ impl VmConfig {
         if m.memory_mib < MIN_MEMORY_MIB {
             return Err(ConfigError::MemoryTooSmall(m.memory_mib));
         }
-        if let Some(host) = host_mib {
+        if let Some(host) = host_mib
+            .or(Some(MAX_MEMORY_MIB))
+            .map(|h| h.min(MAX_MEMORY_MIB))
+        {
             if m.memory_mib > host {
                 return Err(ConfigError::MemoryTooLarge {
                     got: m.memory_mib,

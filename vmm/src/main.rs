@@ -35,6 +35,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A wrong kernel file is a config mistake: say so before touching KVM.
+    if let Err(e) = qvm_vmm::boot::detect_format(&cfg.boot.kernel) {
+        eprintln!("qvm-vmm: error: {e}");
+        return ExitCode::from(2);
+    }
     let opts = RunOptions {
         report_first_run: cli.report_boot_time,
     };
