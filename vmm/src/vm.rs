@@ -154,6 +154,10 @@ fn acpi_config(vcpus: u8) -> acpi::AcpiConfig {
         reset_port: acpi_pm::RESET_PORT,
         reset_value: acpi_pm::RESET_VALUE,
         pvpanic_port: Some(pvpanic::PVPANIC_PORT as u16),
+        serial_ports: vec![acpi::SerialPort {
+            port: serial::COM1_PORT as u16,
+            irq: serial::COM1_IRQ,
+        }],
         mmio_devices: Vec::new(),
     }
 }

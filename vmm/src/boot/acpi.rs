@@ -88,8 +88,19 @@ pub struct AcpiConfig {
     pub reset_value: u8,
     /// QEMU-compatible pvpanic device (_HID "QEMU0001"), one I/O port.
     pub pvpanic_port: Option<u16>,
+    /// 16550 UARTs described as PNP0501 devices with their I/O range and GSI. In
+    /// hardware-reduced mode Linux has no legacy ISA IRQs, so a UART's interrupt only works if
+    /// ACPI names it.
+    pub serial_ports: Vec<SerialPort>,
     /// virtio-mmio devices announced in the DSDT (_HID "LNRO0005").
     pub mmio_devices: Vec<MmioDevice>,
+}
+
+/// A legacy UART: its 8 I/O ports start at `port`, its interrupt is GSI `irq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SerialPort {
+    pub port: u16,
+    pub irq: u32,
 }
 
 /// One virtio-mmio device window and its (edge-triggered) GSI.
@@ -151,6 +162,15 @@ pub fn build(cfg: &AcpiConfig, base: u64, limit: u64) -> Result<AcpiTables, Acpi
             return Err(AcpiError::InvalidIrq {
                 index,
                 irq: dev.irq,
+            });
+        }
+    }
+
+    for com in &cfg.serial_ports {
+        if com.irq >= IOAPIC_NUM_PINS {
+            return Err(AcpiError::InvalidIrq {
+                index: 0,
+                irq: com.irq,
             });
         }
     }
@@ -340,6 +360,20 @@ fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     ));
 
     let mut sb = Vec::new();
+    for (i, com) in cfg.serial_ports.iter().enumerate() {
+        let mut dev = Vec::new();
+        // EisaId ("PNP0501"): 16550A-compatible COM port.
+        dev.extend(aml::name("_HID", &aml::integer(0x0105_D041)));
+        dev.extend(aml::name("_UID", &aml::integer(i as u64)));
+        dev.extend(aml::name(
+            "_CRS",
+            &aml::resource_template(&[
+                aml::io16(com.port, com.port, 1, 8),
+                aml::interrupt(true, true, false, false, com.irq),
+            ]),
+        ));
+        sb.extend(aml::device(&format!("COM{}", i + 1), &dev));
+    }
     if let Some(port) = cfg.pvpanic_port {
         let mut dev = Vec::new();
         dev.extend(aml::name("_HID", &aml::string("QEMU0001")));
@@ -644,6 +678,10 @@ mod tests {
             reset_port: 0x3C2,
             reset_value: 0x42,
             pvpanic_port: Some(0x505),
+            serial_ports: vec![SerialPort {
+                port: 0x3f8,
+                irq: 4,
+            }],
             mmio_devices: vec![
                 MmioDevice {
                     addr: 0xD000_0000,
@@ -978,6 +1016,9 @@ mod tests {
             "QEMU0001",
             "LNRO0005",
             "_S5_",
+            "Device (COM1)",
+            "Name (_HID, EisaId (\"PNP0501\")",
+            "0x03F8,",
             "Device (V000)",
             "Device (V001)",
             "Memory32Fixed (ReadWrite,",
