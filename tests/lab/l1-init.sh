@@ -1,0 +1,115 @@
+#!/bin/sh
+# qvm lab: /init of the L1 VM (copied into the initramfs by prepare-l1.sh).
+#
+# Stage 1 (pid 1, busybox): load modules, check /dev/kvm + kvm_amd, mount the host root
+#   read-only over 9p (tag hostroot) at /host, fresh proc/sys/dev/pts/tmp/run inside it, and the
+#   read-write share (tag labshare) at the same absolute path it has on the host (from the
+#   kernel parameter qvm_share=PATH). Then chroot into /host and run stage 2.
+# Stage 2 ("agent", host's /bin/sh inside the chroot): reads lines from the control serial port
+#   /dev/ttyS1:  "run ID"  runs $share/cmd/ID.sh in the background (cwd $share/work), stdout and
+#                          stderr to ID.out, then the exit code to ID.rc ("CODE\n", one write);
+#                "kill ID" kills a running command and all its descendants.
+# Markers on the console (ttyS0): "QVM-LAB-READY" once commands are accepted,
+#   "QVM-LAB-FAIL: reason" before powering off on any set-up error.
+# Must stay POSIX sh: stage 1 runs under busybox sh, stage 2 under dash.
+
+lab_fail() {
+    echo "QVM-LAB-FAIL: $*" > /dev/console
+    sleep 1
+    echo o > /proc/sysrq-trigger
+    exit 1
+}
+
+# Kills a process and all its descendants (stop first so it cannot fork meanwhile).
+kill_tree() {
+    kill -STOP "$1" 2> /dev/null || return 0
+    for c in $(cat /proc/"$1"/task/*/children 2> /dev/null); do kill_tree "$c"; done
+    kill -KILL "$1" 2> /dev/null
+}
+
+agent() {
+    share=$1
+    mkdir -p /run/qvm-lab
+    cmd=$share/cmd
+    [ -d "$cmd" ] || lab_fail "control directory $cmd missing in L1"
+    [ -c /dev/ttyS1 ] || lab_fail "control serial port /dev/ttyS1 missing"
+    stty -F /dev/ttyS1 raw -echo || lab_fail "stty on /dev/ttyS1 failed"
+    exec 3< /dev/ttyS1
+    echo "QVM-LAB-READY kernel=$(uname -r) cpus=$(nproc) share=$share" > /dev/console
+    while read -r verb id <&3; do
+        case $id in
+            '' | *[!A-Za-z0-9_-]*) echo "qvm-lab agent: bad id '$id'" > /dev/console; continue ;;
+        esac
+        case $verb in
+            run)
+                # Only a fork and one exec (sh) per command: under TCG every exec of a host binary
+                # costs 80-400 ms (mv ~400 ms, setsid ~250 ms), so the exit code is written with a
+                # single write(2) of "CODE\n" instead of tmp+mv; the host only accepts the file
+                # once it ends with a newline, which makes it just as atomic.
+                (
+                    cd "$share/work" 2> /dev/null || cd /
+                    sh "$cmd/$id.sh" > "$cmd/$id.out" 2>&1 < /dev/null
+                    echo $? > "$cmd/$id.rc"
+                ) 3<&- &
+                echo $! > "/run/qvm-lab/$id.pid"
+                ;;
+            kill)
+                pid=$(cat "/run/qvm-lab/$id.pid" 2> /dev/null)
+                [ -n "$pid" ] && kill_tree "$pid"
+                ;;
+            *) echo "qvm-lab agent: bad command '$verb'" > /dev/console ;;
+        esac
+    done
+    lab_fail "control channel closed"
+}
+
+if [ "$1" = agent ]; then
+    agent "$2"
+    exit 1
+fi
+
+# ---- stage 1: pid 1 in the initramfs ----
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+while read -r name kind; do
+    if ! insmod "/lib/modules/$name.ko" 2> /tmp/insmod.err; then
+        if [ "$kind" = required ]; then
+            lab_fail "insmod $name: $(cat /tmp/insmod.err)"
+        fi
+        echo "qvm-lab: optional module $name failed: $(cat /tmp/insmod.err)"
+    fi
+done < /etc/qvm-lab-modules
+
+[ -d /sys/module/kvm_amd ] || lab_fail "kvm_amd is not loaded (is the L1 CPU -cpu max with svm?)"
+[ -c /dev/kvm ] || lab_fail "/dev/kvm missing in L1 although kvm_amd loaded"
+
+share=
+for arg in $(cat /proc/cmdline); do
+    case $arg in qvm_share=*) share=${arg#qvm_share=} ;; esac
+done
+[ -n "$share" ] || lab_fail "kernel parameter qvm_share= missing"
+
+ip link set lo up 2> /dev/null
+
+o9p="trans=virtio,version=9p2000.L,msize=524288"
+mount -t 9p -o "$o9p,ro" hostroot /host || lab_fail "mounting host root (9p tag hostroot) failed"
+mount -t proc proc /host/proc || lab_fail "mount /proc"
+mount -t sysfs sysfs /host/sys || lab_fail "mount /sys"
+mount -t cgroup2 cgroup2 /host/sys/fs/cgroup 2> /dev/null
+mount -t devtmpfs devtmpfs /host/dev || lab_fail "mount /dev"
+mkdir -p /host/dev/pts /host/dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666 devpts /host/dev/pts || lab_fail "mount /dev/pts"
+mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
+mount -t tmpfs -o mode=1777 tmpfs /host/tmp || lab_fail "mount /tmp"
+mount -t tmpfs -o mode=0755 tmpfs /host/run || lab_fail "mount /run"
+[ -d "/host$share" ] || lab_fail "share mount point $share does not exist on the host"
+mount -t 9p -o "$o9p" labshare "/host$share" || lab_fail "mounting share (9p tag labshare) at $share failed"
+cp /init /host/run/qvm-lab-init.sh
+
+exec chroot /host /usr/bin/env -i \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/root/.cargo/bin \
+    HOME=/root TERM=dumb LANG=C.UTF-8 QVM_LAB_SHARE="$share" QVM_IN_LAB=1 \
+    /bin/sh /run/qvm-lab-init.sh agent "$share"

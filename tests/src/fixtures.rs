@@ -1,0 +1,165 @@
+//! What the integration tests and benches boot: our `qvm-vmm` binary, the project-built guest
+//! kernel and initramfs, hand-made tiny guests, and VM config files.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives inside the workspace")
+        .to_path_buf()
+}
+
+/// target/<profile>/ of the running test or bench binary.
+fn target_profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of the `qvm-vmm` binary, building it first if it is missing (cargo does not build
+/// another package's binaries for our tests).
+pub fn vmm_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = target_profile_dir();
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(workspace())
+            .args(["build", "--quiet", "-p", "qvm-vmm", "--bin", "qvm-vmm"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("run cargo build for qvm-vmm");
+        assert!(st.success(), "building qvm-vmm failed");
+        let bin = dir.join("qvm-vmm");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+fn run_script(script: &str) -> PathBuf {
+    let path = workspace().join("guest-kernel-config").join(script);
+    let out = Command::new(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", path.display()));
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(stdout.lines().last().unwrap_or_default().trim())
+}
+
+/// The project-built guest kernel (built and cached on first use, ~8 minutes cold).
+pub struct GuestKernel {
+    pub bzimage: PathBuf,
+    pub vmlinux: PathBuf,
+}
+
+pub fn guest_kernel() -> &'static GuestKernel {
+    static K: OnceLock<GuestKernel> = OnceLock::new();
+    K.get_or_init(|| {
+        let dir = run_script("build-kernel.sh");
+        GuestKernel {
+            bzimage: dir.join("bzImage"),
+            vmlinux: dir.join("vmlinux"),
+        }
+    })
+}
+
+/// The project-built busybox initramfs whose /init obeys `qvm.mode=`.
+pub fn guest_initramfs() -> &'static Path {
+    static I: OnceLock<PathBuf> = OnceLock::new();
+    I.get_or_init(|| run_script("build-initramfs.sh"))
+}
+
+/// The marker the guest's /init prints once userspace runs.
+pub const USERSPACE_MARKER: &str = "QVM-USERSPACE-READY";
+
+/// A VM config file's text.
+pub fn vm_toml(
+    kernel: &Path,
+    initrd: Option<&Path>,
+    vcpus: u8,
+    memory_mib: u32,
+    cmdline: &str,
+) -> String {
+    let mut s = format!(
+        "[machine]\nvcpus = {vcpus}\nmemory_mib = {memory_mib}\n\n[boot]\nkernel = {:?}\ncmdline = {:?}\n",
+        kernel.display().to_string(),
+        cmdline
+    );
+    if let Some(i) = initrd {
+        s.push_str(&format!("initrd = {:?}\n", i.display().to_string()));
+    }
+    s
+}
+
+/// x86-64 machine code for tiny guests, entered in long mode by qvm's ELF 64-bit entry.
+pub mod tiny {
+    /// `out dx, al` of each byte of `text` to COM1.
+    pub fn print(text: &str) -> Vec<u8> {
+        let mut c = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
+        for b in text.bytes() {
+            c.extend_from_slice(&[0xb0, b, 0xee]); // mov al, b; out dx, al
+        }
+        c
+    }
+    /// Write `value` to I/O port `port`.
+    pub fn outb(port: u16, value: u8) -> Vec<u8> {
+        let p = port.to_le_bytes();
+        vec![0x66, 0xba, p[0], p[1], 0xb0, value, 0xee]
+    }
+    /// ACPI S5 through the sleep control register.
+    pub fn acpi_poweroff() -> Vec<u8> {
+        outb(0x600, (5 << 2) | (1 << 5))
+    }
+    /// Halt with interrupts off, forever (the vCPU sleeps in KVM).
+    pub fn halt_forever() -> Vec<u8> {
+        vec![0xfa, 0xf4, 0xeb, 0xfc] // cli; hlt; jmp -4
+    }
+}
+
+/// An ELF64 executable with one PT_LOAD segment at 1 MiB holding `code`, entry at its start;
+/// no PVH note, so qvm enters it in 64-bit long mode.
+pub fn tiny_elf(code: &[u8]) -> Vec<u8> {
+    const ENTRY: u64 = 0x10_0000;
+    const OFFSET: u64 = 0x1000;
+    let mut f = Vec::new();
+    f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&ENTRY.to_le_bytes());
+    f.extend_from_slice(&64u64.to_le_bytes()); // phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // shoff
+    f.extend_from_slice(&0u32.to_le_bytes());
+    for v in [64u16, 56, 1, 0, 0, 0] {
+        f.extend_from_slice(&v.to_le_bytes()); // ehsize, phentsize, phnum, shentsize, shnum, shstrndx
+    }
+    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    for v in [
+        OFFSET,
+        ENTRY,
+        ENTRY,
+        code.len() as u64,
+        code.len() as u64,
+        0x1000,
+    ] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    f.resize(OFFSET as usize, 0);
+    f.extend_from_slice(code);
+    f
+}

@@ -1,0 +1,620 @@
+//! The "lab": run shell scripts where a real KVM is available.
+//!
+//! On a host whose `/dev/kvm` is hardware KVM, [`run`] simply runs the script on the host
+//! ([`Mode::Direct`]). On hosts whose `/dev/kvm` cannot boot Linux (the `kvm_pvm` software
+//! hypervisor, see `/work/shared/KVM-LAB.md`), it boots one QEMU TCG "L1" VM per test process
+//! (`-cpu max` exposes AMD SVM with NPT, so `kvm_amd` gives L1 a real `/dev/kvm`) and runs the
+//! scripts inside it ([`Mode::Lab`]). L1 sees the whole host filesystem read-only at the same
+//! paths (so `target/debug/qvm-vmm`, qemu, busybox ... run there unchanged) plus the read-write
+//! [`lab_share_dir`], also at the same absolute path on both sides.
+//!
+//! Env: `QVM_LAB=1|0` forces lab/direct mode, `QVM_LAB_MEM` L1 memory in MiB (default 4096),
+//! `QVM_LAB_SMP` L1 vCPUs (default 1, see [`DEFAULT_SMP`]), `QVM_LAB_BOOT_TIMEOUT` seconds to
+//! wait for L1 (default 300), `QVM_LAB_DIR` root of the per-process directories
+//! (default /var/tmp/qvm-lab), `QVM_CACHE` the image cache of `tests/lab/prepare-l1.sh`.
+//!
+//! Protocol: `run` writes `<base>/cmd/<id>.sh`, sends `run <id>\n` on L1's second serial port
+//! (a unix socket on the host) and polls for `<id>.rc`; the L1 agent (`tests/lab/l1-init.sh`)
+//! writes the combined stdout+stderr to `<id>.out` and then `CODE\n` to `<id>.rc` (one write).
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// L1 vCPUs. Measured 2026-11-26 on the 2-core host (other builds running, so noisy):
+/// `-smp 1 -accel tcg`: L1 ready in 10.8-12.7 s, nested QEMU microvm boot of the guest kernel
+/// 8.7-10.8 s wall; `-smp 2 -accel tcg,thread=multi`: L1 ready in 11.0-18.5 s, the same microvm
+/// boot 23.9-47.9 s, trivial `run` no faster. One vCPU wins (`QVM_LAB_SMP` overrides).
+pub const DEFAULT_SMP: u32 = 1;
+/// L1 memory in MiB unless `QVM_LAB_MEM` says otherwise.
+pub const DEFAULT_MEM_MIB: u32 = 4096;
+const READY_MARKER: &str = "QVM-LAB-READY";
+const FAIL_MARKER: &str = "QVM-LAB-FAIL:";
+const CONSOLE_TAIL_LINES: usize = 40;
+
+/// Result of a script run by [`run`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdOutput {
+    /// stdout and stderr, interleaved as written.
+    pub output: String,
+    /// Exit code of the script (128+N when killed by signal N).
+    pub code: i32,
+}
+
+/// Where [`run`] executes scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// On this host: its `/dev/kvm` is hardware KVM.
+    Direct,
+    /// Inside the shared L1 QEMU TCG VM with nested SVM.
+    Lab,
+}
+
+/// Errors of the lab harness. `Display` says what to fix.
+#[derive(Debug, Clone)]
+pub enum LabError {
+    /// `tests/lab/prepare-l1.sh` failed or printed no directory.
+    Prepare { detail: String, log_tail: String },
+    /// qemu-system-x86_64 could not be started.
+    Spawn { detail: String },
+    /// L1 did not print its ready marker in time.
+    BootTimeout { secs: u64, console_tail: String },
+    /// L1 reported a set-up failure or exited while booting.
+    BootFailed {
+        detail: String,
+        console_tail: String,
+    },
+    /// L1 exited while commands were running.
+    L1Died {
+        detail: String,
+        console_tail: String,
+    },
+    /// The script did not finish in time (it has been killed).
+    Timeout {
+        secs: f64,
+        id: String,
+        partial_output: String,
+        console_tail: String,
+    },
+    /// Host-side I/O failure.
+    Io { context: String, detail: String },
+}
+
+impl fmt::Display for LabError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LabError::Prepare { detail, log_tail } => write!(
+                f,
+                "lab: tests/lab/prepare-l1.sh failed ({detail}); it needs root, apt access and \
+                 Debian bookworm with bookworm-security (or set QVM_LAB=0 on a hardware-KVM host). \
+                 Its log ends with:\n{log_tail}"
+            ),
+            LabError::Spawn { detail } => write!(
+                f,
+                "lab: cannot start qemu-system-x86_64 ({detail}); install it: apt-get install qemu-system-x86"
+            ),
+            LabError::BootTimeout { secs, console_tail } => write!(
+                f,
+                "lab: L1 did not become ready within {secs} s (host overloaded? raise \
+                 QVM_LAB_BOOT_TIMEOUT). L1 console ends with:\n{console_tail}"
+            ),
+            LabError::BootFailed { detail, console_tail } => write!(
+                f,
+                "lab: L1 failed to boot: {detail}. Check tests/lab/l1-init.sh and the L1 image \
+                 (delete $QVM_CACHE/lab-l1-* to rebuild). L1 console ends with:\n{console_tail}"
+            ),
+            LabError::L1Died { detail, console_tail } => write!(
+                f,
+                "lab: the L1 VM died ({detail}); a previous command may have crashed or powered \
+                 it off. L1 console ends with:\n{console_tail}"
+            ),
+            LabError::Timeout { secs, id, partial_output, console_tail } => write!(
+                f,
+                "lab: command {id} timed out after {secs:.1} s and was killed (raise the timeout \
+                 if L1 is just slow under TCG). Output so far:\n{partial_output}\n\
+                 L1 console ends with:\n{console_tail}"
+            ),
+            LabError::Io { context, detail } => write!(f, "lab: {context}: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for LabError {}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> LabError {
+    let context = context.into();
+    move |e| LabError::Io {
+        context,
+        detail: e.to_string(),
+    }
+}
+
+/// Which mode [`run`] uses. `QVM_LAB=1` forces [`Mode::Lab`], `QVM_LAB=0` [`Mode::Direct`];
+/// otherwise direct only if the CPU flags have vmx or svm, `/dev/kvm` exists and the
+/// `kvm_pvm` module is not loaded.
+pub fn mode() -> Mode {
+    static MODE: OnceLock<Mode> = OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("QVM_LAB").as_deref() {
+        Ok("1") => Mode::Lab,
+        Ok("0") => Mode::Direct,
+        _ => {
+            if host_has_hardware_kvm() {
+                Mode::Direct
+            } else {
+                Mode::Lab
+            }
+        }
+    })
+}
+
+fn host_has_hardware_kvm() -> bool {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let virt = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|w| w == "vmx" || w == "svm"));
+    virt && Path::new("/dev/kvm").exists() && !Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// Per-process directory `<QVM_LAB_DIR>/<pid>`: `share/` (= [`lab_share_dir`]), `cmd/`,
+/// `work/` (cwd of scripts), `console.log`, `ctl.sock`, `qemu.pid`.
+fn base_dir() -> &'static Path {
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let root = std::env::var_os("QVM_LAB_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp/qvm-lab"));
+        let _ = fs::create_dir_all(&root);
+        clean_stale(&root);
+        let base = root.join(std::process::id().to_string());
+        let _ = fs::remove_dir_all(&base);
+        for sub in ["share", "cmd", "work"] {
+            fs::create_dir_all(base.join(sub))
+                .unwrap_or_else(|e| panic!("lab: cannot create {}: {e}", base.join(sub).display()));
+        }
+        base
+    })
+}
+
+/// Removes directories of test processes that no longer exist (and kills their qemu, if any
+/// survived).
+fn clean_stale(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dir = e.path();
+        if let Some(qpid) = fs::read_to_string(dir.join("qemu.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            let cmdline = fs::read(format!("/proc/{qpid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(dir.to_str().unwrap_or("\0")) {
+                // SAFETY: plain kill(2) of a qemu whose command line names our stale directory.
+                unsafe { libc::kill(qpid, libc::SIGKILL) };
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+/// A directory writable by tests and visible at the same absolute path inside L1 (in direct
+/// mode just a per-process directory on the host).
+pub fn lab_share_dir() -> PathBuf {
+    base_dir().join("share")
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Runs `script` with `sh` (cwd: a scratch directory; env `QVM_LAB_SHARE` = [`lab_share_dir`])
+/// in the lab or directly, see [`mode`]. Boots the shared L1 on first use. Thread-safe;
+/// concurrent calls run concurrently. On timeout the script's process group is killed.
+pub fn run(script: &str, timeout: Duration) -> Result<CmdOutput, LabError> {
+    let id = format!("c{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
+    let cmd_dir = base_dir().join("cmd");
+    let sh = cmd_dir.join(format!("{id}.sh"));
+    fs::write(&sh, script).map_err(io_err(format!("writing {}", sh.display())))?;
+    match mode() {
+        Mode::Direct => run_direct(&id, &sh, timeout),
+        Mode::Lab => lab()?.run(&id, timeout),
+    }
+}
+
+fn run_direct(id: &str, sh: &Path, timeout: Duration) -> Result<CmdOutput, LabError> {
+    let out_path = sh.with_extension("out");
+    let out =
+        fs::File::create(&out_path).map_err(io_err(format!("creating {}", out_path.display())))?;
+    let err = out.try_clone().map_err(io_err("dup"))?;
+    let mut child = Command::new("sh")
+        .arg(sh)
+        .current_dir(base_dir().join("work"))
+        .env("QVM_LAB_SHARE", lab_share_dir())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(io_err("spawning sh"))?;
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().map_err(io_err("waiting for sh"))? {
+            let output = read_lossy(&out_path);
+            return Ok(CmdOutput {
+                output,
+                code: exit_code(status),
+            });
+        }
+        if start.elapsed() >= timeout {
+            // SAFETY: kill(2) of the process group we created for this child.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            return Err(LabError::Timeout {
+                secs: timeout.as_secs_f64(),
+                id: id.to_string(),
+                partial_output: read_lossy(&out_path),
+                console_tail: "(direct mode: no L1 console)".into(),
+            });
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+fn read_lossy(p: &Path) -> String {
+    String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned()
+}
+
+/// Last [`CONSOLE_TAIL_LINES`] lines of a log, with terminal escapes stripped.
+fn tail(p: &Path) -> String {
+    let text = read_lossy(p);
+    let text: String = strip_escapes(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(CONSOLE_TAIL_LINES);
+    let t = lines[from..].join("\n");
+    if t.is_empty() {
+        format!("({} is empty)", p.display())
+    } else {
+        t
+    }
+}
+
+fn strip_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\x1b' {
+            if it.peek() == Some(&'[') {
+                it.next();
+                while let Some(&n) = it.peek() {
+                    it.next();
+                    if n.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+struct Lab {
+    base: PathBuf,
+    console: PathBuf,
+    ctl: Mutex<UnixStream>,
+    /// Set by the keeper thread when qemu exits.
+    exited: Arc<Mutex<Option<String>>>,
+}
+
+fn lab() -> Result<&'static Lab, LabError> {
+    static LAB: OnceLock<Result<Lab, LabError>> = OnceLock::new();
+    LAB.get_or_init(boot_lab).as_ref().map_err(Clone::clone)
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs `tests/lab/prepare-l1.sh`, returns the directory with `vmlinuz` and `initrd.cpio`.
+fn prepare_l1(base: &Path) -> Result<PathBuf, LabError> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/prepare-l1.sh");
+    let log = base.join("prepare.log");
+    let log_file = fs::File::create(&log).map_err(io_err(format!("creating {}", log.display())))?;
+    let out = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stderr(log_file)
+        .output()
+        .map_err(|e| LabError::Prepare {
+            detail: format!("cannot run {}: {e}", script.display()),
+            log_tail: String::new(),
+        })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let dir = stdout.lines().last().map(str::trim).unwrap_or("");
+    if !out.status.success() || dir.is_empty() {
+        return Err(LabError::Prepare {
+            detail: format!("{}: {}", script.display(), out.status),
+            log_tail: tail(&log),
+        });
+    }
+    let dir = PathBuf::from(dir);
+    if !dir.join("vmlinuz").is_file() || !dir.join("initrd.cpio").is_file() {
+        return Err(LabError::Prepare {
+            detail: format!("{} lacks vmlinuz or initrd.cpio", dir.display()),
+            log_tail: tail(&log),
+        });
+    }
+    Ok(dir)
+}
+
+fn boot_lab() -> Result<Lab, LabError> {
+    let base = base_dir().to_path_buf();
+    let image = prepare_l1(&base)?;
+    let console = base.join("console.log");
+    let sock = base.join("ctl.sock");
+    let smp = env_u64("QVM_LAB_SMP", DEFAULT_SMP as u64).max(1);
+    let mem = env_u64("QVM_LAB_MEM", DEFAULT_MEM_MIB as u64);
+    let accel = if smp > 1 { "tcg,thread=multi" } else { "tcg" };
+    let base_s = base.to_str().ok_or_else(|| LabError::Io {
+        context: "lab dir".into(),
+        detail: "not UTF-8".into(),
+    })?;
+    if base_s.contains([' ', ',']) {
+        return Err(LabError::Io {
+            context: format!("lab dir {base_s}"),
+            detail: "must not contain spaces or commas (set QVM_LAB_DIR)".into(),
+        });
+    }
+
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-M",
+        "q35",
+        "-accel",
+        accel,
+        "-cpu",
+        "max",
+        "-smp",
+        &smp.to_string(),
+    ])
+    .args([
+        "-m",
+        &mem.to_string(),
+        "-nographic",
+        "-nodefaults",
+        "-monitor",
+        "none",
+        "-no-reboot",
+    ])
+    .args([
+        "-chardev",
+        &format!("file,id=con,path={}", console.display()),
+        "-serial",
+        "chardev:con",
+    ])
+    .args([
+        "-chardev",
+        &format!("socket,id=ctl,path={},server=on,wait=off", sock.display()),
+    ])
+    .args(["-serial", "chardev:ctl"])
+    .arg("-kernel")
+    .arg(image.join("vmlinuz"))
+    .arg("-initrd")
+    .arg(image.join("initrd.cpio"))
+    .args([
+        "-append",
+        &format!("console=ttyS0 panic=-1 quiet qvm_share={base_s}"),
+    ])
+    .args([
+        "-virtfs",
+        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+    ])
+    .args([
+        "-virtfs",
+        &format!("local,path={base_s},mount_tag=labshare,security_model=none,multidevs=remap"),
+    ])
+    .arg("-pidfile")
+    .arg(base.join("qemu.pid"))
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(fs::File::create(base.join("qemu.stderr")).map_err(io_err("creating qemu.stderr"))?);
+    let parent = std::process::id() as i32;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // qemu dies with the thread that spawned it; that thread lives until qemu exits.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+
+    // The keeper thread spawns qemu and waits for it. PR_SET_PDEATHSIG fires when the spawning
+    // *thread* exits, so qemu must not be spawned from a (short-lived) test thread.
+    let exited = Arc::new(Mutex::new(None));
+    let (tx, rx) = mpsc::channel();
+    {
+        let exited = exited.clone();
+        let stderr_path = base.join("qemu.stderr");
+        thread::Builder::new()
+            .name("qvm-lab-l1".into())
+            .spawn(move || match cmd.spawn() {
+                Ok(mut child) => {
+                    let _ = tx.send(Ok(()));
+                    let status = child.wait();
+                    let msg = format!(
+                        "qemu exited: {}; qemu stderr: {}",
+                        status
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|e| e.to_string()),
+                        read_lossy(&stderr_path).trim()
+                    );
+                    *exited.lock().unwrap() = Some(msg);
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            })
+            .map_err(io_err("spawning the L1 keeper thread"))?;
+    }
+    rx.recv()
+        .map_err(|_| LabError::Spawn {
+            detail: "keeper thread died".into(),
+        })?
+        .map_err(|e| LabError::Spawn {
+            detail: e.to_string(),
+        })?;
+
+    let boot_timeout = Duration::from_secs(env_u64("QVM_LAB_BOOT_TIMEOUT", 300));
+    let start = Instant::now();
+    loop {
+        let text = read_lossy(&console);
+        if text.contains(READY_MARKER) {
+            break;
+        }
+        if let Some(pos) = text.find(FAIL_MARKER) {
+            let reason = text[pos + FAIL_MARKER.len()..]
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            return Err(LabError::BootFailed {
+                detail: reason,
+                console_tail: tail(&console),
+            });
+        }
+        if let Some(msg) = exited.lock().unwrap().clone() {
+            return Err(LabError::BootFailed {
+                detail: msg,
+                console_tail: tail(&console),
+            });
+        }
+        if start.elapsed() > boot_timeout {
+            kill_qemu(&base);
+            return Err(LabError::BootTimeout {
+                secs: boot_timeout.as_secs(),
+                console_tail: tail(&console),
+            });
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    if std::env::var_os("QVM_LAB_VERBOSE").is_some() {
+        eprintln!(
+            "lab: L1 ready in {:.1} s ({base_s})",
+            start.elapsed().as_secs_f64()
+        );
+    }
+    let ctl =
+        UnixStream::connect(&sock).map_err(io_err(format!("connecting to {}", sock.display())))?;
+    Ok(Lab {
+        base,
+        console,
+        ctl: Mutex::new(ctl),
+        exited,
+    })
+}
+
+fn kill_qemu(base: &Path) {
+    if let Some(pid) = fs::read_to_string(base.join("qemu.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    {
+        // SAFETY: kill(2) of the qemu we started (its pidfile).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+impl Lab {
+    fn send(&self, line: &str) -> Result<(), LabError> {
+        let mut ctl = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
+        ctl.write_all(line.as_bytes())
+            .map_err(io_err("writing to the L1 control socket"))
+    }
+
+    fn run(&self, id: &str, timeout: Duration) -> Result<CmdOutput, LabError> {
+        let cmd = self.base.join("cmd");
+        let rc_path = cmd.join(format!("{id}.rc"));
+        let out_path = cmd.join(format!("{id}.out"));
+        self.send(&format!("run {id}\n"))?;
+        let start = Instant::now();
+        let mut poll = Duration::from_millis(2);
+        loop {
+            // The agent writes "CODE\n" with one write(2); until the newline is there the file
+            // may still be empty.
+            let rc = fs::read_to_string(&rc_path).unwrap_or_default();
+            if rc.ends_with('\n') {
+                let code = rc.trim().parse().map_err(|_| LabError::Io {
+                    context: format!("parsing {}", rc_path.display()),
+                    detail: format!("{rc:?} is not an exit code"),
+                })?;
+                return Ok(CmdOutput {
+                    output: read_lossy(&out_path),
+                    code,
+                });
+            }
+            if let Some(msg) = self.exited.lock().unwrap().clone() {
+                return Err(LabError::L1Died {
+                    detail: msg,
+                    console_tail: tail(&self.console),
+                });
+            }
+            if start.elapsed() >= timeout {
+                let _ = self.send(&format!("kill {id}\n"));
+                return Err(LabError::Timeout {
+                    secs: timeout.as_secs_f64(),
+                    id: id.to_string(),
+                    partial_output: read_lossy(&out_path),
+                    console_tail: tail(&self.console),
+                });
+            }
+            thread::sleep(poll);
+            poll = (poll * 2).min(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Single-quotes `s` for sh.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The reference QEMU command line (a shell command string) booting `kernel` with `initrd` in a
+/// microvm on KVM, console on stdout. Benchmarks compare qvm against it.
+pub fn qemu_microvm_boot_cmd(kernel: &Path, initrd: &Path, cmdline: &str) -> String {
+    format!(
+        "qemu-system-x86_64 -M microvm -accel kvm -cpu host -m 256 -nographic -no-reboot \
+         -kernel {} -initrd {} -append {}",
+        shell_quote(&kernel.to_string_lossy()),
+        shell_quote(&initrd.to_string_lossy()),
+        shell_quote(cmdline)
+    )
+}

@@ -1,0 +1,3 @@
+//! Test support for qvm: the "lab" that provides a real KVM for guest-booting tests.
+pub mod fixtures;
+pub mod lab;
