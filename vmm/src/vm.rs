@@ -87,6 +87,16 @@ pub struct RunOptions {
     pub report_first_run: bool,
 }
 
+/// With `--report-boot-time`, prints CLOCK_MONOTONIC at a start-up phase to stderr.
+fn phase(opts: &RunOptions, name: &str) {
+    if opts.report_first_run {
+        eprintln!(
+            "qvm-vmm: phase {name} at monotonic_ns={}",
+            vcpu::monotonic_ns()
+        );
+    }
+}
+
 struct Devices {
     pio: Bus,
     serial: Arc<Mutex<Serial>>,
@@ -228,6 +238,7 @@ fn configure_vcpu(
 /// Builds the VM described by `cfg`, runs it until the guest stops or a signal arrives, and
 /// tears it down with every thread joined.
 pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
+    phase(opts, "start");
     let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
     for (cap, name) in [
         (Cap::Irqchip, "an in-kernel irqchip (KVM_CAP_IRQCHIP)"),
@@ -258,7 +269,9 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
     })
     .map_err(kvm_err("create PIT"))?;
 
+    phase(opts, "vm-created");
     let mem = create_memory(&vm, cfg.memory_bytes())?;
+    phase(opts, "memory-registered");
     let entry = boot::load(
         &mem,
         &boot::BootSpec {
@@ -270,6 +283,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
         },
     )?;
     debug_assert!(matches!(entry.mode, EntryMode::Linux64 | EntryMode::Pvh));
+    phase(opts, "kernel-loaded");
 
     let exit = Arc::new(ExitSignal::new().map_err(|e| VmError::Device(e.to_string()))?);
     let devices = create_devices(&vm, cfg, &exit)?;
@@ -279,6 +293,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
         fds.push(configure_vcpu(&vm, &kvm, id, vcpus, entry)?);
     }
 
+    phase(opts, "vcpus-configured");
     let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
         .map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
     let watcher = Arc::new(Mutex::new(

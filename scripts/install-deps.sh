@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian packages qvm's build, example and tests need (idempotent).
+set -euo pipefail
+pkgs=(
+    linux-source-6.12 bc flex bison libelf-dev libssl-dev cpio xz-utils kmod   # guest kernel
+    busybox-static                                                            # guest + lab userspace
+    qemu-system-x86                                                           # lab L1, bench peer
+    acpica-tools                                                              # iasl checks our ACPI tables
+    e2fsprogs file
+)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "install-deps: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+command -v cargo >/dev/null || { echo "install-deps: cargo not found; install Rust (rustup) first" >&2; exit 1; }
