@@ -103,7 +103,20 @@ mount -t devtmpfs devtmpfs /host/dev || lab_fail "mount /dev"
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /host/dev/pts || lab_fail "mount /dev/pts"
 mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
+# /tmp is a fresh tmpfs in L1, but host paths the tests need may live under the host's /tmp
+# (a CI checkout, a cache): keep those visible, read-only, at the same paths (qvm_expose=).
+mkdir -p /hosttmp && mount --bind /host/tmp /hosttmp || lab_fail "bind host /tmp"
 mount -t tmpfs -o mode=1777 tmpfs /host/tmp || lab_fail "mount /tmp"
+expose=
+for arg in $(cat /proc/cmdline); do
+    case $arg in qvm_expose=*) expose=${arg#qvm_expose=} ;; esac
+done
+for p in $(echo "$expose" | tr ',' ' '); do
+    rel=${p#/tmp/}
+    [ -d "/hosttmp/$rel" ] || continue
+    mkdir -p "/host/tmp/$rel" && mount --bind "/hosttmp/$rel" "/host/tmp/$rel" \
+        || lab_fail "exposing host $p in L1 failed"
+done
 mount -t tmpfs -o mode=0755 tmpfs /host/run || lab_fail "mount /run"
 [ -d "/host$share" ] || lab_fail "share mount point $share does not exist on the host"
 mount -t 9p -o "$o9p" labshare "/host$share" || lab_fail "mounting share (9p tag labshare) at $share failed"

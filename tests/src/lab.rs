@@ -427,7 +427,10 @@ fn boot_lab() -> Result<Lab, LabError> {
     .arg(image.join("initrd.cpio"))
     .args([
         "-append",
-        &format!("console=ttyS0 panic=-1 quiet qvm_share={base_s}"),
+        &format!(
+            "console=ttyS0 panic=-1 quiet qvm_share={base_s}{}",
+            tmp_exposures()
+        ),
     ])
     .args([
         "-virtfs",
@@ -599,6 +602,39 @@ impl Lab {
             thread::sleep(poll);
             poll = (poll * 2).min(Duration::from_millis(20));
         }
+    }
+}
+
+/// ` qvm_expose=a,b` for host directories under /tmp that the lab must see (L1 mounts a fresh
+/// tmpfs on /tmp): this workspace, the target directory of the running binary, the image cache.
+fn tmp_exposures() -> String {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(ws) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
+        dirs.push(ws.to_path_buf());
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        // target/<profile>/deps/<test> or target/<profile>/<bin>: expose target/.
+        if let Some(t) = exe
+            .ancestors()
+            .find(|a| a.file_name().is_some_and(|n| n == "target"))
+        {
+            dirs.push(t.to_path_buf());
+        }
+    }
+    if let Some(c) = std::env::var_os("QVM_CACHE") {
+        dirs.push(PathBuf::from(c));
+    }
+    let list: Vec<String> = dirs
+        .into_iter()
+        .filter_map(|d| d.canonicalize().ok())
+        .filter(|d| d.starts_with("/tmp/"))
+        .map(|d| d.to_string_lossy().into_owned())
+        .filter(|d| !d.contains([',', ' ', '"', '\\']))
+        .collect();
+    if list.is_empty() {
+        String::new()
+    } else {
+        format!(" qvm_expose={}", list.join(","))
     }
 }
 
