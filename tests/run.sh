@@ -14,4 +14,9 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo build --workspace --all-targets --quiet
-cargo test --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary, the last often 0/0).
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "qvm: %d passed, %d failed, %d skipped\n", p, f, i }' \
+    "$log" | tr -d ';'
