@@ -10,3 +10,4 @@ pub mod legacy;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use exit::{ExitSignal, GuestExit};
+pub mod virtio;

@@ -1,0 +1,123 @@
+//! Virtio devices and the virtio-mmio transport.
+//!
+//! A device implements [`VirtioDevice`]: it says what it offers (type, features, queue sizes,
+//! config space) and, once the driver has set it up, is [`VirtioDevice::activate`]d with the
+//! guest memory, its queues with their notification eventfds, and an [`Interrupt`] to signal
+//! the driver. Activation starts the device's own worker thread (event-manager); the vCPU
+//! threads never do device work. [`VirtioDevice::reset`] stops that thread and hands the queue
+//! eventfds back, so a driver reload can activate the device again.
+//!
+//! The transport ([`mmio::MmioTransport`]) owns the register state machine and the queues
+//! until activation; it is the only [`crate::BusDevice`] the vCPUs see.
+
+pub mod mmio;
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest memory as the devices see it (cheap to clone: the regions are shared).
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+/// Device type ids (virtio 1.2, section 5).
+pub const TYPE_NET: u32 = 1;
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
+/// crosvm's virtio-wl id.
+pub const TYPE_WL: u32 = 63;
+
+/// VIRTIO_F_VERSION_1: every qvm device is a modern (1.x) device.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Device status bits (virtio 1.2, 2.1).
+pub mod status {
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    pub const FAILED: u32 = 128;
+}
+
+/// What an interrupt tells the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterruptKind {
+    /// A queue's used ring changed (interrupt status bit 0).
+    Queue,
+    /// The config space changed (interrupt status bit 1).
+    Config,
+}
+
+/// How a device raises its interrupt; the transport implements it (status bits + irqfd).
+pub trait Interrupt: Send + Sync {
+    fn trigger(&self, kind: InterruptKind) -> std::io::Result<()>;
+}
+
+/// A shared-memory region the device exposes (virtio 1.2, 2.10), e.g. virtio-wl's buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShmRegion {
+    pub id: u8,
+    /// Guest-physical base address.
+    pub addr: u64,
+    pub len: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("the driver set up {got} queues, the device needs {want}")]
+    QueueCount { got: usize, want: usize },
+    #[error("queue {0} is not valid in guest memory")]
+    BadQueue(usize),
+    #[error("cannot start the device worker: {0}")]
+    Worker(std::io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A queue handed to the device at activation, with the eventfd the guest's QueueNotify writes
+/// signal (an ioeventfd, or the transport itself when a notify was not caught by KVM). The
+/// eventfd is a clone: the transport keeps the original for the VM's lifetime.
+pub struct ActiveQueue {
+    pub queue: Queue,
+    pub notify: EventFd,
+}
+
+pub trait VirtioDevice: Send {
+    /// The virtio device id (`TYPE_*`).
+    fn device_type(&self) -> u32;
+
+    /// Maximum size of each queue; the number of entries is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// Feature bits the device offers (must include [`VIRTIO_F_VERSION_1`]).
+    fn features(&self) -> u64;
+
+    /// The features the driver accepted (always a subset of [`VirtioDevice::features`]; the
+    /// transport masks it) when it sets FEATURES_OK.
+    fn ack_features(&mut self, features: u64);
+
+    /// Reads device config space at `offset`. Out-of-range bytes read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes device config space; read-only or out-of-range bytes are ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+
+    /// Starts the device: called once the driver sets DRIVER_OK.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<ActiveQueue>,
+    ) -> Result<(), ActivateError>;
+
+    /// Stops the device (driver wrote 0 to status, or the VM stops): stops and joins the
+    /// worker, drops the queues. Returns false if it was not active. Must not block for long.
+    fn reset(&mut self) -> bool;
+
+    /// Shared-memory regions (most devices have none).
+    fn shm_regions(&self) -> Vec<ShmRegion> {
+        Vec::new()
+    }
+}
