@@ -14,9 +14,11 @@ fn scratch(name: &str) -> PathBuf {
 
 /// Runs qvm-vmm on `toml` and checks exit code 2 and a single stderr line containing `expect`.
 fn expect_error(name: &str, toml: &str, expect: &str) {
-    let kernel = scratch("kernel.elf");
+    // Per-test file names: the tests run in parallel, and rewriting one shared kernel file
+    // lets another test read it while it is still empty.
+    let kernel = scratch(&format!("{name}.kernel.elf"));
     std::fs::write(&kernel, qvm_tests::fixtures::tiny_elf(&[0xf4])).unwrap();
-    let text = scratch("notakernel");
+    let text = scratch(&format!("{name}.notakernel"));
     std::fs::write(&text, "#!/bin/sh\necho I am not a kernel\n").unwrap();
     let toml = toml
         .replace("@KERNEL@", &kernel.display().to_string())
