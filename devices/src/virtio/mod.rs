@@ -10,6 +10,7 @@
 //! The transport ([`mmio::MmioTransport`]) owns the register state machine and the queues
 //! until activation; it is the only [`crate::BusDevice`] the vCPUs see.
 
+pub mod block;
 pub mod mmio;
 
 use std::sync::Arc;
