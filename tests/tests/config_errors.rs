@@ -197,3 +197,41 @@ fn help_and_version_work() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("qvm-vmm 0.1.0"));
 }
+
+#[test]
+fn missing_disk_image() {
+    expect_error(
+        "no-disk",
+        &format!(
+            "[machine]\nmemory_mib = 64\n{GOOD_BOOT}[[disk]]\npath = \"/nonexistent/disk.img\"\n"
+        ),
+        "[[disk]] #1 path = \"/nonexistent/disk.img\": no such file; create the image",
+    );
+}
+
+#[test]
+fn disk_id_too_long() {
+    expect_error(
+        "long-id",
+        &format!("[machine]\nmemory_mib = 64\n{GOOD_BOOT}[[disk]]\npath = \"@KERNEL@\"\nid = \"abcdefghijklmnopqrstuvwxyz\"\n"),
+        "[[disk]] #1 id = \"abcdefghijklmnopqrstuvwxyz\": longer than 20 bytes",
+    );
+}
+
+#[test]
+fn two_disks_on_one_image() {
+    expect_error(
+        "dup-disk",
+        &format!("[machine]\nmemory_mib = 64\n{GOOD_BOOT}[[disk]]\npath = \"@KERNEL@\"\n[[disk]]\npath = \"@KERNEL@\"\n"),
+        "[[disk]] #2 path = ",
+    );
+}
+
+#[test]
+fn unknown_disk_key() {
+    expect_error(
+        "disk-key",
+        &format!("[machine]\nmemory_mib = 64\n{GOOD_BOOT}[[disk]]\npath = \"@KERNEL@\"\nreadonly = true\n"),
+        "unknown field `readonly`, expected one of `path`, `read_only`, `id`, `direct_io`",
+    );
+}

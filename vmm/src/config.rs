@@ -24,6 +24,28 @@ pub struct VmConfig {
     pub boot: BootConfig,
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// virtio-blk disks, in order: the first is /dev/vda in the guest.
+    #[serde(default, rename = "disk")]
+    pub disks: Vec<DiskConfig>,
+}
+
+/// Longest serial number virtio-blk's GET_ID can return.
+pub const MAX_DISK_ID_LEN: usize = 20;
+/// Devices get GSIs 5..=23 of the 24-pin IOAPIC.
+pub const MAX_DISKS: usize = 16;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// A raw disk image (or block device).
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Serial number the guest sees (/sys/block/vdX/serial), at most 20 bytes.
+    pub id: Option<String>,
+    /// Open with O_DIRECT (bypass the host page cache).
+    #[serde(default)]
+    pub direct_io: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -109,6 +131,20 @@ pub enum ConfigError {
     ConsoleFileWithoutPath,
     #[error("[console] path is only used with mode = \"file\"; remove it or set mode = \"file\"")]
     ConsolePathWithoutFile,
+    #[error("[[disk]] #{} path = {path:?}: {reason}", .index + 1)]
+    BadDisk {
+        index: usize,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("[[disk]] #{} id = {id:?}: {reason}", .index + 1)]
+    BadDiskId {
+        index: usize,
+        id: String,
+        reason: String,
+    },
+    #[error("{0} [[disk]] entries; qvm supports at most {MAX_DISKS}")]
+    TooManyDisks(usize),
 }
 
 impl VmConfig {
@@ -146,6 +182,9 @@ impl VmConfig {
         }
         if let Some(p) = cfg.console.path.as_mut() {
             resolve(p);
+        }
+        for d in &mut cfg.disks {
+            resolve(&mut d.path);
         }
         Ok(cfg)
     }
@@ -186,12 +225,64 @@ impl VmConfig {
         if !self.boot.cmdline.bytes().all(|b| b.is_ascii() && b != 0) {
             return Err(ConfigError::CmdlineNotAscii);
         }
+        self.validate_disks()?;
         match (self.console.mode, &self.console.path) {
             (ConsoleMode::File, None) => return Err(ConfigError::ConsoleFileWithoutPath),
             (ConsoleMode::Stdio | ConsoleMode::Off, Some(_)) => {
                 return Err(ConfigError::ConsolePathWithoutFile)
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    fn validate_disks(&self) -> Result<(), ConfigError> {
+        if self.disks.len() > MAX_DISKS {
+            return Err(ConfigError::TooManyDisks(self.disks.len()));
+        }
+        for (index, d) in self.disks.iter().enumerate() {
+            let bad = |reason: String| ConfigError::BadDisk {
+                index,
+                path: d.path.clone(),
+                reason,
+            };
+            let meta = std::fs::metadata(&d.path).map_err(|e| {
+                bad(if e.kind() == std::io::ErrorKind::NotFound {
+                    "no such file; create the image (e.g. truncate -s 1G disk.img) or fix the path"
+                        .to_string()
+                } else {
+                    format!("cannot access it: {e}")
+                })
+            })?;
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.is_file() && !meta.file_type().is_block_device() {
+                return Err(bad("not a regular file or block device".to_string()));
+            }
+            if let Some(dup) = self.disks[..index].iter().position(|o| o.path == d.path) {
+                return Err(bad(format!(
+                    "the same image as [[disk]] #{}; two disks must not share an image",
+                    dup + 1
+                )));
+            }
+            if let Some(id) = &d.id {
+                let bad_id = |reason: &str| ConfigError::BadDiskId {
+                    index,
+                    id: id.clone(),
+                    reason: reason.to_string(),
+                };
+                if id.len() > MAX_DISK_ID_LEN {
+                    return Err(bad_id("longer than 20 bytes; shorten it"));
+                }
+                if !id.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(bad_id("use printable ASCII without spaces"));
+                }
+                if self.disks[..index]
+                    .iter()
+                    .any(|o| o.id.as_deref() == Some(id.as_str()))
+                {
+                    return Err(bad_id("another disk has the same id; ids must be unique"));
+                }
+            }
         }
         Ok(())
     }

@@ -9,10 +9,12 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use qvm_devices::legacy::{
     acpi_pm, i8042, pvpanic, serial, AcpiPm, PvPanic, Serial, SerialInput, I8042,
 };
+use qvm_devices::virtio::block::{Block, BlockConfig};
+use qvm_devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
 use qvm_devices::{Bus, ExitSignal, GuestExit};
 use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
@@ -45,6 +47,14 @@ pub enum VmError {
     Boot(#[from] boot::BootError),
     #[error("[console] path = {0:?}: cannot open it for writing: {1}")]
     ConsoleFile(std::path::PathBuf, std::io::Error),
+    #[error(
+        "[boot] cmdline with acpi=off needs {len} bytes once the {devices} virtio_mmio.device= \
+         entries are added; Linux takes at most {max}: shorten it or drop acpi=off",
+        max = crate::config::MAX_CMDLINE_LEN - 1
+    )]
+    CmdlineWithDevices { len: usize, devices: usize },
+    #[error("[[disk]] #{0}: {1}")]
+    Disk(usize, String),
     #[error("device setup: {0}")]
     Device(String),
     #[error("event loop: {0}")]
@@ -57,7 +67,10 @@ impl VmError {
     /// Errors the user fixes in vm.toml exit with 2, like config errors.
     pub fn is_config_error(&self) -> bool {
         match self {
-            VmError::TooManyVcpus { .. } | VmError::ConsoleFile(..) => true,
+            VmError::TooManyVcpus { .. }
+            | VmError::ConsoleFile(..)
+            | VmError::Disk(..)
+            | VmError::CmdlineWithDevices { .. } => true,
             VmError::Boot(b) => !matches!(
                 b,
                 boot::BootError::WriteCmdline
@@ -153,7 +166,77 @@ fn create_devices(vm: &VmFd, cfg: &VmConfig, exit: &Arc<ExitSignal>) -> Result<D
     })
 }
 
-fn acpi_config(vcpus: u8) -> acpi::AcpiConfig {
+/// Creates the virtio devices (disks, in config order) on their virtio-mmio transports, wires
+/// their queue notifications to KVM ioeventfds and their interrupts to irqfds, and returns the
+/// MMIO bus holding them. Slots match what `acpi_config` announced.
+fn create_virtio_devices(vm: &VmFd, mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<Bus, VmError> {
+    let mut bus = Bus::new();
+    for (i, disk) in cfg.disks.iter().enumerate() {
+        let block = Block::new(BlockConfig {
+            path: disk.path.clone(),
+            read_only: disk.read_only,
+            id: disk.id.clone(),
+            direct_io: disk.direct_io,
+        })
+        .map_err(|e| VmError::Disk(i + 1, e.to_string()))?;
+        let (addr, gsi) = layout::virtio_mmio_slot(i);
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;
+        vm.register_irqfd(&irq, gsi)
+            .map_err(kvm_err("register virtio irqfd"))?;
+        let transport = MmioTransport::new(Box::new(block), mem.clone(), irq)
+            .map_err(|e| VmError::Device(e.to_string()))?;
+        for (q, evt) in transport.queue_evts().iter().enumerate() {
+            vm.register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(addr + NOTIFY_REG_OFFSET),
+                q as u32,
+            )
+            .map_err(kvm_err("register virtio ioeventfd"))?;
+        }
+        bus.insert(
+            Arc::new(Mutex::new(transport)),
+            addr,
+            layout::VIRTIO_MMIO_SIZE,
+        )
+        .map_err(|e| VmError::Device(e.to_string()))?;
+    }
+    Ok(bus)
+}
+
+/// The command line the guest gets. virtio-mmio devices are announced in the ACPI DSDT, which
+/// is the only way their interrupts reach a kernel running on our hardware-reduced ACPI (it sets
+/// up no legacy ISA IRQs, so `virtio_mmio.device=...:5` would name an IRQ that does not exist).
+/// A guest booted with `acpi=off` ignores the DSDT and uses the 8259 PIC, where GSI n is IRQ n:
+/// for it we append `virtio_mmio.device=` entries instead (before any `--` that starts init's
+/// arguments).
+fn guest_cmdline(user: &str, virtio_devices: usize) -> Result<String, VmError> {
+    if virtio_devices == 0 || !user.split_whitespace().any(|w| w == "acpi=off") {
+        return Ok(user.to_string());
+    }
+    let devices: Vec<String> = (0..virtio_devices)
+        .map(|i| {
+            let (addr, gsi) = layout::virtio_mmio_slot(i);
+            format!(
+                "virtio_mmio.device={}K@{addr:#x}:{gsi}",
+                layout::VIRTIO_MMIO_SIZE / 1024
+            )
+        })
+        .collect();
+    let devices = devices.join(" ");
+    let full = match user.find(" -- ") {
+        Some(at) => format!("{} {devices}{}", &user[..at], &user[at..]),
+        None => format!("{} {devices}", user.trim_end()),
+    };
+    if full.len() >= crate::config::MAX_CMDLINE_LEN {
+        return Err(VmError::CmdlineWithDevices {
+            len: full.len(),
+            devices: virtio_devices,
+        });
+    }
+    Ok(full)
+}
+
+fn acpi_config(vcpus: u8, virtio_devices: usize) -> acpi::AcpiConfig {
     acpi::AcpiConfig {
         num_cpus: vcpus,
         lapic_addr: layout::LAPIC_ADDR,
@@ -168,7 +251,16 @@ fn acpi_config(vcpus: u8) -> acpi::AcpiConfig {
             port: serial::COM1_PORT as u16,
             irq: serial::COM1_IRQ,
         }],
-        mmio_devices: Vec::new(),
+        mmio_devices: (0..virtio_devices)
+            .map(|i| {
+                let (addr, irq) = layout::virtio_mmio_slot(i);
+                acpi::MmioDevice {
+                    addr,
+                    len: layout::VIRTIO_MMIO_SIZE,
+                    irq,
+                }
+            })
+            .collect(),
     }
 }
 
@@ -269,6 +361,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
     })
     .map_err(kvm_err("create PIT"))?;
 
+    let cmdline = guest_cmdline(&cfg.boot.cmdline, cfg.disks.len())?;
     phase(opts, "vm-created");
     let mem = create_memory(&vm, cfg.memory_bytes())?;
     phase(opts, "memory-registered");
@@ -277,9 +370,9 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
         &boot::BootSpec {
             kernel: &cfg.boot.kernel,
             initrd: cfg.boot.initrd.as_deref(),
-            cmdline: &cfg.boot.cmdline,
+            cmdline: &cmdline,
             mem_size: cfg.memory_bytes(),
-            acpi: acpi_config(vcpus),
+            acpi: acpi_config(vcpus, cfg.disks.len()),
         },
     )?;
     debug_assert!(matches!(entry.mode, EntryMode::Linux64 | EntryMode::Pvh));
@@ -287,6 +380,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
 
     let exit = Arc::new(ExitSignal::new().map_err(|e| VmError::Device(e.to_string()))?);
     let devices = create_devices(&vm, cfg, &exit)?;
+    let mmio = create_virtio_devices(&vm, &mem, cfg)?;
 
     let mut fds = Vec::with_capacity(usize::from(vcpus));
     for id in 0..vcpus {
@@ -314,7 +408,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
     vcpu::install_kick_handler().map_err(VmError::Thread)?;
     let shared = Arc::new(VcpuShared {
         pio: Arc::new(devices.pio),
-        mmio: Arc::new(Bus::new()),
+        mmio: Arc::new(mmio),
         exit: exit.clone(),
         stop: AtomicBool::new(false),
         report_first_run: opts.report_first_run,
@@ -357,5 +451,35 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
             exit.reason().unwrap_or(GuestExit::VcpuFault),
         )),
         StopCause::Signal(s) => Ok(RunOutcome::Signal(s)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_is_untouched_with_acpi() {
+        let c = "console=ttyS0 root=/dev/vda";
+        assert_eq!(guest_cmdline(c, 3).unwrap(), c);
+    }
+
+    #[test]
+    fn acpi_off_gets_virtio_mmio_devices_before_init_args() {
+        let c = guest_cmdline("console=ttyS0 acpi=off -- init-arg", 2).unwrap();
+        assert_eq!(
+            c,
+            "console=ttyS0 acpi=off virtio_mmio.device=4K@0xd0000000:5 \
+             virtio_mmio.device=4K@0xd0001000:6 -- init-arg"
+        );
+        assert_eq!(guest_cmdline("acpi=off", 0).unwrap(), "acpi=off");
+    }
+
+    #[test]
+    fn acpi_off_cmdline_that_would_overflow_is_a_config_error() {
+        let long = format!("acpi=off {}", "x".repeat(2000));
+        let e = guest_cmdline(&long, 16).unwrap_err();
+        assert!(e.is_config_error());
+        assert!(e.to_string().contains("drop acpi=off"), "{e}");
     }
 }

@@ -164,3 +164,32 @@ mod tests {
             .all(|e| e.addr + e.size <= MMIO_GAP_START || e.addr >= MMIO_GAP_END));
     }
 }
+
+/// virtio-mmio device windows: one page each from here, in the MMIO gap.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// GSIs for virtio-mmio devices: 5.. (COM1 has 4; the IOAPIC has 24 pins).
+pub const VIRTIO_FIRST_GSI: u32 = 5;
+
+/// Address and GSI of the `index`-th virtio-mmio device.
+pub fn virtio_mmio_slot(index: usize) -> (u64, u32) {
+    (
+        VIRTIO_MMIO_BASE + index as u64 * VIRTIO_MMIO_SIZE,
+        VIRTIO_FIRST_GSI + index as u32,
+    )
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    #[test]
+    fn virtio_slots_stay_in_the_gap_and_below_the_ioapic_pins() {
+        let (a0, g0) = virtio_mmio_slot(0);
+        assert_eq!((a0, g0), (0xd000_0000, 5));
+        let (a, g) = virtio_mmio_slot(crate::config::MAX_DISKS - 1);
+        assert!(a + VIRTIO_MMIO_SIZE <= u64::from(IOAPIC_ADDR));
+        assert!(a >= MMIO_GAP_START);
+        assert!(g < 24);
+    }
+}
