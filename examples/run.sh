@@ -6,10 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 kernel_dir=$(guest-kernel-config/build-kernel.sh | tail -n1)
-initramfs=$(guest-kernel-config/build-initramfs.sh | tail -n1)
+rootfs=$(guest-kernel-config/build-initramfs.sh --rootfs | tail -n1)
 mkdir -p examples/guest
 ln -sfn "$kernel_dir/vmlinux" examples/guest/vmlinux
 ln -sfn "$kernel_dir/bzImage" examples/guest/bzImage
-ln -sfn "$initramfs" examples/guest/initramfs.cpio
+# The guest writes to its root: give it a fresh copy of the cached image.
+cp --sparse=always "$rootfs" examples/guest/rootfs.ext4
 cargo build --release --quiet -p qvm-vmm -p qvm-tests --bin qvm-vmm --bin qvm-lab
 exec target/release/qvm-lab -- "$PWD/target/release/qvm-vmm" --config "$PWD/examples/${1:-hello-vm}.toml"

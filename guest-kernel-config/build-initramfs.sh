@@ -2,11 +2,17 @@
 # Builds the qvm guest initramfs (busybox-static + guest-kernel-config/init) as an uncompressed
 # newc cpio, cached outside the tree by a hash of its inputs.
 #
-# Usage: guest-kernel-config/build-initramfs.sh     prints the path of initramfs.cpio
+# Usage: guest-kernel-config/build-initramfs.sh            prints the path of initramfs.cpio
+#        guest-kernel-config/build-initramfs.sh --rootfs   the same tree as an ext4 image
+#                                                          (rootfs.ext4, 64 MiB; boot it with
+#                                                          root=/dev/vda rw init=/init). Copy it
+#                                                          before booting: guests write to it.
 # Env:   QVM_CACHE              cache root (default ~/.cache/qvm)
 #        QVM_INITRAMFS_EXTRA    a directory whose contents are copied into the image root
 #                               (our own static guest tools go there)
 set -euo pipefail
+format=cpio
+[[ "${1:-}" == --rootfs ]] && format=ext4
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache_root=${QVM_CACHE:-$HOME/.cache/qvm}
@@ -17,13 +23,16 @@ if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install 
 fi
 extra=${QVM_INITRAMFS_EXTRA:-}
 key=$( {
+    echo "$format"
     cat "$here/init" "$here/build-initramfs.sh"
     sha256sum < "$busybox"
     if [[ -n "$extra" ]]; then (cd "$extra" && find . -type f -print0 | sort -z | xargs -0 sha256sum); fi
 } | sha256sum | cut -c1-16)
-out="$cache_root/guest-initramfs-$key"
-if [[ -f "$out/initramfs.cpio" ]]; then
-    echo "$out/initramfs.cpio"
+name=initramfs.cpio
+[[ $format == ext4 ]] && name=rootfs.ext4
+out="$cache_root/guest-$format-$key"
+if [[ -f "$out/$name" ]]; then
+    echo "$out/$name"
     exit 0
 fi
 
@@ -40,7 +49,12 @@ echo 'root:x:0:0:root:/root:/bin/sh' > "$root/etc/passwd"
 echo 'export PS1="qvm-guest# " PATH=/bin:/sbin:/usr/bin:/usr/sbin' > "$root/etc/profile"
 if [[ -n "$extra" ]]; then cp -a "$extra"/. "$root"/; fi
 mkdir -p "$out.tmp"
-(cd "$root" && find . -print0 | sort -z | cpio --null -o -H newc --owner 0:0 --quiet) > "$out.tmp/initramfs.cpio"
+if [[ $format == cpio ]]; then
+    (cd "$root" && find . -print0 | sort -z | cpio --null -o -H newc --owner 0:0 --quiet) > "$out.tmp/$name"
+else
+    mkdir -p "$root/mnt"
+    mkfs.ext4 -q -F -L qvm-root -d "$root" "$out.tmp/$name" 64M >&2
+fi
 rm -rf "$out"
 mv "$out.tmp" "$out"
-echo "$out/initramfs.cpio"
+echo "$out/$name"

@@ -163,3 +163,67 @@ pub fn tiny_elf(code: &[u8]) -> Vec<u8> {
     f.extend_from_slice(code);
     f
 }
+
+/// The project-built ext4 root filesystem (same tree as the initramfs). Shared and cached:
+/// use [`private_copy`] before booting a guest on it, guests write to their root.
+pub fn guest_rootfs() -> &'static Path {
+    static R: OnceLock<PathBuf> = OnceLock::new();
+    R.get_or_init(|| {
+        let path = workspace().join("guest-kernel-config/build-initramfs.sh");
+        let out = Command::new(&path)
+            .arg("--rootfs")
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", path.display()));
+        assert!(
+            out.status.success(),
+            "build-initramfs.sh --rootfs failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        PathBuf::from(stdout.lines().last().unwrap_or_default().trim())
+    })
+}
+
+/// Copies `src` to `dst` keeping holes (images are mostly empty).
+pub fn private_copy(src: &Path, dst: &Path) {
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .expect("run cp");
+    assert!(
+        st.success(),
+        "cp {} {} failed",
+        src.display(),
+        dst.display()
+    );
+}
+
+/// A sparse raw image of `size` bytes.
+pub fn sparse_image(path: &Path, size: u64) {
+    let f = std::fs::File::create(path).expect("create image");
+    f.set_len(size).expect("size image");
+}
+
+/// A raw disk holding a shell script for the guest's `qvm.mode=run` (padded with zeros to a
+/// sector multiple; the script's last command must be `exit`, so the zeros are never parsed).
+pub fn script_disk(path: &Path, script: &str) {
+    let mut bytes = script.as_bytes().to_vec();
+    bytes.extend_from_slice(b"\nexit $?\n");
+    let len = bytes.len().div_ceil(4096) * 4096;
+    bytes.resize(len, 0);
+    std::fs::write(path, bytes).expect("write script disk");
+}
+
+/// A `[[disk]]` table for a VM config.
+pub fn disk_toml(path: &Path, read_only: bool, id: Option<&str>) -> String {
+    let mut s = format!(
+        "\n[[disk]]\npath = {:?}\nread_only = {read_only}\n",
+        path.display().to_string()
+    );
+    if let Some(id) = id {
+        s.push_str(&format!("id = {id:?}\n"));
+    }
+    s
+}
