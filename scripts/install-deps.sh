@@ -6,7 +6,9 @@ pkgs=(
     busybox-static                                                            # guest + lab userspace
     qemu-system-x86                                                           # lab L1, bench peer
     acpica-tools                                                              # iasl checks our ACPI tables
-    e2fsprogs file
+    e2fsprogs file                                                            # disk images, debugfs
+    valgrind                                                                  # blk cost bench
+    build-essential                                                           # libFuzzer (cargo fuzz)
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -19,3 +21,7 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 command -v cargo >/dev/null || { echo "install-deps: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+command -v cargo-fuzz >/dev/null || {
+    echo "install-deps: installing cargo-fuzz" >&2
+    cargo install --locked --quiet cargo-fuzz
+}

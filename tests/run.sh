@@ -12,6 +12,18 @@ tests/lab/prepare-l1.sh | tail -n1
 echo "== cargo fmt / clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== fuzz: virtio-blk request parser, ${QVM_FUZZ_SECS:-60} s"
+# cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain take them. A crash
+# makes cargo fuzz exit non-zero and leaves the input in devices/fuzz/artifacts/.
+fuzzlog=$(mktemp)
+if ! (cd devices/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run blk_request -- \
+    -max_total_time="${QVM_FUZZ_SECS:-60}") >"$fuzzlog" 2>&1; then
+    tail -n 60 "$fuzzlog"
+    echo "fuzz: blk_request failed (see above)" >&2
+    exit 1
+fi
+grep -E '^Done [0-9]+ runs' "$fuzzlog" || tail -n 5 "$fuzzlog"
+rm -f "$fuzzlog"
 echo "== cargo test"
 cargo build --workspace --all-targets --quiet
 log=$(mktemp)
