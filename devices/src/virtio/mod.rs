@@ -12,6 +12,8 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
+pub mod vsock;
 
 use std::sync::Arc;
 

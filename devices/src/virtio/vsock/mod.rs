@@ -1,0 +1,587 @@
+//! virtio-vsock (virtio 1.2, section 5.10) with a unix-socket host side, following
+//! Firecracker's convention.
+//!
+//! Host side protocol, for a device created with `uds_path = /run/vm.vsock`:
+//!
+//! - host -> guest: connect to `/run/vm.vsock` and send `CONNECT <port>\n` (decimal u32, at
+//!   most 32 bytes before the newline; a `\r` before it is tolerated). The device picks a host
+//!   port (from 2^30 up) and asks the guest to accept. If the guest accepts, the device writes
+//!   `OK <hostport>\n` and the socket then carries the stream. If the guest refuses, does not
+//!   answer within 2 s, or the line is malformed (or not sent within 10 s), the socket is
+//!   closed without a reply.
+//! - guest -> host: a guest connecting to CID 2, port P is connected to the unix socket
+//!   `/run/vm.vsock_P`; if nothing listens there the guest gets a reset (ECONNRESET).
+//! - closing: the host closing its socket is seen by the guest as the peer shutting down both
+//!   directions; the guest shutting down or closing is seen by the host as shutdown(2) of the
+//!   matching direction, then close. A host peer that dies mid-stream resets the guest's
+//!   connection.
+//!
+//! Layers, as in virtio-blk: [`muxer::Muxer`] holds the connections and does all the protocol
+//! work, driven by plain calls (tests drive it without threads); [`Vsock`] is the
+//! [`VirtioDevice`] whose worker thread runs an `event_manager::EventManager` over the queue
+//! eventfds, a stop eventfd, a timer, the listener and every connection socket.
+//!
+//! Flow control: the device never sends the guest more than its advertised credit; host
+//! sockets whose guest side has no credit (or while the guest posts no rx buffers) are not
+//! read, so the host peer sees backpressure. Guest data the host peer does not take at once
+//! is buffered up to the 256 KiB per connection we advertise, which a well-behaved guest
+//! cannot exceed; one that does is reset.
+
+pub mod muxer;
+pub mod packet;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
+
+use self::muxer::{Muxer, Watcher, LISTENER_TOKEN};
+use super::{
+    ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, InterruptKind, VirtioDevice,
+    TYPE_VSOCK, VIRTIO_F_VERSION_1,
+};
+
+/// Size (and maximum) of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Queue indices.
+pub const RX_QUEUE: usize = 0;
+pub const TX_QUEUE: usize = 1;
+pub const EVENT_QUEUE: usize = 2;
+pub const NUM_QUEUES: usize = 3;
+/// Config space: `guest_cid`, le64.
+pub const CONFIG_SIZE: usize = 8;
+
+const VIRTIO_RING_F_EVENT_IDX_BIT: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
+
+/// What the device is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id: 3 to 4294967294.
+    pub guest_cid: u64,
+    /// The host listener; guest->host connections to port P go to `<uds_path>_<P>`.
+    pub uds_path: PathBuf,
+}
+
+/// Why the device cannot be created. Each message names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    #[error("vsock guest_cid {0} is reserved: use a value from 3 to 4294967294 (0-2 are the hypervisor, local and host; 4294967295 means any)")]
+    InvalidCid(u64),
+    #[error("vsock socket path {path:?} is {len} bytes; it must be 1 to {max} bytes so that `<path>_<port>` fits in a unix socket address: use a shorter path")]
+    PathLength {
+        path: PathBuf,
+        len: usize,
+        max: usize,
+    },
+    #[error("vsock socket {path:?} is in use by a live listener (another VM?): stop it or choose another path")]
+    InUse { path: PathBuf },
+    #[error("vsock socket path {path:?} exists and is a {kind}, not a socket: remove it or choose another path")]
+    NotASocket { path: PathBuf, kind: &'static str },
+    #[error("the directory of vsock socket {path:?} does not exist: create it first")]
+    NoDirectory { path: PathBuf },
+    #[error("permission denied creating vsock socket {path:?}: make its directory writable for the VMM's user, or choose another path")]
+    PermissionDenied { path: PathBuf },
+    #[error("cannot {op} vsock socket {path:?}: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Counters, updated by the worker and readable at any time.
+#[derive(Debug, Default)]
+pub struct VsockStats {
+    /// Packets written into the guest's rx buffers, and their payload bytes.
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    /// Well-formed packets from the guest (with its own CID), and RW payload bytes.
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// Connections that became established, and established ones closed since.
+    pub connections_opened: AtomicU64,
+    pub connections_closed: AtomicU64,
+    /// RSTs sent to the guest.
+    pub resets_sent: AtomicU64,
+    /// Packets ignored: wrong source CID, credit exceeded, RST replies that did not fit.
+    pub dropped_packets: AtomicU64,
+    /// Chains that could not be parsed (either queue); they are returned with length 0.
+    pub malformed_packets: AtomicU64,
+    /// Guest connects that found no listener at `<uds_path>_<port>` (or hit the limit).
+    pub guest_connect_failures: AtomicU64,
+    /// Host connections closed at once because of the connection limit.
+    pub host_connections_refused: AtomicU64,
+    /// Host connections closed for a malformed `CONNECT <port>` line.
+    pub bad_connect_lines: AtomicU64,
+}
+
+/// A plain copy of [`VsockStats`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VsockStatsSnapshot {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+    pub resets_sent: u64,
+    pub dropped_packets: u64,
+    pub malformed_packets: u64,
+    pub guest_connect_failures: u64,
+    pub host_connections_refused: u64,
+    pub bad_connect_lines: u64,
+}
+
+impl VsockStats {
+    pub fn snapshot(&self) -> VsockStatsSnapshot {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        VsockStatsSnapshot {
+            rx_packets: l(&self.rx_packets),
+            rx_bytes: l(&self.rx_bytes),
+            tx_packets: l(&self.tx_packets),
+            tx_bytes: l(&self.tx_bytes),
+            connections_opened: l(&self.connections_opened),
+            connections_closed: l(&self.connections_closed),
+            resets_sent: l(&self.resets_sent),
+            dropped_packets: l(&self.dropped_packets),
+            malformed_packets: l(&self.malformed_packets),
+            guest_connect_failures: l(&self.guest_connect_failures),
+            host_connections_refused: l(&self.host_connections_refused),
+            bad_connect_lines: l(&self.bad_connect_lines),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The virtio device
+// ---------------------------------------------------------------------------------------------
+
+struct WorkerHandle {
+    stop: EventFd,
+    thread: JoinHandle<Option<Muxer>>,
+}
+
+/// The virtio-vsock device.
+pub struct Vsock {
+    muxer: Option<Muxer>,
+    stats: Arc<VsockStats>,
+    guest_cid: u64,
+    uds_path: PathBuf,
+    /// (dev, inode) of the socket file we bound, to remove it on drop only if still ours.
+    socket_id: Option<(u64, u64)>,
+    features: u64,
+    acked: u64,
+    queue_sizes: [u16; NUM_QUEUES],
+    name: String,
+    worker: Option<WorkerHandle>,
+}
+
+impl std::fmt::Debug for Vsock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vsock")
+            .field("guest_cid", &self.guest_cid)
+            .field("uds_path", &self.uds_path)
+            .field("active", &self.worker.is_some())
+            .finish()
+    }
+}
+
+impl Vsock {
+    /// Validates `cfg` and binds the host listener at `uds_path` (see [`VsockError`]).
+    pub fn new(cfg: VsockConfig) -> Result<Vsock, VsockError> {
+        let stats = Arc::new(VsockStats::default());
+        let muxer = Muxer::new(&cfg, stats.clone())?;
+        let socket_id = std::fs::symlink_metadata(&cfg.uds_path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        Ok(Vsock {
+            muxer: Some(muxer),
+            stats,
+            guest_cid: cfg.guest_cid,
+            name: format!("virtio-vsock-{}", cfg.guest_cid),
+            uds_path: cfg.uds_path,
+            socket_id,
+            features: VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX_BIT,
+            acked: 0,
+            queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
+            worker: None,
+        })
+    }
+
+    /// Packet and connection counters (shared with the worker).
+    pub fn stats(&self) -> &VsockStats {
+        &self.stats
+    }
+
+    pub fn guest_cid(&self) -> u64 {
+        self.guest_cid
+    }
+
+    pub fn uds_path(&self) -> &std::path::Path {
+        &self.uds_path
+    }
+
+    /// The worker thread's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.worker.is_some()
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked = features & self.features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.guest_cid.to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = offset
+                .checked_add(i as u64)
+                .and_then(|o| usize::try_from(o).ok())
+                .and_then(|o| config.get(o).copied())
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // guest_cid is read-only.
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<ActiveQueue>,
+    ) -> Result<(), ActivateError> {
+        if self.worker.is_some() {
+            return Err(ActivateError::Other(format!(
+                "{} is already active",
+                self.name
+            )));
+        }
+        if queues.len() != NUM_QUEUES {
+            return Err(ActivateError::QueueCount {
+                got: queues.len(),
+                want: NUM_QUEUES,
+            });
+        }
+        let event_idx = self.acked & VIRTIO_RING_F_EVENT_IDX_BIT != 0;
+        let mut qs = Vec::with_capacity(NUM_QUEUES);
+        let mut notify = Vec::with_capacity(NUM_QUEUES);
+        for (
+            i,
+            ActiveQueue {
+                mut queue,
+                notify: n,
+            },
+        ) in queues.into_iter().enumerate()
+        {
+            if !queue.is_valid(&mem) {
+                return Err(ActivateError::BadQueue(i));
+            }
+            queue.set_event_idx(event_idx);
+            qs.push(queue);
+            notify.push(n);
+        }
+        let (Ok([rxq, txq, evq]), Ok(notify)) = (
+            <[Queue; NUM_QUEUES]>::try_from(qs),
+            <[EventFd; NUM_QUEUES]>::try_from(notify),
+        ) else {
+            return Err(ActivateError::QueueCount {
+                got: 0,
+                want: NUM_QUEUES,
+            });
+        };
+        let stop = EventFd::new(EFD_NONBLOCK)
+            .and_then(|s| Ok((s.try_clone()?, s)))
+            .map_err(ActivateError::Worker)?;
+        let timer = TimerFd::new().map_err(|e| ActivateError::Worker(e.into()))?;
+        let Some(muxer) = self.muxer.take() else {
+            return Err(ActivateError::Other(format!(
+                "{}: the connection state was lost when an earlier worker died; recreate the device",
+                self.name
+            )));
+        };
+        let (stop_worker, stop_handle) = stop;
+        let worker = Worker {
+            muxer,
+            mem,
+            rxq,
+            txq,
+            _evq: evq,
+            notify,
+            stop: stop_worker,
+            timer,
+            timer_armed_for: None,
+            interrupt,
+            stopping: false,
+            name: self.name.clone(),
+        };
+        // If spawning fails the muxer (and the listener) is lost: only when the host is out
+        // of threads.
+        let thread = std::thread::Builder::new()
+            .name(self.name.clone())
+            .spawn(move || worker.run())
+            .map_err(ActivateError::Worker)?;
+        self.worker = Some(WorkerHandle {
+            stop: stop_handle,
+            thread,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        let Some(w) = self.worker.take() else {
+            return false;
+        };
+        // A full non-blocking eventfd still wakes the worker; ignore the error.
+        let _ = w.stop.write(1);
+        match w.thread.join() {
+            Ok(Some(mut muxer)) => {
+                // A reloaded driver starts from scratch: drop every connection.
+                muxer.reset();
+                self.muxer = Some(muxer);
+            }
+            Ok(None) => eprintln!("{}: the worker lost the connection state", self.name),
+            Err(_) => eprintln!("{}: worker thread panicked", self.name),
+        }
+        self.acked = 0;
+        true
+    }
+}
+
+impl Drop for Vsock {
+    fn drop(&mut self) {
+        self.reset();
+        drop(self.muxer.take());
+        // Remove the socket file if it is still the one we bound.
+        let ours = std::fs::symlink_metadata(&self.uds_path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if ours.is_some() && ours == self.socket_id {
+            let _ = std::fs::remove_file(&self.uds_path);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worker
+// ---------------------------------------------------------------------------------------------
+
+const TOKEN_RX: u32 = 0;
+const TOKEN_TX: u32 = 1;
+const TOKEN_EVENT: u32 = 2;
+const TOKEN_STOP: u32 = 3;
+const TOKEN_TIMER: u32 = 4;
+
+/// The event manager's [`Watcher`].
+struct OpsWatcher<'a, 'b>(&'a mut EventOps<'b>);
+
+fn em_error(e: event_manager::Error) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl Watcher for OpsWatcher<'_, '_> {
+    fn add(&mut self, fd: RawFd, token: u32, events: EventSet) -> io::Result<()> {
+        self.0
+            .add(Events::with_data_raw(fd, token, events))
+            .map_err(em_error)
+    }
+
+    fn modify(&mut self, fd: RawFd, token: u32, events: EventSet) -> io::Result<()> {
+        self.0
+            .modify(Events::with_data_raw(fd, token, events))
+            .map_err(em_error)
+    }
+
+    fn remove(&mut self, fd: RawFd) -> io::Result<()> {
+        self.0.remove(Events::empty_raw(fd)).map_err(em_error)
+    }
+}
+
+struct Worker {
+    muxer: Muxer,
+    mem: GuestMemoryMmap,
+    rxq: Queue,
+    txq: Queue,
+    /// Held, not used: no event is ever sent.
+    _evq: Queue,
+    notify: [EventFd; NUM_QUEUES],
+    stop: EventFd,
+    timer: TimerFd,
+    timer_armed_for: Option<Instant>,
+    interrupt: Arc<dyn Interrupt>,
+    stopping: bool,
+    name: String,
+}
+
+impl Worker {
+    /// The worker thread: returns the muxer so a later activation can use it again.
+    fn run(self) -> Option<Muxer> {
+        let mut em = match EventManager::<Worker>::new() {
+            Ok(em) => em,
+            Err(e) => {
+                eprintln!("{}: cannot create the event manager: {e}", self.name);
+                return Some(self.muxer);
+            }
+        };
+        let name = self.name.clone();
+        let id = em.add_subscriber(self);
+        loop {
+            match em.subscriber_mut(id) {
+                Ok(w) if !w.stopping => {}
+                _ => break,
+            }
+            if let Err(e) = em.run() {
+                eprintln!("{name}: event loop failed: {e}");
+                break;
+            }
+        }
+        em.remove_subscriber(id).ok().map(|w| w.muxer)
+    }
+
+    /// Processes the tx queue until it is empty with notifications enabled.
+    fn handle_tx(&mut self, now: Instant) -> bool {
+        let mut used = false;
+        let mut idle_rounds = 0;
+        loop {
+            let _ = self.txq.disable_notification(&self.mem);
+            let before = self.txq.next_avail();
+            used |= self.muxer.process_tx(&mut self.txq, &self.mem, now);
+            let progressed = self.txq.next_avail() != before;
+            match self.txq.enable_notification(&self.mem) {
+                Ok(true) => {
+                    // A broken avail index makes this true forever: give up after a round
+                    // without progress.
+                    idle_rounds = if progressed { 0 } else { idle_rounds + 1 };
+                    if idle_rounds >= 2 {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        used
+    }
+
+    /// After any event: deliver what is pending, update the watched sockets and the timer,
+    /// interrupt the driver if it asked for it.
+    fn service(&mut self, ops: &mut EventOps, used_tx: bool, timer_fired: bool) {
+        let now = Instant::now();
+        let mut used_rx = self.muxer.process_rx(&mut self.rxq, &self.mem, now);
+        self.muxer.sync_interest(&mut OpsWatcher(ops));
+        if self.muxer.has_rx_work() {
+            // Registration failures reset connections; tell the guest now.
+            used_rx |= self.muxer.process_rx(&mut self.rxq, &self.mem, now);
+        }
+        self.muxer.sync_interest(&mut OpsWatcher(ops));
+
+        let next = self.muxer.next_deadline();
+        if timer_fired || next != self.timer_armed_for {
+            // Re-arming also clears a fired timer (it is never read).
+            let dur = next.map_or(Duration::ZERO, |t| {
+                t.saturating_duration_since(now)
+                    .max(Duration::from_millis(1))
+            });
+            if let Err(e) = self.timer.reset(dur, None) {
+                eprintln!("{}: cannot arm the timer: {e}", self.name);
+            }
+            self.timer_armed_for = next;
+        }
+
+        let mut notify = false;
+        if used_rx {
+            notify |= self.rxq.needs_notification(&self.mem).unwrap_or(true);
+        }
+        if used_tx {
+            notify |= self.txq.needs_notification(&self.mem).unwrap_or(true);
+        }
+        if notify {
+            if let Err(e) = self.interrupt.trigger(InterruptKind::Queue) {
+                eprintln!("{}: cannot raise the queue interrupt: {e}", self.name);
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for Worker {
+    fn init(&mut self, ops: &mut EventOps) {
+        let fds: [(RawFd, u32); 5] = [
+            (self.notify[RX_QUEUE].as_raw_fd(), TOKEN_RX),
+            (self.notify[TX_QUEUE].as_raw_fd(), TOKEN_TX),
+            (self.notify[EVENT_QUEUE].as_raw_fd(), TOKEN_EVENT),
+            (self.stop.as_raw_fd(), TOKEN_STOP),
+            (self.timer.as_raw_fd(), TOKEN_TIMER),
+        ];
+        for (fd, token) in fds {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, token, EventSet::IN)) {
+                eprintln!("{}: cannot watch the device eventfds: {e}", self.name);
+                // Without them nobody could stop us: stop now.
+                self.stopping = true;
+                return;
+            }
+        }
+        // Chains made available before activation (or a kick that raced it).
+        let used_tx = self.handle_tx(Instant::now());
+        self.service(ops, used_tx, false);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let now = Instant::now();
+        let mut used_tx = false;
+        let mut timer_fired = false;
+        match events.data() {
+            TOKEN_STOP => {
+                self.stopping = true;
+                return;
+            }
+            TOKEN_RX => {
+                // More rx buffers: delivered below. (A non-blocking read may see EAGAIN.)
+                let _ = self.notify[RX_QUEUE].read();
+            }
+            TOKEN_TX => {
+                let _ = self.notify[TX_QUEUE].read();
+                used_tx = self.handle_tx(now);
+            }
+            TOKEN_EVENT => {
+                let _ = self.notify[EVENT_QUEUE].read();
+            }
+            TOKEN_TIMER => {
+                timer_fired = true;
+                self.muxer.expire(now);
+            }
+            LISTENER_TOKEN => self.muxer.accept_host_connections(now),
+            token => self.muxer.handle_conn_event(token, events.event_set(), now),
+        }
+        self.service(ops, used_tx, timer_fired);
+    }
+}
