@@ -22,10 +22,17 @@ if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install 
     exit 1
 fi
 extra=${QVM_INITRAMFS_EXTRA:-}
+# Our static guest tools (qvm-agent for qvm-run, qvm-vsock for tests and benches).
+workspace=$(cd "$here/.." && pwd)
+target=x86_64-unknown-linux-gnu
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --manifest-path "$workspace/Cargo.toml" \
+    -p qvm-agent --bin qvm-agent --bin qvm-vsock --target "$target" >&2
+tools=("$workspace/target/$target/release/qvm-agent" "$workspace/target/$target/release/qvm-vsock")
 key=$( {
     echo "$format"
     cat "$here/init" "$here/build-initramfs.sh"
     sha256sum < "$busybox"
+    sha256sum "${tools[@]}" | cut -d' ' -f1
     if [[ -n "$extra" ]]; then (cd "$extra" && find . -type f -print0 | sort -z | xargs -0 sha256sum); fi
 } | sha256sum | cut -c1-16)
 name=initramfs.cpio
@@ -45,6 +52,7 @@ for applet in $("$root/bin/busybox" --list); do
     ln -sf busybox "$root/bin/$applet"
 done
 install -m 0755 "$here/init" "$root/init"
+install -m 0755 "${tools[@]}" "$root/bin/"
 echo 'root:x:0:0:root:/root:/bin/sh' > "$root/etc/passwd"
 echo 'export PS1="qvm-guest# " PATH=/bin:/sbin:/usr/bin:/usr/sbin' > "$root/etc/profile"
 if [[ -n "$extra" ]]; then cp -a "$extra"/. "$root"/; fi
