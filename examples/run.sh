@@ -13,4 +13,5 @@ ln -sfn "$kernel_dir/bzImage" examples/guest/bzImage
 # The guest writes to its root: give it a fresh copy of the cached image.
 cp --sparse=always "$rootfs" examples/guest/rootfs.ext4
 cargo build --release --quiet -p qvm-vmm -p qvm-tests --bin qvm-vmm --bin qvm-lab
+[[ -n "${QVM_EXAMPLE_PREPARE_ONLY:-}" ]] && exit 0
 exec target/release/qvm-lab -- "$PWD/target/release/qvm-vmm" --config "$PWD/examples/${1:-hello-vm}.toml"

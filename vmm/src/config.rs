@@ -27,6 +27,66 @@ pub struct VmConfig {
     /// virtio-blk disks, in order: the first is /dev/vda in the guest.
     #[serde(default, rename = "disk")]
     pub disks: Vec<DiskConfig>,
+    /// virtio-net interfaces on tap devices, in order: eth0, eth1, ...
+    #[serde(default, rename = "net")]
+    pub nets: Vec<NetConfig>,
+    /// The host<->guest vsock device (at most one).
+    pub vsock: Option<VsockConfig>,
+}
+
+/// virtio-mmio devices get GSIs 5..=23 of the 24-pin IOAPIC.
+pub const MAX_VIRTIO_DEVICES: usize = 19;
+pub const MAX_NETS: usize = 8;
+/// Linux interface names are at most IFNAMSIZ - 1 bytes.
+pub const MAX_TAP_NAME_LEN: usize = 15;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// A tap device created beforehand (`ip tuntap add NAME mode tap user USER`).
+    pub tap: Option<String>,
+    /// Or an open tap file descriptor this process inherited.
+    pub fd: Option<i32>,
+    /// The guest's MAC address, `52:54:00:12:34:56`; none: the guest picks a random one.
+    pub mac: Option<String>,
+}
+
+impl NetConfig {
+    /// The MAC as bytes (validate() has checked it parses).
+    pub fn mac_bytes(&self) -> Option<[u8; 6]> {
+        self.mac.as_deref().and_then(|m| parse_mac(m).ok())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context id: 3 or more.
+    pub guest_cid: u64,
+    /// The host side: a unix socket the VMM listens on (host->guest: connect and send
+    /// `CONNECT <port>\n`); guest->host connections to port P go to `<socket>_<P>`.
+    pub socket: PathBuf,
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], &'static str> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return Err("not a MAC address like 52:54:00:12:34:56");
+    }
+    for (b, p) in mac.iter_mut().zip(&parts) {
+        if p.len() != 2 {
+            return Err("not a MAC address like 52:54:00:12:34:56");
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| "not a MAC address like 52:54:00:12:34:56")?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err("a multicast address; the first byte must be even (e.g. 52:54:00:...)");
+    }
+    if mac == [0; 6] {
+        return Err("all zeros; pick a locally administered address such as 52:54:00:12:34:56");
+    }
+    Ok(mac)
 }
 
 /// Longest serial number virtio-blk's GET_ID can return.
@@ -145,6 +205,14 @@ pub enum ConfigError {
     },
     #[error("{0} [[disk]] entries; qvm supports at most {MAX_DISKS}")]
     TooManyDisks(usize),
+    #[error("{0} [[net]] entries; qvm supports at most {MAX_NETS}")]
+    TooManyNets(usize),
+    #[error("{0} virtio devices ([[disk]], [[net]] and [vsock] together); qvm supports at most {MAX_VIRTIO_DEVICES}")]
+    TooManyDevices(usize),
+    #[error("[[net]] #{}: {reason}", .index + 1)]
+    BadNet { index: usize, reason: String },
+    #[error("[vsock] {key}: {reason}")]
+    BadVsock { key: String, reason: String },
 }
 
 impl VmConfig {
@@ -186,6 +254,9 @@ impl VmConfig {
         for d in &mut cfg.disks {
             resolve(&mut d.path);
         }
+        if let Some(v) = cfg.vsock.as_mut() {
+            resolve(&mut v.socket);
+        }
         Ok(cfg)
     }
 
@@ -226,6 +297,12 @@ impl VmConfig {
             return Err(ConfigError::CmdlineNotAscii);
         }
         self.validate_disks()?;
+        self.validate_nets()?;
+        self.validate_vsock()?;
+        let devices = self.disks.len() + self.nets.len() + usize::from(self.vsock.is_some());
+        if devices > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices(devices));
+        }
         match (self.console.mode, &self.console.path) {
             (ConsoleMode::File, None) => return Err(ConfigError::ConsoleFileWithoutPath),
             (ConsoleMode::Stdio | ConsoleMode::Off, Some(_)) => {
@@ -283,6 +360,97 @@ impl VmConfig {
                     return Err(bad_id("another disk has the same id; ids must be unique"));
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn validate_nets(&self) -> Result<(), ConfigError> {
+        if self.nets.len() > MAX_NETS {
+            return Err(ConfigError::TooManyNets(self.nets.len()));
+        }
+        for (index, n) in self.nets.iter().enumerate() {
+            let bad = |reason: String| ConfigError::BadNet { index, reason };
+            match (&n.tap, n.fd) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(bad(
+                        "set exactly one of tap = \"<name>\" (a tap device created beforehand) \
+                         or fd = <n> (an inherited tap descriptor)"
+                            .into(),
+                    ))
+                }
+                (Some(name), None) => {
+                    if name.is_empty()
+                        || name.len() > MAX_TAP_NAME_LEN
+                        || !name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                    {
+                        return Err(bad(format!(
+                            "tap = {name:?}: not an interface name (1-{MAX_TAP_NAME_LEN} letters, \
+                             digits, '-', '_' or '.')"
+                        )));
+                    }
+                    if let Some(dup) = self.nets[..index]
+                        .iter()
+                        .position(|o| o.tap.as_deref() == Some(name.as_str()))
+                    {
+                        return Err(bad(format!(
+                            "tap = {name:?}: [[net]] #{} uses it already; give each interface its own tap",
+                            dup + 1
+                        )));
+                    }
+                }
+                (None, Some(fd)) => {
+                    // SAFETY: F_GETFD only reads the descriptor's flags.
+                    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                        return Err(bad(format!(
+                            "fd = {fd}: not an open file descriptor this process inherited \
+                             (stdio 0-2 are not allowed)"
+                        )));
+                    }
+                }
+            }
+            if let Some(mac) = &n.mac {
+                parse_mac(mac).map_err(|r| bad(format!("mac = {mac:?}: {r}")))?;
+                if self.nets[..index]
+                    .iter()
+                    .any(|o| o.mac_bytes() == n.mac_bytes())
+                {
+                    return Err(bad(format!(
+                        "mac = {mac:?}: another interface has the same MAC"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_vsock(&self) -> Result<(), ConfigError> {
+        let Some(v) = &self.vsock else { return Ok(()) };
+        if v.guest_cid < 3 || v.guest_cid >= u64::from(u32::MAX) {
+            return Err(ConfigError::BadVsock {
+                key: format!("guest_cid = {}", v.guest_cid),
+                reason: "CIDs 0-2 and 4294967295 are reserved; use 3 or more".into(),
+            });
+        }
+        let bad = |reason: String| ConfigError::BadVsock {
+            key: format!("socket = {:?}", v.socket),
+            reason,
+        };
+        let parent = v.socket.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(dir) = parent {
+            if !dir.is_dir() {
+                return Err(bad(format!(
+                    "the directory {} does not exist; create it or fix the path",
+                    dir.display()
+                )));
+            }
+        }
+        // sockaddr_un.sun_path is 108 bytes; guest->host sockets add "_<port>" (up to 11).
+        if v.socket.as_os_str().len() > 107 - 11 {
+            return Err(bad(
+                "too long for a unix socket path (at most 96 bytes); use a shorter path".into(),
+            ));
         }
         Ok(())
     }
@@ -401,5 +569,47 @@ mod tests {
             e.starts_with("[boot] kernel = \"/nonexistent/vmlinux\": no such file"),
             "{e}"
         );
+    }
+
+    fn with(extra: &str) -> Result<(), String> {
+        let c = parse(&format!(
+            "[machine]\nmemory_mib = 128\n[boot]\nkernel = \"/bin/sh\"\n{extra}"
+        ))
+        .map_err(|e| e.to_string())?;
+        c.validate(Some(1024)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn net_checks() {
+        with("[[net]]\ntap = \"tap0\"\nmac = \"52:54:00:12:34:56\"\n").unwrap();
+        let e = with("[[net]]\nmac = \"52:54:00:12:34:56\"\n").unwrap_err();
+        assert!(e.starts_with("[[net]] #1: set exactly one of tap"), "{e}");
+        let e = with("[[net]]\ntap = \"a-very-long-tap-name\"\n").unwrap_err();
+        assert!(e.contains("not an interface name"), "{e}");
+        let e = with("[[net]]\ntap = \"t0\"\nmac = \"53:54:00:12:34:56\"\n").unwrap_err();
+        assert!(e.contains("multicast"), "{e}");
+        let e = with("[[net]]\ntap = \"t0\"\nmac = \"52:54:00:12:34\"\n").unwrap_err();
+        assert!(e.contains("not a MAC address like"), "{e}");
+        let e = with("[[net]]\ntap = \"t0\"\n[[net]]\ntap = \"t0\"\n").unwrap_err();
+        assert!(
+            e.starts_with("[[net]] #2: tap = \"t0\": [[net]] #1 uses it"),
+            "{e}"
+        );
+        let e = with("[[net]]\nfd = 1000\n").unwrap_err();
+        assert!(e.contains("fd = 1000: not an open file descriptor"), "{e}");
+    }
+
+    #[test]
+    fn vsock_checks() {
+        with("[vsock]\nguest_cid = 3\nsocket = \"/tmp/vm.vsock\"\n").unwrap();
+        let e = with("[vsock]\nguest_cid = 2\nsocket = \"/tmp/vm.vsock\"\n").unwrap_err();
+        assert!(e.starts_with("[vsock] guest_cid = 2: CIDs 0-2"), "{e}");
+        let e = with("[vsock]\nguest_cid = 3\nsocket = \"/nonexistent/dir/v.sock\"\n").unwrap_err();
+        assert!(
+            e.contains("the directory /nonexistent/dir does not exist"),
+            "{e}"
+        );
+        let c = parse("[machine]\nmemory_mib = 128\n[boot]\nkernel = \"k\"\n[vsock]\nguest_cid = 3\nsocket = \"v.sock\"\n").unwrap();
+        assert_eq!(c.vsock.unwrap().socket, PathBuf::from("/base/v.sock"));
     }
 }

@@ -15,6 +15,9 @@ use qvm_devices::legacy::{
 };
 use qvm_devices::virtio::block::{Block, BlockConfig};
 use qvm_devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
+use qvm_devices::virtio::net::{Net, NetConfig, TapSource};
+use qvm_devices::virtio::vsock::{Vsock, VsockConfig};
+use qvm_devices::virtio::VirtioDevice;
 use qvm_devices::{Bus, ExitSignal, GuestExit};
 use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
@@ -53,6 +56,10 @@ pub enum VmError {
         max = crate::config::MAX_CMDLINE_LEN - 1
     )]
     CmdlineWithDevices { len: usize, devices: usize },
+    #[error("[[net]] #{0}: {1}")]
+    Net(usize, String),
+    #[error("[vsock]: {0}")]
+    Vsock(String),
     #[error("[[disk]] #{0}: {1}")]
     Disk(usize, String),
     #[error("device setup: {0}")]
@@ -70,6 +77,8 @@ impl VmError {
             VmError::TooManyVcpus { .. }
             | VmError::ConsoleFile(..)
             | VmError::Disk(..)
+            | VmError::Vsock(..)
+            | VmError::Net(..)
             | VmError::CmdlineWithDevices { .. } => true,
             VmError::Boot(b) => !matches!(
                 b,
@@ -166,11 +175,9 @@ fn create_devices(vm: &VmFd, cfg: &VmConfig, exit: &Arc<ExitSignal>) -> Result<D
     })
 }
 
-/// Creates the virtio devices (disks, in config order) on their virtio-mmio transports, wires
-/// their queue notifications to KVM ioeventfds and their interrupts to irqfds, and returns the
-/// MMIO bus holding them. Slots match what `acpi_config` announced.
-fn create_virtio_devices(vm: &VmFd, mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<Bus, VmError> {
-    let mut bus = Bus::new();
+/// The virtio devices of `cfg` in slot order: disks, then network interfaces, then vsock.
+fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmError> {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for (i, disk) in cfg.disks.iter().enumerate() {
         let block = Block::new(BlockConfig {
             path: disk.path.clone(),
@@ -179,11 +186,48 @@ fn create_virtio_devices(vm: &VmFd, mem: &GuestMemoryMmap, cfg: &VmConfig) -> Re
             direct_io: disk.direct_io,
         })
         .map_err(|e| VmError::Disk(i + 1, e.to_string()))?;
+        devices.push(Box::new(block));
+    }
+    for (i, n) in cfg.nets.iter().enumerate() {
+        let tap = match (&n.tap, n.fd) {
+            (Some(name), _) => TapSource::Name(name.clone()),
+            (None, Some(fd)) => TapSource::Fd(fd),
+            (None, None) => return Err(VmError::Net(i + 1, "no tap or fd".into())),
+        };
+        let net = Net::new(NetConfig {
+            tap,
+            mac: n.mac_bytes(),
+        })
+        .map_err(|e| VmError::Net(i + 1, e.to_string()))?;
+        devices.push(Box::new(net));
+    }
+    if let Some(v) = &cfg.vsock {
+        let vsock = Vsock::new(VsockConfig {
+            guest_cid: v.guest_cid,
+            uds_path: v.socket.clone(),
+        })
+        .map_err(|e| VmError::Vsock(e.to_string()))?;
+        devices.push(Box::new(vsock));
+    }
+    Ok(devices)
+}
+
+/// Number of virtio devices `cfg` asks for (their slots are 0..n).
+fn virtio_device_count(cfg: &VmConfig) -> usize {
+    cfg.disks.len() + cfg.nets.len() + usize::from(cfg.vsock.is_some())
+}
+
+/// Puts the virtio devices on virtio-mmio transports, wires their queue notifications to KVM
+/// ioeventfds and their interrupts to irqfds, and returns the MMIO bus holding them. Slots
+/// match what `acpi_config` and `guest_cmdline` announced.
+fn create_virtio_devices(vm: &VmFd, mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<Bus, VmError> {
+    let mut bus = Bus::new();
+    for (i, device) in virtio_devices(cfg)?.into_iter().enumerate() {
         let (addr, gsi) = layout::virtio_mmio_slot(i);
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;
         vm.register_irqfd(&irq, gsi)
             .map_err(kvm_err("register virtio irqfd"))?;
-        let transport = MmioTransport::new(Box::new(block), mem.clone(), irq)
+        let transport = MmioTransport::new(device, mem.clone(), irq)
             .map_err(|e| VmError::Device(e.to_string()))?;
         for (q, evt) in transport.queue_evts().iter().enumerate() {
             vm.register_ioevent(
@@ -361,7 +405,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
     })
     .map_err(kvm_err("create PIT"))?;
 
-    let cmdline = guest_cmdline(&cfg.boot.cmdline, cfg.disks.len())?;
+    let cmdline = guest_cmdline(&cfg.boot.cmdline, virtio_device_count(cfg))?;
     phase(opts, "vm-created");
     let mem = create_memory(&vm, cfg.memory_bytes())?;
     phase(opts, "memory-registered");
@@ -372,7 +416,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
             initrd: cfg.boot.initrd.as_deref(),
             cmdline: &cmdline,
             mem_size: cfg.memory_bytes(),
-            acpi: acpi_config(vcpus, cfg.disks.len()),
+            acpi: acpi_config(vcpus, virtio_device_count(cfg)),
         },
     )?;
     debug_assert!(matches!(entry.mode, EntryMode::Linux64 | EntryMode::Pvh));
