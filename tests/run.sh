@@ -12,18 +12,21 @@ tests/lab/prepare-l1.sh | tail -n1
 echo "== cargo fmt / clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-echo "== fuzz: virtio-blk request parser, ${QVM_FUZZ_SECS:-60} s"
+secs=${QVM_FUZZ_SECS:-30}
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain take them. A crash
 # makes cargo fuzz exit non-zero and leaves the input in devices/fuzz/artifacts/.
-fuzzlog=$(mktemp)
-if ! (cd devices/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run blk_request -- \
-    -max_total_time="${QVM_FUZZ_SECS:-60}") >"$fuzzlog" 2>&1; then
-    tail -n 60 "$fuzzlog"
-    echo "fuzz: blk_request failed (see above)" >&2
-    exit 1
-fi
-grep -E '^Done [0-9]+ runs' "$fuzzlog" || tail -n 5 "$fuzzlog"
-rm -f "$fuzzlog"
+for target in blk_request net_tx net_rx; do
+    echo "== fuzz: $target, $secs s"
+    fuzzlog=$(mktemp)
+    if ! (cd devices/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- \
+        -max_total_time="$secs") >"$fuzzlog" 2>&1; then
+        tail -n 60 "$fuzzlog"
+        echo "fuzz: $target failed (see above)" >&2
+        exit 1
+    fi
+    grep -E '^Done [0-9]+ runs' "$fuzzlog" || tail -n 5 "$fuzzlog"
+    rm -f "$fuzzlog"
+done
 echo "== cargo test"
 cargo build --workspace --all-targets --quiet
 log=$(mktemp)

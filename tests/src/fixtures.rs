@@ -27,22 +27,41 @@ fn target_profile_dir() -> PathBuf {
 /// another package's binaries for our tests).
 pub fn vmm_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = target_profile_dir();
-        let release = dir.file_name().is_some_and(|n| n == "release");
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(workspace())
-            .args(["build", "--quiet", "-p", "qvm-vmm", "--bin", "qvm-vmm"]);
-        if release {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("run cargo build for qvm-vmm");
-        assert!(st.success(), "building qvm-vmm failed");
-        let bin = dir.join("qvm-vmm");
-        assert!(bin.exists(), "{} missing after build", bin.display());
-        bin
-    })
-    .clone()
+    BIN.get_or_init(|| workspace_binary("qvm-vmm", "qvm-vmm"))
+        .clone()
+}
+
+/// The host build of `qvm-run` (runs commands in a guest through its agent).
+pub fn qvm_run_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_binary("qvm-agent", "qvm-run"))
+        .clone()
+}
+
+/// The host build of `qvm-vsock` (checked transfers over vsock, unix sockets and TCP).
+pub fn qvm_vsock_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_binary("qvm-agent", "qvm-vsock"))
+        .clone()
+}
+
+/// Builds `bin` of `package` in this test binary's profile and returns its path.
+fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    let dir = target_profile_dir();
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace())
+        .args(["build", "--quiet", "-p", package, "--bin", bin]);
+    if release {
+        cmd.arg("--release");
+    }
+    let st = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo build for {bin}: {e}"));
+    assert!(st.success(), "building {bin} failed");
+    let path = dir.join(bin);
+    assert!(path.exists(), "{} missing after build", path.display());
+    path
 }
 
 fn run_script(script: &str) -> PathBuf {

@@ -1,0 +1,131 @@
+//! virtio-vsock with a unix-socket host side, against the real Linux driver, in the lab:
+//! 64 MiB each way in both directions of connection set-up (host->guest through the VMM's
+//! socket and `CONNECT`, guest->host to `<socket>_<port>`), 50 concurrent connections, a host
+//! peer killed mid-stream, a refused port, and `qvm-run` through the guest agent (which also
+//! powers the VM off at the end).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use qvm_tests::fixtures::{
+    disk_toml, guest_kernel, guest_rootfs, private_copy, qvm_run_binary, qvm_vsock_binary,
+    script_disk, vm_toml, vmm_binary,
+};
+use qvm_tests::lab;
+
+const TIMEOUT: Duration = Duration::from_secs(1200);
+const MIB64: u64 = 64 << 20;
+
+fn dir(name: &str) -> PathBuf {
+    let d = lab::lab_share_dir().join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn field<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.trim_start().strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key:?} line in:\n{out}"))
+        .trim()
+}
+
+#[test]
+fn vsock_both_ways_parallel_peer_death_and_qvm_run() {
+    let d = dir("vsock");
+    let root = d.join("root.ext4");
+    private_copy(guest_rootfs(), &root);
+    let script_img = d.join("script.img");
+    script_disk(
+        &script_img,
+        &format!(
+            r#"qvm-agent 2>/dev/null &
+qvm-vsock serve vsock:5001 >/tmp/srv.out 2>&1 &
+i=0; until grep -q LISTENING /tmp/srv.out; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+echo "GUEST-READY"
+echo "G2H-SEND $(qvm-vsock client vsock:2:6000 send {MIB64} 31)"
+echo "G2H-RECV $(qvm-vsock client vsock:2:6000 recv {MIB64} 32)"
+echo "G2H-PARALLEL $(qvm-vsock client vsock:2:6000 parallel 50 65536)"
+echo "GUEST-DONE"
+# The host powers us off through qvm-run.
+while :; do sleep 1000; done
+"#
+        ),
+    );
+    // The vsock socket lives in L1's /tmp: unix sockets on the 9p share do not work.
+    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet root=/dev/vda rw \
+                   init=/init qvm.mode=run qvm.script=/dev/vdb";
+    let sock = "/tmp/qvm-vsock-test/vm.vsock";
+    let mut text = vm_toml(&guest_kernel().vmlinux, None, 1, 256, cmdline);
+    text.push_str(&disk_toml(&root, false, Some("qvm-root")));
+    text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
+    text.push_str(&format!("\n[vsock]\nguest_cid = 3\nsocket = \"{sock}\"\n"));
+    let cfg = d.join("vm.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let script = format!(
+        r#"set -u
+sock={sock}
+rm -rf /tmp/qvm-vsock-test; mkdir -p /tmp/qvm-vsock-test
+log=/tmp/qvm-vsock-test/log
+{tool} serve unix:${{sock}}_6000 >/dev/null 2>&1 &
+srv=$!
+timeout 1000 {vmm} --config {cfg} </dev/null >$log 2>&1 &
+vmm=$!
+waitfor() {{
+  i=0; until grep -q "$1" $log; do
+    i=$((i+1)); [ $i -gt 3000 ] && {{ echo "TIMEOUT waiting for $1"; return 1; }}
+    kill -0 $vmm 2>/dev/null || {{ echo "VMM died waiting for $1"; return 1; }}
+    sleep 0.2
+  done
+}}
+if waitfor GUEST-READY; then
+  echo "H2G-SEND $({tool} client vmm:$sock:5001 send {MIB64} 21)"
+  echo "H2G-RECV $({tool} client vmm:$sock:5001 recv {MIB64} 22)"
+  echo "H2G-PARALLEL $({tool} client vmm:$sock:5001 parallel 50 65536)"
+  {tool} client vmm:$sock:5001 send 4294967296 23 >/dev/null 2>&1 &
+  victim=$!
+  sleep 3; kill -9 $victim; wait $victim 2>/dev/null
+  echo "AFTER-KILL $({tool} client vmm:$sock:5001 send 1048576 24)"
+  echo "REFUSED $({tool} client vmm:$sock:5999 send 1 2>&1 | head -n1)"
+  out=$({run} --vsock $sock -- sh -c 'echo out-$((6*7)); echo to-stderr >&2; exit 3' 2>/dev/null)
+  echo "RUN-CODE $? RUN-OUT $out"
+  m=$({run} --vsock $sock -- /no/such/program 2>&1)
+  echo "RUN-MISSING code=$? $m"
+  waitfor GUEST-DONE
+  {run} --vsock $sock -- poweroff -f >/dev/null 2>&1
+fi
+wait $vmm
+echo "VMM-EXIT $?"
+kill $srv 2>/dev/null
+cat $log
+"#,
+        tool = qvm_vsock_binary().display(),
+        run = qvm_run_binary().display(),
+        vmm = vmm_binary().display(),
+        cfg = cfg.display(),
+    );
+    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let out = &r.output;
+    assert_eq!(field(out, "VMM-EXIT "), "0", "{out}");
+    for key in ["H2G-SEND ", "H2G-RECV ", "G2H-SEND ", "G2H-RECV "] {
+        assert!(
+            field(out, key).split(' ').nth(1) == Some("ok"),
+            "{key}: {out}"
+        );
+    }
+    assert_eq!(field(out, "H2G-PARALLEL "), "PARALLEL 50/50", "{out}");
+    assert_eq!(field(out, "G2H-PARALLEL "), "PARALLEL 50/50", "{out}");
+    assert!(field(out, "AFTER-KILL ").starts_with("SEND ok"), "{out}");
+    assert!(field(out, "REFUSED ").contains("refused"), "{out}");
+    assert_eq!(field(out, "RUN-CODE "), "3 RUN-OUT out-42", "{out}");
+    let missing = field(out, "RUN-MISSING ");
+    assert!(
+        missing.starts_with("code=127 ") && missing.contains("cannot run"),
+        "{out}"
+    );
+    for key in ["H2G-SEND ", "H2G-RECV ", "G2H-SEND ", "G2H-RECV "] {
+        eprintln!(
+            "{key}{} MB/s",
+            field(out, key).rsplit(' ').next().unwrap_or("?")
+        );
+    }
+}
