@@ -13,6 +13,7 @@
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod vhost_user;
 pub mod vsock;
 
 use std::sync::Arc;

@@ -1,0 +1,207 @@
+//! virtio-fs (virtio 1.2, section 5.11) through a vhost-user backend (virtiofsd).
+//!
+//! Queues: hiprio (0) and `num_request_queues` request queues. The config space (tag and
+//! number of request queues) is ours, built from [`VhostUserFsConfig`]; the backend's is not
+//! consulted. No DAX window (no shared-memory region), no notification queue.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use vhost::vhost_user::VhostUserProtocolFeatures;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+
+use super::{FrontendConfig, FrontendError, VhostUserHandle, VhostUserStats};
+use crate::virtio::{
+    ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, VirtioDevice, TYPE_FS,
+    VIRTIO_F_VERSION_1,
+};
+
+/// Longest tag (virtio 1.2, 5.11.4: 36 bytes, NUL padded, not NUL terminated when full).
+pub const TAG_LEN: usize = 36;
+/// Bytes of config space: tag + le32 num_request_queues.
+pub const CONFIG_SIZE: usize = TAG_LEN + 4;
+/// Default (and virtiofsd's maximum) queue size.
+pub const DEFAULT_QUEUE_SIZE: u16 = 1024;
+/// Largest split-ring queue.
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+/// vhost-user's limit on rings per device, hiprio included.
+pub const MAX_QUEUES: usize = 0x100;
+
+/// Virtio features we can drive through a backend.
+const SUPPORTED_FEATURES: u64 =
+    VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX | 1 << VIRTIO_RING_F_INDIRECT_DESC;
+
+/// One virtio-fs device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostUserFsConfig {
+    /// virtiofsd's `--socket-path`.
+    pub socket: PathBuf,
+    /// What the guest mounts (`mount -t virtiofs TAG /mnt`), 1 to 36 bytes.
+    pub tag: String,
+    /// Request queues besides hiprio (at least 1).
+    pub num_request_queues: u16,
+    /// Size of every queue (a power of two, at most 32768; virtiofsd handles up to 1024).
+    pub queue_size: u16,
+}
+
+impl VhostUserFsConfig {
+    /// A config with the defaults: one request queue of 1024 entries.
+    pub fn new(socket: impl Into<PathBuf>, tag: impl Into<String>) -> Self {
+        VhostUserFsConfig {
+            socket: socket.into(),
+            tag: tag.into(),
+            num_request_queues: 1,
+            queue_size: DEFAULT_QUEUE_SIZE,
+        }
+    }
+}
+
+impl Default for VhostUserFsConfig {
+    fn default() -> Self {
+        Self::new(PathBuf::new(), String::new())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("virtio-fs tag is empty: give the share a tag (1 to 36 bytes) to mount it by")]
+    EmptyTag,
+    #[error("virtio-fs tag {tag:?} is {len} bytes; tags are at most 36 bytes: shorten it")]
+    TagTooLong { tag: String, len: usize },
+    #[error("virtio-fs {tag:?}: num_request_queues is 0: use at least 1")]
+    NoRequestQueues { tag: String },
+    #[error("virtio-fs {tag:?}: {num} request queues is too many for vhost-user: use at most {max}", max = MAX_QUEUES - 1)]
+    TooManyQueues { tag: String, num: u16 },
+    #[error("virtio-fs {tag:?}: queue_size {size} is not a power of two between 1 and 32768: use e.g. 1024")]
+    BadQueueSize { tag: String, size: u16 },
+    #[error(transparent)]
+    Backend(#[from] FrontendError),
+}
+
+/// The virtio-fs device: config space here, everything else in the backend.
+#[derive(Debug)]
+pub struct VhostUserFs {
+    handle: VhostUserHandle,
+    tag: String,
+    queue_sizes: Vec<u16>,
+    config: [u8; CONFIG_SIZE],
+}
+
+impl VhostUserFs {
+    /// Checks the config, connects to the backend and negotiates.
+    pub fn new(cfg: VhostUserFsConfig) -> Result<Self, FsError> {
+        let config = config_space(&cfg.tag, cfg.num_request_queues)?;
+        let tag = cfg.tag.clone();
+        if cfg.queue_size == 0
+            || !cfg.queue_size.is_power_of_two()
+            || cfg.queue_size > MAX_QUEUE_SIZE
+        {
+            return Err(FsError::BadQueueSize {
+                tag,
+                size: cfg.queue_size,
+            });
+        }
+        let num_queues = usize::from(cfg.num_request_queues) + 1;
+        if num_queues > MAX_QUEUES {
+            return Err(FsError::TooManyQueues {
+                tag,
+                num: cfg.num_request_queues,
+            });
+        }
+        let handle = VhostUserHandle::new(FrontendConfig {
+            socket: cfg.socket,
+            label: format!("virtio-fs {tag:?}"),
+            num_queues,
+            supported_features: SUPPORTED_FEATURES,
+            protocol_features: VhostUserProtocolFeatures::MQ
+                | VhostUserProtocolFeatures::REPLY_ACK
+                | VhostUserProtocolFeatures::CONFIG,
+        })?;
+        Ok(VhostUserFs {
+            handle,
+            tag,
+            queue_sizes: vec![cfg.queue_size; num_queues],
+            config,
+        })
+    }
+
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The generic frontend (protocol features, connection state).
+    pub fn handle(&self) -> &VhostUserHandle {
+        &self.handle
+    }
+
+    pub fn stats(&self) -> &VhostUserStats {
+        self.handle.stats()
+    }
+}
+
+/// The config space for `tag` (checked) and `num_request_queues` (checked).
+pub fn config_space(tag: &str, num_request_queues: u16) -> Result<[u8; CONFIG_SIZE], FsError> {
+    if tag.is_empty() {
+        return Err(FsError::EmptyTag);
+    }
+    if tag.len() > TAG_LEN {
+        return Err(FsError::TagTooLong {
+            tag: tag.to_string(),
+            len: tag.len(),
+        });
+    }
+    if num_request_queues == 0 {
+        return Err(FsError::NoRequestQueues {
+            tag: tag.to_string(),
+        });
+    }
+    let mut config = [0u8; CONFIG_SIZE];
+    config[..tag.len()].copy_from_slice(tag.as_bytes());
+    config[TAG_LEN..].copy_from_slice(&u32::from(num_request_queues).to_le_bytes());
+    Ok(config)
+}
+
+impl VirtioDevice for VhostUserFs {
+    fn device_type(&self) -> u32 {
+        TYPE_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.handle.features()
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.handle.ack_features(features);
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = offset
+                .checked_add(i as u64)
+                .and_then(|o| usize::try_from(o).ok())
+                .and_then(|o| self.config.get(o).copied())
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // virtio-fs config space is read-only.
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<ActiveQueue>,
+    ) -> Result<(), ActivateError> {
+        self.handle.activate(&mem, interrupt, queues)
+    }
+
+    fn reset(&mut self) -> bool {
+        self.handle.reset()
+    }
+}

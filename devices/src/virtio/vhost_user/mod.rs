@@ -1,0 +1,808 @@
+//! vhost-user frontend: the device model lives in another process (the backend, e.g.
+//! virtiofsd) that we talk to over a unix socket with the vhost-user protocol
+//! (<https://qemu-project.gitlab.io/qemu/interop/vhost-user.html>); the `vhost` crate's
+//! [`Frontend`] encodes the messages.
+//!
+//! [`VhostUserHandle`] is the device-independent part, usable for any vhost-user device:
+//!
+//! - [`VhostUserHandle::new`] connects and does the handshake: GET_FEATURES, SET_OWNER and,
+//!   when the backend offers VHOST_USER_F_PROTOCOL_FEATURES, GET/SET_PROTOCOL_FEATURES (MQ,
+//!   REPLY_ACK and CONFIG when offered, whatever the device asks for) and GET_QUEUE_NUM.
+//!   The virtio features offered to the driver are the backend's, minus
+//!   VHOST_USER_F_PROTOCOL_FEATURES, masked by what the device supports.
+//! - [`VhostUserHandle::activate`] hands the backend the guest memory (SET_MEM_TABLE; every
+//!   region must be file backed, e.g. memfd, so the backend can map it), the acked features
+//!   (SET_FEATURES) and each ring: SET_VRING_NUM/BASE/ADDR (addresses are *our* virtual
+//!   addresses, the backend translates them through the memory table), SET_VRING_KICK with the
+//!   queue's notify eventfd (KVM's ioeventfd then kicks the backend directly, we never see
+//!   queue notifications), SET_VRING_CALL with an eventfd of ours, and SET_VRING_ENABLE once
+//!   protocol features are acked (rings start disabled then). A forwarder thread (plain epoll)
+//!   turns the call eventfds into [`Interrupt::trigger`] and watches the socket for a hang-up.
+//! - [`VhostUserHandle::reset`] disables and stops every ring (SET_VRING_ENABLE 0,
+//!   GET_VRING_BASE) and joins the forwarder; activation works again afterwards.
+//!
+//! Backend death: any socket error (or a reply that takes longer than [`REPLY_TIMEOUT`])
+//! marks the backend as gone: one line on stderr naming the device and the socket, a count in
+//! [`VhostUserStats::backend_lost`], never a panic. The next activation reconnects to the same
+//! socket once and redoes the handshake (the restarted backend must offer every feature the
+//! driver acked); if that fails, activation fails with a message saying to restart it.
+//!
+//! Devices on top: [`fs`] (virtio-fs).
+
+pub mod fs;
+#[cfg(test)]
+mod tests;
+
+pub use fs::{FsError, VhostUserFs, VhostUserFsConfig};
+
+use std::fmt::Display;
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vhost::vhost_user::message::VhostUserHeaderFlag;
+use vhost::vhost_user::{
+    Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{
+    Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
+};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, InterruptKind};
+
+/// How long the backend may take to answer one message before we give up on it (the vCPU
+/// that activates or resets the device waits that long at most per message).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Virtio feature bit 30, VHOST_USER_F_PROTOCOL_FEATURES: a vhost-user bit, never offered to
+/// the driver.
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+
+/// Most memory regions one SET_MEM_TABLE can carry (one fd each).
+pub const MAX_MEM_REGIONS: usize = 8;
+
+/// What to connect to and what the device on top needs.
+#[derive(Debug, Clone)]
+pub struct FrontendConfig {
+    /// The backend's listening unix socket.
+    pub socket: PathBuf,
+    /// Names the device in messages, e.g. `virtio-fs "share"`.
+    pub label: String,
+    /// Number of virtqueues the device has.
+    pub num_queues: usize,
+    /// Virtio feature bits the device (and our transport) can offer; the driver is offered the
+    /// backend's features masked by these.
+    pub supported_features: u64,
+    /// Protocol features to negotiate when the backend offers them.
+    pub protocol_features: VhostUserProtocolFeatures,
+}
+
+/// Why the backend cannot be used. Each message names the device, the socket and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontendError {
+    #[error("{label}: vhost-user socket {socket} does not exist: start the backend first (for virtio-fs: `virtiofsd --socket-path {socket} --shared-dir DIR`) or fix the path")]
+    SocketNotFound { label: String, socket: PathBuf },
+    #[error("{label}: nobody listens on vhost-user socket {socket} (the backend exited, or the socket file is stale): restart the backend")]
+    ConnectionRefused { label: String, socket: PathBuf },
+    #[error("{label}: permission denied connecting to vhost-user socket {socket}: run the backend as the same user as qvm, or fix the socket's permissions")]
+    PermissionDenied { label: String, socket: PathBuf },
+    #[error("{label}: cannot connect to vhost-user socket {socket}: {source}")]
+    Connect {
+        label: String,
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{label}: the vhost-user backend on {socket} failed {step}: {source}{hint}")]
+    Protocol {
+        label: String,
+        socket: PathBuf,
+        step: &'static str,
+        #[source]
+        source: vhost::Error,
+        hint: &'static str,
+    },
+    #[error("{label}: the vhost-user backend on {socket} does not offer VIRTIO_F_VERSION_1 (features {features:#x}): qvm only drives modern virtio devices; use a newer backend")]
+    NoVersion1 {
+        label: String,
+        socket: PathBuf,
+        features: u64,
+    },
+    #[error("{label}: the vhost-user backend on {socket} supports {backend} queues, the device needs {wanted}: configure fewer queues or start the backend with more")]
+    TooFewQueues {
+        label: String,
+        socket: PathBuf,
+        backend: u64,
+        wanted: usize,
+    },
+    #[error("{label}: the restarted vhost-user backend on {socket} lacks features {missing:#x} that the driver acked: restart it with the same options as before")]
+    FeaturesLost {
+        label: String,
+        socket: PathBuf,
+        missing: u64,
+    },
+}
+
+/// Counters, readable at any time (also while active).
+#[derive(Debug, Default)]
+pub struct VhostUserStats {
+    /// Successful handshakes (the first connection included).
+    pub connects: AtomicU64,
+    /// Times the backend was found gone (socket error, hang-up, timeout).
+    pub backend_lost: AtomicU64,
+    /// Successful activations.
+    pub activations: AtomicU64,
+    /// Backend calls forwarded to the driver as interrupts.
+    pub interrupts: AtomicU64,
+    /// Interrupts that could not be raised.
+    pub interrupt_errors: AtomicU64,
+}
+
+/// A plain copy of [`VhostUserStats`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VhostUserStatsSnapshot {
+    pub connects: u64,
+    pub backend_lost: u64,
+    pub activations: u64,
+    pub interrupts: u64,
+    pub interrupt_errors: u64,
+}
+
+impl VhostUserStats {
+    pub fn snapshot(&self) -> VhostUserStatsSnapshot {
+        VhostUserStatsSnapshot {
+            connects: self.connects.load(Ordering::Relaxed),
+            backend_lost: self.backend_lost.load(Ordering::Relaxed),
+            activations: self.activations.load(Ordering::Relaxed),
+            interrupts: self.interrupts.load(Ordering::Relaxed),
+            interrupt_errors: self.interrupt_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// State shared with the forwarder thread.
+struct Shared {
+    label: String,
+    socket: PathBuf,
+    stats: VhostUserStats,
+    /// The current connection is dead (set once per connection).
+    lost: AtomicBool,
+}
+
+impl Shared {
+    /// Records that the backend is gone: logs one line and counts it, once per connection.
+    fn backend_lost(&self, why: &dyn Display) {
+        if !self.lost.swap(true, Ordering::SeqCst) {
+            VhostUserStats::bump(&self.stats.backend_lost);
+            eprintln!(
+                "{}: vhost-user backend on {} is gone ({why}); the device is stopped until the backend is restarted and the guest driver resets it",
+                self.label,
+                self.socket.display()
+            );
+        }
+    }
+}
+
+/// One live connection after the handshake.
+struct Session {
+    frontend: Frontend,
+    /// A second handle on the socket, for the forwarder's hang-up watch.
+    sock: UnixStream,
+    /// GET_FEATURES answer.
+    backend_features: u64,
+    /// Protocol features acked; None when the backend does not do protocol features.
+    protocol: Option<VhostUserProtocolFeatures>,
+}
+
+/// The device-independent vhost-user frontend; see the module documentation.
+pub struct VhostUserHandle {
+    cfg: FrontendConfig,
+    /// None once the backend is known to be gone (until a reconnect).
+    session: Option<Session>,
+    /// Offered to the driver; fixed at [`VhostUserHandle::new`].
+    features: u64,
+    acked: u64,
+    active: Option<Forwarder>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for VhostUserHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VhostUserHandle")
+            .field("socket", &self.cfg.socket)
+            .field("label", &self.cfg.label)
+            .field("features", &format_args!("{:#x}", self.features))
+            .field("acked", &format_args!("{:#x}", self.acked))
+            .field("connected", &self.session.is_some())
+            .field("active", &self.active.is_some())
+            .finish()
+    }
+}
+
+impl VhostUserHandle {
+    /// Connects to `cfg.socket` and negotiates; see the module documentation.
+    pub fn new(cfg: FrontendConfig) -> Result<Self, FrontendError> {
+        let shared = Arc::new(Shared {
+            label: cfg.label.clone(),
+            socket: cfg.socket.clone(),
+            stats: VhostUserStats::default(),
+            lost: AtomicBool::new(false),
+        });
+        let session = handshake(&cfg)?;
+        VhostUserStats::bump(&shared.stats.connects);
+        if session.backend_features & VIRTIO_F_VERSION_1 == 0 {
+            return Err(FrontendError::NoVersion1 {
+                label: cfg.label.clone(),
+                socket: cfg.socket.clone(),
+                features: session.backend_features,
+            });
+        }
+        let features =
+            session.backend_features & !VHOST_USER_F_PROTOCOL_FEATURES & cfg.supported_features;
+        Ok(VhostUserHandle {
+            cfg,
+            session: Some(session),
+            features,
+            acked: 0,
+            active: None,
+            shared,
+        })
+    }
+
+    /// Virtio features to offer the driver.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// Records the driver's features (masked by what we offered).
+    pub fn ack_features(&mut self, features: u64) {
+        self.acked = features & self.features;
+    }
+
+    pub fn acked_features(&self) -> u64 {
+        self.acked
+    }
+
+    /// Protocol features acked with the current backend (empty when it has none, or is gone).
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.session
+            .as_ref()
+            .and_then(|s| s.protocol)
+            .unwrap_or_else(VhostUserProtocolFeatures::empty)
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.cfg.socket
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Whether we hold a connection that is not known to be dead.
+    pub fn is_connected(&self) -> bool {
+        self.session.is_some() && !self.shared.lost.load(Ordering::SeqCst)
+    }
+
+    pub fn stats(&self) -> &VhostUserStats {
+        &self.shared.stats
+    }
+
+    /// Hands memory, features and rings to the backend and starts forwarding its interrupts.
+    pub fn activate(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<ActiveQueue>,
+    ) -> Result<(), ActivateError> {
+        let label = self.cfg.label.clone();
+        if self.active.is_some() {
+            return Err(ActivateError::Other(format!("{label} is already active")));
+        }
+        if queues.len() != self.cfg.num_queues {
+            return Err(ActivateError::QueueCount {
+                got: queues.len(),
+                want: self.cfg.num_queues,
+            });
+        }
+        let regions = memory_table(mem, &label)?;
+        let rings = queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| ring_config(mem, &q.queue, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let calls = (0..queues.len())
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(ActivateError::Worker)?;
+
+        // A connection the forwarder saw hang up is as good as gone.
+        if self.shared.lost.load(Ordering::SeqCst) {
+            self.session = None;
+        }
+        let mut reconnected = false;
+        if self.session.is_none() {
+            self.reconnect()?;
+            reconnected = true;
+        }
+        loop {
+            match self.setup(&regions, &rings, &queues, &calls) {
+                Ok(()) => break,
+                Err(e) if is_disconnect(&e.1) => {
+                    self.shared
+                        .backend_lost(&format_args!("{} failed: {}", e.0, e.1));
+                    self.session = None;
+                    if reconnected {
+                        return Err(ActivateError::Other(format!(
+                            "{label}: the vhost-user backend on {} went away during {}: restart it, then reset the device",
+                            self.cfg.socket.display(),
+                            e.0
+                        )));
+                    }
+                    self.reconnect()?;
+                    reconnected = true;
+                }
+                Err((step, source)) => {
+                    // The backend refused a request: leave no ring half set up.
+                    self.stop_rings();
+                    return Err(ActivateError::Other(
+                        FrontendError::Protocol {
+                            label,
+                            socket: self.cfg.socket.clone(),
+                            step,
+                            source,
+                            hint: "",
+                        }
+                        .to_string(),
+                    ));
+                }
+            }
+        }
+
+        let sock = self
+            .session
+            .as_ref()
+            .map(|s| s.sock.try_clone())
+            .transpose()
+            .map_err(ActivateError::Worker)?;
+        match Forwarder::start(calls, sock, interrupt, self.shared.clone()) {
+            Ok(f) => self.active = Some(f),
+            Err(e) => {
+                self.stop_rings();
+                return Err(ActivateError::Worker(e));
+            }
+        }
+        VhostUserStats::bump(&self.shared.stats.activations);
+        Ok(())
+    }
+
+    /// Stops the rings and the forwarder. Returns false if the device was not active.
+    pub fn reset(&mut self) -> bool {
+        let Some(forwarder) = self.active.take() else {
+            return false;
+        };
+        self.stop_rings();
+        forwarder.stop();
+        self.acked = 0;
+        true
+    }
+
+    /// SET_VRING_ENABLE(false) and GET_VRING_BASE on every ring; gives up at the first socket
+    /// error (the backend is gone then, nothing is left to stop).
+    fn stop_rings(&mut self) {
+        if self.shared.lost.load(Ordering::SeqCst) {
+            self.session = None;
+        }
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let mut failed = None;
+        for i in 0..self.cfg.num_queues {
+            if s.protocol.is_some() {
+                if let Err(e) = s.frontend.set_vring_enable(i, false) {
+                    failed = Some(("SET_VRING_ENABLE", e));
+                    break;
+                }
+            }
+            if let Err(e) = s.frontend.get_vring_base(i) {
+                failed = Some(("GET_VRING_BASE", e));
+                break;
+            }
+        }
+        if let Some((step, e)) = failed {
+            if is_disconnect(&e) {
+                self.shared
+                    .backend_lost(&format_args!("{step} failed: {e}"));
+                self.session = None;
+            } else {
+                eprintln!(
+                    "{}: vhost-user backend on {} refused {step} while stopping: {e}",
+                    self.cfg.label,
+                    self.cfg.socket.display()
+                );
+            }
+        }
+    }
+
+    /// Connects again after the backend was found gone; the driver's features must survive.
+    fn reconnect(&mut self) -> Result<(), ActivateError> {
+        let session = handshake(&self.cfg).map_err(|e| {
+            ActivateError::Other(format!(
+                "{e} (the earlier connection was lost; reconnecting failed)"
+            ))
+        })?;
+        let missing = (self.acked | VIRTIO_F_VERSION_1) & !session.backend_features;
+        if missing != 0 {
+            return Err(ActivateError::Other(
+                FrontendError::FeaturesLost {
+                    label: self.cfg.label.clone(),
+                    socket: self.cfg.socket.clone(),
+                    missing,
+                }
+                .to_string(),
+            ));
+        }
+        self.session = Some(session);
+        self.shared.lost.store(false, Ordering::SeqCst);
+        VhostUserStats::bump(&self.shared.stats.connects);
+        Ok(())
+    }
+
+    /// The activation messages, in the order QEMU sends them.
+    fn setup(
+        &mut self,
+        regions: &[VhostUserMemoryRegionInfo],
+        rings: &[VringConfigData],
+        queues: &[ActiveQueue],
+        calls: &[EventFd],
+    ) -> Result<(), (&'static str, vhost::Error)> {
+        let Some(s) = self.session.as_mut() else {
+            return Err((
+                "connecting",
+                vhost::Error::VhostUserProtocol(vhost::vhost_user::Error::Disconnected),
+            ));
+        };
+        let fe = &mut s.frontend;
+        fe.set_mem_table(regions)
+            .map_err(|e| ("SET_MEM_TABLE", e))?;
+        let mut features = self.acked;
+        if s.protocol.is_some() {
+            features |= VHOST_USER_F_PROTOCOL_FEATURES;
+        }
+        fe.set_features(features).map_err(|e| ("SET_FEATURES", e))?;
+        for (i, ((q, ring), call)) in queues.iter().zip(rings).zip(calls).enumerate() {
+            fe.set_vring_num(i, ring.queue_size)
+                .map_err(|e| ("SET_VRING_NUM", e))?;
+            fe.set_vring_base(i, q.queue.next_avail())
+                .map_err(|e| ("SET_VRING_BASE", e))?;
+            fe.set_vring_addr(i, ring)
+                .map_err(|e| ("SET_VRING_ADDR", e))?;
+            fe.set_vring_kick(i, &q.notify)
+                .map_err(|e| ("SET_VRING_KICK", e))?;
+            fe.set_vring_call(i, call)
+                .map_err(|e| ("SET_VRING_CALL", e))?;
+            if s.protocol.is_some() {
+                fe.set_vring_enable(i, true)
+                    .map_err(|e| ("SET_VRING_ENABLE", e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for VhostUserHandle {
+    fn drop(&mut self) {
+        self.reset();
+    }
+}
+
+const VIRTIO_F_VERSION_1: u64 = super::VIRTIO_F_VERSION_1;
+
+/// Whether a vhost error means the connection is unusable (as opposed to the backend
+/// refusing one request, or a check on our side).
+fn is_disconnect(e: &vhost::Error) -> bool {
+    use vhost::vhost_user::Error as E;
+    match e {
+        vhost::Error::VhostUserProtocol(e) => !matches!(
+            e,
+            E::BackendInternalError
+                | E::InvalidParam
+                | E::InactiveFeature(_)
+                | E::InactiveOperation(_)
+                | E::FeatureMismatch
+        ),
+        vhost::Error::IOError(_) => true,
+        _ => false,
+    }
+}
+
+fn connect(cfg: &FrontendConfig) -> Result<UnixStream, FrontendError> {
+    let label = cfg.label.clone();
+    let socket = cfg.socket.clone();
+    let stream = UnixStream::connect(&cfg.socket).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => FrontendError::SocketNotFound { label, socket },
+        io::ErrorKind::ConnectionRefused => FrontendError::ConnectionRefused { label, socket },
+        io::ErrorKind::PermissionDenied => FrontendError::PermissionDenied { label, socket },
+        _ => FrontendError::Connect {
+            label,
+            socket,
+            source,
+        },
+    })?;
+    let timeouts = stream
+        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(REPLY_TIMEOUT)));
+    timeouts.map_err(|source| FrontendError::Connect {
+        label: cfg.label.clone(),
+        socket: cfg.socket.clone(),
+        source,
+    })?;
+    Ok(stream)
+}
+
+/// Connects and negotiates: GET_FEATURES, SET_OWNER, GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM.
+fn handshake(cfg: &FrontendConfig) -> Result<Session, FrontendError> {
+    let stream = connect(cfg)?;
+    let protocol_err = |step: &'static str, hint: &'static str| {
+        move |source| FrontendError::Protocol {
+            label: cfg.label.clone(),
+            socket: cfg.socket.clone(),
+            step,
+            source,
+            hint,
+        }
+    };
+    let sock = stream
+        .try_clone()
+        .map_err(|source| FrontendError::Connect {
+            label: cfg.label.clone(),
+            socket: cfg.socket.clone(),
+            source,
+        })?;
+    let mut frontend = Frontend::from_stream(stream, cfg.num_queues as u64);
+    let not_vhost_user = " (is this a vhost-user socket, and not already used by another VMM?)";
+    let backend_features = frontend
+        .get_features()
+        .map_err(protocol_err("GET_FEATURES", not_vhost_user))?;
+    frontend
+        .set_owner()
+        .map_err(protocol_err("SET_OWNER", not_vhost_user))?;
+
+    let mut protocol = None;
+    if backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+        let offered = frontend
+            .get_protocol_features()
+            .map_err(protocol_err("GET_PROTOCOL_FEATURES", ""))?;
+        let acked = offered & cfg.protocol_features;
+        frontend
+            .set_protocol_features(acked)
+            .map_err(protocol_err("SET_PROTOCOL_FEATURES", ""))?;
+        if acked.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            // Every message that has no reply of its own is then acked by the backend, so a
+            // request it refuses fails here instead of being silently ignored.
+            frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        if acked.contains(VhostUserProtocolFeatures::MQ) {
+            let backend = frontend
+                .get_queue_num()
+                .map_err(protocol_err("GET_QUEUE_NUM", ""))?;
+            if backend < cfg.num_queues as u64 {
+                return Err(FrontendError::TooFewQueues {
+                    label: cfg.label.clone(),
+                    socket: cfg.socket.clone(),
+                    backend,
+                    wanted: cfg.num_queues,
+                });
+            }
+        }
+        protocol = Some(acked);
+    }
+    Ok(Session {
+        frontend,
+        sock,
+        backend_features,
+        protocol,
+    })
+}
+
+/// The SET_MEM_TABLE regions: every region of `mem` with the file (memfd) behind it.
+fn memory_table(
+    mem: &GuestMemoryMmap,
+    label: &str,
+) -> Result<Vec<VhostUserMemoryRegionInfo>, ActivateError> {
+    if mem.num_regions() > MAX_MEM_REGIONS {
+        return Err(ActivateError::Other(format!(
+            "{label}: guest memory has {} regions, vhost-user can share at most {MAX_MEM_REGIONS}: use fewer memory regions",
+            mem.num_regions()
+        )));
+    }
+    let mut table = Vec::with_capacity(mem.num_regions());
+    for region in mem.iter() {
+        let gpa = region.start_addr().raw_value();
+        let Some(file) = region.file_offset() else {
+            return Err(ActivateError::Other(format!(
+                "{label}: guest memory at {gpa:#x} is anonymous; vhost-user backends need shareable guest memory: back guest memory with a memfd (shared memory)"
+            )));
+        };
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| ActivateError::Other(format!("{label}: guest memory at {gpa:#x}: {e}")))?;
+        table.push(VhostUserMemoryRegionInfo {
+            guest_phys_addr: gpa,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            mmap_offset: file.start(),
+            mmap_handle: file.file().as_raw_fd(),
+        });
+    }
+    if table.is_empty() {
+        return Err(ActivateError::Other(format!(
+            "{label}: the VM has no guest memory to share"
+        )));
+    }
+    Ok(table)
+}
+
+/// Our virtual address of `len` bytes at `addr`, which must lie inside one region (the
+/// backend translates the start through the memory table and accesses the rest from there).
+fn host_range(mem: &GuestMemoryMmap, addr: u64, len: u64) -> Option<u64> {
+    let (region, off) = mem.to_region_addr(GuestAddress(addr))?;
+    let last = off.checked_add(len.checked_sub(1)?)?;
+    region.check_address(last)?;
+    region.get_host_address(off).ok().map(|p| p as u64)
+}
+
+/// SET_VRING_ADDR data for one queue (virtio 1.2, 2.7: split ring sizes).
+fn ring_config(
+    mem: &GuestMemoryMmap,
+    queue: &Queue,
+    index: usize,
+) -> Result<VringConfigData, ActivateError> {
+    let size = u64::from(queue.size());
+    let bad = || ActivateError::BadQueue(index);
+    Ok(VringConfigData {
+        queue_max_size: queue.max_size(),
+        queue_size: queue.size(),
+        flags: 0,
+        desc_table_addr: host_range(mem, queue.desc_table(), 16 * size).ok_or_else(bad)?,
+        used_ring_addr: host_range(mem, queue.used_ring(), 6 + 8 * size).ok_or_else(bad)?,
+        avail_ring_addr: host_range(mem, queue.avail_ring(), 6 + 2 * size).ok_or_else(bad)?,
+        log_addr: None,
+    })
+}
+
+const TOKEN_STOP: u64 = u64::MAX;
+const TOKEN_SOCKET: u64 = u64::MAX - 1;
+
+/// The thread that turns backend calls into interrupts.
+struct Forwarder {
+    stop: EventFd,
+    thread: JoinHandle<()>,
+}
+
+impl Forwarder {
+    fn start(
+        calls: Vec<EventFd>,
+        sock: Option<UnixStream>,
+        interrupt: Arc<dyn Interrupt>,
+        shared: Arc<Shared>,
+    ) -> io::Result<Self> {
+        let epoll = Epoll::new()?;
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        epoll.ctl(
+            ControlOperation::Add,
+            stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_STOP),
+        )?;
+        for (i, call) in calls.iter().enumerate() {
+            epoll.ctl(
+                ControlOperation::Add,
+                call.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, i as u64),
+            )?;
+        }
+        if let Some(sock) = &sock {
+            epoll.ctl(
+                ControlOperation::Add,
+                sock.as_raw_fd(),
+                EpollEvent::new(
+                    EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR,
+                    TOKEN_SOCKET,
+                ),
+            )?;
+        }
+        let worker = ForwarderLoop {
+            epoll,
+            calls,
+            sock,
+            interrupt,
+            shared: shared.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("vhost-user {}", shared.label))
+            .spawn(move || worker.run())?;
+        let stop_handle = stop;
+        Ok(Forwarder {
+            stop: stop_handle,
+            thread,
+        })
+    }
+
+    fn stop(self) {
+        // A full non-blocking eventfd still wakes the thread; ignore the error.
+        let _ = self.stop.write(1);
+        if self.thread.join().is_err() {
+            eprintln!("vhost-user: interrupt forwarder thread panicked");
+        }
+    }
+}
+
+struct ForwarderLoop {
+    epoll: Epoll,
+    calls: Vec<EventFd>,
+    sock: Option<UnixStream>,
+    interrupt: Arc<dyn Interrupt>,
+    shared: Arc<Shared>,
+}
+
+impl ForwarderLoop {
+    fn run(mut self) {
+        let mut events = vec![EpollEvent::default(); self.calls.len() + 2];
+        loop {
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    eprintln!(
+                        "{}: vhost-user interrupt forwarder failed: {e}",
+                        self.shared.label
+                    );
+                    return;
+                }
+            };
+            for ev in events.iter().take(n) {
+                match ev.data() {
+                    TOKEN_STOP => return,
+                    TOKEN_SOCKET => {
+                        self.shared.backend_lost(&"the socket hung up");
+                        if let Some(sock) = self.sock.take() {
+                            // Level-triggered: stop watching, or the hang-up spins the loop.
+                            let _ = self.epoll.ctl(
+                                ControlOperation::Delete,
+                                sock.as_raw_fd(),
+                                EpollEvent::default(),
+                            );
+                        }
+                    }
+                    i => self.forward(i),
+                }
+            }
+        }
+    }
+
+    fn forward(&self, index: u64) {
+        let Some(call) = usize::try_from(index).ok().and_then(|i| self.calls.get(i)) else {
+            return;
+        };
+        // Non-blocking: consumes the count (EAGAIN if a racing read took it; still forward).
+        let _ = call.read();
+        let stats = &self.shared.stats;
+        match self.interrupt.trigger(InterruptKind::Queue) {
+            Ok(()) => VhostUserStats::bump(&stats.interrupts),
+            Err(_) => VhostUserStats::bump(&stats.interrupt_errors),
+        }
+    }
+}

@@ -1,0 +1,710 @@
+//! Tests against an in-process vhost-user backend (vhost-user-backend's daemon on a unix
+//! socket in a temp dir), with memfd-backed guest memory. No root, no guest.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::io::FromRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::{Listener, VhostUserProtocolFeatures};
+use vhost_user_backend::{
+    ShutdownHandle, VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT,
+};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{
+    Address, FileOffset, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
+    GuestMemoryRegion,
+};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::fs::{config_space, CONFIG_SIZE};
+use super::*;
+use crate::virtio::{ActiveQueue, GuestMemoryMmap, InterruptKind, VirtioDevice, TYPE_FS};
+
+const MIB: u64 = 1 << 20;
+/// Second memory region's guest address (the first is at 0).
+const HIGH_GPA: u64 = 0x1000_0000;
+const VIRTIO_F_NOTIFY_ON_EMPTY: u64 = 1 << 24;
+const RING_SIZE: u16 = 256;
+
+// ---------------------------------------------------------------------------------------------
+// The mock backend
+// ---------------------------------------------------------------------------------------------
+
+/// What the backend saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// (guest address, size, file offset) of every region of the last memory table.
+    regions: Vec<(u64, u64, Option<u64>)>,
+    /// Kicks per queue.
+    kicks: Vec<usize>,
+    /// (desc, avail, used, size) of a queue, in guest addresses, as of its last kick.
+    rings: Vec<Option<(u64, u64, u64, u16)>>,
+    acked_features: u64,
+}
+
+struct MockBackend {
+    queues: usize,
+    features: u64,
+    protocol: VhostUserProtocolFeatures,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl VhostUserBackendMut for MockBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        self.queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        1024
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn acked_features(&mut self, features: u64) {
+        self.seen.lock().unwrap().acked_features = features;
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.protocol
+    }
+
+    fn set_event_idx(&mut self, _enabled: bool) {}
+
+    fn update_memory(
+        &mut self,
+        mem: GuestMemoryAtomic<vm_memory::GuestMemoryMmap>,
+    ) -> io::Result<()> {
+        let mem = mem.memory();
+        self.seen.lock().unwrap().regions = mem
+            .iter()
+            .map(|r| {
+                (
+                    r.start_addr().raw_value(),
+                    r.len(),
+                    r.file_offset().map(|f| f.start()),
+                )
+            })
+            .collect();
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        let i = usize::from(device_event);
+        let Some(vring) = vrings.get(i) else {
+            return Ok(());
+        };
+        {
+            let state = vring.get_ref();
+            let q = state.get_queue();
+            let mut seen = self.seen.lock().unwrap();
+            seen.kicks[i] += 1;
+            seen.rings[i] = Some((q.desc_table(), q.avail_ring(), q.used_ring(), q.size()));
+        }
+        vring.signal_used_queue()
+    }
+}
+
+const BACKEND_FEATURES: u64 = VIRTIO_F_VERSION_1
+    | 1 << VIRTIO_RING_F_EVENT_IDX
+    | 1 << VIRTIO_RING_F_INDIRECT_DESC
+    | VIRTIO_F_NOTIFY_ON_EMPTY
+    | VHOST_USER_F_PROTOCOL_FEATURES;
+
+fn full_protocol() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::BACKEND_REQ
+}
+
+/// A backend daemon serving one connection on `path`.
+struct TestBackend {
+    seen: Arc<Mutex<Seen>>,
+    shutdown: mpsc::Receiver<ShutdownHandle>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestBackend {
+    fn spawn(path: &Path, queues: usize, protocol: VhostUserProtocolFeatures) -> Self {
+        Self::spawn_with(path, queues, BACKEND_FEATURES, protocol)
+    }
+
+    fn spawn_with(
+        path: &Path,
+        queues: usize,
+        features: u64,
+        protocol: VhostUserProtocolFeatures,
+    ) -> Self {
+        let seen = Arc::new(Mutex::new(Seen {
+            kicks: vec![0; queues],
+            rings: vec![None; queues],
+            ..Default::default()
+        }));
+        let backend = MockBackend {
+            queues,
+            features,
+            protocol,
+            seen: seen.clone(),
+        };
+        // Bound here, so the frontend cannot connect before the daemon listens.
+        let mut listener = Listener::new(path, true).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut daemon = VhostUserDaemon::new(
+                "qvm-test-backend".to_string(),
+                Arc::new(RwLock::new(backend)),
+                GuestMemoryAtomic::new(vm_memory::GuestMemoryMmap::new()),
+            )
+            .unwrap();
+            if daemon.start(&mut listener).is_err() {
+                return;
+            }
+            if let Some(h) = daemon.shutdown_handle() {
+                let _ = tx.send(h);
+            }
+            // Err on a normal disconnect; either way the daemon is done.
+            let _ = daemon.wait();
+        });
+        TestBackend {
+            seen,
+            shutdown: rx,
+            thread: Some(thread),
+        }
+    }
+
+    /// The backend dies: its connection goes away.
+    fn kill(mut self) {
+        let h = self
+            .shutdown
+            .recv_timeout(Duration::from_secs(10))
+            .expect("backend never got a connection");
+        h.shutdown();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    fn kicks(&self, q: usize) -> usize {
+        self.seen.lock().unwrap().kicks[q]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        // Short: a unix socket path has at most 107 bytes.
+        let dir = std::env::temp_dir().join(format!(
+            "qvm-vu-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.0.join("vhost.sock")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct CountingInterrupt(AtomicUsize);
+
+impl Interrupt for CountingInterrupt {
+    fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
+        assert_eq!(kind, InterruptKind::Queue);
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Two 1 MiB regions (at 0 and at [`HIGH_GPA`]) backed by one memfd.
+fn memfd_memory() -> GuestMemoryMmap {
+    // SAFETY: a valid NUL-terminated name; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"qvm-vhost-user-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
+    // SAFETY: the fd was just created and is owned by nobody else.
+    let file = Arc::new(unsafe { File::from_raw_fd(fd) });
+    file.set_len(2 * MIB).unwrap();
+    GuestMemoryMmap::from_ranges_with_files([
+        (
+            GuestAddress(0),
+            MIB as usize,
+            Some(FileOffset::from_arc(file.clone(), 0)),
+        ),
+        (
+            GuestAddress(HIGH_GPA),
+            MIB as usize,
+            Some(FileOffset::from_arc(file, MIB)),
+        ),
+    ])
+    .unwrap()
+}
+
+/// Ring addresses of queue `i`: queue 0 in the low region, the others in the high one.
+fn ring_addrs(i: usize) -> (u64, u64, u64) {
+    let base = if i == 0 {
+        0x1_0000
+    } else {
+        HIGH_GPA + 0x1_0000 * i as u64
+    };
+    (base, base + 0x4000, base + 0x5000)
+}
+
+fn set_addr(f: impl FnOnce(&mut Queue, Option<u32>, Option<u32>), q: &mut Queue, addr: u64) {
+    f(q, Some(addr as u32), Some((addr >> 32) as u32));
+}
+
+/// Ready queues plus the notify eventfds we keep to kick them.
+fn queues(n: usize) -> (Vec<ActiveQueue>, Vec<EventFd>) {
+    let mut active = Vec::new();
+    let mut kicks = Vec::new();
+    for i in 0..n {
+        let mut q = Queue::new(1024).unwrap();
+        q.set_size(RING_SIZE);
+        let (desc, avail, used) = ring_addrs(i);
+        set_addr(Queue::set_desc_table_address, &mut q, desc);
+        set_addr(Queue::set_avail_ring_address, &mut q, avail);
+        set_addr(Queue::set_used_ring_address, &mut q, used);
+        q.set_ready(true);
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        active.push(ActiveQueue {
+            queue: q,
+            notify: kick.try_clone().unwrap(),
+        });
+        kicks.push(kick);
+    }
+    (active, kicks)
+}
+
+fn fs_config(socket: &Path, tag: &str) -> VhostUserFsConfig {
+    VhostUserFsConfig::new(socket, tag)
+}
+
+fn new_interrupt() -> Arc<CountingInterrupt> {
+    Arc::new(CountingInterrupt(AtomicUsize::new(0)))
+}
+
+/// Kicks queue `q` and waits for the backend to see it and for the interrupt it causes.
+fn kick_and_wait(
+    fs: &VhostUserFs,
+    backend: &TestBackend,
+    irq: &CountingInterrupt,
+    kicks: &[EventFd],
+    q: usize,
+) {
+    let kicks_before = backend.kicks(q);
+    let irqs_before = irq.0.load(Ordering::SeqCst);
+    kicks[q].write(1).unwrap();
+    wait_for("the backend to see the kick", || {
+        backend.kicks(q) > kicks_before
+    });
+    wait_for("the interrupt", || {
+        irq.0.load(Ordering::SeqCst) > irqs_before
+    });
+    assert!(fs.stats().snapshot().interrupts as usize > irqs_before);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn new_negotiates_and_exposes_the_tag() {
+    let dir = TempDir::new("negotiate");
+    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
+    let fs = VhostUserFs::new(fs_config(&dir.socket(), "myfs")).unwrap();
+
+    assert_eq!(fs.device_type(), TYPE_FS);
+    assert_eq!(fs.queue_max_sizes(), &[1024, 1024]);
+    // Backend's features, minus the vhost-user bit and what we do not drive.
+    assert_eq!(
+        fs.features(),
+        VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX | 1 << VIRTIO_RING_F_INDIRECT_DESC
+    );
+    assert_eq!(
+        fs.handle().protocol_features(),
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG
+    );
+    assert!(fs.handle().is_connected());
+    assert_eq!(fs.stats().snapshot().connects, 1);
+
+    let mut cfg = [0xffu8; CONFIG_SIZE];
+    fs.read_config(0, &mut cfg);
+    assert_eq!(&cfg[..4], b"myfs");
+    assert!(cfg[4..36].iter().all(|&b| b == 0));
+    assert_eq!(&cfg[36..], &1u32.to_le_bytes());
+    let mut tail = [0xffu8; 8];
+    fs.read_config(36, &mut tail);
+    assert_eq!(tail, [1, 0, 0, 0, 0, 0, 0, 0]);
+    fs.read_config(u64::MAX, &mut tail);
+    assert_eq!(tail, [0; 8]);
+
+    drop(fs);
+    backend.kill();
+}
+
+#[test]
+fn config_space_with_more_request_queues_and_a_full_tag() {
+    let tag = "a".repeat(36);
+    let cfg = config_space(&tag, 4).unwrap();
+    assert_eq!(&cfg[..36], tag.as_bytes());
+    assert_eq!(&cfg[36..], &4u32.to_le_bytes());
+}
+
+#[test]
+fn bad_configs_are_refused_with_a_fix() {
+    let nowhere = Path::new("/nonexistent/qvm/vhost.sock");
+    let e = VhostUserFs::new(fs_config(nowhere, "")).unwrap_err();
+    assert!(matches!(e, FsError::EmptyTag), "{e}");
+    let e = VhostUserFs::new(fs_config(nowhere, &"x".repeat(37))).unwrap_err();
+    assert!(matches!(e, FsError::TagTooLong { len: 37, .. }), "{e}");
+    assert!(e.to_string().contains("shorten"), "{e}");
+    let mut cfg = fs_config(nowhere, "t");
+    cfg.num_request_queues = 0;
+    assert!(matches!(
+        VhostUserFs::new(cfg).unwrap_err(),
+        FsError::NoRequestQueues { .. }
+    ));
+    let mut cfg = fs_config(nowhere, "t");
+    cfg.queue_size = 1000;
+    assert!(matches!(
+        VhostUserFs::new(cfg).unwrap_err(),
+        FsError::BadQueueSize { size: 1000, .. }
+    ));
+    let e = VhostUserFs::new(fs_config(nowhere, "t")).unwrap_err();
+    assert!(
+        matches!(e, FsError::Backend(FrontendError::SocketNotFound { .. })),
+        "{e}"
+    );
+    assert!(e.to_string().contains("/nonexistent/qvm/vhost.sock"), "{e}");
+    assert!(e.to_string().contains("virtiofsd"), "{e}");
+}
+
+#[test]
+fn a_backend_with_too_few_queues_is_refused() {
+    let dir = TempDir::new("few-queues");
+    let _backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
+    let mut cfg = fs_config(&dir.socket(), "t");
+    cfg.num_request_queues = 2;
+    let e = VhostUserFs::new(cfg).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            FsError::Backend(FrontendError::TooFewQueues {
+                backend: 2,
+                wanted: 3,
+                ..
+            })
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn activate_shares_memory_and_rings_and_forwards_interrupts() {
+    let dir = TempDir::new("activate");
+    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
+    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "share")).unwrap();
+    fs.ack_features(fs.features());
+    let mem = memfd_memory();
+    let irq = new_interrupt();
+    let (active, kicks) = queues(2);
+    fs.activate(mem, irq.clone(), active).unwrap();
+    assert!(fs.handle().is_active());
+
+    {
+        let seen = backend.seen.lock().unwrap();
+        assert_eq!(
+            seen.regions,
+            vec![(0, MIB, Some(0)), (HIGH_GPA, MIB, Some(MIB))]
+        );
+        // The PROTOCOL_FEATURES bit goes back to the backend with the driver's features.
+        assert_eq!(
+            seen.acked_features,
+            fs.features() | VHOST_USER_F_PROTOCOL_FEATURES
+        );
+    }
+
+    for q in 0..2 {
+        kick_and_wait(&fs, &backend, &irq, &kicks, q);
+        // Our virtual addresses came back to guest addresses through the memory table.
+        let (desc, avail, used) = ring_addrs(q);
+        assert_eq!(
+            backend.seen.lock().unwrap().rings[q],
+            Some((desc, avail, used, RING_SIZE))
+        );
+    }
+    assert_eq!(fs.stats().snapshot().activations, 1);
+    assert_eq!(fs.stats().snapshot().backend_lost, 0);
+
+    assert!(fs.reset());
+    drop(fs);
+    backend.kill();
+}
+
+#[test]
+fn works_without_mq() {
+    let dir = TempDir::new("no-mq");
+    // (vhost's backend side always adds REPLY_ACK.)
+    let backend = TestBackend::spawn(&dir.socket(), 2, VhostUserProtocolFeatures::empty());
+    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
+    assert_eq!(
+        fs.handle().protocol_features(),
+        VhostUserProtocolFeatures::REPLY_ACK
+    );
+    fs.ack_features(VIRTIO_F_VERSION_1);
+    let irq = new_interrupt();
+    let (active, kicks) = queues(2);
+    fs.activate(memfd_memory(), irq.clone(), active).unwrap();
+    kick_and_wait(&fs, &backend, &irq, &kicks, 1);
+    assert!(fs.reset());
+    drop(fs);
+    backend.kill();
+}
+
+#[test]
+fn works_without_protocol_features() {
+    let dir = TempDir::new("no-protocol");
+    let features = BACKEND_FEATURES & !VHOST_USER_F_PROTOCOL_FEATURES;
+    let backend = TestBackend::spawn_with(
+        &dir.socket(),
+        2,
+        features,
+        VhostUserProtocolFeatures::empty(),
+    );
+    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
+    assert_eq!(
+        fs.handle().protocol_features(),
+        VhostUserProtocolFeatures::empty()
+    );
+    fs.ack_features(fs.features());
+    let irq = new_interrupt();
+    let (active, kicks) = queues(2);
+    // Rings start enabled here (no SET_VRING_ENABLE without protocol features).
+    fs.activate(memfd_memory(), irq.clone(), active).unwrap();
+    // No REPLY_ACK: the messages are fire-and-forget, the backend catches up.
+    wait_for("SET_FEATURES", || {
+        backend.seen.lock().unwrap().acked_features == fs.features()
+    });
+    kick_and_wait(&fs, &backend, &irq, &kicks, 0);
+    kick_and_wait(&fs, &backend, &irq, &kicks, 1);
+    assert!(fs.reset());
+    drop(fs);
+    backend.kill();
+}
+
+#[test]
+fn a_backend_without_version_1_is_refused() {
+    let dir = TempDir::new("legacy");
+    let _backend = TestBackend::spawn_with(
+        &dir.socket(),
+        2,
+        BACKEND_FEATURES & !VIRTIO_F_VERSION_1,
+        full_protocol(),
+    );
+    let e = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap_err();
+    assert!(
+        matches!(e, FsError::Backend(FrontendError::NoVersion1 { .. })),
+        "{e}"
+    );
+}
+
+#[test]
+fn reset_stops_the_rings_and_activate_works_again() {
+    let dir = TempDir::new("reset");
+    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
+    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
+    assert!(!fs.reset(), "not active yet");
+
+    fs.ack_features(fs.features());
+    let irq = new_interrupt();
+    let (active, kicks) = queues(2);
+    fs.activate(memfd_memory(), irq.clone(), active).unwrap();
+    kick_and_wait(&fs, &backend, &irq, &kicks, 0);
+    assert!(fs.reset());
+    assert!(!fs.reset(), "already reset");
+    assert!(!fs.handle().is_active());
+
+    // A kick on the old eventfd no longer reaches the backend.
+    let before = backend.kicks(0);
+    kicks[0].write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(backend.kicks(0), before);
+
+    // The driver negotiates again and restarts the device.
+    fs.ack_features(fs.features());
+    let irq = new_interrupt();
+    let (active, kicks) = queues(2);
+    fs.activate(memfd_memory(), irq.clone(), active).unwrap();
+    kick_and_wait(&fs, &backend, &irq, &kicks, 0);
+    kick_and_wait(&fs, &backend, &irq, &kicks, 1);
+    assert_eq!(fs.stats().snapshot().activations, 2);
+
+    // Activating twice is refused without disturbing the running device.
+    let (active, _) = queues(2);
+    let e = fs
+        .activate(memfd_memory(), irq.clone(), active)
+        .unwrap_err();
+    assert!(e.to_string().contains("already active"), "{e}");
+    kick_and_wait(&fs, &backend, &irq, &kicks, 1);
+
+    assert!(fs.reset());
+    drop(fs);
+    backend.kill();
+}
+
+#[test]
+fn activate_checks_memory_and_queues() {
+    let dir = TempDir::new("checks");
+    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
+    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
+    fs.ack_features(fs.features());
+
+    let anon = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MIB as usize)]).unwrap();
+    let (active, _) = queues(2);
+    let e = fs.activate(anon, new_interrupt(), active).unwrap_err();
+    assert!(matches!(e, ActivateError::Other(_)), "{e}");
+    assert!(e.to_string().contains("shareable"), "{e}");
+
+    let (active, _) = queues(1);
+    let e = fs
+        .activate(memfd_memory(), new_interrupt(), active)
+        .unwrap_err();
+    assert!(
+        matches!(e, ActivateError::QueueCount { got: 1, want: 2 }),
+        "{e}"
+    );
+
+    // A ring outside guest memory.
+    let (mut active, _) = queues(2);
+    set_addr(
+        Queue::set_used_ring_address,
+        &mut active[1].queue,
+        HIGH_GPA + MIB - 8,
+    );
+    let e = fs
+        .activate(memfd_memory(), new_interrupt(), active)
+        .unwrap_err();
+    assert!(matches!(e, ActivateError::BadQueue(1)), "{e}");
+
+    // None of that hurt the connection.
+    let irq = new_interrupt();
+    let (active, kicks) = queues(2);
+    fs.activate(memfd_memory(), irq.clone(), active).unwrap();
+    kick_and_wait(&fs, &backend, &irq, &kicks, 0);
+    assert!(fs.reset());
+    drop(fs);
+    backend.kill();
+}
+
+#[test]
+fn backend_death_fails_activate_and_a_restarted_backend_is_reconnected() {
+    let dir = TempDir::new("death");
+    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
+    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
+    fs.ack_features(fs.features());
+    let irq = new_interrupt();
+    let (active, kicks) = queues(2);
+    fs.activate(memfd_memory(), irq.clone(), active).unwrap();
+    kick_and_wait(&fs, &backend, &irq, &kicks, 0);
+
+    backend.kill();
+    // The forwarder notices the hang-up on its own, logs once and counts it.
+    wait_for("the backend loss to be noticed", || {
+        fs.stats().snapshot().backend_lost == 1
+    });
+    assert!(!fs.handle().is_connected());
+    assert!(fs.reset(), "reset still stops our side");
+
+    // Nobody listens any more: activate fails (one reconnect attempt), nothing panics.
+    fs.ack_features(fs.features());
+    let (active, _) = queues(2);
+    let e = fs
+        .activate(memfd_memory(), new_interrupt(), active)
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("reconnecting failed"), "{msg}");
+    assert!(msg.contains("vhost.sock"), "{msg}");
+    assert!(!fs.handle().is_active());
+    assert_eq!(fs.stats().snapshot().backend_lost, 1, "logged once");
+
+    // The backend is restarted on the same socket: the next activation reconnects.
+    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
+    let irq = new_interrupt();
+    let (active, kicks) = queues(2);
+    fs.activate(memfd_memory(), irq.clone(), active).unwrap();
+    assert!(fs.handle().is_connected());
+    assert_eq!(fs.stats().snapshot().connects, 2);
+    kick_and_wait(&fs, &backend, &irq, &kicks, 1);
+    assert!(fs.reset());
+    drop(fs);
+    backend.kill();
+}
+
+#[test]
+fn backend_death_before_activation_is_an_error_not_a_panic() {
+    let dir = TempDir::new("early-death");
+    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
+    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
+    backend.kill();
+    // Dead before anything watched the socket: the first message fails.
+    fs.ack_features(fs.features());
+    let (active, _) = queues(2);
+    let e = fs
+        .activate(memfd_memory(), new_interrupt(), active)
+        .unwrap_err();
+    assert!(matches!(e, ActivateError::Other(_)), "{e}");
+    assert_eq!(fs.stats().snapshot().backend_lost, 1);
+    assert!(!fs.reset());
+}
