@@ -9,6 +9,7 @@ pkgs=(
     e2fsprogs file                                                            # disk images, debugfs
     valgrind                                                                  # blk cost bench
     build-essential                                                           # libFuzzer (cargo fuzz)
+    libseccomp-dev libcap-ng-dev                                              # building virtiofsd
 )
 missing=()
 for p in "${pkgs[@]}"; do

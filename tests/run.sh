@@ -9,6 +9,7 @@ echo "== guest kernel, initramfs and lab image (cached by input hash)"
 guest-kernel-config/build-kernel.sh
 guest-kernel-config/build-initramfs.sh
 tests/lab/prepare-l1.sh | tail -n1
+scripts/install-virtiofsd.sh
 echo "== cargo fmt / clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -32,6 +32,30 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// The host<->guest vsock device (at most one).
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs shares served by virtiofsd over vhost-user.
+    #[serde(default, rename = "fs")]
+    pub filesystems: Vec<FsConfig>,
+}
+
+/// virtio-fs tags are at most 36 bytes (the config space field).
+pub const MAX_FS_TAG_LEN: usize = 36;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// What the guest mounts: `mount -t virtiofs <tag> /mnt`.
+    pub tag: String,
+    /// The vhost-user socket of virtiofsd. Without `shared_dir`, a virtiofsd someone else started
+    /// listens there; with it, qvm-vmm starts virtiofsd on this path itself.
+    pub socket: PathBuf,
+    /// The host directory to share: qvm-vmm starts and stops virtiofsd for it.
+    pub shared_dir: Option<PathBuf>,
+    /// With `shared_dir`: the guest may not write (virtiofsd --readonly).
+    #[serde(default)]
+    pub read_only: bool,
+    /// With `shared_dir`: the virtiofsd binary (default: `virtiofsd` on PATH, or the one
+    /// scripts/install-virtiofsd.sh built, via the QVM_VIRTIOFSD environment variable).
+    pub virtiofsd: Option<PathBuf>,
 }
 
 /// virtio-mmio devices get GSIs 5..=23 of the 24-pin IOAPIC.
@@ -207,10 +231,12 @@ pub enum ConfigError {
     TooManyDisks(usize),
     #[error("{0} [[net]] entries; qvm supports at most {MAX_NETS}")]
     TooManyNets(usize),
-    #[error("{0} virtio devices ([[disk]], [[net]] and [vsock] together); qvm supports at most {MAX_VIRTIO_DEVICES}")]
+    #[error("{0} virtio devices ([[disk]], [[net]], [vsock] and [[fs]] together); qvm supports at most {MAX_VIRTIO_DEVICES}")]
     TooManyDevices(usize),
     #[error("[[net]] #{}: {reason}", .index + 1)]
     BadNet { index: usize, reason: String },
+    #[error("[[fs]] #{}: {reason}", .index + 1)]
+    BadFs { index: usize, reason: String },
     #[error("[vsock] {key}: {reason}")]
     BadVsock { key: String, reason: String },
 }
@@ -257,6 +283,17 @@ impl VmConfig {
         if let Some(v) = cfg.vsock.as_mut() {
             resolve(&mut v.socket);
         }
+        for f in &mut cfg.filesystems {
+            resolve(&mut f.socket);
+            if let Some(d) = f.shared_dir.as_mut() {
+                resolve(d);
+            }
+            if let Some(b) = f.virtiofsd.as_mut() {
+                if b.components().count() > 1 {
+                    resolve(b);
+                }
+            }
+        }
         Ok(cfg)
     }
 
@@ -299,7 +336,11 @@ impl VmConfig {
         self.validate_disks()?;
         self.validate_nets()?;
         self.validate_vsock()?;
-        let devices = self.disks.len() + self.nets.len() + usize::from(self.vsock.is_some());
+        self.validate_fs()?;
+        let devices = self.disks.len()
+            + self.nets.len()
+            + usize::from(self.vsock.is_some())
+            + self.filesystems.len();
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }
@@ -419,6 +460,74 @@ impl VmConfig {
                     return Err(bad(format!(
                         "mac = {mac:?}: another interface has the same MAC"
                     )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_fs(&self) -> Result<(), ConfigError> {
+        for (index, f) in self.filesystems.iter().enumerate() {
+            let bad = |reason: String| ConfigError::BadFs { index, reason };
+            if f.tag.is_empty() || f.tag.len() > MAX_FS_TAG_LEN || f.tag.contains('\0') {
+                return Err(bad(format!(
+                    "tag = {:?}: use 1 to {MAX_FS_TAG_LEN} bytes (it is what the guest mounts)",
+                    f.tag
+                )));
+            }
+            if self.filesystems[..index].iter().any(|o| o.tag == f.tag) {
+                return Err(bad(format!(
+                    "tag = {:?}: another [[fs]] has it; tags must be unique",
+                    f.tag
+                )));
+            }
+            if self.filesystems[..index]
+                .iter()
+                .any(|o| o.socket == f.socket)
+            {
+                return Err(bad(format!(
+                    "socket = {:?}: another [[fs]] uses it; each share needs its own virtiofsd socket",
+                    f.socket
+                )));
+            }
+            match &f.shared_dir {
+                Some(dir) => {
+                    if !dir.is_dir() {
+                        return Err(bad(format!(
+                            "shared_dir = {dir:?}: not a directory; create it or fix the path"
+                        )));
+                    }
+                    if let Some(parent) = f.socket.parent().filter(|p| !p.as_os_str().is_empty()) {
+                        if !parent.is_dir() {
+                            return Err(bad(format!(
+                                "socket = {:?}: the directory {} does not exist",
+                                f.socket,
+                                parent.display()
+                            )));
+                        }
+                    }
+                }
+                None => {
+                    if f.read_only || f.virtiofsd.is_some() {
+                        return Err(bad(
+                            "read_only and virtiofsd only apply when qvm-vmm starts virtiofsd: \
+                             add shared_dir = \"<dir>\" or start virtiofsd with --readonly yourself"
+                                .into(),
+                        ));
+                    }
+                    use std::os::unix::fs::FileTypeExt;
+                    let is_socket = std::fs::metadata(&f.socket)
+                        .map(|m| m.file_type().is_socket())
+                        .unwrap_or(false);
+                    if !is_socket {
+                        return Err(bad(format!(
+                            "socket = {:?}: no virtiofsd listens there; start one \
+                             (virtiofsd --socket-path {} --shared-dir DIR) or set shared_dir so \
+                             qvm-vmm starts it",
+                            f.socket,
+                            f.socket.display()
+                        )));
+                    }
                 }
             }
         }
@@ -611,5 +720,25 @@ mod tests {
         );
         let c = parse("[machine]\nmemory_mib = 128\n[boot]\nkernel = \"k\"\n[vsock]\nguest_cid = 3\nsocket = \"v.sock\"\n").unwrap();
         assert_eq!(c.vsock.unwrap().socket, PathBuf::from("/base/v.sock"));
+    }
+
+    #[test]
+    fn fs_checks() {
+        let e = with("[[fs]]\ntag = \"\"\nsocket = \"/tmp/x.sock\"\nshared_dir = \"/tmp\"\n")
+            .unwrap_err();
+        assert!(
+            e.starts_with("[[fs]] #1: tag = \"\": use 1 to 36 bytes"),
+            "{e}"
+        );
+        with("[[fs]]\ntag = \"home\"\nsocket = \"/tmp/x.sock\"\nshared_dir = \"/tmp\"\nread_only = true\n").unwrap();
+        let e = with("[[fs]]\ntag = \"a\"\nsocket = \"/tmp/x.sock\"\nshared_dir = \"/tmp\"\n[[fs]]\ntag = \"a\"\nsocket = \"/tmp/y.sock\"\nshared_dir = \"/tmp\"\n").unwrap_err();
+        assert!(e.contains("tags must be unique"), "{e}");
+        let e = with("[[fs]]\ntag = \"a\"\nsocket = \"/nonexistent/x.sock\"\n").unwrap_err();
+        assert!(e.contains("no virtiofsd listens there"), "{e}");
+        let e = with(
+            "[[fs]]\ntag = \"a\"\nsocket = \"/tmp/x.sock\"\nshared_dir = \"/nonexistent/dir\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("not a directory"), "{e}");
     }
 }

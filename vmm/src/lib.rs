@@ -4,4 +4,5 @@ pub mod boot;
 pub mod config;
 pub mod console;
 pub mod vcpu;
+pub mod virtiofsd;
 pub mod vm;

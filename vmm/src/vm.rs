@@ -16,6 +16,7 @@ use qvm_devices::legacy::{
 use qvm_devices::virtio::block::{Block, BlockConfig};
 use qvm_devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
 use qvm_devices::virtio::net::{Net, NetConfig, TapSource};
+use qvm_devices::virtio::vhost_user::fs::{VhostUserFs, VhostUserFsConfig};
 use qvm_devices::virtio::vsock::{Vsock, VsockConfig};
 use qvm_devices::virtio::VirtioDevice;
 use qvm_devices::{Bus, ExitSignal, GuestExit};
@@ -58,6 +59,8 @@ pub enum VmError {
     CmdlineWithDevices { len: usize, devices: usize },
     #[error("[[net]] #{0}: {1}")]
     Net(usize, String),
+    #[error("[[fs]] #{0}: {1}")]
+    Fs(usize, String),
     #[error("[vsock]: {0}")]
     Vsock(String),
     #[error("[[disk]] #{0}: {1}")]
@@ -79,6 +82,7 @@ impl VmError {
             | VmError::Disk(..)
             | VmError::Vsock(..)
             | VmError::Net(..)
+            | VmError::Fs(..)
             | VmError::CmdlineWithDevices { .. } => true,
             VmError::Boot(b) => !matches!(
                 b,
@@ -209,12 +213,31 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmError>
         .map_err(|e| VmError::Vsock(e.to_string()))?;
         devices.push(Box::new(vsock));
     }
+    for (i, f) in cfg.filesystems.iter().enumerate() {
+        let fs = VhostUserFs::new(VhostUserFsConfig::new(f.socket.clone(), f.tag.clone()))
+            .map_err(|e| VmError::Fs(i + 1, e.to_string()))?;
+        devices.push(Box::new(fs));
+    }
     Ok(devices)
 }
 
 /// Number of virtio devices `cfg` asks for (their slots are 0..n).
 fn virtio_device_count(cfg: &VmConfig) -> usize {
-    cfg.disks.len() + cfg.nets.len() + usize::from(cfg.vsock.is_some())
+    cfg.disks.len() + cfg.nets.len() + usize::from(cfg.vsock.is_some()) + cfg.filesystems.len()
+}
+
+/// Starts virtiofsd for every `[[fs]]` with a shared_dir; they stop when the result is dropped.
+fn start_virtiofsd(cfg: &VmConfig) -> Result<Vec<crate::virtiofsd::Virtiofsd>, VmError> {
+    let mut started = Vec::new();
+    for (i, fs) in cfg.filesystems.iter().enumerate() {
+        if let Some(dir) = &fs.shared_dir {
+            started.push(
+                crate::virtiofsd::Virtiofsd::start(fs, dir)
+                    .map_err(|e| VmError::Fs(i + 1, e.to_string()))?,
+            );
+        }
+    }
+    Ok(started)
 }
 
 /// Puts the virtio devices on virtio-mmio transports, wires their queue notifications to KVM
@@ -308,13 +331,41 @@ fn acpi_config(vcpus: u8, virtio_devices: usize) -> acpi::AcpiConfig {
     }
 }
 
-fn create_memory(vm: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap, VmError> {
-    let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(mem_size)
-        .into_iter()
-        .map(|(a, s)| (GuestAddress(a), s as usize))
-        .collect();
-    let mem = GuestMemoryMmap::from_ranges(&ranges)
-        .map_err(|e| VmError::Memory(mem_size >> 20, e.to_string()))?;
+/// Guest RAM, registered with KVM. `shared`: backed by one memfd (mapped MAP_SHARED) so a
+/// vhost-user backend such as virtiofsd can map it too; otherwise anonymous private memory.
+fn create_memory(vm: &VmFd, mem_size: u64, shared: bool) -> Result<GuestMemoryMmap, VmError> {
+    let mem_err = |e: String| VmError::Memory(mem_size >> 20, e);
+    let file = if shared {
+        // SAFETY: memfd_create with a static NUL-terminated name; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"qvm-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(mem_err(format!(
+                "memfd_create: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        // SAFETY: a new descriptor nothing else owns.
+        let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        f.set_len(mem_size)
+            .map_err(|e| mem_err(format!("sizing the memfd: {e}")))?;
+        Some(Arc::new(f))
+    } else {
+        None
+    };
+    let mut offset = 0u64;
+    let ranges: Vec<(GuestAddress, usize, Option<vm_memory::FileOffset>)> =
+        layout::ram_ranges(mem_size)
+            .into_iter()
+            .map(|(a, s)| {
+                let fo = file
+                    .as_ref()
+                    .map(|f| vm_memory::FileOffset::from_arc(f.clone(), offset));
+                offset += s;
+                (GuestAddress(a), s as usize, fo)
+            })
+            .collect();
+    let mem =
+        GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|e| mem_err(e.to_string()))?;
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(MemoryRegionAddress(0))
@@ -407,7 +458,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
 
     let cmdline = guest_cmdline(&cfg.boot.cmdline, virtio_device_count(cfg))?;
     phase(opts, "vm-created");
-    let mem = create_memory(&vm, cfg.memory_bytes())?;
+    let mem = create_memory(&vm, cfg.memory_bytes(), !cfg.filesystems.is_empty())?;
     phase(opts, "memory-registered");
     let entry = boot::load(
         &mem,
@@ -424,6 +475,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
 
     let exit = Arc::new(ExitSignal::new().map_err(|e| VmError::Device(e.to_string()))?);
     let devices = create_devices(&vm, cfg, &exit)?;
+    let _virtiofsd = start_virtiofsd(cfg)?;
     let mmio = create_virtio_devices(&vm, &mem, cfg)?;
 
     let mut fds = Vec::with_capacity(usize::from(vcpus));

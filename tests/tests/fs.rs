@@ -1,0 +1,147 @@
+//! virtio-fs through vhost-user, served by a virtiofsd that qvm-vmm starts, against the real
+//! Linux driver, in the lab: file operations, a 64 MiB file checked on the host, a host-side
+//! change seen by the guest, a read-only share, and virtiofsd killed under a read loop.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use qvm_tests::fixtures::{
+    disk_toml, guest_kernel, guest_rootfs, private_copy, script_disk, vm_toml, vmm_binary,
+    workspace,
+};
+use qvm_tests::lab;
+
+const TIMEOUT: Duration = Duration::from_secs(1200);
+
+fn virtiofsd() -> &'static PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = Command::new(workspace().join("scripts/install-virtiofsd.sh"))
+            .output()
+            .expect("run scripts/install-virtiofsd.sh");
+        assert!(
+            out.status.success(),
+            "install-virtiofsd failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+fn field<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.trim_start().strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key:?} line in:\n{out}"))
+        .trim()
+}
+
+#[test]
+fn virtiofs_files_host_changes_read_only_share_and_backend_death() {
+    let d = lab::lab_share_dir().join("fs");
+    std::fs::create_dir_all(&d).unwrap();
+    let root = d.join("root.ext4");
+    private_copy(guest_rootfs(), &root);
+    let script_img = d.join("script.img");
+    script_disk(
+        &script_img,
+        r#"mkdir -p /mnt/s /mnt/ro
+mount -t virtiofs share /mnt/s || echo "MOUNT failed"
+mount -t virtiofs ro /mnt/ro || echo "MOUNT-RO failed"
+echo "HOSTFILE $(cat /mnt/s/hostfile)"
+cd /mnt/s
+echo hello > a && mv a b && ln -s b c && chmod 600 b && echo "OPS $(cat c) $(stat -c %a b) $(readlink c)"
+mkdir d && touch d/x && rm d/x && rmdir d && echo "DIRS ok"
+rm b c
+dd if=/dev/urandom of=big bs=1M count=64 2>/dev/null && sync
+echo "BIG $(sha256sum big | cut -d' ' -f1)"
+echo "RO-READ $(cat /mnt/ro/readme)"
+if touch /mnt/ro/x 2>/dev/null; then echo "RO-WRITE allowed"; else echo "RO-WRITE refused"; fi
+echo "GUEST-WAITING"
+i=0; until [ -e /mnt/s/host-late ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done
+echo "SAW-HOST-CHANGE $(cat /mnt/s/host-late 2>/dev/null)"
+(while :; do cat /mnt/s/big >/dev/null 2>&1 || { echo "READ-ERROR seen"; break; }; done) &
+echo "READ-LOOP"
+# The host kills virtiofsd now. Requests in flight then never complete (nothing serves the
+# queue), so stay off the mount: the rest of the guest must keep working.
+sleep 8
+dd if=/dev/urandom of=/root/after bs=64k count=16 conv=fsync 2>/dev/null
+echo "STILL-ALIVE $(cat /proc/uptime | cut -d' ' -f1)"
+# The dead share's requests never complete, so a sync would hang: power off without one.
+stty "$(stty -g)" 2>/dev/null
+poweroff -n -f
+"#,
+    );
+    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet root=/dev/vda rw \
+                   init=/init qvm.mode=run qvm.script=/dev/vdb";
+    let mut text = vm_toml(&guest_kernel().vmlinux, None, 1, 256, cmdline);
+    text.push_str(&disk_toml(&root, false, Some("qvm-root")));
+    text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
+    let t = "/tmp/qvm-fs-test";
+    text.push_str(&format!(
+        "\n[[fs]]\ntag = \"share\"\nsocket = \"{t}/share.sock\"\nshared_dir = \"{t}/share\"\nvirtiofsd = {:?}\n\
+         \n[[fs]]\ntag = \"ro\"\nsocket = \"{t}/ro.sock\"\nshared_dir = \"{t}/ro\"\nread_only = true\nvirtiofsd = {:?}\n",
+        virtiofsd().display().to_string(),
+        virtiofsd().display().to_string()
+    ));
+    let cfg = d.join("vm.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let script = format!(
+        r#"set -u
+t={t}
+rm -rf $t; mkdir -p $t/share $t/ro
+echo from-the-host > $t/share/hostfile
+echo read-me > $t/ro/readme
+log=$t/log
+timeout 1000 {vmm} --config {cfg} </dev/null >$log 2>&1 &
+vmm=$!
+waitfor() {{
+  i=0; until grep -q "$1" $log; do
+    i=$((i+1)); [ $i -gt 3000 ] && {{ echo "TIMEOUT waiting for $1"; return 1; }}
+    kill -0 $vmm 2>/dev/null || {{ echo "VMM died waiting for $1"; return 1; }}
+    sleep 0.2
+  done
+}}
+waitfor GUEST-WAITING && echo "changed-later" > $t/share/host-late
+echo "HOST-BIG $(sha256sum $t/share/big 2>/dev/null | cut -d' ' -f1)"
+echo "HOST-RO-UNCHANGED $(ls $t/ro | tr '\n' ' ')"
+if waitfor READ-LOOP; then
+  sleep 1
+  pid=$(pgrep -f "socket-path=$t/share.sock" | head -n1)
+  kill -9 $pid && echo "KILLED-VIRTIOFSD $pid"
+fi
+wait $vmm
+echo "VMM-EXIT $?"
+cat $log
+"#,
+        vmm = vmm_binary().display(),
+        cfg = cfg.display(),
+    );
+    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let out = &r.output;
+    assert_eq!(field(out, "VMM-EXIT "), "0", "{out}");
+    assert!(
+        !out.contains("MOUNT failed") && !out.contains("MOUNT-RO failed"),
+        "{out}"
+    );
+    assert_eq!(field(out, "HOSTFILE "), "from-the-host", "{out}");
+    assert_eq!(field(out, "OPS "), "hello 600 b", "{out}");
+    assert_eq!(field(out, "DIRS "), "ok", "{out}");
+    let big = field(out, "BIG ");
+    assert_eq!(big.len(), 64, "{out}");
+    assert_eq!(field(out, "HOST-BIG "), big, "{out}");
+    assert_eq!(field(out, "RO-READ "), "read-me", "{out}");
+    assert_eq!(field(out, "RO-WRITE "), "refused", "{out}");
+    assert_eq!(field(out, "HOST-RO-UNCHANGED "), "readme", "{out}");
+    assert_eq!(field(out, "SAW-HOST-CHANGE "), "changed-later", "{out}");
+    assert!(out.contains("KILLED-VIRTIOFSD"), "{out}");
+    assert!(
+        out.contains("STILL-ALIVE"),
+        "the guest did not survive: {out}"
+    );
+    assert!(
+        out.contains("vhost-user backend on /tmp/qvm-fs-test/share.sock is gone"),
+        "the VMM did not report the dead backend: {out}"
+    );
+}

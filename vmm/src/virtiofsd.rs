@@ -1,0 +1,108 @@
+//! Starting and stopping virtiofsd for `[[fs]]` entries with `shared_dir`.
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::FsConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VirtiofsdError {
+    #[error(
+        "cannot start virtiofsd ({bin}): {source}; install it (scripts/install-virtiofsd.sh) and \
+         set virtiofsd = \"<path>\" in [[fs]] or QVM_VIRTIOFSD"
+    )]
+    Spawn {
+        bin: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("virtiofsd for {dir} exited ({status}) before listening on {socket}; run it by hand to see why")]
+    Exited {
+        dir: PathBuf,
+        socket: PathBuf,
+        status: std::process::ExitStatus,
+    },
+    #[error("virtiofsd for {dir} did not create {socket} within 10 s")]
+    Timeout { dir: PathBuf, socket: PathBuf },
+}
+
+/// A virtiofsd we started; dropping it stops it and removes its socket.
+pub struct Virtiofsd {
+    child: Child,
+    socket: PathBuf,
+}
+
+/// The virtiofsd binary for `fs`: its `virtiofsd` key, else $QVM_VIRTIOFSD, else PATH.
+fn binary(fs: &FsConfig) -> PathBuf {
+    fs.virtiofsd
+        .clone()
+        .or_else(|| std::env::var_os("QVM_VIRTIOFSD").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("virtiofsd"))
+}
+
+fn is_socket(p: &Path) -> bool {
+    std::fs::metadata(p)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false)
+}
+
+impl Virtiofsd {
+    /// Starts virtiofsd for `fs` (which has a shared_dir) and waits for its socket.
+    pub fn start(fs: &FsConfig, dir: &Path) -> Result<Virtiofsd, VirtiofsdError> {
+        let bin = binary(fs);
+        let _ = std::fs::remove_file(&fs.socket);
+        let mut cmd = Command::new(&bin);
+        cmd.arg(format!("--socket-path={}", fs.socket.display()))
+            .arg(format!("--shared-dir={}", dir.display()))
+            .args(["--cache=auto", "--log-level=error"])
+            .stdin(Stdio::null());
+        // Its namespace sandbox needs privileges; unprivileged, it runs without one.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            cmd.arg("--sandbox=none");
+        }
+        if fs.read_only {
+            cmd.arg("--readonly");
+        }
+        let mut child = cmd.spawn().map_err(|source| VirtiofsdError::Spawn {
+            bin: bin.clone(),
+            source,
+        })?;
+        let start = Instant::now();
+        while !is_socket(&fs.socket) {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(VirtiofsdError::Exited {
+                    dir: dir.to_path_buf(),
+                    socket: fs.socket.clone(),
+                    status,
+                });
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(VirtiofsdError::Timeout {
+                    dir: dir.to_path_buf(),
+                    socket: fs.socket.clone(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(Virtiofsd {
+            child,
+            socket: fs.socket.clone(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
