@@ -108,8 +108,12 @@ echo "HOST-BIG $(sha256sum $t/share/big 2>/dev/null | cut -d' ' -f1)"
 echo "HOST-RO-UNCHANGED $(ls $t/ro | tr '\n' ' ')"
 if waitfor READ-LOOP; then
   sleep 1
-  pid=$(pgrep -f "socket-path=$t/share.sock" | head -n1)
-  kill -9 $pid && echo "KILLED-VIRTIOFSD $pid"
+  # virtiofsd's namespace sandbox forks: kill every process of it (the pattern is built here
+  # so this script's own command line cannot match it).
+  pat="socket-path=$t/share"; pat="$pat.sock"
+  pids=$(pgrep -f "$pat" | tr '\n' ' ')
+  kill -9 $pids && echo "KILLED-VIRTIOFSD $pids"
+  waitfor "share.sock is gone"
 fi
 wait $vmm
 echo "VMM-EXIT $?"
