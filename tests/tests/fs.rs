@@ -1,6 +1,7 @@
 //! virtio-fs through vhost-user, served by a virtiofsd that qvm-vmm starts, against the real
 //! Linux driver, in the lab: file operations, a 64 MiB file checked on the host, a host-side
-//! change seen by the guest, a read-only share, and virtiofsd killed under a read loop.
+//! change seen by the guest, a read-only share, virtiofsd killed under a read loop (the guest
+//! gets ENOTCONN, not a hang), and virtiofsd restarted on the same socket (a remount works).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -61,14 +62,22 @@ if touch /mnt/ro/x 2>/dev/null; then echo "RO-WRITE allowed"; else echo "RO-WRIT
 echo "GUEST-WAITING"
 i=0; until [ -e /mnt/s/host-late ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done
 echo "SAW-HOST-CHANGE $(cat /mnt/s/host-late 2>/dev/null)"
-(while :; do cat /mnt/s/big >/dev/null 2>&1 || { echo "READ-ERROR seen"; break; }; done) &
+(while :; do cat /mnt/s/big >/dev/null 2>/tmp/read-err || { echo "READ-ERROR $(cat /tmp/read-err)"; break; }; done; touch /tmp/read-done) &
 echo "READ-LOOP"
-# The host kills virtiofsd now. Requests in flight then never complete (nothing serves the
-# queue), so stay off the mount: the rest of the guest must keep working.
-sleep 8
+# The host kills virtiofsd now: the VMM answers the share's requests with ENOTCONN, so the
+# read loop ends with an error (instead of hanging), and the rest of the guest keeps working.
+waitfile() {
+  i=0; until [ -e "$1" ]; do i=$((i+1)); [ $i -gt 3000 ] && { echo "GUEST-TIMEOUT $1"; return 1; }; sleep 0.1; done
+}
+waitfile /tmp/read-done
 dd if=/dev/urandom of=/root/after bs=64k count=16 conv=fsync 2>/dev/null
 echo "STILL-ALIVE $(cat /proc/uptime | cut -d' ' -f1)"
-# The dead share's requests never complete, so a sync would hang: power off without one.
+# The host restarts virtiofsd on the same socket and says so through the read-only share.
+waitfile /mnt/ro/backend-back
+cd /
+umount /mnt/s || umount -l /mnt/s
+mount -t virtiofs share /mnt/s && echo "REMOUNT $(cat /mnt/s/hostfile) $(sha256sum /mnt/s/big | cut -d' ' -f1)"
+echo after-restart > /mnt/s/from-guest-2 && sync
 stty "$(stty -g)" 2>/dev/null
 poweroff -n -f
 "#,
@@ -113,14 +122,23 @@ if waitfor READ-LOOP; then
   pat="socket-path=$t/share"; pat="$pat.sock"
   pids=$(pgrep -f "$pat" | tr '\n' ' ')
   kill -9 $pids && echo "KILLED-VIRTIOFSD $pids"
-  waitfor "share.sock is gone"
+  if waitfor "share.sock is gone" && waitfor READ-ERROR; then
+    # Restarted on the same socket, as an admin (or a supervisor) would.
+    {virtiofsd} --socket-path=$t/share.sock --shared-dir=$t/share --cache=auto --log-level=error >$t/virtiofsd2.log 2>&1 &
+    v2=$!
+    waitfor "share.sock is back" && touch $t/ro/backend-back
+  fi
 fi
 wait $vmm
 echo "VMM-EXIT $?"
+[ -n "${{v2:-}}" ] && kill $v2 2>/dev/null
+echo "HOST-SAW-GUEST-WRITE $(cat $t/share/from-guest-2 2>/dev/null)"
+cat $t/virtiofsd2.log 2>/dev/null
 cat $log
 "#,
         vmm = vmm_binary().display(),
         cfg = cfg.display(),
+        virtiofsd = virtiofsd().display(),
     );
     let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let out = &r.output;
@@ -141,11 +159,30 @@ cat $log
     assert_eq!(field(out, "SAW-HOST-CHANGE "), "changed-later", "{out}");
     assert!(out.contains("KILLED-VIRTIOFSD"), "{out}");
     assert!(
+        out.contains("vhost-user backend on /tmp/qvm-fs-test/share.sock is gone"),
+        "the VMM did not report the dead backend: {out}"
+    );
+    let err = field(out, "READ-ERROR ");
+    assert!(
+        err.contains("not connected"),
+        "the guest should see ENOTCONN on the dead share: {out}"
+    );
+    assert!(
         out.contains("STILL-ALIVE"),
         "the guest did not survive: {out}"
     );
     assert!(
-        out.contains("vhost-user backend on /tmp/qvm-fs-test/share.sock is gone"),
-        "the VMM did not report the dead backend: {out}"
+        out.contains("vhost-user backend on /tmp/qvm-fs-test/share.sock is back"),
+        "the VMM did not reconnect to the restarted virtiofsd: {out}"
+    );
+    assert_eq!(
+        field(out, "REMOUNT "),
+        format!("from-the-host {big}"),
+        "the share did not work again after a remount: {out}"
+    );
+    assert_eq!(
+        field(out, "HOST-SAW-GUEST-WRITE "),
+        "after-restart",
+        "{out}"
     );
 }

@@ -3,6 +3,10 @@
 //! Queues: hiprio (0) and `num_request_queues` request queues. The config space (tag and
 //! number of request queues) is ours, built from [`VhostUserFsConfig`]; the backend's is not
 //! consulted. No DAX window (no shared-memory region), no notification queue.
+//!
+//! While virtiofsd is gone, [`FuseStandby`] answers every request on a request queue with a
+//! FUSE error reply (ENOTCONN, what a FUSE mount whose daemon died returns), and completes
+//! hiprio requests (FORGETs, which have no reply) empty.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +14,10 @@ use std::sync::Arc;
 use vhost::vhost_user::VhostUserProtocolFeatures;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
-use super::{FrontendConfig, FrontendError, VhostUserHandle, VhostUserStats};
+use virtio_queue::DescriptorChain;
+use vm_memory::Bytes;
+
+use super::{FrontendConfig, FrontendError, StandbyResponder, VhostUserHandle, VhostUserStats};
 use crate::virtio::{
     ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, VirtioDevice, TYPE_FS,
     VIRTIO_F_VERSION_1,
@@ -198,10 +205,77 @@ impl VirtioDevice for VhostUserFs {
         interrupt: Arc<dyn Interrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        self.handle.activate(&mem, interrupt, queues)
+        self.handle
+            .activate(&mem, interrupt, queues, Arc::new(FuseStandby))
     }
 
     fn reset(&mut self) -> bool {
         self.handle.reset()
     }
+}
+
+/// Bytes of `struct fuse_in_header` we need: len, opcode, unique.
+const FUSE_IN_HEADER_PREFIX: usize = 16;
+/// `struct fuse_out_header`: len (u32), error (i32, a negated errno), unique (u64).
+pub const FUSE_OUT_HEADER_SIZE: usize = 16;
+/// What a FUSE mount whose daemon died returns: "Transport endpoint is not connected".
+pub const STANDBY_ERRNO: i32 = libc::ENOTCONN;
+
+/// Answers FUSE requests while no virtiofsd serves the device; see the module documentation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FuseStandby;
+
+impl StandbyResponder for FuseStandby {
+    fn fail_request(
+        &self,
+        queue: usize,
+        mem: &GuestMemoryMmap,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+    ) -> u32 {
+        if queue == 0 {
+            // hiprio: FORGET and BATCH_FORGET, which the driver expects no reply to.
+            return 0;
+        }
+        fuse_error_reply(mem, chain, STANDBY_ERRNO).unwrap_or(0)
+    }
+}
+
+/// Writes a `fuse_out_header` with `-errno` for the request in `chain` into its writable
+/// descriptors. None if the chain has no complete request header or no room for the reply
+/// (a guest bug: the request is completed empty then).
+pub fn fuse_error_reply(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    errno: i32,
+) -> Option<u32> {
+    let mut header = [0u8; FUSE_IN_HEADER_PREFIX];
+    let mut got = 0;
+    let mut out = Vec::new();
+    for desc in chain {
+        if desc.is_write_only() {
+            out.push((desc.addr(), desc.len()));
+        } else if got < header.len() && out.is_empty() {
+            let n = (desc.len() as usize).min(header.len() - got);
+            mem.read_slice(&mut header[got..got + n], desc.addr())
+                .ok()?;
+            got += n;
+        }
+    }
+    if got < header.len() {
+        return None;
+    }
+    let mut reply = [0u8; FUSE_OUT_HEADER_SIZE];
+    reply[0..4].copy_from_slice(&(FUSE_OUT_HEADER_SIZE as u32).to_le_bytes());
+    reply[4..8].copy_from_slice(&(-errno).to_le_bytes());
+    reply[8..16].copy_from_slice(&header[8..16]);
+    let mut written = 0;
+    for (addr, len) in out {
+        if written == reply.len() {
+            break;
+        }
+        let n = (len as usize).min(reply.len() - written);
+        mem.write_slice(&reply[written..written + n], addr).ok()?;
+        written += n;
+    }
+    (written == reply.len()).then_some(written as u32)
 }

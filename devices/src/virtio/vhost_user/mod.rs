@@ -16,16 +16,22 @@
 //!   addresses, the backend translates them through the memory table), SET_VRING_KICK with the
 //!   queue's notify eventfd (KVM's ioeventfd then kicks the backend directly, we never see
 //!   queue notifications), SET_VRING_CALL with an eventfd of ours, and SET_VRING_ENABLE once
-//!   protocol features are acked (rings start disabled then). A forwarder thread (plain epoll)
-//!   turns the call eventfds into [`Interrupt::trigger`] and watches the socket for a hang-up.
-//! - [`VhostUserHandle::reset`] disables and stops every ring (SET_VRING_ENABLE 0,
-//!   GET_VRING_BASE) and joins the forwarder; activation works again afterwards.
+//!   protocol features are acked (rings start disabled then). A supervisor thread (plain
+//!   epoll) turns the call eventfds into [`Interrupt::trigger`] and watches the socket for a
+//!   hang-up.
+//! - [`VhostUserHandle::reset`] joins the supervisor, then disables and stops every ring
+//!   (SET_VRING_ENABLE 0, GET_VRING_BASE); activation works again afterwards.
 //!
-//! Backend death: any socket error (or a reply that takes longer than [`REPLY_TIMEOUT`])
-//! marks the backend as gone: one line on stderr naming the device and the socket, a count in
-//! [`VhostUserStats::backend_lost`], never a panic. The next activation reconnects to the same
-//! socket once and redoes the handshake (the restarted backend must offer every feature the
-//! driver acked); if that fails, activation fails with a message saying to restart it.
+//! Backend death: any socket error, hang-up, or a reply that takes longer than
+//! [`REPLY_TIMEOUT`] marks the backend as gone: one line on stderr naming the device and the
+//! socket, a count in [`VhostUserStats::backend_lost`], never a panic. The VM keeps running and
+//! the supervisor takes the rings over where the backend left them (at the used index: what the
+//! backend took but never answered is answered now), watches the kick eventfds itself and
+//! answers every request through the device's [`StandbyResponder`] (virtio-fs: a FUSE reply
+//! with ENOTCONN), so the guest sees errors instead of hanging. Every [`RECONNECT_INTERVAL`] it
+//! tries the socket again; when a backend answers (and offers every feature the driver acked)
+//! the rings are handed to it at our avail index, with the same kick and call eventfds. An
+//! activation while the backend is gone does the same: the device comes up in standby.
 //!
 //! Devices on top: [`fs`] (virtio-fs).
 
@@ -41,16 +47,16 @@ use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{
     Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{
     Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
 };
@@ -141,8 +147,10 @@ pub struct VhostUserStats {
     pub backend_lost: AtomicU64,
     /// Successful activations.
     pub activations: AtomicU64,
-    /// Backend calls forwarded to the driver as interrupts.
+    /// Interrupts raised for the driver (backend calls forwarded, and standby answers).
     pub interrupts: AtomicU64,
+    /// Requests answered with an error by the VMM while the backend was gone.
+    pub failed_requests: AtomicU64,
     /// Interrupts that could not be raised.
     pub interrupt_errors: AtomicU64,
 }
@@ -154,6 +162,7 @@ pub struct VhostUserStatsSnapshot {
     pub backend_lost: u64,
     pub activations: u64,
     pub interrupts: u64,
+    pub failed_requests: u64,
     pub interrupt_errors: u64,
 }
 
@@ -164,6 +173,7 @@ impl VhostUserStats {
             backend_lost: self.backend_lost.load(Ordering::Relaxed),
             activations: self.activations.load(Ordering::Relaxed),
             interrupts: self.interrupts.load(Ordering::Relaxed),
+            failed_requests: self.failed_requests.load(Ordering::Relaxed),
             interrupt_errors: self.interrupt_errors.load(Ordering::Relaxed),
         }
     }
@@ -188,7 +198,7 @@ impl Shared {
         if !self.lost.swap(true, Ordering::SeqCst) {
             VhostUserStats::bump(&self.stats.backend_lost);
             eprintln!(
-                "{}: vhost-user backend on {} is gone ({why}); the device is stopped until the backend is restarted and the guest driver resets it",
+                "{}: vhost-user backend on {} is gone ({why}); the guest's requests fail until a backend listens on that socket again",
                 self.label,
                 self.socket.display()
             );
@@ -199,7 +209,7 @@ impl Shared {
 /// One live connection after the handshake.
 struct Session {
     frontend: Frontend,
-    /// A second handle on the socket, for the forwarder's hang-up watch.
+    /// A second handle on the socket, for the supervisor's hang-up watch.
     sock: UnixStream,
     /// GET_FEATURES answer.
     backend_features: u64,
@@ -207,15 +217,38 @@ struct Session {
     protocol: Option<VhostUserProtocolFeatures>,
 }
 
+/// The connection, shared between the handle (activation, reset) and the supervisor thread
+/// (which drops it when the backend dies and installs a new one when it is back).
+type SharedSession = Arc<Mutex<Option<Session>>>;
+
+fn lock(session: &SharedSession) -> MutexGuard<'_, Option<Session>> {
+    // A panic while holding the lock leaves nothing half-written that matters here.
+    session.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the VMM answers on a ring while no backend serves it (the backend died, or has not
+/// come back yet). The device on top knows the request format, e.g. a FUSE error reply.
+pub trait StandbyResponder: Send + Sync {
+    /// Answers one request from queue `queue` that no backend will serve; returns the number
+    /// of bytes written into the chain's device-writable descriptors. The chain comes from
+    /// the guest: everything in it must be checked, and a bad chain gets 0.
+    fn fail_request(
+        &self,
+        queue: usize,
+        mem: &GuestMemoryMmap,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+    ) -> u32;
+}
+
 /// The device-independent vhost-user frontend; see the module documentation.
 pub struct VhostUserHandle {
     cfg: FrontendConfig,
     /// None once the backend is known to be gone (until a reconnect).
-    session: Option<Session>,
+    session: SharedSession,
     /// Offered to the driver; fixed at [`VhostUserHandle::new`].
     features: u64,
     acked: u64,
-    active: Option<Forwarder>,
+    active: Option<Supervisor>,
     shared: Arc<Shared>,
 }
 
@@ -226,7 +259,7 @@ impl std::fmt::Debug for VhostUserHandle {
             .field("label", &self.cfg.label)
             .field("features", &format_args!("{:#x}", self.features))
             .field("acked", &format_args!("{:#x}", self.acked))
-            .field("connected", &self.session.is_some())
+            .field("connected", &self.is_connected())
             .field("active", &self.active.is_some())
             .finish()
     }
@@ -254,7 +287,7 @@ impl VhostUserHandle {
             session.backend_features & !VHOST_USER_F_PROTOCOL_FEATURES & cfg.supported_features;
         Ok(VhostUserHandle {
             cfg,
-            session: Some(session),
+            session: Arc::new(Mutex::new(Some(session))),
             features,
             acked: 0,
             active: None,
@@ -278,7 +311,7 @@ impl VhostUserHandle {
 
     /// Protocol features acked with the current backend (empty when it has none, or is gone).
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        self.session
+        lock(&self.session)
             .as_ref()
             .and_then(|s| s.protocol)
             .unwrap_or_else(VhostUserProtocolFeatures::empty)
@@ -294,19 +327,23 @@ impl VhostUserHandle {
 
     /// Whether we hold a connection that is not known to be dead.
     pub fn is_connected(&self) -> bool {
-        self.session.is_some() && !self.shared.lost.load(Ordering::SeqCst)
+        lock(&self.session).is_some() && !self.shared.lost.load(Ordering::SeqCst)
     }
 
     pub fn stats(&self) -> &VhostUserStats {
         &self.shared.stats
     }
 
-    /// Hands memory, features and rings to the backend and starts forwarding its interrupts.
+    /// Hands memory, features and rings to the backend and starts the supervisor thread
+    /// (interrupt forwarding, hang-up watch). When no backend can be reached, the device is
+    /// activated anyway in standby: `responder` answers the guest's requests with errors and
+    /// the supervisor reconnects once a backend listens on the socket again.
     pub fn activate(
         &mut self,
         mem: &GuestMemoryMmap,
         interrupt: Arc<dyn Interrupt>,
         queues: Vec<ActiveQueue>,
+        responder: Arc<dyn StandbyResponder>,
     ) -> Result<(), ActivateError> {
         let label = self.cfg.label.clone();
         if self.active.is_some() {
@@ -328,35 +365,26 @@ impl VhostUserHandle {
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<io::Result<Vec<_>>>()
             .map_err(ActivateError::Worker)?;
+        let bases: Vec<u16> = queues.iter().map(|q| q.queue.next_avail()).collect();
+        let kicks: Vec<&EventFd> = queues.iter().map(|q| &q.notify).collect();
 
-        // A connection the forwarder saw hang up is as good as gone.
+        // A connection the supervisor saw hang up is as good as gone.
         if self.shared.lost.load(Ordering::SeqCst) {
-            self.session = None;
+            *lock(&self.session) = None;
         }
-        let mut reconnected = false;
-        if self.session.is_none() {
-            self.reconnect()?;
-            reconnected = true;
-        }
-        loop {
-            match self.setup(&regions, &rings, &queues, &calls) {
-                Ok(()) => break,
-                Err(e) if is_disconnect(&e.1) => {
+        let mut standby = false;
+        let mut guard = lock(&self.session);
+        if let Some(s) = guard.as_mut() {
+            match setup(s, self.acked, &regions, &rings, &bases, &kicks, &calls) {
+                Ok(()) => {}
+                Err((step, e)) if is_disconnect(&e) => {
                     self.shared
-                        .backend_lost(&format_args!("{} failed: {}", e.0, e.1));
-                    self.session = None;
-                    if reconnected {
-                        return Err(ActivateError::Other(format!(
-                            "{label}: the vhost-user backend on {} went away during {}: restart it, then reset the device",
-                            self.cfg.socket.display(),
-                            e.0
-                        )));
-                    }
-                    self.reconnect()?;
-                    reconnected = true;
+                        .backend_lost(&format_args!("{step} failed: {e}"));
+                    *guard = None;
                 }
                 Err((step, source)) => {
                     // The backend refused a request: leave no ring half set up.
+                    drop(guard);
                     self.stop_rings();
                     return Err(ActivateError::Other(
                         FrontendError::Protocol {
@@ -371,15 +399,54 @@ impl VhostUserHandle {
                 }
             }
         }
-
-        let sock = self
-            .session
+        if guard.is_none() {
+            match connect_and_setup(
+                &self.cfg, self.acked, &regions, &rings, &bases, &kicks, &calls,
+            ) {
+                Ok(s) => {
+                    *guard = Some(s);
+                    self.shared.lost.store(false, Ordering::SeqCst);
+                    VhostUserStats::bump(&self.shared.stats.connects);
+                }
+                Err(why) => {
+                    self.shared.backend_lost(&why);
+                    standby = true;
+                }
+            }
+        }
+        let sock = guard
             .as_ref()
             .map(|s| s.sock.try_clone())
             .transpose()
-            .map_err(ActivateError::Worker)?;
-        match Forwarder::start(calls, sock, interrupt, self.shared.clone()) {
-            Ok(f) => self.active = Some(f),
+            .map_err(ActivateError::Worker);
+        drop(guard);
+        let sock = match sock {
+            Ok(s) => s,
+            Err(e) => {
+                self.stop_rings();
+                return Err(e);
+            }
+        };
+
+        let state = SupervisorLoop {
+            epoll: Epoll::new().map_err(ActivateError::Worker)?,
+            rings,
+            queues: queues.into_iter().map(|q| (q.queue, q.notify)).collect(),
+            calls,
+            sock,
+            mem: mem.clone(),
+            interrupt,
+            responder,
+            session: self.session.clone(),
+            shared: self.shared.clone(),
+            cfg: self.cfg.clone(),
+            acked: self.acked,
+            standby: false,
+            next_try: Instant::now(),
+            warned_reconnect: false,
+        };
+        match Supervisor::start(state, standby) {
+            Ok(s) => self.active = Some(s),
             Err(e) => {
                 self.stop_rings();
                 return Err(ActivateError::Worker(e));
@@ -389,13 +456,13 @@ impl VhostUserHandle {
         Ok(())
     }
 
-    /// Stops the rings and the forwarder. Returns false if the device was not active.
+    /// Stops the supervisor and the rings. Returns false if the device was not active.
     pub fn reset(&mut self) -> bool {
-        let Some(forwarder) = self.active.take() else {
+        let Some(supervisor) = self.active.take() else {
             return false;
         };
+        supervisor.stop();
         self.stop_rings();
-        forwarder.stop();
         self.acked = 0;
         true
     }
@@ -403,10 +470,11 @@ impl VhostUserHandle {
     /// SET_VRING_ENABLE(false) and GET_VRING_BASE on every ring; gives up at the first socket
     /// error (the backend is gone then, nothing is left to stop).
     fn stop_rings(&mut self) {
+        let mut guard = lock(&self.session);
         if self.shared.lost.load(Ordering::SeqCst) {
-            self.session = None;
+            *guard = None;
         }
-        let Some(s) = self.session.as_mut() else {
+        let Some(s) = guard.as_mut() else {
             return;
         };
         let mut failed = None;
@@ -426,7 +494,7 @@ impl VhostUserHandle {
             if is_disconnect(&e) {
                 self.shared
                     .backend_lost(&format_args!("{step} failed: {e}"));
-                self.session = None;
+                *guard = None;
             } else {
                 eprintln!(
                     "{}: vhost-user backend on {} refused {step} while stopping: {e}",
@@ -436,71 +504,6 @@ impl VhostUserHandle {
             }
         }
     }
-
-    /// Connects again after the backend was found gone; the driver's features must survive.
-    fn reconnect(&mut self) -> Result<(), ActivateError> {
-        let session = handshake(&self.cfg).map_err(|e| {
-            ActivateError::Other(format!(
-                "{e} (the earlier connection was lost; reconnecting failed)"
-            ))
-        })?;
-        let missing = (self.acked | VIRTIO_F_VERSION_1) & !session.backend_features;
-        if missing != 0 {
-            return Err(ActivateError::Other(
-                FrontendError::FeaturesLost {
-                    label: self.cfg.label.clone(),
-                    socket: self.cfg.socket.clone(),
-                    missing,
-                }
-                .to_string(),
-            ));
-        }
-        self.session = Some(session);
-        self.shared.lost.store(false, Ordering::SeqCst);
-        VhostUserStats::bump(&self.shared.stats.connects);
-        Ok(())
-    }
-
-    /// The activation messages, in the order QEMU sends them.
-    fn setup(
-        &mut self,
-        regions: &[VhostUserMemoryRegionInfo],
-        rings: &[VringConfigData],
-        queues: &[ActiveQueue],
-        calls: &[EventFd],
-    ) -> Result<(), (&'static str, vhost::Error)> {
-        let Some(s) = self.session.as_mut() else {
-            return Err((
-                "connecting",
-                vhost::Error::VhostUserProtocol(vhost::vhost_user::Error::Disconnected),
-            ));
-        };
-        let fe = &mut s.frontend;
-        fe.set_mem_table(regions)
-            .map_err(|e| ("SET_MEM_TABLE", e))?;
-        let mut features = self.acked;
-        if s.protocol.is_some() {
-            features |= VHOST_USER_F_PROTOCOL_FEATURES;
-        }
-        fe.set_features(features).map_err(|e| ("SET_FEATURES", e))?;
-        for (i, ((q, ring), call)) in queues.iter().zip(rings).zip(calls).enumerate() {
-            fe.set_vring_num(i, ring.queue_size)
-                .map_err(|e| ("SET_VRING_NUM", e))?;
-            fe.set_vring_base(i, q.queue.next_avail())
-                .map_err(|e| ("SET_VRING_BASE", e))?;
-            fe.set_vring_addr(i, ring)
-                .map_err(|e| ("SET_VRING_ADDR", e))?;
-            fe.set_vring_kick(i, &q.notify)
-                .map_err(|e| ("SET_VRING_KICK", e))?;
-            fe.set_vring_call(i, call)
-                .map_err(|e| ("SET_VRING_CALL", e))?;
-            if s.protocol.is_some() {
-                fe.set_vring_enable(i, true)
-                    .map_err(|e| ("SET_VRING_ENABLE", e))?;
-            }
-        }
-        Ok(())
-    }
 }
 
 impl Drop for VhostUserHandle {
@@ -509,8 +512,94 @@ impl Drop for VhostUserHandle {
     }
 }
 
-const VIRTIO_F_VERSION_1: u64 = super::VIRTIO_F_VERSION_1;
+/// Why [`connect_and_setup`] failed.
+enum SetupFailure {
+    /// Nothing listens on the socket (yet): not worth a log line while waiting for it.
+    Unreachable(String),
+    /// Something answered but cannot take the device (wrong backend, lost features, refusal).
+    Refused(String),
+}
 
+impl Display for SetupFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SetupFailure::Unreachable(s) | SetupFailure::Refused(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A fresh connection with the rings handed over, or why not (for the log).
+fn connect_and_setup(
+    cfg: &FrontendConfig,
+    acked: u64,
+    regions: &[VhostUserMemoryRegionInfo],
+    rings: &[VringConfigData],
+    bases: &[u16],
+    kicks: &[&EventFd],
+    calls: &[EventFd],
+) -> Result<Session, SetupFailure> {
+    let mut s = handshake(cfg).map_err(|e| match e {
+        FrontendError::SocketNotFound { .. } | FrontendError::ConnectionRefused { .. } => {
+            SetupFailure::Unreachable(e.to_string())
+        }
+        e => SetupFailure::Refused(e.to_string()),
+    })?;
+    let missing = (acked | VIRTIO_F_VERSION_1) & !s.backend_features;
+    if missing != 0 {
+        return Err(SetupFailure::Refused(
+            FrontendError::FeaturesLost {
+                label: cfg.label.clone(),
+                socket: cfg.socket.clone(),
+                missing,
+            }
+            .to_string(),
+        ));
+    }
+    setup(&mut s, acked, regions, rings, bases, kicks, calls)
+        .map_err(|(step, e)| SetupFailure::Refused(format!("{step} failed: {e}")))?;
+    Ok(s)
+}
+
+/// The activation messages, in the order QEMU sends them.
+fn setup(
+    s: &mut Session,
+    acked: u64,
+    regions: &[VhostUserMemoryRegionInfo],
+    rings: &[VringConfigData],
+    bases: &[u16],
+    kicks: &[&EventFd],
+    calls: &[EventFd],
+) -> Result<(), (&'static str, vhost::Error)> {
+    let fe = &mut s.frontend;
+    fe.set_mem_table(regions)
+        .map_err(|e| ("SET_MEM_TABLE", e))?;
+    let mut features = acked;
+    if s.protocol.is_some() {
+        features |= VHOST_USER_F_PROTOCOL_FEATURES;
+    }
+    fe.set_features(features).map_err(|e| ("SET_FEATURES", e))?;
+    for (i, (((ring, base), kick), call)) in
+        rings.iter().zip(bases).zip(kicks).zip(calls).enumerate()
+    {
+        fe.set_vring_num(i, ring.queue_size)
+            .map_err(|e| ("SET_VRING_NUM", e))?;
+        fe.set_vring_base(i, *base)
+            .map_err(|e| ("SET_VRING_BASE", e))?;
+        fe.set_vring_addr(i, ring)
+            .map_err(|e| ("SET_VRING_ADDR", e))?;
+        fe.set_vring_kick(i, kick)
+            .map_err(|e| ("SET_VRING_KICK", e))?;
+        fe.set_vring_call(i, call)
+            .map_err(|e| ("SET_VRING_CALL", e))?;
+        if s.protocol.is_some() {
+            fe.set_vring_enable(i, true)
+                .map_err(|e| ("SET_VRING_ENABLE", e))?;
+        }
+    }
+    Ok(())
+}
+
+const VIRTIO_F_VERSION_1: u64 = super::VIRTIO_F_VERSION_1;
 /// Whether a vhost error means the connection is unusable (as opposed to the backend
 /// refusing one request, or a check on our side).
 fn is_disconnect(e: &vhost::Error) -> bool {
@@ -686,90 +775,103 @@ fn ring_config(
 
 const TOKEN_STOP: u64 = u64::MAX;
 const TOKEN_SOCKET: u64 = u64::MAX - 1;
+/// Kick eventfd of queue i: `TOKEN_KICK + i` (calls are plain `i`).
+const TOKEN_KICK: u64 = 1 << 32;
 
-/// The thread that turns backend calls into interrupts.
-struct Forwarder {
+/// How often a standby device tries to reach its backend again.
+pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The supervisor thread of an active device.
+struct Supervisor {
     stop: EventFd,
     thread: JoinHandle<()>,
 }
 
-impl Forwarder {
-    fn start(
-        calls: Vec<EventFd>,
-        sock: Option<UnixStream>,
-        interrupt: Arc<dyn Interrupt>,
-        shared: Arc<Shared>,
-    ) -> io::Result<Self> {
-        let epoll = Epoll::new()?;
+impl Supervisor {
+    fn start(mut state: SupervisorLoop, standby: bool) -> io::Result<Self> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
-        epoll.ctl(
+        state.epoll.ctl(
             ControlOperation::Add,
             stop.as_raw_fd(),
             EpollEvent::new(EventSet::IN, TOKEN_STOP),
         )?;
-        for (i, call) in calls.iter().enumerate() {
-            epoll.ctl(
+        for (i, call) in state.calls.iter().enumerate() {
+            state.epoll.ctl(
                 ControlOperation::Add,
                 call.as_raw_fd(),
                 EpollEvent::new(EventSet::IN, i as u64),
             )?;
         }
-        if let Some(sock) = &sock {
-            epoll.ctl(
-                ControlOperation::Add,
-                sock.as_raw_fd(),
-                EpollEvent::new(
-                    EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR,
-                    TOKEN_SOCKET,
-                ),
-            )?;
+        if let Some(sock) = &state.sock {
+            watch_hang_up(&state.epoll, sock)?;
         }
-        let worker = ForwarderLoop {
-            epoll,
-            calls,
-            sock,
-            interrupt,
-            shared: shared.clone(),
-        };
+        if standby {
+            state.enter_standby()?;
+        }
         let thread = std::thread::Builder::new()
-            .name(format!("vhost-user {}", shared.label))
-            .spawn(move || worker.run())?;
-        let stop_handle = stop;
-        Ok(Forwarder {
-            stop: stop_handle,
-            thread,
-        })
+            .name(format!("vhost-user {}", state.shared.label))
+            .spawn(move || state.run())?;
+        Ok(Supervisor { stop, thread })
     }
 
     fn stop(self) {
         // A full non-blocking eventfd still wakes the thread; ignore the error.
         let _ = self.stop.write(1);
         if self.thread.join().is_err() {
-            eprintln!("vhost-user: interrupt forwarder thread panicked");
+            eprintln!("vhost-user: supervisor thread panicked");
         }
     }
 }
 
-struct ForwarderLoop {
-    epoll: Epoll,
-    calls: Vec<EventFd>,
-    sock: Option<UnixStream>,
-    interrupt: Arc<dyn Interrupt>,
-    shared: Arc<Shared>,
+fn watch_hang_up(epoll: &Epoll, sock: &UnixStream) -> io::Result<()> {
+    epoll.ctl(
+        ControlOperation::Add,
+        sock.as_raw_fd(),
+        EpollEvent::new(
+            EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR,
+            TOKEN_SOCKET,
+        ),
+    )
 }
 
-impl ForwarderLoop {
+/// The supervisor: forwards the backend's calls as interrupts, watches the socket, and while
+/// the backend is gone serves the rings itself (every request answered with an error by the
+/// device's [`StandbyResponder`]) and tries to reconnect every [`RECONNECT_INTERVAL`].
+struct SupervisorLoop {
+    epoll: Epoll,
+    rings: Vec<VringConfigData>,
+    /// Each queue with its kick eventfd (KVM's ioeventfd; the backend's SET_VRING_KICK fd).
+    queues: Vec<(Queue, EventFd)>,
+    calls: Vec<EventFd>,
+    sock: Option<UnixStream>,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<dyn Interrupt>,
+    responder: Arc<dyn StandbyResponder>,
+    session: SharedSession,
+    shared: Arc<Shared>,
+    cfg: FrontendConfig,
+    acked: u64,
+    standby: bool,
+    next_try: Instant,
+    /// A failed reconnect is logged once per standby period.
+    warned_reconnect: bool,
+}
+
+impl SupervisorLoop {
     fn run(mut self) {
-        let mut events = vec![EpollEvent::default(); self.calls.len() + 2];
+        let mut events = vec![EpollEvent::default(); 2 * self.calls.len() + 2];
         loop {
-            let n = match self.epoll.wait(-1, &mut events) {
+            let timeout = if self.standby {
+                let left = self.next_try.saturating_duration_since(Instant::now());
+                i32::try_from(left.as_millis()).unwrap_or(i32::MAX)
+            } else {
+                -1
+            };
+            let n = match self.epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    eprintln!(
-                        "{}: vhost-user interrupt forwarder failed: {e}",
-                        self.shared.label
-                    );
+                    eprintln!("{}: vhost-user supervisor failed: {e}", self.shared.label);
                     return;
                 }
             };
@@ -778,17 +880,30 @@ impl ForwarderLoop {
                     TOKEN_STOP => return,
                     TOKEN_SOCKET => {
                         self.shared.backend_lost(&"the socket hung up");
-                        if let Some(sock) = self.sock.take() {
-                            // Level-triggered: stop watching, or the hang-up spins the loop.
-                            let _ = self.epoll.ctl(
-                                ControlOperation::Delete,
-                                sock.as_raw_fd(),
-                                EpollEvent::default(),
+                        if let Err(e) = self.enter_standby() {
+                            eprintln!(
+                                "{}: cannot serve the rings while the backend is gone: {e}",
+                                self.shared.label
                             );
+                        }
+                    }
+                    t if t >= TOKEN_KICK => {
+                        if let Some(i) = usize::try_from(t - TOKEN_KICK)
+                            .ok()
+                            .filter(|&i| i < self.queues.len())
+                        {
+                            let _ = self.queues[i].1.read();
+                            if self.standby {
+                                self.fail_queue(i);
+                            }
                         }
                     }
                     i => self.forward(i),
                 }
+            }
+            if self.standby && Instant::now() >= self.next_try {
+                self.try_reconnect();
+                self.next_try = Instant::now() + RECONNECT_INTERVAL;
             }
         }
     }
@@ -799,10 +914,143 @@ impl ForwarderLoop {
         };
         // Non-blocking: consumes the count (EAGAIN if a racing read took it; still forward).
         let _ = call.read();
+        self.raise();
+    }
+
+    fn raise(&self) {
         let stats = &self.shared.stats;
         match self.interrupt.trigger(InterruptKind::Queue) {
             Ok(()) => VhostUserStats::bump(&stats.interrupts),
             Err(_) => VhostUserStats::bump(&stats.interrupt_errors),
+        }
+    }
+
+    /// The backend is gone: drop the connection, take the rings over where the backend left
+    /// them, answer what is pending, and watch the kicks ourselves.
+    fn enter_standby(&mut self) -> io::Result<()> {
+        *lock(&self.session) = None;
+        if let Some(sock) = self.sock.take() {
+            // Level-triggered: stop watching, or the hang-up spins the loop.
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                sock.as_raw_fd(),
+                EpollEvent::default(),
+            );
+        }
+        if self.standby {
+            return Ok(());
+        }
+        self.standby = true;
+        self.warned_reconnect = false;
+        self.next_try = Instant::now() + RECONNECT_INTERVAL;
+        for i in 0..self.queues.len() {
+            // What the backend consumed but never completed is lost with it: restart at the
+            // used index, so every request not yet answered is answered now (this assumes the
+            // backend completed in order, as virtiofsd without a thread pool does).
+            let (q, kick) = &mut self.queues[i];
+            if let Ok(used) = q.used_idx(&self.mem, Ordering::Acquire) {
+                q.set_next_avail(used.0);
+                q.set_next_used(used.0);
+            }
+            self.epoll.ctl(
+                ControlOperation::Add,
+                kick.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_KICK + i as u64),
+            )?;
+            self.fail_queue(i);
+        }
+        Ok(())
+    }
+
+    /// Answers every available request on queue `i` with the device's error reply.
+    fn fail_queue(&mut self, i: usize) {
+        let mem = &self.mem;
+        let (q, _) = &mut self.queues[i];
+        let mut used = false;
+        loop {
+            let _ = q.disable_notification(mem);
+            for _ in 0..q.size() {
+                let Some(chain) = q.pop_descriptor_chain(mem) else {
+                    break;
+                };
+                let head = chain.head_index();
+                let len = self.responder.fail_request(i, mem, chain);
+                if q.add_used(mem, head, len).is_ok() {
+                    used = true;
+                    VhostUserStats::bump(&self.shared.stats.failed_requests);
+                }
+            }
+            // Re-arms the notification (avail_event with EVENT_IDX); true if more arrived.
+            match q.enable_notification(mem) {
+                Ok(true) => continue,
+                _ => break,
+            }
+        }
+        if used && q.needs_notification(mem).unwrap_or(true) {
+            self.raise();
+        }
+    }
+
+    /// Hands the rings to a backend listening on the socket again, if there is one.
+    fn try_reconnect(&mut self) {
+        let regions = match memory_table(&self.mem, &self.cfg.label) {
+            Ok(r) => r,
+            Err(e) => return self.warn_reconnect(&e),
+        };
+        let bases: Vec<u16> = self.queues.iter().map(|(q, _)| q.next_avail()).collect();
+        let kicks: Vec<&EventFd> = self.queues.iter().map(|(_, k)| k).collect();
+        let session = match connect_and_setup(
+            &self.cfg,
+            self.acked,
+            &regions,
+            &self.rings,
+            &bases,
+            &kicks,
+            &self.calls,
+        ) {
+            Ok(s) => s,
+            Err(SetupFailure::Unreachable(_)) => return,
+            Err(SetupFailure::Refused(why)) => return self.warn_reconnect(&why),
+        };
+        let sock = match session.sock.try_clone() {
+            Ok(s) => s,
+            Err(e) => return self.warn_reconnect(&e),
+        };
+        if let Err(e) = watch_hang_up(&self.epoll, &sock) {
+            return self.warn_reconnect(&e);
+        }
+        for (_, kick) in &self.queues {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                kick.as_raw_fd(),
+                EpollEvent::default(),
+            );
+        }
+        *lock(&self.session) = Some(session);
+        self.sock = Some(sock);
+        self.standby = false;
+        self.shared.lost.store(false, Ordering::SeqCst);
+        VhostUserStats::bump(&self.shared.stats.connects);
+        eprintln!(
+            "{}: vhost-user backend on {} is back; the rings are handed to it at the requests it has not seen (its state is new: a virtio-fs guest must mount the share again)",
+            self.shared.label,
+            self.cfg.socket.display()
+        );
+        // Anything the guest posted since our last look is the backend's now: make it look.
+        for (_, kick) in &self.queues {
+            let _ = kick.write(1);
+        }
+    }
+
+    fn warn_reconnect(&mut self, why: &dyn Display) {
+        if !self.warned_reconnect {
+            self.warned_reconnect = true;
+            eprintln!(
+                "{}: something listens on {} but cannot take the device over ({why}); retrying every {}s",
+                self.shared.label,
+                self.cfg.socket.display(),
+                RECONNECT_INTERVAL.as_secs()
+            );
         }
     }
 }

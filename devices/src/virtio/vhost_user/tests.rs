@@ -18,8 +18,8 @@ use vhost_user_backend::{
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{
-    Address, FileOffset, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
-    GuestMemoryRegion,
+    Address, Bytes, FileOffset, GuestAddress, GuestAddressSpace, GuestMemoryAtomic,
+    GuestMemoryBackend, GuestMemoryRegion,
 };
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -50,6 +50,8 @@ struct Seen {
     kicks: Vec<usize>,
     /// (desc, avail, used, size) of a queue, in guest addresses, as of its last kick.
     rings: Vec<Option<(u64, u64, u64, u16)>>,
+    /// The queue's next avail index (from SET_VRING_BASE) as of its last kick.
+    next_avail: Vec<u16>,
     acked_features: u64,
 }
 
@@ -125,6 +127,7 @@ impl VhostUserBackendMut for MockBackend {
             let mut seen = self.seen.lock().unwrap();
             seen.kicks[i] += 1;
             seen.rings[i] = Some((q.desc_table(), q.avail_ring(), q.used_ring(), q.size()));
+            seen.next_avail[i] = q.next_avail();
         }
         vring.signal_used_queue()
     }
@@ -164,6 +167,7 @@ impl TestBackend {
         let seen = Arc::new(Mutex::new(Seen {
             kicks: vec![0; queues],
             rings: vec![None; queues],
+            next_avail: vec![0; queues],
             ..Default::default()
         }));
         let backend = MockBackend {
@@ -648,63 +652,170 @@ fn activate_checks_memory_and_queues() {
     backend.kill();
 }
 
+/// Puts a FUSE request (a 40-byte in header with `unique`, then a 64-byte writable buffer) in
+/// descriptors 0 and 1 of queue `q` and makes it available at `slot`; avail idx = slot + 1.
+fn post_fuse_request(mem: &GuestMemoryMmap, q: usize, slot: u16, unique: u64) {
+    let (desc, avail, _) = ring_addrs(q);
+    let (inbuf, outbuf) = (desc + 0x6000, desc + 0x7000);
+    let mut header = [0u8; 40];
+    header[0..4].copy_from_slice(&40u32.to_le_bytes());
+    header[4..8].copy_from_slice(&1u32.to_le_bytes()); // FUSE_LOOKUP
+    header[8..16].copy_from_slice(&unique.to_le_bytes());
+    mem.write_slice(&header, GuestAddress(inbuf)).unwrap();
+    mem.write_slice(&[0xaa; 64], GuestAddress(outbuf)).unwrap();
+    // struct virtq_desc: addr, len, flags (NEXT = 1, WRITE = 2), next.
+    let mut d = Vec::new();
+    d.extend_from_slice(&inbuf.to_le_bytes());
+    d.extend_from_slice(&40u32.to_le_bytes());
+    d.extend_from_slice(&1u16.to_le_bytes());
+    d.extend_from_slice(&1u16.to_le_bytes());
+    d.extend_from_slice(&outbuf.to_le_bytes());
+    d.extend_from_slice(&64u32.to_le_bytes());
+    d.extend_from_slice(&2u16.to_le_bytes());
+    d.extend_from_slice(&0u16.to_le_bytes());
+    mem.write_slice(&d, GuestAddress(desc)).unwrap();
+    let ring_slot = GuestAddress(avail + 4 + 2 * u64::from(slot % RING_SIZE));
+    mem.write_obj(0u16, ring_slot).unwrap();
+    mem.write_obj(slot.wrapping_add(1), GuestAddress(avail + 2))
+        .unwrap();
+}
+
+/// The used ring's idx of queue `q`.
+fn used_idx(mem: &GuestMemoryMmap, q: usize) -> u16 {
+    mem.read_obj(GuestAddress(ring_addrs(q).2 + 2)).unwrap()
+}
+
+/// The FUSE reply header in queue `q`'s reply buffer: (len, error, unique).
+fn fuse_reply(mem: &GuestMemoryMmap, q: usize) -> (u32, i32, u64) {
+    let out = GuestAddress(ring_addrs(q).0 + 0x7000);
+    let len: u32 = mem.read_obj(out).unwrap();
+    let error: i32 = mem.read_obj(out.unchecked_add(4)).unwrap();
+    let unique: u64 = mem.read_obj(out.unchecked_add(8)).unwrap();
+    (len, error, unique)
+}
+
+/// The used element at `slot` of queue `q`: (id, len).
+fn used_elem(mem: &GuestMemoryMmap, q: usize, slot: u16) -> (u32, u32) {
+    let at = GuestAddress(ring_addrs(q).2 + 4 + 8 * u64::from(slot % RING_SIZE));
+    (
+        mem.read_obj(at).unwrap(),
+        mem.read_obj(at.unchecked_add(4)).unwrap(),
+    )
+}
+
 #[test]
-fn backend_death_fails_activate_and_a_restarted_backend_is_reconnected() {
+fn backend_death_fails_requests_with_enotconn_and_a_restarted_backend_takes_over() {
     let dir = TempDir::new("death");
     let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
     let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
     fs.ack_features(fs.features());
     let irq = new_interrupt();
+    let mem = memfd_memory();
     let (active, kicks) = queues(2);
-    fs.activate(memfd_memory(), irq.clone(), active).unwrap();
-    kick_and_wait(&fs, &backend, &irq, &kicks, 0);
+    fs.activate(mem.clone(), irq.clone(), active).unwrap();
+    // A request the backend takes (sees the kick) but never answers: in flight when it dies.
+    post_fuse_request(&mem, 1, 0, 0x1111);
+    kick_and_wait(&fs, &backend, &irq, &kicks, 1);
+    assert_eq!(used_idx(&mem, 1), 0);
 
     backend.kill();
-    // The forwarder notices the hang-up on its own, logs once and counts it.
-    wait_for("the backend loss to be noticed", || {
-        fs.stats().snapshot().backend_lost == 1
+    // The supervisor notices the hang-up on its own, logs once, counts it, and answers the
+    // request the dead backend left behind with ENOTCONN.
+    wait_for("the in-flight request to be failed", || {
+        used_idx(&mem, 1) == 1
     });
+    assert_eq!(fs.stats().snapshot().backend_lost, 1);
     assert!(!fs.handle().is_connected());
-    assert!(fs.reset(), "reset still stops our side");
+    assert_eq!(used_elem(&mem, 1, 0), (0, 16));
+    assert_eq!(fuse_reply(&mem, 1), (16, -libc::ENOTCONN, 0x1111));
 
-    // Nobody listens any more: activate fails (one reconnect attempt), nothing panics.
-    fs.ack_features(fs.features());
-    let (active, _) = queues(2);
-    let e = fs
-        .activate(memfd_memory(), new_interrupt(), active)
-        .unwrap_err();
-    let msg = e.to_string();
-    assert!(msg.contains("reconnecting failed"), "{msg}");
-    assert!(msg.contains("vhost.sock"), "{msg}");
-    assert!(!fs.handle().is_active());
+    // New requests while nobody listens fail too (the supervisor watches the kicks now).
+    let irqs = irq.0.load(Ordering::SeqCst);
+    post_fuse_request(&mem, 1, 1, 0x2222);
+    kicks[1].write(1).unwrap();
+    wait_for("the new request to be failed", || used_idx(&mem, 1) == 2);
+    assert_eq!(fuse_reply(&mem, 1), (16, -libc::ENOTCONN, 0x2222));
+    assert_eq!(used_elem(&mem, 1, 1), (0, 16));
+    wait_for("the interrupt", || irq.0.load(Ordering::SeqCst) > irqs);
+    assert_eq!(fs.stats().snapshot().failed_requests, 2);
     assert_eq!(fs.stats().snapshot().backend_lost, 1, "logged once");
 
-    // The backend is restarted on the same socket: the next activation reconnects.
+    // The backend is restarted on the same socket: the supervisor hands it the rings at the
+    // first request it has not answered, with no driver reset.
     let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
-    let irq = new_interrupt();
-    let (active, kicks) = queues(2);
-    fs.activate(memfd_memory(), irq.clone(), active).unwrap();
-    assert!(fs.handle().is_connected());
+    wait_for("the reconnect", || fs.handle().is_connected());
     assert_eq!(fs.stats().snapshot().connects, 2);
     kick_and_wait(&fs, &backend, &irq, &kicks, 1);
+    assert_eq!(backend.seen.lock().unwrap().next_avail[1], 2);
+    assert_eq!(fs.stats().snapshot().failed_requests, 2);
     assert!(fs.reset());
     drop(fs);
     backend.kill();
 }
 
 #[test]
-fn backend_death_before_activation_is_an_error_not_a_panic() {
+fn activation_without_a_backend_comes_up_in_standby() {
     let dir = TempDir::new("early-death");
     let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
     let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
     backend.kill();
-    // Dead before anything watched the socket: the first message fails.
+    // Dead before anything watched the socket: the first message fails, nothing panics, and
+    // the guest gets errors instead of a device that never answers.
     fs.ack_features(fs.features());
-    let (active, _) = queues(2);
-    let e = fs
-        .activate(memfd_memory(), new_interrupt(), active)
-        .unwrap_err();
-    assert!(matches!(e, ActivateError::Other(_)), "{e}");
+    let mem = memfd_memory();
+    let irq = new_interrupt();
+    let (active, kicks) = queues(2);
+    fs.activate(mem.clone(), irq.clone(), active).unwrap();
     assert_eq!(fs.stats().snapshot().backend_lost, 1);
+    assert!(!fs.handle().is_connected());
+    post_fuse_request(&mem, 1, 0, 0x3333);
+    kicks[1].write(1).unwrap();
+    wait_for("the request to be failed", || used_idx(&mem, 1) == 1);
+    assert_eq!(fuse_reply(&mem, 1), (16, -libc::ENOTCONN, 0x3333));
+    // hiprio requests (FORGETs) have no reply: completed empty.
+    post_fuse_request(&mem, 0, 0, 0x4444);
+    kicks[0].write(1).unwrap();
+    wait_for("the hiprio request to be completed", || {
+        used_idx(&mem, 0) == 1
+    });
+    assert_eq!(used_elem(&mem, 0, 0), (0, 0));
+    assert!(fs.reset());
     assert!(!fs.reset());
+}
+
+#[test]
+fn a_malformed_request_in_standby_is_completed_empty() {
+    let dir = TempDir::new("malformed");
+    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
+    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
+    backend.kill();
+    fs.ack_features(fs.features());
+    let mem = memfd_memory();
+    let (active, kicks) = queues(2);
+    fs.activate(mem.clone(), new_interrupt(), active).unwrap();
+    // A header descriptor shorter than the FUSE header, and one pointing outside memory.
+    let (desc, _, _) = ring_addrs(1);
+    post_fuse_request(&mem, 1, 0, 0x5555);
+    mem.write_obj(8u32, GuestAddress(desc + 8)).unwrap();
+    kicks[1].write(1).unwrap();
+    wait_for("the short request", || used_idx(&mem, 1) == 1);
+    assert_eq!(used_elem(&mem, 1, 0), (0, 0));
+    post_fuse_request(&mem, 1, 1, 0x6666);
+    mem.write_obj(0xdead_0000_0000u64, GuestAddress(desc + 16))
+        .unwrap();
+    kicks[1].write(1).unwrap();
+    wait_for("the bad-address request", || used_idx(&mem, 1) == 2);
+    assert_eq!(used_elem(&mem, 1, 1), (0, 0));
+    // A head index beyond the ring: skipped, the device keeps going.
+    let (_, avail, _) = ring_addrs(1);
+    mem.write_obj(999u16, GuestAddress(avail + 4 + 2 * 2))
+        .unwrap();
+    mem.write_obj(3u16, GuestAddress(avail + 2)).unwrap();
+    kicks[1].write(1).unwrap();
+    post_fuse_request(&mem, 1, 3, 0x7777);
+    kicks[1].write(1).unwrap();
+    wait_for("the good request after the bad head", || {
+        fuse_reply(&mem, 1).2 == 0x7777
+    });
+    assert!(fs.reset());
 }
