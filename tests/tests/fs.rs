@@ -127,6 +127,9 @@ if waitfor READ-LOOP; then
     {virtiofsd} --socket-path=$t/share.sock --shared-dir=$t/share --cache=auto --log-level=error >$t/virtiofsd2.log 2>&1 &
     v2=$!
     waitfor "share.sock is back" && touch $t/ro/backend-back
+  else
+    echo "DIAG processes:"; ps -ef | grep -e virtiofsd -e qvm-vmm | grep -v grep
+    for p in $(pgrep -P $vmm); do echo "DIAG fds of $p:"; ls -l /proc/$p/fd; done
   fi
 fi
 wait $vmm
@@ -185,4 +188,6 @@ cat $log
         "after-restart",
         "{out}"
     );
+    // Shown with --nocapture: the timings and the VMM's log lines, for the notes.
+    println!("{out}");
 }
