@@ -1021,6 +1021,10 @@ fn build_config(nsectors: u64) -> [u8; CONFIG_SIZE] {
 }
 
 impl VirtioDevice for Block {
+    fn metrics(&self) -> Option<Arc<dyn crate::virtio::DeviceMetrics>> {
+        Some(self.stats.clone())
+    }
+
     fn device_type(&self) -> u32 {
         TYPE_BLOCK
     }
@@ -2324,3 +2328,11 @@ mod tests {
         assert!(s.requests > s.errors + s.invalid_chains, "{s:?}");
     }
 }
+
+crate::virtio::atomic_counters!(BlockStats {
+    requests,
+    bytes_read,
+    bytes_written,
+    errors,
+    invalid_chains,
+});

@@ -125,6 +125,11 @@ pub struct MmioTransport {
 }
 
 impl MmioTransport {
+    /// The device's counters (see [`VirtioDevice::metrics`]).
+    pub fn metrics(&self) -> Option<Arc<dyn super::DeviceMetrics>> {
+        self.device.metrics()
+    }
+
     /// Wraps `device`. `irq` is written to raise the device's interrupt (the VMM registers it
     /// as a KVM irqfd). Fails if an eventfd cannot be created or the device reports a queue
     /// max size that is not a power of two in 1..=32768.

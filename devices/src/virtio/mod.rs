@@ -124,4 +124,26 @@ pub trait VirtioDevice: Send {
     fn shm_regions(&self) -> Vec<ShmRegion> {
         Vec::new()
     }
+
+    /// The device's counters, readable from any thread at any time (for the API's metrics).
+    fn metrics(&self) -> Option<Arc<dyn DeviceMetrics>> {
+        None
+    }
 }
+
+/// A device's counters as (name, value) pairs, e.g. `("bytes_read", 4096)`.
+pub trait DeviceMetrics: Send + Sync {
+    fn counters(&self) -> Vec<(&'static str, u64)>;
+}
+
+/// Implements [`DeviceMetrics`] for a struct of `AtomicU64` counters, naming each by its field.
+macro_rules! atomic_counters {
+    ($ty:ty { $($field:ident),* $(,)? }) => {
+        impl $crate::virtio::DeviceMetrics for $ty {
+            fn counters(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($field), self.$field.load(std::sync::atomic::Ordering::Relaxed))),*]
+            }
+        }
+    };
+}
+pub(crate) use atomic_counters;

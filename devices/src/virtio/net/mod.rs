@@ -836,6 +836,10 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
 }
 
 impl<T: TapIo + AsRawFd + Send + 'static> VirtioDevice for Net<T> {
+    fn metrics(&self) -> Option<Arc<dyn crate::virtio::DeviceMetrics>> {
+        Some(self.stats.clone())
+    }
+
     fn device_type(&self) -> u32 {
         TYPE_NET
     }
@@ -1447,3 +1451,18 @@ pub fn fuzz_net_rx(backend: &mut NetBackend<FakeTap>, mem: &GuestMemoryMmap, dat
     let delivered_bytes = s.rx_bytes - before.rx_bytes + VNET_HDR_LEN as u64 * delivered;
     assert_eq!(used_bytes, delivered_bytes, "used lengths add up");
 }
+
+crate::virtio::atomic_counters!(NetStats {
+    rx_frames,
+    rx_bytes,
+    tx_frames,
+    tx_bytes,
+    rx_deferred,
+    rx_too_big,
+    rx_invalid_chains,
+    rx_errors,
+    tx_malformed,
+    tx_deferred,
+    tx_errors,
+    dropped_on_reset,
+});

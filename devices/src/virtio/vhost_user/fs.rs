@@ -169,6 +169,10 @@ pub fn config_space(tag: &str, num_request_queues: u16) -> Result<[u8; CONFIG_SI
 }
 
 impl VirtioDevice for VhostUserFs {
+    fn metrics(&self) -> Option<Arc<dyn crate::virtio::DeviceMetrics>> {
+        Some(self.handle.stats_arc())
+    }
+
     fn device_type(&self) -> u32 {
         TYPE_FS
     }

@@ -187,7 +187,7 @@ impl VhostUserStats {
 struct Shared {
     label: String,
     socket: PathBuf,
-    stats: VhostUserStats,
+    stats: Arc<VhostUserStats>,
     /// The current connection is dead (set once per connection).
     lost: AtomicBool,
 }
@@ -271,7 +271,7 @@ impl VhostUserHandle {
         let shared = Arc::new(Shared {
             label: cfg.label.clone(),
             socket: cfg.socket.clone(),
-            stats: VhostUserStats::default(),
+            stats: Arc::new(VhostUserStats::default()),
             lost: AtomicBool::new(false),
         });
         let session = handshake(&cfg)?;
@@ -332,6 +332,11 @@ impl VhostUserHandle {
 
     pub fn stats(&self) -> &VhostUserStats {
         &self.shared.stats
+    }
+
+    /// The counters, shareable (for the API's metrics).
+    pub fn stats_arc(&self) -> Arc<VhostUserStats> {
+        self.shared.stats.clone()
     }
 
     /// Hands memory, features and rings to the backend and starts the supervisor thread
@@ -1054,3 +1059,12 @@ impl SupervisorLoop {
         }
     }
 }
+
+super::atomic_counters!(VhostUserStats {
+    connects,
+    backend_lost,
+    activations,
+    interrupts,
+    failed_requests,
+    interrupt_errors,
+});

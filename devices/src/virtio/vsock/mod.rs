@@ -245,6 +245,10 @@ impl Vsock {
 }
 
 impl VirtioDevice for Vsock {
+    fn metrics(&self) -> Option<Arc<dyn crate::virtio::DeviceMetrics>> {
+        Some(self.stats.clone())
+    }
+
     fn device_type(&self) -> u32 {
         TYPE_VSOCK
     }
@@ -585,3 +589,18 @@ impl MutEventSubscriber for Worker {
         self.service(ops, used_tx, timer_fired);
     }
 }
+
+crate::virtio::atomic_counters!(VsockStats {
+    rx_packets,
+    rx_bytes,
+    tx_packets,
+    tx_bytes,
+    connections_opened,
+    connections_closed,
+    resets_sent,
+    dropped_packets,
+    malformed_packets,
+    guest_connect_failures,
+    host_connections_refused,
+    bad_connect_lines,
+});
