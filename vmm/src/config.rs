@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Smallest guest RAM we accept: the kernel is loaded at 16 MiB and needs room above it.
 pub const MIN_MEMORY_MIB: u64 = 32;
@@ -17,7 +17,7 @@ pub const MAX_VCPUS: u8 = 254;
 pub const MAX_CMDLINE_LEN: usize = 2048;
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
     pub machine: MachineConfig,
@@ -40,7 +40,7 @@ pub struct VmConfig {
 /// virtio-fs tags are at most 36 bytes (the config space field).
 pub const MAX_FS_TAG_LEN: usize = 36;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FsConfig {
     /// What the guest mounts: `mount -t virtiofs <tag> /mnt`.
@@ -64,7 +64,7 @@ pub const MAX_NETS: usize = 8;
 /// Linux interface names are at most IFNAMSIZ - 1 bytes.
 pub const MAX_TAP_NAME_LEN: usize = 15;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
     /// A tap device created beforehand (`ip tuntap add NAME mode tap user USER`).
@@ -82,7 +82,7 @@ impl NetConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VsockConfig {
     /// The guest's context id: 3 or more.
@@ -118,7 +118,7 @@ pub const MAX_DISK_ID_LEN: usize = 20;
 /// Devices get GSIs 5..=23 of the 24-pin IOAPIC.
 pub const MAX_DISKS: usize = 16;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
     /// A raw disk image (or block device).
@@ -132,7 +132,7 @@ pub struct DiskConfig {
     pub direct_io: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MachineConfig {
     #[serde(default = "default_vcpus")]
@@ -144,7 +144,7 @@ fn default_vcpus() -> u64 {
     1
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BootConfig {
     /// An ELF `vmlinux` (PVH entry if it has one, else the 64-bit entry) or a `bzImage`.
@@ -158,7 +158,7 @@ fn default_cmdline() -> String {
     DEFAULT_CMDLINE.to_string()
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ConsoleMode {
     /// Guest serial output to our stdout, our stdin to the guest.
@@ -170,7 +170,7 @@ pub enum ConsoleMode {
     Off,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleConfig {
     #[serde(default)]
@@ -295,6 +295,11 @@ impl VmConfig {
             }
         }
         Ok(cfg)
+    }
+
+    /// [`VmConfig::validate`] against this host's memory.
+    pub fn validate_here(&self) -> Result<(), ConfigError> {
+        self.validate(host_memory_mib())
     }
 
     /// Checks values and referenced files. `host_mib` bounds guest memory (None: unknown host).

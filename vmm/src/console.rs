@@ -105,6 +105,8 @@ impl MutEventSubscriber for ConsoleInput {
 pub enum StopCause {
     Guest,
     Signal(i32),
+    /// The API asked for a stop.
+    Api,
 }
 
 static SIGNAL_EVENT_FD: AtomicI32 = AtomicI32::new(-1);

@@ -1,8 +1,10 @@
 //! qvm's KVM monitor: one VM per process, built from a `vm.toml`.
 
+pub mod api;
 pub mod boot;
 pub mod config;
 pub mod console;
+pub mod control;
 pub mod vcpu;
 pub mod virtiofsd;
 pub mod vm;

@@ -1,7 +1,7 @@
 //! vCPU threads: each runs KVM_RUN and dispatches exits to the buses, nothing else.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,95 @@ pub struct VcpuShared {
     pub stop: AtomicBool,
     /// Print the CLOCK_MONOTONIC time of the boot vCPU's first KVM_RUN to stderr.
     pub report_first_run: bool,
+    /// Where vCPU threads park while the VM is paused.
+    pub gate: PauseGate,
+    pub exits: ExitCounters,
+}
+
+/// VM exits by kind, summed over the vCPUs.
+#[derive(Debug, Default)]
+pub struct ExitCounters {
+    pub io: AtomicU64,
+    pub mmio: AtomicU64,
+    /// KVM_RUN interrupted by a signal (kicks for pause and stop).
+    pub interrupted: AtomicU64,
+    pub other: AtomicU64,
+}
+
+impl ExitCounters {
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("io", self.io.load(Ordering::Relaxed)),
+            ("mmio", self.mmio.load(Ordering::Relaxed)),
+            ("interrupted", self.interrupted.load(Ordering::Relaxed)),
+            ("other", self.other.load(Ordering::Relaxed)),
+        ]
+    }
+}
+
+/// Pausing: the controller sets `paused` and kicks every vCPU out of KVM_RUN; each parks here
+/// before its next KVM_RUN until resumed (or stopped).
+#[derive(Debug, Default)]
+pub struct PauseGate {
+    state: Mutex<GateState>,
+    cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    paused: bool,
+    parked: usize,
+}
+
+impl PauseGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called by a vCPU thread between KVM_RUNs.
+    fn park_if_paused(&self, stop: &AtomicBool) {
+        let mut st = self.lock();
+        if !st.paused {
+            return;
+        }
+        st.parked += 1;
+        self.cv.notify_all();
+        while st.paused && !stop.load(Ordering::Acquire) {
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.parked -= 1;
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.lock().paused = paused;
+        self.cv.notify_all();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    /// Waits up to `timeout` for `n` vCPUs to be parked.
+    pub fn wait_parked(&self, n: usize, timeout: Duration) -> bool {
+        let st = self.lock();
+        let (st, _) = self
+            .cv
+            .wait_timeout_while(st, timeout, |st| st.parked < n)
+            .unwrap_or_else(|e| e.into_inner());
+        st.parked >= n
+    }
+
+    /// Wakes parked threads (used on stop: they see the stop flag and return).
+    pub fn wake_all(&self) {
+        let _guard = self.lock();
+        self.cv.notify_all();
+    }
+}
+
+/// Kicks the thread out of KVM_RUN (it returns EINTR).
+pub fn kick(thread: libc::pthread_t) {
+    // SAFETY: the caller passes the pthread_t of a vCPU thread that has not been joined.
+    unsafe { libc::pthread_kill(thread, kick_signal()) };
 }
 
 /// The signal used to knock a vCPU thread out of KVM_RUN.
@@ -51,6 +140,10 @@ pub fn spawn(id: u8, mut fd: VcpuFd, shared: Arc<VcpuShared>) -> std::io::Result
 fn run(id: u8, fd: &mut VcpuFd, shared: &VcpuShared) {
     let mut first = id == 0 && shared.report_first_run;
     while !shared.stop.load(Ordering::Acquire) {
+        shared.gate.park_if_paused(&shared.stop);
+        if shared.stop.load(Ordering::Acquire) {
+            break;
+        }
         if first {
             eprintln!("qvm-vmm: first KVM_RUN at monotonic_ns={}", monotonic_ns());
             first = false;
@@ -58,6 +151,7 @@ fn run(id: u8, fd: &mut VcpuFd, shared: &VcpuShared) {
         let outcome = match fd.run() {
             Ok(exit) => handle_exit(id, exit, shared),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                shared.exits.interrupted.fetch_add(1, Ordering::Relaxed);
                 fd.set_kvm_immediate_exit(0);
                 None
             }
@@ -75,6 +169,12 @@ fn run(id: u8, fd: &mut VcpuFd, shared: &VcpuShared) {
 
 /// Returns Some when this exit ends the VM.
 fn handle_exit(id: u8, exit: VcpuExit, s: &VcpuShared) -> Option<GuestExit> {
+    let counter = match exit {
+        VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => &s.exits.io,
+        VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..) => &s.exits.mmio,
+        _ => &s.exits.other,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
     match exit {
         VcpuExit::IoIn(port, data) => {
             if !s.pio.read(u64::from(port), data) {
@@ -137,6 +237,7 @@ pub fn stop_all(
 ) -> Vec<usize> {
     use std::os::unix::thread::JoinHandleExt;
     shared.stop.store(true, Ordering::Release);
+    shared.gate.wake_all();
     let deadline = Instant::now() + timeout;
     let mut stuck = Vec::new();
     for (i, h) in handles.into_iter().enumerate() {

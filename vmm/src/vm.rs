@@ -28,7 +28,8 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot::{self, acpi, layout, regs, Entry, EntryMode};
 use crate::config::{ConsoleMode, VmConfig};
 use crate::console::{ConsoleInput, RawTerminal, StopCause, StopWatcher};
-use crate::vcpu::{self, VcpuShared};
+use crate::control::{ControlChannel, Controller};
+use crate::vcpu::{self, ExitCounters, PauseGate, VcpuShared};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -106,6 +107,8 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 pub enum RunOutcome {
     Guest(GuestExit),
     Signal(i32),
+    /// Stopped through the API.
+    Stopped,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -180,8 +183,9 @@ fn create_devices(vm: &VmFd, cfg: &VmConfig, exit: &Arc<ExitSignal>) -> Result<D
 }
 
 /// The virtio devices of `cfg` in slot order: disks, then network interfaces, then vsock.
-fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmError> {
-    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+/// Each comes with its name in metrics: `disk0` (or `disk:<id>`), `net0`, `vsock`, `fs:<tag>`.
+fn virtio_devices(cfg: &VmConfig) -> Result<Vec<NamedDevice>, VmError> {
+    let mut devices: Vec<NamedDevice> = Vec::new();
     for (i, disk) in cfg.disks.iter().enumerate() {
         let block = Block::new(BlockConfig {
             path: disk.path.clone(),
@@ -190,7 +194,11 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmError>
             direct_io: disk.direct_io,
         })
         .map_err(|e| VmError::Disk(i + 1, e.to_string()))?;
-        devices.push(Box::new(block));
+        let name = match &disk.id {
+            Some(id) => format!("disk:{id}"),
+            None => format!("disk{i}"),
+        };
+        devices.push((name, Box::new(block)));
     }
     for (i, n) in cfg.nets.iter().enumerate() {
         let tap = match (&n.tap, n.fd) {
@@ -203,7 +211,7 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmError>
             mac: n.mac_bytes(),
         })
         .map_err(|e| VmError::Net(i + 1, e.to_string()))?;
-        devices.push(Box::new(net));
+        devices.push((format!("net{i}"), Box::new(net)));
     }
     if let Some(v) = &cfg.vsock {
         let vsock = Vsock::new(VsockConfig {
@@ -211,12 +219,12 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmError>
             uds_path: v.socket.clone(),
         })
         .map_err(|e| VmError::Vsock(e.to_string()))?;
-        devices.push(Box::new(vsock));
+        devices.push(("vsock".to_string(), Box::new(vsock)));
     }
     for (i, f) in cfg.filesystems.iter().enumerate() {
         let fs = VhostUserFs::new(VhostUserFsConfig::new(f.socket.clone(), f.tag.clone()))
             .map_err(|e| VmError::Fs(i + 1, e.to_string()))?;
-        devices.push(Box::new(fs));
+        devices.push((format!("fs:{}", f.tag), Box::new(fs)));
     }
     Ok(devices)
 }
@@ -243,9 +251,14 @@ fn start_virtiofsd(cfg: &VmConfig) -> Result<Vec<crate::virtiofsd::Virtiofsd>, V
 /// Puts the virtio devices on virtio-mmio transports, wires their queue notifications to KVM
 /// ioeventfds and their interrupts to irqfds, and returns the MMIO bus holding them. Slots
 /// match what `acpi_config` and `guest_cmdline` announced.
-fn create_virtio_devices(vm: &VmFd, mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<Bus, VmError> {
+fn create_virtio_devices(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    cfg: &VmConfig,
+) -> Result<(Bus, DeviceMetricsList), VmError> {
     let mut bus = Bus::new();
-    for (i, device) in virtio_devices(cfg)?.into_iter().enumerate() {
+    let mut metrics = Vec::new();
+    for (i, (name, device)) in virtio_devices(cfg)?.into_iter().enumerate() {
         let (addr, gsi) = layout::virtio_mmio_slot(i);
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;
         vm.register_irqfd(&irq, gsi)
@@ -260,6 +273,9 @@ fn create_virtio_devices(vm: &VmFd, mem: &GuestMemoryMmap, cfg: &VmConfig) -> Re
             )
             .map_err(kvm_err("register virtio ioeventfd"))?;
         }
+        if let Some(m) = transport.metrics() {
+            metrics.push((name, m));
+        }
         bus.insert(
             Arc::new(Mutex::new(transport)),
             addr,
@@ -267,8 +283,14 @@ fn create_virtio_devices(vm: &VmFd, mem: &GuestMemoryMmap, cfg: &VmConfig) -> Re
         )
         .map_err(|e| VmError::Device(e.to_string()))?;
     }
-    Ok(bus)
+    Ok((bus, metrics))
 }
+
+/// A virtio device and its name in metrics.
+type NamedDevice = (String, Box<dyn VirtioDevice>);
+
+/// Named device counters, for the API's metrics.
+type DeviceMetricsList = Vec<(String, Arc<dyn qvm_devices::virtio::DeviceMetrics>)>;
 
 /// The command line the guest gets. virtio-mmio devices are announced in the ACPI DSDT, which
 /// is the only way their interrupts reach a kernel running on our hardware-reduced ACPI (it sets
@@ -425,6 +447,16 @@ fn configure_vcpu(
 /// Builds the VM described by `cfg`, runs it until the guest stops or a signal arrives, and
 /// tears it down with every thread joined.
 pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
+    run_with_control(cfg, opts, None)
+}
+
+/// [`run`], also serving `control` (the API's pause/resume/stop/status/metrics) from the
+/// event loop.
+pub fn run_with_control(
+    cfg: &VmConfig,
+    opts: &RunOptions,
+    control: Option<ControlChannel>,
+) -> Result<RunOutcome, VmError> {
     phase(opts, "start");
     let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
     for (cap, name) in [
@@ -444,7 +476,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
         return Err(VmError::TooManyVcpus { got: vcpus, max });
     }
 
-    let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+    let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create VM"))?);
     vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
         .map_err(kvm_err("set TSS address"))?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
@@ -476,7 +508,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
     let exit = Arc::new(ExitSignal::new().map_err(|e| VmError::Device(e.to_string()))?);
     let devices = create_devices(&vm, cfg, &exit)?;
     let _virtiofsd = start_virtiofsd(cfg)?;
-    let mmio = create_virtio_devices(&vm, &mem, cfg)?;
+    let (mmio, device_metrics) = create_virtio_devices(&vm, &mem, cfg)?;
 
     let mut fds = Vec::with_capacity(usize::from(vcpus));
     for id in 0..vcpus {
@@ -508,6 +540,8 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
         exit: exit.clone(),
         stop: AtomicBool::new(false),
         report_first_run: opts.report_first_run,
+        gate: PauseGate::default(),
+        exits: ExitCounters::default(),
     });
     let mut handles = Vec::with_capacity(fds.len());
     let mut spawn_err = None;
@@ -521,6 +555,19 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
         }
     }
 
+    let controller = control.map(|chan| {
+        use std::os::unix::thread::JoinHandleExt;
+        let threads = handles.iter().map(|h| h.as_pthread_t()).collect();
+        let c = Arc::new(Mutex::new(Controller::new(
+            chan,
+            vm.clone(),
+            shared.clone(),
+            threads,
+            device_metrics,
+        )));
+        em.add_subscriber(c.clone());
+        c
+    });
     let loop_result = if spawn_err.is_none() {
         loop {
             if let Err(e) = em.run() {
@@ -529,11 +576,18 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
             if let Some(cause) = qvm_devices::bus::lock(&watcher).cause {
                 break Ok(cause);
             }
+            if let Some(c) = &controller {
+                if qvm_devices::bus::lock(c).stop_requested {
+                    break Ok(StopCause::Api);
+                }
+            }
         }
     } else {
         Ok(StopCause::Guest)
     };
 
+    drop(controller);
+    drop(em);
     let stuck = vcpu::stop_all(&shared, handles, Duration::from_secs(2));
     if !stuck.is_empty() {
         eprintln!("qvm-vmm: vCPU threads {stuck:?} did not stop; exiting anyway");
@@ -547,6 +601,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
             exit.reason().unwrap_or(GuestExit::VcpuFault),
         )),
         StopCause::Signal(s) => Ok(RunOutcome::Signal(s)),
+        StopCause::Api => Ok(RunOutcome::Stopped),
     }
 }
 

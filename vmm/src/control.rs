@@ -1,0 +1,250 @@
+//! Control of a running VM from another thread (the API): pause, resume, stop, status and
+//! metrics. Commands travel over a channel and wake the VMM's event loop through an eventfd,
+//! so the caller never touches the vCPUs or devices itself and never blocks a vCPU: the event
+//! loop thread does the work and answers.
+
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use kvm_bindings::kvm_clock_data;
+use kvm_ioctls::VmFd;
+use qvm_devices::virtio::DeviceMetrics;
+use serde_json::{json, Map, Value};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::vcpu::{self, VcpuShared};
+
+/// How long pausing may take before we give up and let the vCPUs run on.
+pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Pause,
+    Resume,
+    /// Stop the VM now (no guest shutdown).
+    Stop,
+    /// `{"state": "running"|"paused", ...}`.
+    Status,
+    /// Device counters and vCPU exits.
+    Metrics,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("the VM is not running (it has stopped or is stopping)")]
+    NotRunning,
+    #[error("the VMM did not answer within {0:?}: it may be overloaded; try again")]
+    Timeout(Duration),
+    #[error("the vCPUs did not stop within {0:?}; the VM keeps running")]
+    PauseFailed(Duration),
+    #[error("{0}")]
+    Kvm(String),
+}
+
+pub type Reply = Result<Value, ControlError>;
+
+/// The caller's end (share it behind an `Arc`; `call` takes `&self`).
+#[derive(Debug)]
+pub struct ControlSender {
+    tx: Sender<(Command, SyncSender<Reply>)>,
+    evt: EventFd,
+}
+
+impl ControlSender {
+    /// Sends `cmd` to the VMM and waits up to `timeout` for the answer.
+    pub fn call(&self, cmd: Command, timeout: Duration) -> Reply {
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        self.tx
+            .send((cmd, reply_tx))
+            .map_err(|_| ControlError::NotRunning)?;
+        self.evt.write(1).map_err(|_| ControlError::NotRunning)?;
+        match reply_rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(ControlError::Timeout(timeout)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(ControlError::NotRunning),
+        }
+    }
+}
+
+/// The VMM's end: handed to [`crate::vm::run_with_control`].
+#[derive(Debug)]
+pub struct ControlChannel {
+    rx: Receiver<(Command, SyncSender<Reply>)>,
+    evt: EventFd,
+}
+
+pub fn channel() -> std::io::Result<(ControlSender, ControlChannel)> {
+    let evt = EventFd::new(libc::EFD_NONBLOCK)?;
+    let (tx, rx) = mpsc::channel();
+    Ok((
+        ControlSender {
+            tx,
+            evt: evt.try_clone()?,
+        },
+        ControlChannel { rx, evt },
+    ))
+}
+
+/// The event-loop side: owns what pause/resume/metrics need.
+pub(crate) struct Controller {
+    chan: ControlChannel,
+    vm: Arc<VmFd>,
+    shared: Arc<VcpuShared>,
+    threads: Vec<libc::pthread_t>,
+    devices: Vec<(String, Arc<dyn DeviceMetrics>)>,
+    /// The guest clock when it was paused (restored at resume, so paused time is not seen).
+    clock: Option<kvm_clock_data>,
+    started: Instant,
+    paused_for: Duration,
+    paused_at: Option<Instant>,
+    pub stop_requested: bool,
+}
+
+impl Controller {
+    pub(crate) fn new(
+        chan: ControlChannel,
+        vm: Arc<VmFd>,
+        shared: Arc<VcpuShared>,
+        threads: Vec<libc::pthread_t>,
+        devices: Vec<(String, Arc<dyn DeviceMetrics>)>,
+    ) -> Self {
+        Controller {
+            chan,
+            vm,
+            shared,
+            threads,
+            devices,
+            clock: None,
+            started: Instant::now(),
+            paused_for: Duration::ZERO,
+            paused_at: None,
+            stop_requested: false,
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) -> Reply {
+        match cmd {
+            Command::Pause => self.pause(),
+            Command::Resume => self.resume(),
+            Command::Stop => {
+                self.stop_requested = true;
+                Ok(Value::Null)
+            }
+            Command::Status => Ok(self.status()),
+            Command::Metrics => Ok(self.metrics()),
+        }
+    }
+
+    fn pause(&mut self) -> Reply {
+        if self.paused_at.is_some() {
+            return Ok(Value::Null);
+        }
+        let gate = &self.shared.gate;
+        gate.set_paused(true);
+        let deadline = Instant::now() + PAUSE_TIMEOUT;
+        loop {
+            for &t in &self.threads {
+                vcpu::kick(t);
+            }
+            if gate.wait_parked(self.threads.len(), Duration::from_millis(5)) {
+                break;
+            }
+            if Instant::now() > deadline || self.shared.stop.load(Ordering::Acquire) {
+                gate.set_paused(false);
+                return Err(ControlError::PauseFailed(PAUSE_TIMEOUT));
+            }
+        }
+        // Every vCPU is parked: freeze the guest's clock (kvmclock) where it is.
+        match self.vm.get_clock() {
+            Ok(c) => self.clock = Some(c),
+            Err(e) => eprintln!(
+                "qvm-vmm: pause: KVM_GET_CLOCK failed ({e}); the guest will see the paused time"
+            ),
+        }
+        self.paused_at = Some(Instant::now());
+        Ok(Value::Null)
+    }
+
+    fn resume(&mut self) -> Reply {
+        let Some(at) = self.paused_at.take() else {
+            return Ok(Value::Null);
+        };
+        self.paused_for += at.elapsed();
+        if let Some(mut c) = self.clock.take() {
+            // KVM_SET_CLOCK takes no flags but KVM_CLOCK_REALTIME, which we do not use.
+            c.flags = 0;
+            if let Err(e) = self.vm.set_clock(&c) {
+                eprintln!("qvm-vmm: resume: KVM_SET_CLOCK failed ({e}); the guest will see the paused time");
+            }
+        }
+        self.shared.gate.set_paused(false);
+        Ok(Value::Null)
+    }
+
+    fn status(&self) -> Value {
+        let paused = self.paused_at.is_some();
+        let mut paused_for = self.paused_for;
+        if let Some(at) = self.paused_at {
+            paused_for += at.elapsed();
+        }
+        json!({
+            "state": if paused { "paused" } else { "running" },
+            "vcpus": self.threads.len(),
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "paused_ms": paused_for.as_millis() as u64,
+        })
+    }
+
+    fn metrics(&self) -> Value {
+        let counters = |c: Vec<(&'static str, u64)>| {
+            Value::Object(
+                c.into_iter()
+                    .map(|(k, v)| (k.to_string(), Value::from(v)))
+                    .collect::<Map<_, _>>(),
+            )
+        };
+        let devices: Map<String, Value> = self
+            .devices
+            .iter()
+            .map(|(name, m)| (name.clone(), counters(m.counters())))
+            .collect();
+        let mut status = self.status();
+        if let Value::Object(o) = &mut status {
+            o.insert("vcpu_exits".into(), counters(self.shared.exits.counters()));
+            o.insert("devices".into(), Value::Object(devices));
+        }
+        status
+    }
+}
+
+impl MutEventSubscriber for Controller {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.chan.evt, EventSet::IN)) {
+            eprintln!("qvm-vmm: cannot watch the API channel: {e:?}");
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() != self.chan.evt.as_raw_fd() {
+            return;
+        }
+        let _ = self.chan.evt.read();
+        while let Ok((cmd, reply)) = self.chan.rx.try_recv() {
+            let r = self.handle(cmd);
+            // The caller may have timed out and gone: nothing to do then.
+            let _ = reply.try_send(r);
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        // Never leave vCPUs parked behind us.
+        self.shared.gate.set_paused(false);
+    }
+}
