@@ -10,6 +10,7 @@ pkgs=(
     valgrind                                                                  # blk cost bench
     build-essential                                                           # libFuzzer (cargo fuzz)
     libseccomp-dev libcap-ng-dev                                              # building virtiofsd
+    python3-venv                                                              # api-conformance.sh (schemathesis)
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs all of qvm's checks and tests: formatting, clippy, unit tests, and the integration tests
-# that boot real guests (in the nested-KVM lab when this host's /dev/kvm cannot boot Linux).
+# that boot real guests (in the nested-KVM lab when this host's /dev/kvm cannot boot Linux), then
+# checks the live REST API against api/openapi.yaml (schemathesis).
 # Installs what it needs; the guest kernel (~8 min) and lab image are cached in ~/.cache/qvm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,8 @@ cargo build --workspace --all-targets --quiet
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
+echo "== API conformance: schemathesis against api/openapi.yaml"
+scripts/api-conformance.sh target/debug/qvm-vmm
 # One closing line for the whole run (cargo prints one per test binary, the last often 0/0).
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "qvm: %d passed, %d failed, %d skipped\n", p, f, i }' \
     "$log" | tr -d ';'

@@ -119,6 +119,16 @@ impl RequestError {
         }
     }
 
+    /// Found from the request line alone, before the body is read.
+    pub(crate) fn precedes_body(&self) -> bool {
+        matches!(
+            self,
+            RequestError::NotFound { .. }
+                | RequestError::MethodNotAllowed { .. }
+                | RequestError::BadId { .. }
+        )
+    }
+
     /// The request's body may be left unread: the connection must not be reused.
     pub(crate) fn closes_connection(&self) -> bool {
         matches!(

@@ -47,6 +47,8 @@
 //! - GET and DELETE take no body: a non-empty one gets 400. PUT needs a JSON object: none,
 //!   an empty one or another JSON value gets 400.
 //! - The query string is ignored.
+//! - A request refused from its method and path alone (404, 405, a bad id) is answered without
+//!   reading its body; if it has one, the answer says `Connection: close` (hyper closes then).
 //! - A handler reply with status 204 is sent without a body.
 //! - Malformed HTTP (a garbage request line, bad headers) is answered by hyper with an empty
 //!   400/414/431 and the connection is closed; a client that does not finish its headers within

@@ -92,22 +92,20 @@ fn bodies_are_documented_where_the_server_wants_them() {
                 schema["$ref"].as_str().is_some(),
                 "{method} {path}: no schema"
             );
-            for code in ["400", "413", "415", "408", "503"] {
-                assert!(
-                    !op["responses"][code].is_null(),
-                    "{method} {path}: no {code}"
-                );
-            }
         } else {
             assert!(body.is_null(), "{method} {path} takes no body");
         }
-        for code in ["400", "503"] {
+        // Every request's body is read (and refused on GET and DELETE) within the server's
+        // limits, so any of them can get these.
+        for code in ["400", "408", "413", "415", "503"] {
             assert!(
                 !op["responses"][code].is_null(),
                 "{method} {path}: no {code}"
             );
         }
     }
+    // shutdown may still be missing from a VMM.
+    assert!(!doc["paths"]["/actions"]["put"]["responses"]["501"].is_null());
 }
 
 /// Every `$ref` points at something in the document.

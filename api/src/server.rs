@@ -287,11 +287,20 @@ async fn refuse_connection(stream: UnixStream, ctx: &Context) {
 
 /// The answer to one request.
 async fn answer(req: Request<Incoming>, ctx: &Context) -> Reply {
+    let has_body = !req.body().is_end_stream();
     match route_and_call(req, ctx).await {
         Ok(reply) => reply,
         Err(e) => {
             log::debug!("API: {} {e}", e.status());
-            error_reply(&e)
+            let mut r = error_reply(&e);
+            // Refused before its body was read (404, 405, a bad id): hyper then closes the
+            // connection unless the body happens to be in already, so say so; a client that
+            // reused it would find it closed under its next request.
+            if has_body && e.precedes_body() {
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            r
         }
     }
 }

@@ -1,6 +1,6 @@
 //! A real Linux guest configured and driven only through the REST API, in the lab: configure,
 //! start, pause (the guest prints nothing and its clock stops), resume, metrics that move with
-//! the guest's disk I/O, stop.
+//! the guest's disk I/O, and a graceful shutdown through the ACPI power button.
 
 use std::time::Duration;
 
@@ -88,7 +88,7 @@ if waitfor GUEST-READY && waitfor TICK; then
   next=$(grep TICK $t/console | sed -n "$((n2 + 1))p" | cut -d' ' -f2)
   echo "UPTIME-ACROSS-PAUSE $last $next"
   waitfor IO-DONE && echo "METRICS-AFTER $(ctl get /metrics)"
-  ctl action stop && echo "STOP-SENT"
+  ctl put /actions '{{"action": "shutdown", "timeout_s": 120}}' && echo "SHUTDOWN-SENT"
 fi
 wait $vmm
 echo "VMM-EXIT $?"
@@ -146,8 +146,15 @@ head -c 3000 $t/console
         after["vcpu_exits"]["mmio"].as_u64() > before["vcpu_exits"]["mmio"].as_u64(),
         "{before}\n{after}"
     );
-    assert!(out.contains("STOP-SENT"), "{out}");
+    // shutdown presses the ACPI power button (GED -> PNP0C0C -> KEY_POWER); the guest's init
+    // sees the event and powers off by itself, long before the forced stop.
+    assert!(out.contains("SHUTDOWN-SENT"), "{out}");
+    assert!(
+        out.contains("qvm-init: power button pressed"),
+        "the guest did not see the power button: {out}"
+    );
     assert_eq!(field(out, "VMM-EXIT "), "0", "{out}");
-    assert!(out.contains("stopped through the API"), "{out}");
+    assert!(out.contains("qvm-vmm: guest powered off"), "{out}");
+    assert!(!out.contains("did not power off"), "{out}");
     println!("{out}");
 }

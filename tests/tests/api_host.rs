@@ -257,3 +257,45 @@ fn neither_config_nor_api_socket_is_a_usage_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--api-sock"), "{err}");
 }
+
+#[test]
+fn shutdown_presses_the_power_button_then_stops_a_guest_that_ignores_it() {
+    let dir = std::env::temp_dir().join(format!("qvm-api-sd-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("vm.toml");
+    let mut text = vm_toml(&kernel(&dir), None, 1, 64, "console=ttyS0");
+    text.push_str("\n[console]\nmode = \"off\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let vmm = Vmm::start("shutdown", Some(&cfg));
+    assert!(runs(&vmm));
+    vmm.fails(
+        &[
+            "put",
+            "/actions",
+            r#"{"action": "shutdown", "timeout_s": -1}"#,
+        ],
+        400,
+    );
+    vmm.fails(
+        &["put", "/actions", r#"{"action": "pause", "timeout_s": 1}"#],
+        400,
+    );
+    // A paused guest cannot see the button.
+    vmm.ok(&["action", "pause"]);
+    let e = vmm.fails(&["put", "/actions", r#"{"action": "shutdown"}"#], 409);
+    assert!(e.contains("resume"), "{e}");
+    vmm.ok(&["action", "resume"]);
+    // This guest has no ACPI driver: after the grace time the VM is stopped anyway.
+    let start = Instant::now();
+    vmm.ok(&[
+        "put",
+        "/actions",
+        r#"{"action": "shutdown", "timeout_s": 1}"#,
+    ]);
+    let (code, log) = vmm.wait(Duration::from_secs(10));
+    assert!(start.elapsed() >= Duration::from_millis(900), "{log}");
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("pressed the ACPI power button"), "{log}");
+    assert!(log.contains("did not power off within 1s"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -14,13 +14,17 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use crate::config::{
-    BootConfig, ConsoleConfig, DiskConfig, FsConfig, MachineConfig, NetConfig, VmConfig,
-    VsockConfig,
+    BootConfig, ConsoleConfig, ConsoleMode, DiskConfig, FsConfig, MachineConfig, NetConfig,
+    VmConfig, VsockConfig, MAX_CMDLINE_LEN, MAX_DISKS, MAX_DISK_ID_LEN, MAX_FS_TAG_LEN,
+    MAX_MEMORY_MIB, MAX_NETS, MAX_TAP_NAME_LEN, MAX_VCPUS, MAX_VIRTIO_DEVICES, MIN_MEMORY_MIB,
 };
 use crate::control::{Command, ControlError, ControlSender};
 
 /// How long an API call waits for the event loop.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `shutdown` waits for the guest to power off before it stops the VM.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Where the VM is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +160,7 @@ fn control_error(e: ControlError) -> ApiReply {
         ControlError::NotRunning => error(409, e),
         ControlError::Timeout(_) => error(503, e),
         ControlError::PauseFailed(_) | ControlError::Kvm(_) => error(500, e),
+        ControlError::Paused => error(409, e),
     }
 }
 
@@ -238,21 +243,28 @@ impl VmmApi {
         let d = &mut st.draft;
         let r = match (method, route) {
             (Method::Put, Route::VmConfig) => {
-                parse::<VmConfig>("config", body).map(|c| *d = Draft::from_config(c))
+                checked("config", body, check_config).map(|c| *d = Draft::from_config(c))
             }
-            (Method::Put, Route::Machine) => parse("machine", body).map(|m| d.machine = Some(m)),
-            (Method::Put, Route::Boot) => parse("boot", body).map(|b| d.boot = Some(b)),
-            (Method::Put, Route::Console) => parse("console", body).map(|c| d.console = c),
-            (Method::Put, Route::Disk(id)) => with_key(body, "id", &id, 20)
-                .and_then(|b| parse::<DiskConfig>("disk", Some(b)))
-                .map(|disk| upsert(&mut d.disks, &id, disk)),
-            (Method::Put, Route::Net(id)) => {
-                parse::<NetConfig>("net", body).map(|n| upsert(&mut d.nets, &id, n))
+            (Method::Put, Route::Machine) => {
+                checked("machine", body, check_machine).map(|m| d.machine = Some(m))
             }
-            (Method::Put, Route::Vsock) => parse("vsock", body).map(|v| d.vsock = Some(v)),
-            (Method::Put, Route::Fs(tag)) => with_key(body, "tag", &tag, 36)
-                .and_then(|b| parse::<FsConfig>("fs", Some(b)))
-                .map(|f| upsert(&mut d.fs, &tag, f)),
+            (Method::Put, Route::Boot) => {
+                checked("boot", body, check_boot).map(|b| d.boot = Some(b))
+            }
+            (Method::Put, Route::Console) => {
+                checked("console", body, check_console).map(|c| d.console = c)
+            }
+            (Method::Put, Route::Disk(id)) => with_key(body, "id", &id, MAX_DISK_ID_LEN)
+                .and_then(|b| checked("disk", Some(b), check_disk))
+                .and_then(|disk| upsert_within(&mut d.disks, &id, disk, MAX_DISKS, "disks")),
+            (Method::Put, Route::Net(id)) => checked("net", body, check_net)
+                .and_then(|n| upsert_within(&mut d.nets, &id, n, MAX_NETS, "network interfaces")),
+            (Method::Put, Route::Vsock) => {
+                checked("vsock", body, check_vsock).map(|v| d.vsock = Some(v))
+            }
+            (Method::Put, Route::Fs(tag)) => with_key(body, "tag", &tag, MAX_FS_TAG_LEN)
+                .and_then(|b| checked("fs", Some(b), check_fs))
+                .and_then(|f| upsert_within(&mut d.fs, &tag, f, MAX_VIRTIO_DEVICES, "fs shares")),
             (Method::Delete, Route::Disk(id)) => found(remove(&mut d.disks, &id), "disk", &id),
             (Method::Delete, Route::Net(id)) => found(remove(&mut d.nets, &id), "net", &id),
             (Method::Delete, Route::Fs(tag)) => found(remove(&mut d.fs, &tag), "fs", &tag),
@@ -273,11 +285,19 @@ impl VmmApi {
         #[serde(deny_unknown_fields)]
         struct Action {
             action: String,
+            /// shutdown only: seconds the guest gets to power off before the VM is stopped.
+            timeout_s: Option<f64>,
         }
-        let action = match parse::<Action>("actions", body) {
-            Ok(a) => a.action,
+        let (action, timeout_s) = match parse::<Action>("actions", body) {
+            Ok(a) => (a.action, a.timeout_s),
             Err(e) => return e,
         };
+        if timeout_s.is_some() && action != "shutdown" {
+            return error(
+                400,
+                format!("timeout_s only applies to shutdown, not {action:?}: drop it"),
+            );
+        }
         let phase = self.lock().phase.clone();
         match (action.as_str(), &phase) {
             ("start", Phase::Configuring) => self.start(),
@@ -299,10 +319,26 @@ impl VmmApi {
             ("pause" | "resume" | "stop", Phase::Stopped(_)) => {
                 error(409, format!("{action}: the VM has stopped"))
             }
-            ("shutdown", _) => error(
-                501,
-                "shutdown (a guest-visible power button) is not implemented yet: use \"stop\"",
-            ),
+            ("shutdown", Phase::Running) => {
+                let secs = timeout_s.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64());
+                if !(0.0..=MAX_SHUTDOWN_TIMEOUT.as_secs_f64()).contains(&secs) {
+                    return error(
+                        400,
+                        format!("timeout_s {secs} is out of range: use 0 to {}", MAX_SHUTDOWN_TIMEOUT.as_secs()),
+                    );
+                }
+                match self
+                    .control
+                    .call(Command::Shutdown(Duration::from_secs_f64(secs)), CONTROL_TIMEOUT)
+                {
+                    Ok(_) => no_content(),
+                    Err(e) => control_error(e),
+                }
+            }
+            ("shutdown", Phase::Configuring) => {
+                error(409, "shutdown: the VM has not been started")
+            }
+            ("shutdown", Phase::Stopped(_)) => error(409, "shutdown: the VM has stopped"),
             _ => error(
                 400,
                 format!("unknown action {action:?}: use start, pause, resume, shutdown or stop"),
@@ -365,11 +401,196 @@ fn with_key(body: Option<Value>, key: &str, id: &str, max: usize) -> Result<Valu
                 format!("the body's {key} {s:?} differs from the path's {id:?}: drop it from the body or make them match"),
             ))
         }
-        _ => {
+        Some(Value::String(_) | Value::Null) | None => {
             o.insert(key.into(), Value::String(id.to_string()));
+        }
+        Some(v) => {
+            return Err(error(
+                400,
+                format!("the body's {key} is {v}, not a string: drop it from the body (the path names it)"),
+            ))
         }
     }
     Ok(body)
+}
+
+/// Like [`upsert`], but a new key beyond `max` entries is refused (409).
+fn upsert_within<T>(
+    list: &mut Vec<(String, T)>,
+    key: &str,
+    item: T,
+    max: usize,
+    what: &str,
+) -> Result<(), ApiReply> {
+    if list.len() >= max && !list.iter().any(|(k, _)| k == key) {
+        return Err(error(
+            409,
+            format!("{key:?}: {max} {what} are configured already, the most a VM takes; delete one first"),
+        ));
+    }
+    upsert(list, key, item);
+    Ok(())
+}
+
+// Checks of values alone, made on PUT: the constraints api/openapi.yaml's schemas state, so that
+// a draft (and GET /vm) never holds a value the document rules out. What needs the host (files,
+// tap devices, inherited fds, its RAM) and what spans entries (duplicates, the device total) is
+// checked at start, by VmConfig::validate.
+
+/// Parses a body and checks its values; either failure is a 400 that names `what`.
+fn checked<T: DeserializeOwned>(
+    what: &str,
+    body: Option<Value>,
+    check: fn(&T) -> Result<(), String>,
+) -> Result<T, ApiReply> {
+    let v = parse::<T>(what, body)?;
+    check(&v).map_err(|e| error(400, format!("{what}: {e}")))?;
+    Ok(v)
+}
+
+fn check_config(c: &VmConfig) -> Result<(), String> {
+    check_machine(&c.machine).map_err(|e| format!("machine: {e}"))?;
+    check_boot(&c.boot).map_err(|e| format!("boot: {e}"))?;
+    check_console(&c.console).map_err(|e| format!("console: {e}"))?;
+    let most = |n: usize, max: usize, key: &str| match n > max {
+        true => Err(format!("{n} {key} entries; a VM takes at most {max}")),
+        false => Ok(()),
+    };
+    most(c.disks.len(), MAX_DISKS, "disk")?;
+    most(c.nets.len(), MAX_NETS, "net")?;
+    most(c.filesystems.len(), MAX_VIRTIO_DEVICES, "fs")?;
+    for (i, d) in c.disks.iter().enumerate() {
+        check_disk(d).map_err(|e| format!("disk #{}: {e}", i + 1))?;
+    }
+    for (i, n) in c.nets.iter().enumerate() {
+        check_net(n).map_err(|e| format!("net #{}: {e}", i + 1))?;
+    }
+    if let Some(v) = &c.vsock {
+        check_vsock(v).map_err(|e| format!("vsock: {e}"))?;
+    }
+    for (i, f) in c.filesystems.iter().enumerate() {
+        check_fs(f).map_err(|e| format!("fs #{}: {e}", i + 1))?;
+    }
+    Ok(())
+}
+
+fn check_machine(m: &MachineConfig) -> Result<(), String> {
+    if !(1..=u64::from(MAX_VCPUS)).contains(&m.vcpus) {
+        return Err(format!("vcpus = {}: use 1 to {MAX_VCPUS}", m.vcpus));
+    }
+    if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&m.memory_mib) {
+        return Err(format!(
+            "memory_mib = {}: use {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} (and no more than the host has)",
+            m.memory_mib
+        ));
+    }
+    Ok(())
+}
+
+fn check_boot(b: &BootConfig) -> Result<(), String> {
+    if b.cmdline.len() >= MAX_CMDLINE_LEN {
+        return Err(format!(
+            "cmdline is {} bytes; Linux takes at most {}, shorten it",
+            b.cmdline.len(),
+            MAX_CMDLINE_LEN - 1
+        ));
+    }
+    if !b.cmdline.bytes().all(|c| c.is_ascii() && c != 0) {
+        return Err("cmdline contains a NUL or non-ASCII character; use plain ASCII".into());
+    }
+    Ok(())
+}
+
+fn check_console(c: &ConsoleConfig) -> Result<(), String> {
+    match (c.mode, &c.path) {
+        (ConsoleMode::File, None) => {
+            Err("mode \"file\" needs a path for the guest's output".into())
+        }
+        (ConsoleMode::Stdio | ConsoleMode::Off, Some(_)) => {
+            Err("path is only used with mode \"file\"; drop it or set mode \"file\"".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_disk(d: &DiskConfig) -> Result<(), String> {
+    match &d.id {
+        Some(id) if id.len() > MAX_DISK_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) => {
+            Err(format!(
+                "id = {id:?}: use at most {MAX_DISK_ID_LEN} bytes of printable ASCII without spaces"
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_net(n: &NetConfig) -> Result<(), String> {
+    match (&n.tap, n.fd) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(
+                "set exactly one of tap (a tap device's name) or fd (an inherited tap descriptor)"
+                    .into(),
+            )
+        }
+        (Some(tap), None) => {
+            if tap.is_empty()
+                || tap.len() > MAX_TAP_NAME_LEN
+                || !tap
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(format!(
+                    "tap = {tap:?}: not an interface name (1-{MAX_TAP_NAME_LEN} letters, digits, '-', '_' or '.')"
+                ));
+            }
+        }
+        (None, Some(fd)) if fd < 3 => {
+            return Err(format!("fd = {fd}: use an inherited descriptor, 3 or more"))
+        }
+        (None, Some(_)) => {}
+    }
+    if let Some(mac) = &n.mac {
+        let bytes: Vec<Option<u8>> = mac
+            .split(':')
+            .map(|p| match p.len() {
+                2 => u8::from_str_radix(p, 16).ok(),
+                _ => None,
+            })
+            .collect();
+        if bytes.len() != 6 || bytes.iter().any(Option::is_none) {
+            return Err(format!(
+                "mac = {mac:?}: not a MAC address like 52:54:00:12:34:56"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_vsock(v: &VsockConfig) -> Result<(), String> {
+    if v.guest_cid < 3 || v.guest_cid >= u64::from(u32::MAX) {
+        return Err(format!(
+            "guest_cid = {}: CIDs 0-2 and 4294967295 are reserved; use 3 to 4294967294",
+            v.guest_cid
+        ));
+    }
+    // sockaddr_un.sun_path is 108 bytes; guest->host sockets add "_<port>" (up to 11).
+    if v.socket.as_os_str().len() > 96 {
+        return Err(format!(
+            "socket = {:?}: too long for a unix socket path (at most 96 bytes); use a shorter path",
+            v.socket
+        ));
+    }
+    Ok(())
+}
+
+fn check_fs(f: &FsConfig) -> Result<(), String> {
+    if f.tag.is_empty() || f.tag.len() > MAX_FS_TAG_LEN || f.tag.contains('\0') {
+        return Err(format!(
+            "tag = {:?}: use 1 to {MAX_FS_TAG_LEN} bytes (it is what the guest mounts)",
+            f.tag
+        ));
+    }
+    Ok(())
 }
 
 fn found(yes: bool, what: &str, id: &str) -> Result<(), ApiReply> {
@@ -404,5 +625,131 @@ impl Handler for VmmApi {
             (Method::Put, Route::Actions) => self.action(req.body),
             (m, r) => self.edit(m, r, req.body),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(v: Value) -> Option<Value> {
+        Some(v)
+    }
+
+    #[test]
+    fn values_the_document_rules_out_are_refused_on_put() {
+        let bad = |what, v: Value, check| {
+            let r = checked::<MachineConfig>(what, body(v), check).unwrap_err();
+            assert_eq!(r.status, 400, "{:?}", r.body);
+        };
+        bad(
+            "machine",
+            json!({"vcpus": 0, "memory_mib": 64}),
+            check_machine,
+        );
+        bad(
+            "machine",
+            json!({"vcpus": 255, "memory_mib": 64}),
+            check_machine,
+        );
+        bad("machine", json!({"memory_mib": 31}), check_machine);
+        bad("machine", json!({"memory_mib": 1048577}), check_machine);
+        assert!(checked(
+            "machine",
+            body(json!({"vcpus": 254, "memory_mib": 32})),
+            check_machine
+        )
+        .is_ok());
+
+        let long = "x".repeat(MAX_CMDLINE_LEN);
+        for cmdline in [long.as_str(), "é", "a\u{0}b"] {
+            let b = json!({"kernel": "/k", "cmdline": cmdline});
+            assert!(checked("boot", body(b), check_boot).is_err(), "{cmdline:?}");
+        }
+        assert!(checked("console", body(json!({"mode": "file"})), check_console).is_err());
+        assert!(checked("console", body(json!({"path": "/c"})), check_console).is_err());
+        assert!(checked(
+            "console",
+            body(json!({"mode": "off", "path": null})),
+            check_console
+        )
+        .is_ok());
+        for n in [
+            json!({}),
+            json!({"tap": "t0", "fd": 3}),
+            json!({"fd": 2}),
+            json!({"tap": ""}),
+            json!({"tap": "a:b"}),
+            json!({"tap": "t0", "mac": "52:54:00:12:34"}),
+            json!({"tap": "t0", "mac": "52:54:00:12:34:5g"}),
+        ] {
+            assert!(checked("net", body(n.clone()), check_net).is_err(), "{n}");
+        }
+        assert!(checked(
+            "net",
+            body(json!({"tap": "t0", "fd": null, "mac": "52:54:00:12:34:56"})),
+            check_net
+        )
+        .is_ok());
+        for v in [
+            json!({"guest_cid": 2, "socket": "/v"}),
+            json!({"guest_cid": 4294967295u64, "socket": "/v"}),
+            json!({"guest_cid": 3, "socket": "/".repeat(97)}),
+        ] {
+            assert!(
+                checked("vsock", body(v.clone()), check_vsock).is_err(),
+                "{v}"
+            );
+        }
+        assert!(checked("disk", body(json!({"path": "/d", "id": "a b"})), check_disk).is_err());
+        assert!(checked(
+            "fs",
+            body(json!({"tag": "é".repeat(19), "socket": "/s"})),
+            check_fs
+        )
+        .is_err());
+        let disks: Vec<Value> = (0..17).map(|i| json!({"path": format!("/d{i}")})).collect();
+        let cfg = json!({"machine": {"memory_mib": 64}, "boot": {"kernel": "/k"}, "disk": disks});
+        assert!(checked("config", body(cfg), check_config).is_err());
+    }
+
+    #[test]
+    fn a_path_id_in_the_body_must_be_the_same_string() {
+        assert_eq!(
+            with_key(body(json!({"id": 5})), "id", "d0", 20)
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            with_key(body(json!({"id": "d1"})), "id", "d0", 20)
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            with_key(body(json!({"id": null})), "id", "d0", 20).unwrap(),
+            json!({"id": "d0"})
+        );
+        assert_eq!(
+            with_key(body(json!({})), "id", "d0", 20).unwrap(),
+            json!({"id": "d0"})
+        );
+    }
+
+    #[test]
+    fn lists_stop_at_their_limit_but_entries_can_be_replaced() {
+        let mut list: Vec<(String, u32)> = Vec::new();
+        for i in 0..3 {
+            upsert_within(&mut list, &format!("k{i}"), i, 3, "things").unwrap();
+        }
+        assert_eq!(
+            upsert_within(&mut list, "k3", 3, 3, "things")
+                .unwrap_err()
+                .status,
+            409
+        );
+        upsert_within(&mut list, "k1", 7, 3, "things").unwrap();
+        assert_eq!(list[1], ("k1".to_string(), 7));
     }
 }

@@ -16,6 +16,7 @@ use qvm_devices::virtio::DeviceMetrics;
 use serde_json::{json, Map, Value};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::vcpu::{self, VcpuShared};
 
@@ -28,6 +29,9 @@ pub enum Command {
     Resume,
     /// Stop the VM now (no guest shutdown).
     Stop,
+    /// Press the ACPI power button; stop the VM if the guest has not powered off after this
+    /// long.
+    Shutdown(Duration),
     /// `{"state": "running"|"paused", ...}`.
     Status,
     /// Device counters and vCPU exits.
@@ -42,6 +46,8 @@ pub enum ControlError {
     Timeout(Duration),
     #[error("the vCPUs did not stop within {0:?}; the VM keeps running")]
     PauseFailed(Duration),
+    #[error("the VM is paused: a paused guest cannot react to the power button; resume it first, or stop it")]
+    Paused,
     #[error("{0}")]
     Kvm(String),
 }
@@ -102,6 +108,11 @@ pub(crate) struct Controller {
     started: Instant,
     paused_for: Duration,
     paused_at: Option<Instant>,
+    /// Pressed by `Shutdown` (an irqfd on the GED's GSI).
+    power_button: EventFd,
+    /// Fires when a shutdown's grace time is over.
+    shutdown_timer: Option<TimerFd>,
+    shutdown_grace: Option<Duration>,
     pub stop_requested: bool,
 }
 
@@ -112,8 +123,21 @@ impl Controller {
         shared: Arc<VcpuShared>,
         threads: Vec<libc::pthread_t>,
         devices: Vec<(String, Arc<dyn DeviceMetrics>)>,
+        power_button: EventFd,
     ) -> Self {
+        let shutdown_timer = match TimerFd::new() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!(
+                    "qvm-vmm: no timer for shutdown timeouts ({e}): shutdown will not force a stop"
+                );
+                None
+            }
+        };
         Controller {
+            power_button,
+            shutdown_timer,
+            shutdown_grace: None,
             chan,
             vm,
             shared,
@@ -135,6 +159,7 @@ impl Controller {
                 self.stop_requested = true;
                 Ok(Value::Null)
             }
+            Command::Shutdown(grace) => self.shutdown(grace),
             Command::Status => Ok(self.status()),
             Command::Metrics => Ok(self.metrics()),
         }
@@ -186,6 +211,27 @@ impl Controller {
         Ok(Value::Null)
     }
 
+    fn shutdown(&mut self, grace: Duration) -> Reply {
+        if self.paused_at.is_some() {
+            return Err(ControlError::Paused);
+        }
+        self.power_button
+            .write(1)
+            .map_err(|e| ControlError::Kvm(format!("cannot press the power button: {e}")))?;
+        eprintln!(
+            "qvm-vmm: shutdown: pressed the ACPI power button; stopping the VM in {}s unless the guest powers off",
+            grace.as_secs_f64()
+        );
+        if let Some(t) = self.shutdown_timer.as_mut() {
+            // A second shutdown restarts the grace time (and presses again).
+            if let Err(e) = t.reset(grace.max(Duration::from_millis(1)), None) {
+                eprintln!("qvm-vmm: shutdown: cannot arm the timer ({e}); no forced stop");
+            }
+        }
+        self.shutdown_grace = Some(grace);
+        Ok(Value::Null)
+    }
+
     fn status(&self) -> Value {
         let paused = self.paused_at.is_some();
         let mut paused_for = self.paused_for;
@@ -227,9 +273,26 @@ impl MutEventSubscriber for Controller {
         if let Err(e) = ops.add(Events::new(&self.chan.evt, EventSet::IN)) {
             eprintln!("qvm-vmm: cannot watch the API channel: {e:?}");
         }
+        if let Some(t) = &self.shutdown_timer {
+            if let Err(e) = ops.add(Events::new(t, EventSet::IN)) {
+                eprintln!("qvm-vmm: cannot watch the shutdown timer: {e:?}");
+            }
+        }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if let Some(t) = self.shutdown_timer.as_mut() {
+            if events.fd() == t.as_raw_fd() {
+                let _ = t.wait();
+                let grace = self.shutdown_grace.unwrap_or_default();
+                eprintln!(
+                    "qvm-vmm: shutdown: the guest did not power off within {}s; stopping the VM",
+                    grace.as_secs_f64()
+                );
+                self.stop_requested = true;
+                return;
+            }
+        }
         if events.fd() != self.chan.evt.as_raw_fd() {
             return;
         }

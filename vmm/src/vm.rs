@@ -130,6 +130,8 @@ struct Devices {
     pio: Bus,
     serial: Arc<Mutex<Serial>>,
     serial_input: Arc<SerialInput>,
+    /// Written to press the ACPI power button (an irqfd on its GED's GSI).
+    power_button: EventFd,
 }
 
 fn create_devices(vm: &VmFd, cfg: &VmConfig, exit: &Arc<ExitSignal>) -> Result<Devices, VmError> {
@@ -150,6 +152,9 @@ fn create_devices(vm: &VmFd, cfg: &VmConfig, exit: &Arc<ExitSignal>) -> Result<D
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err)?;
     vm.register_irqfd(&irq, serial::COM1_IRQ)
         .map_err(kvm_err("register serial irqfd"))?;
+    let power_button = EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err)?;
+    vm.register_irqfd(&power_button, layout::POWER_BUTTON_GSI)
+        .map_err(kvm_err("register power button irqfd"))?;
     let serial_input = SerialInput::new().map_err(dev_err)?;
     let serial = Arc::new(Mutex::new(Serial::new(irq, serial_input.clone(), out)));
 
@@ -179,6 +184,7 @@ fn create_devices(vm: &VmFd, cfg: &VmConfig, exit: &Arc<ExitSignal>) -> Result<D
         pio,
         serial,
         serial_input,
+        power_button,
     })
 }
 
@@ -336,6 +342,7 @@ fn acpi_config(vcpus: u8, virtio_devices: usize) -> acpi::AcpiConfig {
         reset_port: acpi_pm::RESET_PORT,
         reset_value: acpi_pm::RESET_VALUE,
         pvpanic_port: Some(pvpanic::PVPANIC_PORT as u16),
+        power_button_irq: Some(layout::POWER_BUTTON_GSI),
         serial_ports: vec![acpi::SerialPort {
             port: serial::COM1_PORT as u16,
             irq: serial::COM1_IRQ,
@@ -564,6 +571,7 @@ pub fn run_with_control(
             shared.clone(),
             threads,
             device_metrics,
+            devices.power_button,
         )));
         em.add_subscriber(c.clone());
         c

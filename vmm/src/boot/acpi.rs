@@ -94,6 +94,10 @@ pub struct AcpiConfig {
     pub serial_ports: Vec<SerialPort>,
     /// virtio-mmio devices announced in the DSDT (_HID "LNRO0005").
     pub mmio_devices: Vec<MmioDevice>,
+    /// A power button (PNP0C0C) signalled through a Generic Event Device (ACPI0013) on this
+    /// (edge-triggered) GSI: hardware-reduced ACPI has no fixed power button. Each interrupt
+    /// is a press: the GED's `_EVT` notifies the button (0x80), Linux reports KEY_POWER.
+    pub power_button_irq: Option<u32>,
 }
 
 /// A legacy UART: its 8 I/O ports start at `port`, its interrupt is GSI `irq`.
@@ -405,6 +409,23 @@ fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
         ));
         sb.extend(aml::device(&format!("V{i:03X}"), &dev));
     }
+    if let Some(irq) = cfg.power_button_irq {
+        let mut pwrb = Vec::new();
+        // EisaId ("PNP0C0C"): power button device.
+        pwrb.extend(aml::name("_HID", &aml::integer(0x0C0C_D041)));
+        pwrb.extend(aml::name("_UID", &aml::integer(0)));
+        sb.extend(aml::device("PWRB", &pwrb));
+        let mut ged = Vec::new();
+        ged.extend(aml::name("_HID", &aml::string("ACPI0013")));
+        ged.extend(aml::name("_UID", &aml::integer(0)));
+        ged.extend(aml::name(
+            "_CRS",
+            &aml::resource_template(&[aml::interrupt(true, true, false, false, irq)]),
+        ));
+        // Method (_EVT, 1) { Notify (\_SB.PWRB, 0x80) }: the only event is a press.
+        ged.extend(aml::method("_EVT", 1, &aml::notify("\\_SB_.PWRB", 0x80)));
+        sb.extend(aml::device("GED0", &ged));
+    }
     b.extend(aml::scope("\\_SB_", &sb));
     finish_sdt(b)
 }
@@ -640,6 +661,22 @@ mod aml {
         b
     }
 
+    /// Method (name, args) { body }, not serialized (ACPI 6.5 section 20.2.5.2, MethodOp 0x14).
+    pub fn method(name: &str, args: u8, body: &[u8]) -> Vec<u8> {
+        let mut payload = name_string(name);
+        payload.push(args & 7);
+        payload.extend_from_slice(body);
+        with_pkg_length(&[0x14], &payload)
+    }
+
+    /// Notify (object, value) (ACPI 6.5 section 20.2.5.3, NotifyOp 0x86).
+    pub fn notify(path: &str, value: u64) -> Vec<u8> {
+        let mut b = vec![0x86];
+        b.extend(name_string(path));
+        b.extend(integer(value));
+        b
+    }
+
     /// Interrupt (ResourceConsumer/Producer, Edge/Level, ActiveLow/High,
     /// Shared/Exclusive) { irq }: extended interrupt descriptor
     /// (ACPI 6.5 section 6.4.3.6, large item 0x09 -> 0x89).
@@ -678,6 +715,7 @@ mod tests {
             reset_port: 0x3C2,
             reset_value: 0x42,
             pvpanic_port: Some(0x505),
+            power_button_irq: Some(3),
             serial_ports: vec![SerialPort {
                 port: 0x3f8,
                 irq: 4,
@@ -1025,6 +1063,12 @@ mod tests {
             "QWordMemory (ResourceConsumer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite,",
             "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
             "IO (Decode16,",
+            "Device (PWRB)",
+            "Name (_HID, EisaId (\"PNP0C0C\")",
+            "Device (GED0)",
+            "Name (_HID, \"ACPI0013\" /* Generic Event Device */)",
+            "Method (_EVT, 1, NotSerialized)",
+            "Notify (\\_SB.PWRB, 0x80)",
         ] {
             assert!(dsl.contains(needle), "{needle} missing from:\n{dsl}");
         }

@@ -170,6 +170,8 @@ pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 /// GSIs for virtio-mmio devices: 5.. (COM1 has 4; the IOAPIC has 24 pins).
 pub const VIRTIO_FIRST_GSI: u32 = 5;
+/// The ACPI power button's Generic Event Device interrupt (COM2's ISA IRQ, unused here).
+pub const POWER_BUTTON_GSI: u32 = 3;
 
 /// Address and GSI of the `index`-th virtio-mmio device.
 pub fn virtio_mmio_slot(index: usize) -> (u64, u32) {
