@@ -118,7 +118,7 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// How the server listens and what it tolerates.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// The unix socket to listen on (created with mode 0600).
     pub socket: PathBuf,
@@ -135,6 +135,9 @@ pub struct ServerConfig {
     /// How long [`ApiServer::stop`] lets requests in progress finish before it closes their
     /// connections. Default 1 s.
     pub shutdown_grace: Duration,
+    /// Run first on the server thread and on every handler thread, before any request is read
+    /// (the VMM installs its seccomp filter for API threads here). Default none.
+    pub thread_hook: Option<fn()>,
 }
 
 impl ServerConfig {
@@ -147,6 +150,7 @@ impl ServerConfig {
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(1),
+            thread_hook: None,
         }
     }
 }

@@ -62,7 +62,12 @@ impl ApiServer {
             let _ = std::fs::remove_file(&socket);
             e
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        let hook = cfg.thread_hook;
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        if let Some(h) = hook {
+            builder.on_thread_start(h);
+        }
+        let runtime = builder
             .enable_io()
             .enable_time()
             .thread_name("qvm-api-handler")
@@ -80,6 +85,9 @@ impl ApiServer {
         let thread = std::thread::Builder::new()
             .name("qvm-api".into())
             .spawn(move || {
+                if let Some(h) = hook {
+                    h();
+                }
                 runtime.block_on(serve(listener, cfg, handler, shutdown_rx));
                 // Handlers still blocked are left to finish on their own.
                 runtime.shutdown_background();

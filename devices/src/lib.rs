@@ -7,6 +7,7 @@
 pub mod bus;
 pub mod exit;
 pub mod legacy;
+pub mod sandbox;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use exit::{ExitSignal, GuestExit};

@@ -18,6 +18,7 @@ use qvm_devices::GuestExit;
 use qvm_vmm::api::VmmApi;
 use qvm_vmm::config::VmConfig;
 use qvm_vmm::control;
+use qvm_vmm::seccomp::{self, SeccompLevel, ThreadKind};
 use qvm_vmm::vm::{self, RunOptions, RunOutcome};
 
 #[derive(Parser, Debug)]
@@ -37,6 +38,10 @@ struct Cli {
     /// starts at once; without, it waits for `PUT /actions {"action": "start"}`.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
+    /// seccomp filters per thread kind: enforce (a forbidden syscall stops the VMM with a line
+    /// naming it), log (the kernel logs it, nothing stops), off.
+    #[arg(long, value_enum, default_value = "enforce")]
+    seccomp: SeccompLevel,
     /// Print the CLOCK_MONOTONIC time of the first KVM_RUN to stderr (for boot-time benches).
     #[arg(long)]
     report_boot_time: bool,
@@ -116,6 +121,12 @@ fn main() -> ExitCode {
         eprintln!("qvm-vmm: error: give --config vm.toml, --api-sock PATH, or both (see --help)");
         return ExitCode::from(2);
     }
+    // Before any other thread exists: they all install their filters from these.
+    if let Err(e) = seccomp::init(cli.seccomp) {
+        eprintln!("qvm-vmm: error: {e}");
+        return ExitCode::from(1);
+    }
+    qvm_devices::sandbox::set_worker_hook(|| seccomp::apply_or_exit(ThreadKind::Device));
     let cfg = match &cli.config {
         Some(path) => match load(path) {
             Ok(c) => Some(c),
@@ -144,7 +155,9 @@ fn main() -> ExitCode {
     let (start_tx, start_rx) = mpsc::channel();
     let autostart = cfg.clone();
     let api = Arc::new(VmmApi::new(cfg, start_tx, control));
-    let server = match ApiServer::start(ServerConfig::new(sock.clone()), api.clone()) {
+    let mut server_cfg = ServerConfig::new(sock.clone());
+    server_cfg.thread_hook = Some(|| seccomp::apply_or_exit(ThreadKind::Api));
+    let server = match ApiServer::start(server_cfg, api.clone()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("qvm-vmm: error: {e}");

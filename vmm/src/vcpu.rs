@@ -138,6 +138,7 @@ pub fn spawn(id: u8, mut fd: VcpuFd, shared: Arc<VcpuShared>) -> std::io::Result
 }
 
 fn run(id: u8, fd: &mut VcpuFd, shared: &VcpuShared) {
+    crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Vcpu);
     let mut first = id == 0 && shared.report_first_run;
     while !shared.stop.load(Ordering::Acquire) {
         shared.gate.park_if_paused(&shared.stop);

@@ -576,6 +576,8 @@ pub fn run_with_control(
         em.add_subscriber(c.clone());
         c
     });
+    // Everything is set up: from here the main thread only runs the event loop and stops.
+    crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Main);
     let loop_result = if spawn_err.is_none() {
         loop {
             if let Err(e) = em.run() {

@@ -944,7 +944,10 @@ impl<T: TapIo + AsRawFd + Send + 'static> VirtioDevice for Net<T> {
         // tap in it) is dropped: spawning only fails when the host is out of threads.
         let thread = std::thread::Builder::new()
             .name(self.name.clone())
-            .spawn(move || worker.run())
+            .spawn(move || {
+                crate::sandbox::worker_started();
+                worker.run()
+            })
             .map_err(ActivateError::Worker)?;
         self.worker = Some(WorkerHandle {
             stop: stop_handle,

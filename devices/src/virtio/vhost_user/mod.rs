@@ -815,7 +815,10 @@ impl Supervisor {
         }
         let thread = std::thread::Builder::new()
             .name(format!("vhost-user {}", state.shared.label))
-            .spawn(move || state.run())?;
+            .spawn(move || {
+                crate::sandbox::worker_started();
+                state.run()
+            })?;
         Ok(Supervisor { stop, thread })
     }
 

@@ -354,7 +354,10 @@ impl VirtioDevice for Vsock {
         // of threads.
         let thread = std::thread::Builder::new()
             .name(self.name.clone())
-            .spawn(move || worker.run())
+            .spawn(move || {
+                crate::sandbox::worker_started();
+                worker.run()
+            })
             .map_err(ActivateError::Worker)?;
         self.worker = Some(WorkerHandle {
             stop: stop_handle,

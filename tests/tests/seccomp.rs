@@ -1,0 +1,151 @@
+//! The seccomp wall must fail loudly if it has a hole: a test-build hook
+//! (`QVM_TEST_FORBIDDEN=<kind>:<syscall>`) makes one thread of each kind attempt a forbidden
+//! syscall right after installing its filter; the VMM must die with status 159 and a line
+//! naming the thread kind and the syscall. main, vcpu and api threads run a tiny guest on this
+//! host's KVM; device threads need a real driver, so that case boots a Linux guest in the lab.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use qvm_tests::fixtures::{
+    disk_toml, guest_initramfs, guest_kernel, script_disk, tiny_elf, vm_toml, vmm_binary,
+};
+use qvm_tests::lab;
+
+/// `out 0x80, al; jmp -4`.
+const IO_LOOP: [u8; 4] = [0xe6, 0x80, 0xeb, 0xfc];
+
+fn tiny_config(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("qvm-seccomp-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let k = dir.join("loop.elf");
+    std::fs::write(&k, tiny_elf(&IO_LOOP)).unwrap();
+    let cfg = dir.join("vm.toml");
+    let mut text = vm_toml(&k, None, 1, 64, "console=ttyS0");
+    text.push_str("\n[console]\nmode = \"off\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// Runs the tiny guest with the hook set; returns (exit code, stderr).
+fn run_with_hook(name: &str, hook: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let cfg = tiny_config(name);
+    let sock = cfg.with_file_name("api.sock");
+    let mut child = Command::new(vmm_binary())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--api-sock")
+        .arg(&sock)
+        .args(extra)
+        .env("QVM_TEST_FORBIDDEN", hook)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{hook}: the VMM kept running: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(cfg.parent().unwrap());
+    (
+        status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn check_killed(kind: &str, what: &str, syscall: &str) {
+    let (code, err) = run_with_hook(&format!("{kind}-{what}"), &format!("{kind}:{what}"), &[]);
+    assert_eq!(code, Some(159), "{kind}:{what}: {err}");
+    assert!(
+        err.contains(&format!(
+            "a {kind} thread made the forbidden syscall {syscall} ("
+        )),
+        "{kind}:{what}: {err}"
+    );
+    assert!(!err.contains("was NOT stopped"), "{err}");
+}
+
+#[test]
+fn main_thread_cannot_exec_or_open_files() {
+    check_killed("main", "execve", "execve");
+    check_killed("main", "shadow", "openat");
+}
+
+#[test]
+fn vcpu_threads_cannot_open_files_or_ptrace() {
+    check_killed("vcpu", "shadow", "openat");
+    check_killed("vcpu", "ptrace", "ptrace");
+}
+
+#[test]
+fn api_threads_cannot_exec_or_use_inet_sockets() {
+    check_killed("api", "inet", "socket");
+    check_killed("api", "execve", "execve");
+}
+
+#[test]
+fn with_seccomp_off_the_hook_goes_through() {
+    // The control: proves the hook really makes the syscall the filters stop.
+    let cfg = tiny_config("off");
+    let mut child = Command::new(vmm_binary())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--seccomp", "off"])
+        .env("QVM_TEST_FORBIDDEN", "main:ptrace")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ptrace was NOT stopped"), "{err}");
+    let _ = std::fs::remove_dir_all(cfg.parent().unwrap());
+}
+
+#[test]
+fn device_threads_cannot_exec() {
+    let d = lab::lab_share_dir().join("seccomp");
+    std::fs::create_dir_all(&d).unwrap();
+    let script = d.join("script.img");
+    script_disk(&script, "echo GUEST-UP\nsleep 30\n");
+    let cmdline =
+        "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=run qvm.script=/dev/vda";
+    let mut text = vm_toml(
+        &guest_kernel().vmlinux,
+        Some(guest_initramfs()),
+        1,
+        256,
+        cmdline,
+    );
+    text.push_str(&disk_toml(&script, true, None));
+    let cfg = d.join("vm.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let sh = format!(
+        "QVM_TEST_FORBIDDEN=device:execve timeout 300 {} --config {} </dev/null 2>&1; echo \"VMM-EXIT $?\"",
+        vmm_binary().display(),
+        cfg.display()
+    );
+    let r = lab::run(&sh, Duration::from_secs(600)).unwrap_or_else(|e| panic!("{e}"));
+    let out = &r.output;
+    assert!(out.contains("VMM-EXIT 159"), "{out}");
+    assert!(
+        out.contains("a device thread made the forbidden syscall execve ("),
+        "{out}"
+    );
+}
