@@ -194,7 +194,7 @@ fn configure_start_pause_resume_stop_through_the_api() {
     vmm.fails(&["action", "start"], 409);
     let e = vmm.fails(
         &["put", "/vm/machine", r#"{"vcpus": 1, "memory_mib": 64}"#],
-        409,
+        400,
     );
     assert!(e.contains("cannot change"), "{e}");
     vmm.fails(&["action", "reboot"], 400);

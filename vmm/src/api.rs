@@ -232,8 +232,9 @@ impl VmmApi {
     fn edit(&self, method: Method, route: Route, body: Option<Value>) -> ApiReply {
         let mut st = self.lock();
         if st.phase != Phase::Configuring {
+            // 400, not 409: no state of a started VM accepts this change (the contract).
             return error(
-                409,
+                400,
                 format!(
                     "{}: the VM has been started; its configuration cannot change now (stop it and start a new VM)",
                     route_name(&route)
