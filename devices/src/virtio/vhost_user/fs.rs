@@ -270,7 +270,7 @@ pub fn fuse_error_reply(
     }
     let mut reply = [0u8; FUSE_OUT_HEADER_SIZE];
     reply[0..4].copy_from_slice(&(FUSE_OUT_HEADER_SIZE as u32).to_le_bytes());
-    reply[4..8].copy_from_slice(&(-errno).to_le_bytes());
+    reply[4..8].copy_from_slice(&errno.wrapping_neg().to_le_bytes());
     reply[8..16].copy_from_slice(&header[8..16]);
     let mut written = 0;
     for (addr, len) in out {

@@ -977,10 +977,12 @@ impl SupervisorLoop {
         let mut used = false;
         loop {
             let _ = q.disable_notification(mem);
+            let mut progressed = false;
             for _ in 0..q.size() {
                 let Some(chain) = q.pop_descriptor_chain(mem) else {
                     break;
                 };
+                progressed = true;
                 let head = chain.head_index();
                 let len = self.responder.fail_request(i, mem, chain);
                 if q.add_used(mem, head, len).is_ok() {
@@ -988,9 +990,11 @@ impl SupervisorLoop {
                     VhostUserStats::bump(&self.shared.stats.failed_requests);
                 }
             }
-            // Re-arms the notification (avail_event with EVENT_IDX); true if more arrived.
+            // Re-arms the notification (avail_event with EVENT_IDX); true if more arrived. A
+            // guest can make that true forever (an avail index more than a ring ahead, which
+            // pops nothing): go on only while chains come off the ring.
             match q.enable_notification(mem) {
-                Ok(true) => continue,
+                Ok(true) if progressed => continue,
                 _ => break,
             }
         }

@@ -819,3 +819,29 @@ fn a_malformed_request_in_standby_is_completed_empty() {
     });
     assert!(fs.reset());
 }
+
+#[test]
+fn a_guest_avail_index_far_ahead_does_not_spin_the_standby_thread() {
+    let dir = TempDir::new("far-ahead");
+    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
+    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
+    backend.kill();
+    fs.ack_features(fs.features());
+    let mem = memfd_memory();
+    let (active, kicks) = queues(2);
+    fs.activate(mem.clone(), new_interrupt(), active).unwrap();
+    // avail.idx a full ring (and one) ahead: virtio-queue pops nothing, but says more came.
+    let (_, avail, _) = ring_addrs(1);
+    mem.write_obj(RING_SIZE + 1, GuestAddress(avail + 2))
+        .unwrap();
+    kicks[1].write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // The supervisor must still answer its stop: reset joins it.
+    let start = Instant::now();
+    assert!(fs.reset());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "reset took {:?}",
+        start.elapsed()
+    );
+}
