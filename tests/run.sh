@@ -16,11 +16,19 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 secs=${QVM_FUZZ_SECS:-30}
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain take them. A crash
-# makes cargo fuzz exit non-zero and leaves the input in devices/fuzz/artifacts/.
-for target in blk_request net_tx net_rx; do
+# makes cargo fuzz exit non-zero and leaves the input in devices/fuzz/artifacts/. A target starts
+# from corpus/<target> (its committed seed-* inputs) and replays regressions/<target>/ if there
+# is one. vm_config_toml needs the qvm-vmm crate (--features vmm: a few minutes' build, once).
+for target in blk_request net_tx net_rx vsock_tx mmio_registers fuse_standby vm_config_toml; do
     echo "== fuzz: $target, $secs s"
+    args=("$target")
+    if [ "$target" = vm_config_toml ]; then args=(--features vmm "$target"); fi
+    if [ -d "devices/fuzz/regressions/$target" ]; then
+        mkdir -p "devices/fuzz/corpus/$target"
+        args+=("corpus/$target" "regressions/$target")
+    fi
     fuzzlog=$(mktemp)
-    if ! (cd devices/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- \
+    if ! (cd devices/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "${args[@]}" -- \
         -max_total_time="$secs") >"$fuzzlog" 2>&1; then
         tail -n 60 "$fuzzlog"
         echo "fuzz: $target failed (see above)" >&2
