@@ -99,15 +99,29 @@ impl Draft {
     }
 
     fn to_json(&self) -> Value {
-        json!({
-            "machine": self.machine,
-            "boot": self.boot,
-            "console": self.console,
-            "disk": self.disks.iter().map(|(_, d)| d).collect::<Vec<_>>(),
-            "net": self.nets.iter().map(|(_, n)| n).collect::<Vec<_>>(),
-            "vsock": self.vsock,
-            "fs": self.fs.iter().map(|(_, f)| f).collect::<Vec<_>>(),
-        })
+        // Not json!: it unwraps, and a path that is not UTF-8 (from a --config file) cannot be
+        // serialised; with panic=abort that would take the VM down. Such a value reads as null.
+        fn v<T: serde::Serialize>(x: T) -> Value {
+            serde_json::to_value(x).unwrap_or(Value::Null)
+        }
+        let mut o = serde_json::Map::new();
+        o.insert("machine".into(), v(&self.machine));
+        o.insert("boot".into(), v(&self.boot));
+        o.insert("console".into(), v(&self.console));
+        o.insert(
+            "disk".into(),
+            v(self.disks.iter().map(|(_, d)| d).collect::<Vec<_>>()),
+        );
+        o.insert(
+            "net".into(),
+            v(self.nets.iter().map(|(_, n)| n).collect::<Vec<_>>()),
+        );
+        o.insert("vsock".into(), v(&self.vsock));
+        o.insert(
+            "fs".into(),
+            v(self.fs.iter().map(|(_, f)| f).collect::<Vec<_>>()),
+        );
+        Value::Object(o)
     }
 }
 

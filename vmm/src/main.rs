@@ -155,6 +155,11 @@ fn main() -> ExitCode {
     let (start_tx, start_rx) = mpsc::channel();
     let autostart = cfg.clone();
     let api = Arc::new(VmmApi::new(cfg, start_tx, control));
+    // With --config the VM starts now: say so before the first request can arrive, or a PUT
+    // or start in between would be accepted and then ignored.
+    if autostart.is_some() {
+        api.set_running();
+    }
     let mut server_cfg = ServerConfig::new(sock.clone());
     server_cfg.thread_hook = Some(|| seccomp::apply_or_exit(ThreadKind::Api));
     let server = match ApiServer::start(server_cfg, api.clone()) {
@@ -165,10 +170,7 @@ fn main() -> ExitCode {
         }
     };
     let cfg = match autostart {
-        Some(c) => {
-            api.set_running();
-            c
-        }
+        Some(c) => c,
         None => {
             eprintln!(
                 "qvm-vmm: waiting for the VM to be configured and started through {}",

@@ -508,10 +508,14 @@ fn rules(kind: ThreadKind) -> Rules {
             // Kicks vCPUs out of KVM_RUN; stops virtiofsd at exit; removes the API socket;
             // resets devices (vhost-user messages) at exit; freezes the guest clock on pause.
             device_io(&mut r);
+            // kill: only single, positive pids (the virtiofsd children), never -1 or a group.
+            r.insert(
+                libc::SYS_kill,
+                vec![rule(vec![cond(0, Op::Gt, 0), cond(0, Op::Lt, 0x8000_0000)])],
+            );
             allow(
                 &mut r,
                 &[
-                    libc::SYS_kill,
                     libc::SYS_wait4,
                     libc::SYS_unlink,
                     libc::SYS_unlinkat,
@@ -541,13 +545,18 @@ fn rules(kind: ThreadKind) -> Rules {
             allow(
                 &mut r,
                 &[
-                    libc::SYS_openat,
                     libc::SYS_pread64,
                     libc::SYS_readlink,
                     libc::SYS_getcwd,
-                    libc::SYS_unlink,
                     libc::SYS_sysinfo,
                 ],
+            );
+            // Read-only: never write, create or truncate.
+            let write_flags =
+                (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u64;
+            r.insert(
+                libc::SYS_openat,
+                vec![rule(vec![cond(2, Op::MaskedEq(write_flags), 0)])],
             );
             allow_arg_in(&mut r, libc::SYS_ioctl, 1, &[FIONBIO, FIOCLEX]);
         }

@@ -596,6 +596,10 @@ pub fn run_with_control(
         Ok(StopCause::Guest)
     };
 
+    // Stop before the controller's drop lifts a pause, so a paused guest never runs again.
+    shared
+        .stop
+        .store(true, std::sync::atomic::Ordering::Release);
     drop(controller);
     drop(em);
     let stuck = vcpu::stop_all(&shared, handles, Duration::from_secs(2));
