@@ -753,9 +753,10 @@ fn backend_death_fails_requests_with_enotconn_and_a_restarted_backend_takes_over
     backend.kill();
 }
 
-#[test]
-fn activation_without_a_backend_comes_up_in_standby() {
-    let dir = TempDir::new("early-death");
+/// A virtio-fs device whose backend died before activation, activated (so in standby): the
+/// temp dir (keep it alive), the device, its memory and the kick eventfds of its two queues.
+fn standby_fs(name: &str) -> (TempDir, VhostUserFs, GuestMemoryMmap, Vec<EventFd>) {
+    let dir = TempDir::new(name);
     let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
     let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
     backend.kill();
@@ -763,9 +764,14 @@ fn activation_without_a_backend_comes_up_in_standby() {
     // the guest gets errors instead of a device that never answers.
     fs.ack_features(fs.features());
     let mem = memfd_memory();
-    let irq = new_interrupt();
     let (active, kicks) = queues(2);
-    fs.activate(mem.clone(), irq.clone(), active).unwrap();
+    fs.activate(mem.clone(), new_interrupt(), active).unwrap();
+    (dir, fs, mem, kicks)
+}
+
+#[test]
+fn activation_without_a_backend_comes_up_in_standby() {
+    let (_dir, mut fs, mem, kicks) = standby_fs("early-death");
     assert_eq!(fs.stats().snapshot().backend_lost, 1);
     assert!(!fs.handle().is_connected());
     post_fuse_request(&mem, 1, 0, 0x3333);
@@ -785,14 +791,7 @@ fn activation_without_a_backend_comes_up_in_standby() {
 
 #[test]
 fn a_malformed_request_in_standby_is_completed_empty() {
-    let dir = TempDir::new("malformed");
-    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
-    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
-    backend.kill();
-    fs.ack_features(fs.features());
-    let mem = memfd_memory();
-    let (active, kicks) = queues(2);
-    fs.activate(mem.clone(), new_interrupt(), active).unwrap();
+    let (_dir, mut fs, mem, kicks) = standby_fs("malformed");
     // A header descriptor shorter than the FUSE header, and one pointing outside memory.
     let (desc, _, _) = ring_addrs(1);
     post_fuse_request(&mem, 1, 0, 0x5555);
@@ -822,14 +821,7 @@ fn a_malformed_request_in_standby_is_completed_empty() {
 
 #[test]
 fn a_guest_avail_index_far_ahead_does_not_spin_the_standby_thread() {
-    let dir = TempDir::new("far-ahead");
-    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
-    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
-    backend.kill();
-    fs.ack_features(fs.features());
-    let mem = memfd_memory();
-    let (active, kicks) = queues(2);
-    fs.activate(mem.clone(), new_interrupt(), active).unwrap();
+    let (_dir, mut fs, mem, kicks) = standby_fs("far-ahead");
     // avail.idx a full ring (and one) ahead: virtio-queue pops nothing, but says more came.
     let (_, avail, _) = ring_addrs(1);
     mem.write_obj(RING_SIZE + 1, GuestAddress(avail + 2))
