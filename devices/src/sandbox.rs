@@ -11,7 +11,7 @@ pub fn set_worker_hook(hook: fn()) {
 }
 
 /// Called at the start of every device worker thread.
-pub(crate) fn worker_started() {
+pub fn worker_started() {
     if let Some(hook) = WORKER_HOOK.get() {
         hook();
     }

@@ -1,0 +1,2 @@
+//! qvm-wl-demo: placeholder until the client lands.
+fn main() {}
