@@ -1,0 +1,31 @@
+//! qvm-wl-demo: shows pattern frames in one xdg toplevel through /dev/wl0 (virtio-wl)
+//! or a plain Wayland socket. See `qvm_wl_client::demo`.
+
+use std::process::ExitCode;
+
+use qvm_wl_client::demo::{self, Options};
+
+fn main() -> ExitCode {
+    let opts = match Options::parse(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("qvm-wl-demo: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match demo::run(&opts) {
+        Ok(r) => {
+            println!(
+                "QVM-WL-DONE frames={} secs={:.6} fps={:.3}",
+                r.frames,
+                r.secs,
+                r.fps()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("qvm-wl-demo: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

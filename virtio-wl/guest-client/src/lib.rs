@@ -1,0 +1,16 @@
+//! qvm-wl-client: a tiny Wayland client that speaks the wire protocol itself, over
+//! either the virtio-wl guest device (`/dev/wl0`) or an ordinary Wayland socket, plus
+//! the host-side screenshot checker that verifies what it drew.
+//!
+//! * [`pattern`]: the pixel pattern shared by the demo and the checker.
+//! * [`wire`]: Wayland wire-format encoding and decoding.
+//! * [`transport`]: `/dev/wl0` and Unix-socket transports.
+//! * [`demo`]: the `qvm-wl-demo` client logic.
+//! * [`check`]: PNG decoding and the pattern search behind `qvm-wl-check`.
+
+pub mod check;
+pub mod demo;
+pub mod pattern;
+pub mod protocol;
+pub mod transport;
+pub mod wire;

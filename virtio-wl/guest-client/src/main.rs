@@ -1,2 +1,0 @@
-//! qvm-wl-demo: placeholder until the client lands.
-fn main() {}
