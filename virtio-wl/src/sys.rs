@@ -1,0 +1,376 @@
+//! Thin, safe wrappers over the syscalls the worker uses (listed in the crate docs): memfds,
+//! pipes, unix sockets with SCM_RIGHTS, and bounded waits. Every fd this module creates or
+//! receives is close-on-exec and owned (`OwnedFd`) from the moment it exists.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::protocol::MAX_SEND_VFDS;
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// A memfd of `size` bytes (a page multiple), sealed so that nobody (neither we nor the
+/// compositor it is sent to) can shrink it under the guest's mapping, grow it past what was
+/// accounted, or add other seals.
+pub fn sealed_memfd(size: u64) -> io::Result<OwnedFd> {
+    let name = c"qvm-wl";
+    // SAFETY: a valid C string; the returned fd is new and ours.
+    let fd = cvt(unsafe {
+        libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+    })?;
+    // SAFETY: fd was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = libc::off_t::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: plain syscalls on an fd we own.
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len) })?;
+    cvt(unsafe {
+        libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+        )
+    })?;
+    Ok(fd)
+}
+
+/// The seals of a memfd (tests).
+pub fn seals(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    // SAFETY: F_GET_SEALS only reads.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) })
+}
+
+/// A pipe: (read end, write end), both close-on-exec and blocking.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: pipe2 fills the array with two new fds on success.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: both fds are new and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on a valid fd.
+    let fl = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    if fl & libc::O_NONBLOCK == 0 {
+        cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) })?;
+    }
+    Ok(())
+}
+
+/// The access mode (`O_RDONLY`, `O_WRONLY` or `O_RDWR`) of an open file.
+pub fn access_mode(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    // SAFETY: F_GETFL only reads.
+    Ok(cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })? & libc::O_ACCMODE)
+}
+
+/// Whether `fd` is a FIFO (a pipe).
+pub fn is_fifo(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: fstat writes into a zeroed stat we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
+    r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+}
+
+/// The size of a seekable file (lseek to the end, then back where it was); None if it cannot
+/// seek (pipes, sockets).
+pub fn seekable_size(fd: BorrowedFd<'_>) -> Option<u64> {
+    // SAFETY: lseek on a valid fd; the position is restored.
+    unsafe {
+        let cur = libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_CUR);
+        if cur < 0 {
+            return None;
+        }
+        let end = libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_END);
+        libc::lseek(fd.as_raw_fd(), cur, libc::SEEK_SET);
+        u64::try_from(end).ok()
+    }
+}
+
+/// Connects a new non-blocking, close-on-exec unix stream socket to `path`. A listener whose
+/// backlog is full makes connect fail with EAGAIN: retried for up to `patience`.
+pub fn connect_unix(path: &Path, patience: Duration) -> io::Result<UnixStream> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: socket() returns a new fd.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: new and ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let deadline = Instant::now() + patience;
+    loop {
+        // SAFETY: addr is a valid sockaddr_un of the given size.
+        let r = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return Ok(UnixStream::from(fd));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EAGAIN) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
+/// What a bounded wait ended with.
+fn wait_writable(fd: RawFd, deadline: Instant, stop: Option<RawFd>) -> io::Result<()> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer did not take the data within the send timeout",
+            ));
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ms = left.as_millis().clamp(1, 1000) as libc::c_int;
+        // SAFETY: polls two valid pollfd structs (fd -1 is ignored by poll).
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[1].revents != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the device is stopping",
+            ));
+        }
+        if fds[0].revents != 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Sends all of `data` on a stream socket, `fds` attached to the first byte, without blocking
+/// for longer than `timeout` (nor past a readable `stop` eventfd). `data` must not be empty
+/// when `fds` is not (fds need a byte to travel with).
+pub fn send_all(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+    timeout: Duration,
+    stop: Option<RawFd>,
+) -> io::Result<()> {
+    if fds.len() > MAX_SEND_VFDS || (data.is_empty() && !fds.is_empty()) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let deadline = Instant::now() + timeout;
+    let mut sent = 0;
+    let mut cmsg = [0u64; 32];
+    while sent < data.len() {
+        let rest = &data[sent..];
+        let mut iov = libc::iovec {
+            iov_base: rest.as_ptr() as *mut libc::c_void,
+            iov_len: rest.len(),
+        };
+        // SAFETY: msghdr is plain data, filled in below.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if sent == 0 && !fds.is_empty() {
+            let payload = std::mem::size_of_val(fds) as libc::c_uint;
+            // SAFETY: CMSG_* compute sizes and offsets inside `cmsg`, which is 256 bytes,
+            // 8-aligned, more than CMSG_SPACE(28 * 4).
+            unsafe {
+                msg.msg_control = cmsg.as_mut_ptr().cast();
+                msg.msg_controllen = libc::CMSG_SPACE(payload) as _;
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SCM_RIGHTS;
+                (*c).cmsg_len = libc::CMSG_LEN(payload) as _;
+                let p = libc::CMSG_DATA(c).cast::<RawFd>();
+                for (i, fd) in fds.iter().enumerate() {
+                    p.add(i).write_unaligned(fd.as_raw_fd());
+                }
+            }
+        }
+        // SAFETY: msg points at live buffers for the duration of the call.
+        let r = unsafe {
+            libc::sendmsg(
+                sock.as_raw_fd(),
+                &msg,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        match cvt_size(r) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait_writable(sock.as_raw_fd(), deadline, stop)?
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `data` to a non-blocking pipe within `timeout` (see [`send_all`]).
+pub fn write_all(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    timeout: Duration,
+    stop: Option<RawFd>,
+) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut done = 0;
+    while done < data.len() {
+        let rest = &data[done..];
+        // SAFETY: writes from a live buffer.
+        let r = unsafe { libc::write(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len()) };
+        match cvt_size(r) {
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait_writable(fd.as_raw_fd(), deadline, stop)?
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// What one `recvmsg` gave.
+#[derive(Debug)]
+pub struct Received {
+    pub len: usize,
+    pub fds: Vec<OwnedFd>,
+    /// The sender attached more fds than fit: those that arrived are in `fds` (owned, so they
+    /// are closed when dropped), the rest were closed by the kernel.
+    pub truncated: bool,
+}
+
+/// One non-blocking `recvmsg` of up to `buf.len()` bytes and up to 28 fds
+/// (MSG_CMSG_CLOEXEC). WouldBlock when there is nothing to read.
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    // Room for 28 fds, 8-aligned as cmsghdr wants.
+    let mut cmsg = [0u64; 32];
+    let space = unsafe { libc::CMSG_SPACE((MAX_SEND_VFDS * 4) as libc::c_uint) } as usize;
+    debug_assert!(space <= std::mem::size_of_val(&cmsg));
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    let len = loop {
+        // SAFETY: msg points at live buffers.
+        let r = unsafe {
+            libc::recvmsg(
+                sock.as_raw_fd(),
+                &mut msg,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
+        match cvt_size(r) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled msg_control with msg_controllen bytes of cmsgs; we walk them
+    // with the CMSG macros and take ownership of every SCM_RIGHTS fd exactly once.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                let bytes = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    let fd = data.add(i).read_unaligned();
+                    if fd >= 0 {
+                        fds.push(OwnedFd::from_raw_fd(fd));
+                    }
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok(Received {
+        len,
+        fds,
+        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    })
+}
+
+/// One non-blocking read.
+pub fn read_some(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: reads into a live buffer.
+        let r = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        match cvt_size(r) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+/// Whether `fd` reports hang-up or error right now (poll with no wait).
+pub fn hung_up(fd: BorrowedFd<'_>) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: polls one valid pollfd without waiting.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r > 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
