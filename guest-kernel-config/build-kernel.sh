@@ -6,7 +6,9 @@
 # still builds it (about 8 minutes on 2 cores).
 #
 # Usage: guest-kernel-config/build-kernel.sh        prints the cache directory holding
-#                                                    vmlinux, bzImage and .config
+#                                                    vmlinux, bzImage, .config and build/
+#                                                    (what out-of-tree module builds need:
+#                                                    make -C <dir>/build M=<module dir> modules)
 # Env:   QVM_CACHE   cache root (default ~/.cache/qvm)
 set -euo pipefail
 
@@ -23,6 +25,15 @@ src_version=$(dpkg-query -W -f='${Version}' "$src_pkg")
 key=$( { cat "$here/qvm-guest.config" "$here/build-kernel.sh"; echo "$src_version"; } | sha256sum | cut -c1-16)
 out="$cache_root/guest-kernel-$key"
 
+if [[ -f "$out/vmlinux" && -f "$out/bzImage" ]]; then
+    echo "$out"
+    exit 0
+fi
+# One build per key at a time (tests and build-wl-module.sh may ask concurrently): wait for a
+# build that is already running, then use its result.
+mkdir -p "$cache_root"
+exec 9>"$out.lock"
+flock 9
 if [[ -f "$out/vmlinux" && -f "$out/bzImage" ]]; then
     echo "$out"
     exit 0
@@ -65,9 +76,14 @@ while read -r line; do
 done < "$here/qvm-guest.config"
 [[ $missing == 0 ]] || exit 1
 
-make -j"$(nproc)" vmlinux bzImage >&2
+make -j"$(nproc)" vmlinux bzImage modules >&2
 mkdir -p "$out.tmp"
 cp vmlinux arch/x86/boot/bzImage .config "$out.tmp"/
+# Headers, generated files, Module.symvers and host tools (modpost, objtool) for external
+# modules (virtio-wl/guest/driver): the same tree Debian's linux-headers packages ship.
+srctree=. objtree=. SRCARCH=x86 ARCH=x86 CC=gcc HOSTCC=gcc MAKE=make \
+    scripts/package/install-extmod-build "$out.tmp/build" >&2
+cp .config "$out.tmp/build/.config"
 rm -rf "$out"
 mv "$out.tmp" "$out"
 echo "$out"
