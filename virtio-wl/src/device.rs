@@ -78,7 +78,10 @@ impl VirtioWl {
             return Err(WlError::MaxBufferBytes(cfg.max_buffer_bytes));
         }
         let (base, len) = mapper.window();
-        if len == 0 || base % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || base.checked_add(len).is_none()
+        if len == 0
+            || !base.is_multiple_of(PAGE_SIZE)
+            || !len.is_multiple_of(PAGE_SIZE)
+            || base.checked_add(len).is_none()
         {
             return Err(WlError::Window { base, len });
         }

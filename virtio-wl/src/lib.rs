@@ -43,9 +43,9 @@ pub mod mapper;
 pub mod protocol;
 pub mod state;
 pub mod sys;
-pub mod vfd;
 #[cfg(test)]
 mod tests;
+pub mod vfd;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

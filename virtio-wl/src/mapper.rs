@@ -105,14 +105,7 @@ impl FakeMapper {
         }
         let off = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
         // SAFETY: writes from a valid buffer into an fd we own.
-        let n = unsafe {
-            libc::pwrite(
-                fd.as_raw_fd(),
-                data.as_ptr().cast(),
-                data.len(),
-                off,
-            )
-        };
+        let n = unsafe { libc::pwrite(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), off) };
         if n < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -133,7 +126,7 @@ impl GuestMapper for FakeMapper {
         {
             return Err(MapError::NoSlots);
         }
-        if len == 0 || len % crate::protocol::PAGE_SIZE != 0 {
+        if len == 0 || !len.is_multiple_of(crate::protocol::PAGE_SIZE) {
             return Err(MapError::Mmap(std::io::Error::from_raw_os_error(
                 libc::EINVAL,
             )));

@@ -386,7 +386,8 @@ pub fn encode_hup(vfd_id: u32) -> Vec<u8> {
 
 /// Rounds `size` up to a page multiple (None on overflow).
 pub fn page_round(size: u64) -> Option<u64> {
-    size.checked_add(PAGE_SIZE - 1).map(|s| s & !(PAGE_SIZE - 1))
+    size.checked_add(PAGE_SIZE - 1)
+        .map(|s| s & !(PAGE_SIZE - 1))
 }
 
 #[cfg(test)]
@@ -419,7 +420,13 @@ mod tests {
         let b = send(CMD_VFD_SEND, 3, 2, &[5, 0, 0, 0, 6, 0, 0, 0], b"hi");
         // SEND_FENCES does not change plain VFD_SEND.
         for fences in [false, true] {
-            let Ok(Request::Send { id, entries, data, foreign }) = parse_request(&b, fences) else {
+            let Ok(Request::Send {
+                id,
+                entries,
+                data,
+                foreign,
+            }) = parse_request(&b, fences)
+            else {
                 panic!("parse");
             };
             assert_eq!((id, data, foreign), (3, &b"hi"[..], false));
@@ -433,7 +440,13 @@ mod tests {
         let Ok(Request::Send { entries, data, .. }) = parse_request(&b, true) else {
             panic!("parse");
         };
-        assert_eq!(entries, [SendEntry { kind: 2, id: 0x1_0000_0009 }]);
+        assert_eq!(
+            entries,
+            [SendEntry {
+                kind: 2,
+                id: 0x1_0000_0009
+            }]
+        );
         assert_eq!(data, b"x");
         // Without SEND_FENCES the same bytes are two 8-byte entries... of which only one
         // is listed: kind 2, id 0; the rest is data.
@@ -465,13 +478,13 @@ mod tests {
         b[28..28 + 4].copy_from_slice(b"abc\0");
         assert_eq!(
             parse_request(&b, false),
-            Ok(Request::NewCtxNamed { id: 1, name: b"abc" })
+            Ok(Request::NewCtxNamed {
+                id: 1,
+                name: b"abc"
+            })
         );
         b[28..60].fill(b'x');
-        assert_eq!(
-            parse_request(&b, false),
-            Err(ParseError::UnterminatedName)
-        );
+        assert_eq!(parse_request(&b, false), Err(ParseError::UnterminatedName));
         assert_eq!(ParseError::UnterminatedName.response(), RESP_INVALID_TYPE);
     }
 

@@ -242,7 +242,9 @@ impl WlState {
             }
             Request::NewPipe { id, flags } => self.new_pipe(id, flags),
             Request::Unsupported(ty) => {
-                self.log(format_args!("unsupported command {ty:#x} (no dmabuf support)"));
+                self.log(format_args!(
+                    "unsupported command {ty:#x} (no dmabuf support)"
+                ));
                 Response::INVALID_CMD
             }
             Request::Unknown(ty) => {
@@ -284,7 +286,7 @@ impl WlState {
             Ok(gpa) => {
                 let (base, wlen) = self.window;
                 let inside = gpa >= base
-                    && gpa % PAGE_SIZE == 0
+                    && gpa.is_multiple_of(PAGE_SIZE)
                     && gpa
                         .checked_add(len)
                         .is_some_and(|e| e <= base.saturating_add(wlen));
@@ -761,9 +763,11 @@ impl WlState {
             return;
         }
         if let Some((fd, _)) = vfd.watch() {
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Delete, fd.as_raw_fd(), EpollEvent::default());
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                fd.as_raw_fd(),
+                EpollEvent::default(),
+            );
         }
         vfd.watched = false;
     }
@@ -796,7 +800,8 @@ enum Outcome {
 /// One read of a watched vfd into `buf` (no state change: the caller acts on the outcome).
 fn read_vfd(vfd: &Vfd, buf: &mut [u8]) -> Outcome {
     match &vfd.kind {
-        VfdKind::Ctx { sock } => match sys::recv_with_fds(sock.as_fd(), &mut buf[..MAX_RECV_BYTES]) {
+        VfdKind::Ctx { sock } => match sys::recv_with_fds(sock.as_fd(), &mut buf[..MAX_RECV_BYTES])
+        {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Outcome::Nothing,
             Err(e) => Outcome::Failed(e),
             Ok(r) if r.len == 0 && r.fds.is_empty() => Outcome::Hup,
