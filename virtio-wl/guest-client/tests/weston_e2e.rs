@@ -71,7 +71,17 @@ struct Weston {
 }
 
 impl Weston {
+    /// Headless backend: no input devices, so no wl_seat.
     fn start(weston: &Path) -> Weston {
+        Self::start_with(weston, &["--backend=headless-backend.so"], None)
+    }
+
+    /// X11 backend inside an Xvfb on `x_display`: it has a wl_seat (pointer + keyboard).
+    fn start_x11(weston: &Path, x_display: &str) -> Weston {
+        Self::start_with(weston, &["--backend=x11-backend.so"], Some(x_display))
+    }
+
+    fn start_with(weston: &Path, backend: &[&str], x_display: Option<&str>) -> Weston {
         let dir = tempfile::Builder::new()
             .prefix("qvm-wl-e2e")
             .tempdir()
@@ -80,10 +90,15 @@ impl Weston {
         let ini = dir.path().join("weston.ini");
         std::fs::write(&ini, WESTON_INI).unwrap();
         let log = std::fs::File::create(dir.path().join("weston.log")).unwrap();
-        let child = Command::new(weston)
+        let mut cmd = Command::new(weston);
+        cmd.env_remove("DISPLAY");
+        if let Some(d) = x_display {
+            cmd.env("DISPLAY", d);
+        }
+        let child = cmd
             .arg(format!("--config={}", ini.display()))
+            .args(backend)
             .args([
-                "--backend=headless-backend.so",
                 &format!("--socket={SOCKET}"),
                 "--width=1280",
                 "--height=800",
@@ -93,7 +108,6 @@ impl Weston {
             ])
             .env("XDG_RUNTIME_DIR", dir.path())
             .env_remove("WAYLAND_DISPLAY")
-            .env_remove("DISPLAY")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -276,4 +290,102 @@ fn weston_demo_runs_to_completion() {
     assert!(last.starts_with("QVM-WL-DONE frames=10 secs="), "{stdout}");
     let fps: f64 = last.rsplit("fps=").next().unwrap().parse().unwrap();
     assert!(fps > 0.0, "{last}");
+}
+
+/// Headless weston has no wl_seat: the clipboard options fail cleanly.
+#[test]
+fn headless_weston_has_no_seat_for_the_clipboard() {
+    let Some(weston_bin) = which("weston") else {
+        println!("skipping headless_weston_has_no_seat_for_the_clipboard: weston is not on PATH");
+        return;
+    };
+    let weston = Weston::start(&weston_bin);
+    let out = weston
+        .client(Path::new(env!("CARGO_BIN_EXE_qvm-wl-demo")))
+        .args(["--transport", "socket", "--frames", "1", "--get-selection"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no wl_seat"), "{stderr}");
+}
+
+/// Start Xvfb on a display it picks itself (-displayfd); returns it and ":N".
+fn start_xvfb(xvfb: &Path) -> (Reaper, String) {
+    let mut child = Reaper(
+        Command::new(xvfb)
+            .args([
+                "-displayfd",
+                "1",
+                "-nolisten",
+                "tcp",
+                "-screen",
+                "0",
+                "1024x768x24",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn Xvfb"),
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let n: u32 = line.trim().parse().expect("Xvfb -displayfd output");
+    (child, format!(":{n}"))
+}
+
+/// One demo owns the selection, a second one reads it through a pipe.
+#[test]
+fn clipboard_roundtrip_between_two_clients() {
+    let (Some(weston_bin), Some(xvfb)) = (which("weston"), which("Xvfb")) else {
+        println!("skipping clipboard_roundtrip_between_two_clients: needs weston and Xvfb (the headless backend has no wl_seat)");
+        return;
+    };
+    let (_x, display) = start_xvfb(&xvfb);
+    let weston = Weston::start_x11(&weston_bin, &display);
+    let demo = Path::new(env!("CARGO_BIN_EXE_qvm-wl-demo"));
+    let text = "qvm clipboard: héllo ✓";
+    let mut owner = Reaper(
+        weston
+            .client(demo)
+            .args(["--transport", "socket", "--frames", "1", "--hold", "30"])
+            .args(["--set-selection", text])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(owner.0.stdout.take().unwrap()).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l == "QVM-WL-SELECTION-SET" => break,
+            Some(Ok(_)) => {}
+            _ => panic!(
+                "selection owner failed: {}\n{}",
+                owner.finish(),
+                weston.log()
+            ),
+        }
+    }
+    let out = weston
+        .client(demo)
+        .args(["--transport", "socket", "--frames", "1", "--get-selection"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "reader failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == format!("QVM-WL-SELECTION {text}")),
+        "{stdout}"
+    );
+    drop(owner);
 }
