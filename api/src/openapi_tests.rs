@@ -154,14 +154,28 @@ fn config_schema_mirrors_vm_toml() {
     };
     assert_eq!(
         keys("VmConfig"),
-        ["machine", "boot", "console", "disk", "net", "vsock", "fs"]
+        ["machine", "boot", "console", "disk", "net", "vsock", "fs", "wayland"]
     );
+    assert_eq!(keys("VmDraft"), keys("VmConfig"));
+    // Every key of the draft is present in GET /vm (null or empty when not set).
+    let required: Vec<String> = schemas["VmDraft"]["required"]
+        .as_sequence()
+        .expect("VmDraft has a required list")
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(required, keys("VmDraft"));
     assert_eq!(keys("MachineConfig"), ["vcpus", "memory_mib"]);
     assert_eq!(keys("BootConfig"), ["kernel", "initrd", "cmdline"]);
     assert_eq!(keys("ConsoleConfig"), ["mode", "path"]);
     assert_eq!(keys("DiskConfig"), ["path", "read_only", "id", "direct_io"]);
     assert_eq!(keys("NetConfig"), ["tap", "fd", "mac"]);
     assert_eq!(keys("VsockConfig"), ["guest_cid", "socket"]);
+    assert_eq!(
+        keys("WaylandConfig"),
+        ["socket", "named", "max_buffer_mib", "max_vfds"]
+    );
+    assert_eq!(keys("NamedWaylandSocket"), ["name", "socket"]);
     for fs in ["FsConfig", "FsPut"] {
         assert_eq!(
             keys(fs),
@@ -178,6 +192,9 @@ fn config_schema_mirrors_vm_toml() {
         "VsockConfig",
         "FsConfig",
         "FsPut",
+        "WaylandConfig",
+        "NamedWaylandSocket",
+        "VmDraft",
         "Action",
     ] {
         assert_eq!(

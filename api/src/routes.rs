@@ -66,6 +66,8 @@ pub enum Route {
     Vsock,
     /// `PUT|DELETE /vm/fs/{tag}`.
     Fs(String),
+    /// `PUT|DELETE /vm/wayland`.
+    Wayland,
     /// `PUT /actions`: `{"action": "start"|"pause"|"resume"|"shutdown"|"stop"}`.
     Actions,
     /// `GET /metrics`.
@@ -85,6 +87,7 @@ impl Route {
             Route::Net(_) => "/vm/net/{id}",
             Route::Vsock => "/vm/vsock",
             Route::Fs(_) => "/vm/fs/{tag}",
+            Route::Wayland => "/vm/wayland",
             Route::Actions => "/actions",
             Route::Metrics => "/metrics",
         }
@@ -97,7 +100,7 @@ impl Route {
             Route::VmConfig | Route::Machine | Route::Boot | Route::Console | Route::Actions => {
                 &[Method::Put]
             }
-            Route::Disk(_) | Route::Net(_) | Route::Vsock | Route::Fs(_) => {
+            Route::Disk(_) | Route::Net(_) | Route::Vsock | Route::Fs(_) | Route::Wayland => {
                 &[Method::Put, Method::Delete]
             }
         }
@@ -118,6 +121,7 @@ impl Route {
             Route::Fs(_) => {
                 r#"{"tag": "<the tag in the path>", "socket": "/path/to/fs.sock", "shared_dir": "/path/to/dir"}"#
             }
+            Route::Wayland => r#"{"socket": "wayland-0", "max_buffer_mib": 512}"#,
             Route::Actions => r#"{"action": "start"}"#,
             Route::Vm | Route::Metrics => "{}",
         }
@@ -136,6 +140,7 @@ pub(crate) const PATHS: &[&str] = &[
     "/vm/net/{id}",
     "/vm/vsock",
     "/vm/fs/{tag}",
+    "/vm/wayland",
     "/actions",
     "/metrics",
 ];
@@ -207,6 +212,7 @@ pub(crate) fn resolve(path: &str) -> Result<Endpoint, RequestError> {
         ["vm", "net", n] => Route::Net(id("net id", n)?),
         ["vm", "vsock"] => Route::Vsock,
         ["vm", "fs", t] => Route::Fs(id("fs tag", t)?),
+        ["vm", "wayland"] => Route::Wayland,
         ["actions"] => Route::Actions,
         ["metrics"] => Route::Metrics,
         _ => return Err(not_found()),
@@ -239,6 +245,7 @@ pub(crate) mod tests {
             Route::Net("n0".into()),
             Route::Vsock,
             Route::Fs("t0".into()),
+            Route::Wayland,
             Route::Actions,
             Route::Metrics,
         ];
@@ -253,6 +260,7 @@ pub(crate) mod tests {
                 | Route::Net(_)
                 | Route::Vsock
                 | Route::Fs(_)
+                | Route::Wayland
                 | Route::Actions
                 | Route::Metrics => {}
             }
@@ -297,6 +305,8 @@ pub(crate) mod tests {
             "vm",
             "/vm/machine/x",
             "/metrics/",
+            "/vm/wayland/",
+            "/vm/wayland/x",
         ] {
             assert!(
                 matches!(resolve(p), Err(RequestError::NotFound { .. })),
@@ -334,6 +344,7 @@ pub(crate) mod tests {
     #[test]
     fn allow_lists_methods() {
         assert_eq!(allow_header(Route::Vsock.methods()), "PUT, DELETE");
+        assert_eq!(allow_header(Route::Wayland.methods()), "PUT, DELETE");
         assert_eq!(allow_header(Route::Vm.methods()), "GET");
     }
 }

@@ -260,6 +260,14 @@ fn every_route_reaches_the_handler() {
             Method::Delete,
             Route::Fs("home.v1".into()),
         ),
+        ("PUT", "/vm/wayland", Some(obj), Method::Put, Route::Wayland),
+        (
+            "DELETE",
+            "/vm/wayland",
+            None,
+            Method::Delete,
+            Route::Wayland,
+        ),
         (
             "PUT",
             "/actions",

@@ -5,6 +5,7 @@
 //!
 //! Resources take the same schema as the TOML config (`vm.toml`), as JSON.
 
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -15,8 +16,9 @@ use serde_json::{json, Value};
 
 use crate::config::{
     BootConfig, ConsoleConfig, ConsoleMode, DiskConfig, FsConfig, MachineConfig, NetConfig,
-    VmConfig, VsockConfig, MAX_CMDLINE_LEN, MAX_DISKS, MAX_DISK_ID_LEN, MAX_FS_TAG_LEN,
-    MAX_MEMORY_MIB, MAX_NETS, MAX_TAP_NAME_LEN, MAX_VCPUS, MAX_VIRTIO_DEVICES, MIN_MEMORY_MIB,
+    VmConfig, VsockConfig, WaylandConfig, MAX_CMDLINE_LEN, MAX_DISKS, MAX_DISK_ID_LEN,
+    MAX_FS_TAG_LEN, MAX_MEMORY_MIB, MAX_NETS, MAX_TAP_NAME_LEN, MAX_VCPUS, MAX_VIRTIO_DEVICES,
+    MAX_WL_BUFFER_MIB, MAX_WL_NAME_LEN, MAX_WL_VFDS, MIN_MEMORY_MIB,
 };
 use crate::control::{Command, ControlError, ControlSender};
 
@@ -47,6 +49,7 @@ struct Draft {
     nets: Vec<(String, NetConfig)>,
     vsock: Option<VsockConfig>,
     fs: Vec<(String, FsConfig)>,
+    wayland: Option<WaylandConfig>,
 }
 
 impl Draft {
@@ -76,6 +79,7 @@ impl Draft {
             nets,
             vsock: cfg.vsock,
             fs,
+            wayland: cfg.wayland,
         }
     }
 
@@ -95,6 +99,7 @@ impl Draft {
             nets: self.nets.iter().map(|(_, n)| n.clone()).collect(),
             vsock: self.vsock.clone(),
             filesystems: self.fs.iter().map(|(_, f)| f.clone()).collect(),
+            wayland: self.wayland.clone(),
         })
     }
 
@@ -121,6 +126,7 @@ impl Draft {
             "fs".into(),
             v(self.fs.iter().map(|(_, f)| f).collect::<Vec<_>>()),
         );
+        o.insert("wayland".into(), v(&self.wayland));
         Value::Object(o)
     }
 }
@@ -258,7 +264,8 @@ impl VmmApi {
         let d = &mut st.draft;
         let r = match (method, route) {
             (Method::Put, Route::VmConfig) => {
-                checked("config", body, check_config).map(|c| *d = Draft::from_config(c))
+                checked_resolved("config", body, resolve_config, check_config)
+                    .map(|c| *d = Draft::from_config(c))
             }
             (Method::Put, Route::Machine) => {
                 checked("machine", body, check_machine).map(|m| d.machine = Some(m))
@@ -280,10 +287,15 @@ impl VmmApi {
             (Method::Put, Route::Fs(tag)) => with_key(body, "tag", &tag, MAX_FS_TAG_LEN)
                 .and_then(|b| checked("fs", Some(b), check_fs))
                 .and_then(|f| upsert_within(&mut d.fs, &tag, f, MAX_VIRTIO_DEVICES, "fs shares")),
+            (Method::Put, Route::Wayland) => {
+                checked_resolved("wayland", body, resolve_wayland_here, check_wayland)
+                    .map(|w| d.wayland = Some(w))
+            }
             (Method::Delete, Route::Disk(id)) => found(remove(&mut d.disks, &id), "disk", &id),
             (Method::Delete, Route::Net(id)) => found(remove(&mut d.nets, &id), "net", &id),
             (Method::Delete, Route::Fs(tag)) => found(remove(&mut d.fs, &tag), "fs", &tag),
             (Method::Delete, Route::Vsock) => found(d.vsock.take().is_some(), "vsock", ""),
+            (Method::Delete, Route::Wayland) => found(d.wayland.take().is_some(), "wayland", ""),
             (_, route) => Err(error(
                 405,
                 format!("{} does not take this method", route_name(&route)),
@@ -458,9 +470,62 @@ fn checked<T: DeserializeOwned>(
     body: Option<Value>,
     check: fn(&T) -> Result<(), String>,
 ) -> Result<T, ApiReply> {
-    let v = parse::<T>(what, body)?;
+    checked_resolved(what, body, |_| {}, check)
+}
+
+/// [`checked`], with `resolve` applied between parsing and checking (the checks see the
+/// values the draft will hold).
+fn checked_resolved<T: DeserializeOwned>(
+    what: &str,
+    body: Option<Value>,
+    resolve: fn(&mut T),
+    check: fn(&T) -> Result<(), String>,
+) -> Result<T, ApiReply> {
+    let mut v = parse::<T>(what, body)?;
+    resolve(&mut v);
     check(&v).map_err(|e| error(400, format!("{what}: {e}")))?;
     Ok(v)
+}
+
+// Paths in bodies are used as the VMM process sees them (relative ones from its working
+// directory), with one exception that vm.toml makes too: a Wayland socket given as a bare name
+// (`wayland-0`, as WAYLAND_DISPLAY names it) is in $XDG_RUNTIME_DIR. It is resolved on PUT,
+// with the VMM's own environment, so that GET /vm shows the path that will be used and the
+// length limit applies to it.
+
+/// The VMM's `$XDG_RUNTIME_DIR`, if set and not empty.
+fn runtime_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Takes bare socket names (one relative component) in `runtime`, as `VmConfig::parse` does;
+/// other paths, and all of them without `runtime`, stay as they are. Resolving twice changes
+/// nothing (a resolved path is absolute, or was left alone).
+fn resolve_wayland(w: &mut WaylandConfig, runtime: Option<&Path>) {
+    let Some(dir) = runtime else { return };
+    let resolve = |p: &mut PathBuf| {
+        if p.is_relative() && p.components().count() == 1 {
+            *p = dir.join(&*p);
+        }
+    };
+    if let Some(s) = w.socket.as_mut() {
+        resolve(s);
+    }
+    for n in &mut w.named {
+        resolve(&mut n.socket);
+    }
+}
+
+fn resolve_wayland_here(w: &mut WaylandConfig) {
+    resolve_wayland(w, runtime_dir().as_deref());
+}
+
+fn resolve_config(c: &mut VmConfig) {
+    if let Some(w) = c.wayland.as_mut() {
+        resolve_wayland_here(w);
+    }
 }
 
 fn check_config(c: &VmConfig) -> Result<(), String> {
@@ -485,6 +550,9 @@ fn check_config(c: &VmConfig) -> Result<(), String> {
     }
     for (i, f) in c.filesystems.iter().enumerate() {
         check_fs(f).map_err(|e| format!("fs #{}: {e}", i + 1))?;
+    }
+    if let Some(w) = &c.wayland {
+        check_wayland(w).map_err(|e| format!("wayland: {e}"))?;
     }
     Ok(())
 }
@@ -608,11 +676,61 @@ fn check_fs(f: &FsConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// The value checks of `VmConfig::validate_wayland` (all of them: it looks at no files).
+fn check_wayland(w: &WaylandConfig) -> Result<(), String> {
+    if !(1..=MAX_WL_BUFFER_MIB).contains(&w.max_buffer_mib) {
+        return Err(format!(
+            "max_buffer_mib = {}: use 1 to {MAX_WL_BUFFER_MIB}",
+            w.max_buffer_mib
+        ));
+    }
+    if !(1..=MAX_WL_VFDS).contains(&w.max_vfds) {
+        return Err(format!("max_vfds = {}: use 1 to {MAX_WL_VFDS}", w.max_vfds));
+    }
+    // sockaddr_un.sun_path is 108 bytes with the NUL.
+    let check_socket = |key: String, p: &Path| match p.as_os_str().len() > 107 {
+        true => Err(format!(
+            "{key}: too long for a unix socket path (at most 107 bytes); use a shorter path"
+        )),
+        false => Ok(()),
+    };
+    if let Some(s) = &w.socket {
+        check_socket(format!("socket = {s:?}"), s)?;
+    }
+    for (i, n) in w.named.iter().enumerate() {
+        let key = format!("named #{} name = {:?}", i + 1, n.name);
+        if n.name.is_empty()
+            || n.name.len() > MAX_WL_NAME_LEN
+            || !n.name.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(format!(
+                "{key}: use 1 to {MAX_WL_NAME_LEN} bytes of printable ASCII without spaces"
+            ));
+        }
+        if w.named[..i].iter().any(|o| o.name == n.name) {
+            return Err(format!(
+                "{key}: named twice; each named socket needs its own name"
+            ));
+        }
+        check_socket(
+            format!("named #{} socket = {:?}", i + 1, n.socket),
+            &n.socket,
+        )?;
+    }
+    if w.socket.is_none() && w.named.is_empty() {
+        return Err(
+            "no compositor socket: set socket (e.g. \"wayland-0\") or give named entries".into(),
+        );
+    }
+    Ok(())
+}
+
 fn found(yes: bool, what: &str, id: &str) -> Result<(), ApiReply> {
-    if yes {
-        Ok(())
-    } else {
-        Err(error(404, format!("no {what} {id:?} is configured")))
+    match (yes, id) {
+        (true, _) => Ok(()),
+        // A device there is at most one of.
+        (false, "") => Err(error(404, format!("no {what} is configured"))),
+        (false, _) => Err(error(404, format!("no {what} {id:?} is configured"))),
     }
 }
 
@@ -627,6 +745,7 @@ fn route_name(r: &Route) -> String {
         Route::Net(id) => format!("/vm/net/{id}"),
         Route::Vsock => "/vm/vsock".into(),
         Route::Fs(t) => format!("/vm/fs/{t}"),
+        Route::Wayland => "/vm/wayland".into(),
         Route::Actions => "/actions".into(),
         Route::Metrics => "/metrics".into(),
     }
@@ -726,6 +845,304 @@ mod tests {
         let disks: Vec<Value> = (0..17).map(|i| json!({"path": format!("/d{i}")})).collect();
         let cfg = json!({"machine": {"memory_mib": 64}, "boot": {"kernel": "/k"}, "disk": disks});
         assert!(checked("config", body(cfg), check_config).is_err());
+    }
+
+    fn wl(v: Value) -> WaylandConfig {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn wayland_values_the_document_rules_out_are_refused_on_put() {
+        let named = |names: &[&str]| -> Value {
+            names
+                .iter()
+                .map(|n| json!({"name": n, "socket": "/run/user/1000/wayland-1"}))
+                .collect()
+        };
+        for v in [
+            json!({}),
+            json!({"socket": null}),
+            json!({"socket": null, "named": []}),
+            json!({"socket": "/w", "max_buffer_mib": 0}),
+            json!({"socket": "/w", "max_buffer_mib": MAX_WL_BUFFER_MIB + 1}),
+            json!({"socket": "/w", "max_vfds": 0}),
+            json!({"socket": "/w", "max_vfds": MAX_WL_VFDS + 1}),
+            json!({"socket": "/w", "max_vfds": 4294967296u64}),
+            json!({"socket": "/w", "max_buffer_mib": -1}),
+            json!({"socket": "/w", "max_buffer_mib": null}),
+            json!({"socket": "/w", "named": null}),
+            json!({"socket": format!("/{}", "x".repeat(107))}),
+            json!({"socket": "/w", "unknown": 1}),
+            json!({"named": named(&[""])}),
+            json!({"named": named(&["a b"])}),
+            json!({"named": named(&["é"])}),
+            json!({"named": named(&["tab\t"])}),
+            json!({"named": named(&[&"n".repeat(MAX_WL_NAME_LEN + 1)])}),
+            json!({"named": named(&["a", "b", "a"])}),
+            json!({"named": [{"name": "a"}]}),
+            json!({"named": [{"name": "a", "socket": "/s", "x": 1}]}),
+            json!({"named": [{"name": "a", "socket": format!("/{}", "s".repeat(107))}]}),
+        ] {
+            let r = checked("wayland", body(v.clone()), check_wayland).unwrap_err();
+            assert_eq!(r.status, 400, "{v}");
+            assert!(
+                r.body["error"].as_str().unwrap().starts_with("wayland: "),
+                "{v}: {}",
+                r.body
+            );
+        }
+        for v in [
+            json!({"socket": "/run/user/1000/wayland-0"}),
+            json!({"socket": "wayland-0", "named": [], "max_buffer_mib": 1, "max_vfds": 1}),
+            json!({"socket": null, "named": named(&["a"])}),
+            json!({"named": named(&["a", "b", &"~".repeat(MAX_WL_NAME_LEN)])}),
+            json!({
+                "socket": format!("/{}", "x".repeat(106)),
+                "max_buffer_mib": MAX_WL_BUFFER_MIB,
+                "max_vfds": MAX_WL_VFDS,
+            }),
+        ] {
+            assert!(
+                checked("wayland", body(v.clone()), check_wayland).is_ok(),
+                "{v}"
+            );
+        }
+        let w = checked("wayland", body(json!({"socket": "/w"})), check_wayland).unwrap();
+        assert_eq!((w.max_buffer_mib, w.max_vfds), (512, 256));
+        assert!(w.named.is_empty());
+
+        let cfg = json!({"machine": {"memory_mib": 64}, "boot": {"kernel": "/k"},
+                         "wayland": {"socket": "/w", "max_vfds": 0}});
+        let r = checked("config", body(cfg), check_config).unwrap_err();
+        assert!(
+            r.body["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("config: wayland: max_vfds = 0"),
+            "{}",
+            r.body
+        );
+    }
+
+    /// check_wayland refuses exactly what VmConfig::validate refuses in [wayland] (which looks
+    /// at no files there), so a PUT never lets through what start would refuse for its values.
+    #[test]
+    fn wayland_checks_agree_with_the_config_file_checks() {
+        let mut cfg = VmConfig::parse(
+            "[machine]\nmemory_mib = 64\n[boot]\nkernel = \"/bin/sh\"\n",
+            Path::new("vm.toml"),
+            Path::new("/"),
+        )
+        .unwrap();
+        cfg.validate(None).unwrap();
+        let s107 = format!("/{}", "x".repeat(106));
+        let s108 = format!("/{}", "x".repeat(107));
+        for v in [
+            json!({"socket": "/w"}),
+            json!({"socket": s107}),
+            json!({"socket": s108}),
+            json!({}),
+            json!({"named": [{"name": "a", "socket": s107}]}),
+            json!({"named": [{"name": "a", "socket": s108}]}),
+            json!({"named": [{"name": "a", "socket": "/a"}, {"name": "a", "socket": "/b"}]}),
+            json!({"named": [{"name": "", "socket": "/a"}]}),
+            json!({"named": [{"name": "a b", "socket": "/a"}]}),
+            json!({"named": [{"name": "x".repeat(31), "socket": "/a"}]}),
+            json!({"named": [{"name": "x".repeat(32), "socket": "/a"}]}),
+            json!({"socket": "/w", "max_buffer_mib": 0}),
+            json!({"socket": "/w", "max_buffer_mib": MAX_WL_BUFFER_MIB}),
+            json!({"socket": "/w", "max_buffer_mib": MAX_WL_BUFFER_MIB + 1}),
+            json!({"socket": "/w", "max_vfds": 0}),
+            json!({"socket": "/w", "max_vfds": MAX_WL_VFDS}),
+            json!({"socket": "/w", "max_vfds": MAX_WL_VFDS + 1}),
+        ] {
+            let w = wl(v.clone());
+            let api = check_wayland(&w);
+            cfg.wayland = Some(w);
+            let file = cfg.validate(None);
+            assert_eq!(api.is_ok(), file.is_ok(), "{v}: {api:?} {file:?}");
+        }
+    }
+
+    #[test]
+    fn bare_wayland_socket_names_are_taken_in_the_runtime_dir() {
+        let mut w = wl(json!({"socket": "wayland-0", "named": [
+            {"name": "a", "socket": "wayland-1"},
+            {"name": "b", "socket": "sub/wayland-2"},
+            {"name": "c", "socket": "/abs/wayland-3"},
+        ]}));
+        let before = w.clone();
+        resolve_wayland(&mut w, None);
+        assert_eq!(w, before);
+        resolve_wayland(&mut w, Some(Path::new("/run/user/1000")));
+        let again = w.clone();
+        resolve_wayland(&mut w, Some(Path::new("/elsewhere")));
+        assert_eq!(w, again, "resolving twice changes nothing");
+        assert_eq!(w.socket, Some(PathBuf::from("/run/user/1000/wayland-0")));
+        let sockets: Vec<_> = w.named.iter().map(|n| n.socket.clone()).collect();
+        assert_eq!(
+            sockets,
+            [
+                PathBuf::from("/run/user/1000/wayland-1"),
+                PathBuf::from("sub/wayland-2"),
+                PathBuf::from("/abs/wayland-3"),
+            ]
+        );
+        // The length limit applies to the resolved path.
+        let mut w = wl(json!({"socket": "w".repeat(100)}));
+        check_wayland(&w).unwrap();
+        resolve_wayland(&mut w, Some(Path::new("/run/user/1000")));
+        assert!(check_wayland(&w).unwrap_err().contains("at most 107 bytes"));
+    }
+
+    fn api() -> (VmmApi, std::sync::mpsc::Receiver<VmConfig>) {
+        let (control, _chan) = crate::control::channel().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        (VmmApi::new(None, tx, control), rx)
+    }
+
+    fn call(api: &VmmApi, method: Method, route: Route, body: Option<Value>) -> ApiReply {
+        api.handle(ApiRequest {
+            method,
+            route,
+            body,
+        })
+    }
+
+    fn draft(api: &VmmApi) -> Value {
+        let r = call(api, Method::Get, Route::Vm, None);
+        assert_eq!(r.status, 200);
+        r.body["config"].clone()
+    }
+
+    #[test]
+    fn wayland_put_delete_and_the_draft() {
+        let (api, _rx) = api();
+        assert_eq!(draft(&api)["wayland"], Value::Null);
+        let put = |v: Value| call(&api, Method::Put, Route::Wayland, Some(v)).status;
+        assert_eq!(put(json!({"socket": "/run/user/1000/wayland-0"})), 204);
+        assert_eq!(
+            draft(&api)["wayland"],
+            json!({"socket": "/run/user/1000/wayland-0", "named": [],
+                   "max_buffer_mib": 512, "max_vfds": 256})
+        );
+        // A PUT replaces the whole section; a refused one leaves it alone.
+        let w = json!({"socket": null, "named": [{"name": "gpu", "socket": "/run/gpu.sock"}],
+                       "max_buffer_mib": 64, "max_vfds": 32});
+        assert_eq!(put(w.clone()), 204);
+        assert_eq!(draft(&api)["wayland"], w);
+        assert_eq!(put(json!({"socket": "/w", "max_vfds": 0})), 400);
+        assert_eq!(put(json!({"named": []})), 400);
+        assert_eq!(
+            call(&api, Method::Put, Route::Wayland, None).status,
+            400,
+            "no body"
+        );
+        assert_eq!(draft(&api)["wayland"], w);
+
+        let delete = || call(&api, Method::Delete, Route::Wayland, None);
+        assert_eq!(delete().status, 204);
+        assert_eq!(draft(&api)["wayland"], Value::Null);
+        let r = delete();
+        assert_eq!(r.status, 404);
+        assert_eq!(r.body["error"], "no wayland is configured");
+        assert_eq!(
+            call(&api, Method::Delete, Route::Vsock, None).body["error"],
+            "no vsock is configured"
+        );
+        assert_eq!(call(&api, Method::Get, Route::Wayland, None).status, 405);
+
+        // After start, like every other config resource: 400.
+        assert_eq!(put(json!({"socket": "/w"})), 204);
+        api.set_running();
+        let r = call(
+            &api,
+            Method::Put,
+            Route::Wayland,
+            Some(json!({"socket": "/x"})),
+        );
+        assert_eq!(r.status, 400);
+        assert!(
+            r.body["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("/vm/wayland: the VM has been started"),
+            "{}",
+            r.body
+        );
+        assert_eq!(delete().status, 400);
+    }
+
+    #[test]
+    fn wayland_round_trips_through_the_whole_config() {
+        let (api, _rx) = api();
+        let cfg = json!({
+            "machine": {"vcpus": 1, "memory_mib": 64},
+            "boot": {"kernel": "/k"},
+            "wayland": {"socket": "/run/user/1000/wayland-0",
+                        "named": [{"name": "other", "socket": "/run/other.sock"}],
+                        "max_vfds": 100},
+        });
+        assert_eq!(
+            call(&api, Method::Put, Route::VmConfig, Some(cfg)).status,
+            204
+        );
+        let d = draft(&api);
+        assert_eq!(
+            d["wayland"],
+            json!({"socket": "/run/user/1000/wayland-0",
+                   "named": [{"name": "other", "socket": "/run/other.sock"}],
+                   "max_buffer_mib": 512, "max_vfds": 100})
+        );
+        // GET /vm's config is a config PUT /vm/config takes back, and assembles to the same.
+        let assembled = api.lock().draft.assemble().unwrap();
+        assert_eq!(
+            serde_json::from_value::<VmConfig>(d.clone()).unwrap(),
+            assembled
+        );
+        assert_eq!(
+            call(&api, Method::Put, Route::VmConfig, Some(d.clone())).status,
+            204
+        );
+        assert_eq!(draft(&api), d);
+        // A config without [wayland] drops it.
+        let cfg = json!({"machine": {"memory_mib": 64}, "boot": {"kernel": "/k"}});
+        assert_eq!(
+            call(&api, Method::Put, Route::VmConfig, Some(cfg)).status,
+            204
+        );
+        assert_eq!(draft(&api)["wayland"], Value::Null);
+        let bad = json!({"machine": {"memory_mib": 64}, "boot": {"kernel": "/k"},
+                         "wayland": {"named": [{"name": "a", "socket": "/a"},
+                                               {"name": "a", "socket": "/b"}]}});
+        let r = call(&api, Method::Put, Route::VmConfig, Some(bad));
+        assert_eq!(r.status, 400);
+        assert!(
+            r.body["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("config: wayland: named #2 name = \"a\": named twice"),
+            "{}",
+            r.body
+        );
+
+        // From a config file: the draft holds its [wayland] as parsed.
+        let file = VmConfig::parse(
+            "[machine]\nmemory_mib = 64\n[boot]\nkernel = \"/k\"\n\
+             [wayland]\nsocket = \"/run/user/1000/wayland-0\"\nmax_buffer_mib = 128\n\
+             [[wayland.named]]\nname = \"n\"\nsocket = \"/run/n.sock\"\n",
+            Path::new("vm.toml"),
+            Path::new("/"),
+        )
+        .unwrap();
+        let d = Draft::from_config(file.clone());
+        assert_eq!(d.assemble().unwrap(), file);
+        assert_eq!(
+            d.to_json()["wayland"],
+            json!({"socket": "/run/user/1000/wayland-0",
+                   "named": [{"name": "n", "socket": "/run/n.sock"}],
+                   "max_buffer_mib": 128, "max_vfds": 256})
+        );
     }
 
     #[test]
