@@ -496,10 +496,13 @@ impl Client {
 /// The registry is always the first object we create.
 const REGISTRY_ID: u32 = DISPLAY_ID + 1;
 
+/// Write everything, at most one page per write: a wl0 pipe vfd turns each write into
+/// one VFD_SEND, which the driver caps (EMSGSIZE) well above a page but below large texts.
 fn write_all_fd(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
+        let chunk = data.len().min(4096);
         // SAFETY: writing from a live slice.
-        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), chunk) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
