@@ -35,7 +35,47 @@ pub struct VmConfig {
     /// virtio-fs shares served by virtiofsd over vhost-user.
     #[serde(default, rename = "fs")]
     pub filesystems: Vec<FsConfig>,
+    /// The virtio-wl device: guest windows on the host's Wayland compositor.
+    pub wayland: Option<WaylandConfig>,
 }
+
+/// Named Wayland contexts (NEW_CTX_NAMED) are named by at most 31 bytes (a 32-byte C string).
+pub const MAX_WL_NAME_LEN: usize = 31;
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WaylandConfig {
+    /// The compositor socket a guest's new Wayland context connects to. A bare name such as
+    /// `wayland-0` is taken in `$XDG_RUNTIME_DIR` (as `WAYLAND_DISPLAY` is); a relative path
+    /// is relative to the config file. None: only named contexts work.
+    pub socket: Option<PathBuf>,
+    /// More sockets the guest may connect to by name (`NEW_CTX_NAMED`).
+    #[serde(default)]
+    pub named: Vec<NamedWaylandSocket>,
+    /// Host memory the guest's buffers may use in total (shared memory it allocates and what the
+    /// compositor sends it), in MiB.
+    #[serde(default = "default_wl_buffer_mib")]
+    pub max_buffer_mib: u64,
+    /// Open virtio-wl objects (buffers, contexts, pipes) at once.
+    #[serde(default = "default_wl_vfds")]
+    pub max_vfds: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NamedWaylandSocket {
+    pub name: String,
+    pub socket: PathBuf,
+}
+
+fn default_wl_buffer_mib() -> u64 {
+    512
+}
+fn default_wl_vfds() -> u32 {
+    256
+}
+pub const MAX_WL_BUFFER_MIB: u64 = 64 << 10;
+pub const MAX_WL_VFDS: u32 = 4096;
 
 /// virtio-fs tags are at most 36 bytes (the config space field).
 pub const MAX_FS_TAG_LEN: usize = 36;
@@ -231,7 +271,7 @@ pub enum ConfigError {
     TooManyDisks(usize),
     #[error("{0} [[net]] entries; qvm supports at most {MAX_NETS}")]
     TooManyNets(usize),
-    #[error("{0} virtio devices ([[disk]], [[net]], [vsock] and [[fs]] together); qvm supports at most {MAX_VIRTIO_DEVICES}")]
+    #[error("{0} virtio devices ([[disk]], [[net]], [vsock], [[fs]] and [wayland] together); qvm supports at most {MAX_VIRTIO_DEVICES}")]
     TooManyDevices(usize),
     #[error("[[net]] #{}: {reason}", .index + 1)]
     BadNet { index: usize, reason: String },
@@ -239,6 +279,8 @@ pub enum ConfigError {
     BadFs { index: usize, reason: String },
     #[error("[vsock] {key}: {reason}")]
     BadVsock { key: String, reason: String },
+    #[error("[wayland] {key}: {reason}")]
+    BadWayland { key: String, reason: String },
 }
 
 impl VmConfig {
@@ -282,6 +324,19 @@ impl VmConfig {
         }
         if let Some(v) = cfg.vsock.as_mut() {
             resolve(&mut v.socket);
+        }
+        if let Some(w) = cfg.wayland.as_mut() {
+            let runtime = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+            let wl_resolve = |p: &mut PathBuf| match &runtime {
+                Some(dir) if p.components().count() == 1 && p.is_relative() => *p = dir.join(&*p),
+                _ => resolve(p),
+            };
+            if let Some(s) = w.socket.as_mut() {
+                wl_resolve(s);
+            }
+            for n in &mut w.named {
+                wl_resolve(&mut n.socket);
+            }
         }
         for f in &mut cfg.filesystems {
             resolve(&mut f.socket);
@@ -342,10 +397,8 @@ impl VmConfig {
         self.validate_nets()?;
         self.validate_vsock()?;
         self.validate_fs()?;
-        let devices = self.disks.len()
-            + self.nets.len()
-            + usize::from(self.vsock.is_some())
-            + self.filesystems.len();
+        self.validate_wayland()?;
+        let devices = self.virtio_device_count();
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }
@@ -567,6 +620,73 @@ impl VmConfig {
             ));
         }
         Ok(())
+    }
+
+    fn validate_wayland(&self) -> Result<(), ConfigError> {
+        let Some(w) = &self.wayland else {
+            return Ok(());
+        };
+        let bad = |key: String, reason: &str| ConfigError::BadWayland {
+            key,
+            reason: reason.to_string(),
+        };
+        if w.max_buffer_mib == 0 || w.max_buffer_mib > MAX_WL_BUFFER_MIB {
+            return Err(bad(
+                format!("max_buffer_mib = {}", w.max_buffer_mib),
+                &format!("must be 1 to {MAX_WL_BUFFER_MIB}"),
+            ));
+        }
+        if w.max_vfds == 0 || w.max_vfds > MAX_WL_VFDS {
+            return Err(bad(
+                format!("max_vfds = {}", w.max_vfds),
+                &format!("must be 1 to {MAX_WL_VFDS}"),
+            ));
+        }
+        let check_socket = |key: String, p: &Path| {
+            if p.as_os_str().len() > 107 {
+                return Err(bad(
+                    key,
+                    "too long for a unix socket path (at most 107 bytes)",
+                ));
+            }
+            Ok(())
+        };
+        if let Some(s) = &w.socket {
+            check_socket(format!("socket = {s:?}"), s)?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, n) in w.named.iter().enumerate() {
+            let key = format!("named #{} name = {:?}", i + 1, n.name);
+            if n.name.is_empty() || n.name.len() > MAX_WL_NAME_LEN {
+                return Err(bad(key, &format!("must be 1 to {MAX_WL_NAME_LEN} bytes")));
+            }
+            if !n.name.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(bad(key, "use printable ASCII without spaces"));
+            }
+            if !seen.insert(n.name.as_str()) {
+                return Err(bad(key, "named twice; names must be unique"));
+            }
+            check_socket(
+                format!("named #{} socket = {:?}", i + 1, n.socket),
+                &n.socket,
+            )?;
+        }
+        if w.socket.is_none() && w.named.is_empty() {
+            return Err(bad(
+                "socket".into(),
+                "no compositor socket: set socket = \"wayland-0\" (or [[wayland.named]] entries)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Number of virtio devices (their mmio slots are 0..n): disks, nets, vsock, fs, wayland.
+    pub fn virtio_device_count(&self) -> usize {
+        self.disks.len()
+            + self.nets.len()
+            + usize::from(self.vsock.is_some())
+            + self.filesystems.len()
+            + usize::from(self.wayland.is_some())
     }
 
     pub fn vcpus(&self) -> u8 {

@@ -9,3 +9,4 @@ pub mod seccomp;
 pub mod vcpu;
 pub mod virtiofsd;
 pub mod vm;
+pub mod wl_mapper;

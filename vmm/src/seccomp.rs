@@ -445,6 +445,17 @@ const TUNGETVNETHDRSZ: u64 = 0x8004_54d7;
 const KVM_RUN: u64 = 0xae80;
 const KVM_GET_CLOCK: u64 = 0x8030_ae7c;
 const KVM_SET_CLOCK: u64 = 0x4030_ae7b;
+const KVM_SET_USER_MEMORY_REGION: u64 = 0x4020_ae46;
+
+/// virtio-wl: host buffers (memfds, sealed, mapped and handed to KVM as memory slots) and
+/// pipes. The slot ioctl is allowed wherever a device may be reset or dropped (device workers,
+/// vCPUs that reset it, the main thread at exit); the ioctl filter lists it per thread kind.
+fn wayland(r: &mut Rules) {
+    allow(
+        r,
+        &[libc::SYS_memfd_create, libc::SYS_ftruncate, libc::SYS_pipe2],
+    );
+}
 
 /// What the device workers do: positional file I/O (disks), tap and unix-socket I/O.
 fn device_io(r: &mut Rules) {
@@ -473,6 +484,7 @@ fn rules(kind: ThreadKind) -> Rules {
     match kind {
         ThreadKind::Device => {
             device_io(&mut r);
+            wayland(&mut r);
             allow_arg_in(
                 &mut r,
                 libc::SYS_ioctl,
@@ -480,6 +492,7 @@ fn rules(kind: ThreadKind) -> Rules {
                 &[
                     FIONBIO,
                     FIOCLEX,
+                    KVM_SET_USER_MEMORY_REGION,
                     TUNSETOFFLOAD,
                     TUNSETVNETHDRSZ,
                     TUNGETVNETHDRSZ,
@@ -489,6 +502,7 @@ fn rules(kind: ThreadKind) -> Rules {
         ThreadKind::Vcpu => {
             // Device activation runs here and starts the workers (see the module docs).
             device_io(&mut r);
+            wayland(&mut r);
             threads(&mut r);
             allow_arg_in(
                 &mut r,
@@ -496,6 +510,7 @@ fn rules(kind: ThreadKind) -> Rules {
                 1,
                 &[
                     KVM_RUN,
+                    KVM_SET_USER_MEMORY_REGION,
                     FIONBIO,
                     FIOCLEX,
                     TUNSETOFFLOAD,
@@ -534,6 +549,7 @@ fn rules(kind: ThreadKind) -> Rules {
                     TCSETSW,
                     KVM_GET_CLOCK,
                     KVM_SET_CLOCK,
+                    KVM_SET_USER_MEMORY_REGION,
                 ],
             );
         }

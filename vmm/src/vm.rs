@@ -64,6 +64,8 @@ pub enum VmError {
     Fs(usize, String),
     #[error("[vsock]: {0}")]
     Vsock(String),
+    #[error("[wayland]: {0}")]
+    Wayland(String),
     #[error("[[disk]] #{0}: {1}")]
     Disk(usize, String),
     #[error("device setup: {0}")]
@@ -82,6 +84,7 @@ impl VmError {
             | VmError::ConsoleFile(..)
             | VmError::Disk(..)
             | VmError::Vsock(..)
+            | VmError::Wayland(..)
             | VmError::Net(..)
             | VmError::Fs(..)
             | VmError::CmdlineWithDevices { .. } => true,
@@ -188,9 +191,10 @@ fn create_devices(vm: &VmFd, cfg: &VmConfig, exit: &Arc<ExitSignal>) -> Result<D
     })
 }
 
-/// The virtio devices of `cfg` in slot order: disks, then network interfaces, then vsock.
-/// Each comes with its name in metrics: `disk0` (or `disk:<id>`), `net0`, `vsock`, `fs:<tag>`.
-fn virtio_devices(cfg: &VmConfig) -> Result<Vec<NamedDevice>, VmError> {
+/// The virtio devices of `cfg` in slot order: disks, network interfaces, vsock, virtio-fs
+/// shares, then virtio-wl. Each comes with its name in metrics: `disk0` (or `disk:<id>`),
+/// `net0`, `vsock`, `fs:<tag>`, `wayland`.
+fn virtio_devices(cfg: &VmConfig, kvm: &Kvm, vm: &Arc<VmFd>) -> Result<Vec<NamedDevice>, VmError> {
     let mut devices: Vec<NamedDevice> = Vec::new();
     for (i, disk) in cfg.disks.iter().enumerate() {
         let block = Block::new(BlockConfig {
@@ -232,12 +236,69 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<NamedDevice>, VmError> {
             .map_err(|e| VmError::Fs(i + 1, e.to_string()))?;
         devices.push((format!("fs:{}", f.tag), Box::new(fs)));
     }
+    if let Some(w) = &cfg.wayland {
+        devices.push(("wayland".to_string(), wayland_device(cfg, w, kvm, vm)?));
+    }
     Ok(devices)
+}
+
+/// The virtio-wl device, its buffers mapped by KVM memory slots in a window above RAM.
+fn wayland_device(
+    cfg: &VmConfig,
+    w: &crate::config::WaylandConfig,
+    kvm: &Kvm,
+    vm: &Arc<VmFd>,
+) -> Result<Box<dyn VirtioDevice>, VmError> {
+    use crate::wl_mapper::{self, KvmMapper, FIRST_SLOT};
+    let max_buffer_bytes = w.max_buffer_mib << 20;
+    let (base, len) = wl_mapper::window(cfg.memory_bytes(), max_buffer_bytes);
+    let bits = guest_phys_bits(kvm);
+    if base + len > 1u64 << bits {
+        return Err(VmError::Wayland(format!(
+            "guest RAM plus a {} MiB buffer window ends at {:#x}, beyond this CPU's {bits}-bit \
+             guest-physical address space; lower max_buffer_mib or memory_mib",
+            len >> 20,
+            base + len
+        )));
+    }
+    let slots_end = u32::try_from(kvm.get_nr_memslots())
+        .unwrap_or(u32::MAX)
+        .min(FIRST_SLOT + w.max_vfds + 8);
+    let mapper = Arc::new(KvmMapper::new(vm.clone(), base, len, slots_end));
+    let wl = qvm_virtio_wl::VirtioWl::new(
+        qvm_virtio_wl::WlConfig {
+            socket: w.socket.clone(),
+            named: w
+                .named
+                .iter()
+                .map(|n| (n.name.clone(), n.socket.clone()))
+                .collect(),
+            max_buffer_bytes,
+            max_vfds: w.max_vfds,
+        },
+        mapper,
+    )
+    .map_err(|e| VmError::Wayland(e.to_string()))?;
+    Ok(Box::new(wl))
+}
+
+/// The guest's physical address width (CPUID 0x8000_0008 EAX[7:0]; 36 if KVM does not say).
+fn guest_phys_bits(kvm: &Kvm) -> u32 {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .ok()
+        .and_then(|c| {
+            c.as_slice()
+                .iter()
+                .find(|e| e.function == 0x8000_0008)
+                .map(|e| e.eax & 0xff)
+        })
+        .filter(|&b| (32..=52).contains(&b))
+        .unwrap_or(36)
 }
 
 /// Number of virtio devices `cfg` asks for (their slots are 0..n).
 fn virtio_device_count(cfg: &VmConfig) -> usize {
-    cfg.disks.len() + cfg.nets.len() + usize::from(cfg.vsock.is_some()) + cfg.filesystems.len()
+    cfg.virtio_device_count()
 }
 
 /// Starts virtiofsd for every `[[fs]]` with a shared_dir; they stop when the result is dropped.
@@ -258,13 +319,14 @@ fn start_virtiofsd(cfg: &VmConfig) -> Result<Vec<crate::virtiofsd::Virtiofsd>, V
 /// ioeventfds and their interrupts to irqfds, and returns the MMIO bus holding them. Slots
 /// match what `acpi_config` and `guest_cmdline` announced.
 fn create_virtio_devices(
-    vm: &VmFd,
+    kvm: &Kvm,
+    vm: &Arc<VmFd>,
     mem: &GuestMemoryMmap,
     cfg: &VmConfig,
 ) -> Result<(Bus, DeviceMetricsList), VmError> {
     let mut bus = Bus::new();
     let mut metrics = Vec::new();
-    for (i, (name, device)) in virtio_devices(cfg)?.into_iter().enumerate() {
+    for (i, (name, device)) in virtio_devices(cfg, kvm, vm)?.into_iter().enumerate() {
         let (addr, gsi) = layout::virtio_mmio_slot(i);
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;
         vm.register_irqfd(&irq, gsi)
@@ -515,7 +577,7 @@ pub fn run_with_control(
     let exit = Arc::new(ExitSignal::new().map_err(|e| VmError::Device(e.to_string()))?);
     let devices = create_devices(&vm, cfg, &exit)?;
     let _virtiofsd = start_virtiofsd(cfg)?;
-    let (mmio, device_metrics) = create_virtio_devices(&vm, &mem, cfg)?;
+    let (mmio, device_metrics) = create_virtio_devices(&kvm, &vm, &mem, cfg)?;
 
     let mut fds = Vec::with_capacity(usize::from(vcpus));
     for id in 0..vcpus {
