@@ -64,6 +64,7 @@ pub struct WlState {
     dirty: bool,
     /// Bounded waits also end when this fd (the worker's stop eventfd) becomes readable.
     stop_fd: Option<RawFd>,
+    send_timeout: Duration,
     log_budget: u32,
 }
 
@@ -92,6 +93,7 @@ impl WlState {
             reading: true,
             dirty: false,
             stop_fd: None,
+            send_timeout: SEND_TIMEOUT,
             log_budget: LOG_BUDGET,
         })
     }
@@ -102,6 +104,16 @@ impl WlState {
 
     pub fn set_stop_fd(&mut self, fd: Option<RawFd>) {
         self.stop_fd = fd;
+    }
+
+    /// How many more messages may be logged (0: quiet, e.g. when fuzzing).
+    pub fn set_log_budget(&mut self, n: u32) {
+        self.log_budget = n;
+    }
+
+    /// How long a VFD_SEND waits for a full peer ([`SEND_TIMEOUT`] unless changed).
+    pub fn set_send_timeout(&mut self, t: Duration) {
+        self.send_timeout = t;
     }
 
     pub fn vfd_count(&self) -> usize {
@@ -495,7 +507,7 @@ impl WlState {
                     // fds travel with a byte on a stream socket.
                     return Response::ERR;
                 }
-                sys::send_all(sock.as_fd(), data, &fds, SEND_TIMEOUT, self.stop_fd)
+                sys::send_all(sock.as_fd(), data, &fds, self.send_timeout, self.stop_fd)
             }
             VfdKind::Pipe {
                 local,
@@ -505,7 +517,7 @@ impl WlState {
                 if !fds.is_empty() {
                     return Response::INVALID_TYPE;
                 }
-                sys::write_all(local.as_fd(), data, SEND_TIMEOUT, self.stop_fd)
+                sys::write_all(local.as_fd(), data, self.send_timeout, self.stop_fd)
             }
             _ => return Response::INVALID_TYPE,
         };
