@@ -11,6 +11,7 @@ pkgs=(
     build-essential                                                           # libFuzzer (cargo fuzz)
     libseccomp-dev libcap-ng-dev                                              # building virtiofsd
     python3-venv                                                              # api-conformance.sh (schemathesis)
+    weston xvfb                                                               # virtio-wl: a real compositor (headless; x11 backend for the clipboard)
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -19,7 +19,7 @@ secs=${QVM_FUZZ_SECS:-30}
 # makes cargo fuzz exit non-zero and leaves the input in devices/fuzz/artifacts/. A target starts
 # from corpus/<target> (its committed seed-* inputs) and replays regressions/<target>/ if there
 # is one. vm_config_toml needs the qvm-vmm crate (--features vmm: a few minutes' build, once).
-for target in blk_request net_tx net_rx vsock_tx mmio_registers fuse_standby vm_config_toml; do
+for target in blk_request net_tx net_rx vsock_tx mmio_registers fuse_standby wl_out vm_config_toml; do
     echo "== fuzz: $target, $secs s"
     args=("$target")
     if [ "$target" = vm_config_toml ]; then args=(--features vmm "$target"); fi
