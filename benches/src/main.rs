@@ -21,8 +21,12 @@
 //! 4. Host, no guest: instructions per virtio-blk request in our device (`qvm-blk-cost` under
 //!    callgrind, difference of two request counts).
 //!
+//! 7. Lab: virtio-wl frames to weston (headless): fps and host CPU per frame at 1 MiB, 1080p
+//!    and 4K, zero-copy buffers beside the copy path (same client, frames drawn in guest
+//!    memory and copied into the shared buffer), in the same boot.
+//!
 //! Usage: qvm-bench [--runs N] [--skip-lab] [--skip-host] [--skip-blk] [--skip-blk-cost] [--skip-net]
-//!              [--skip-fs]
+//!              [--skip-fs] [--skip-wl]
 
 use std::io::{BufRead, BufReader};
 
@@ -562,10 +566,31 @@ fn blk_cost_bench() -> Result<(), String> {
 
 /// Guest<->host throughput over virtio-net (TCP through a tap in a network namespace) and
 /// vsock, measured in the guest with qvm-vsock's checked transfers, qvm-vmm beside QEMU microvm.
+/// The project's initramfs with `script` added as `/<name>` (cached by content like any
+/// initramfs), for a guest booted with `qvm.mode=run qvm.script=/<name>`.
+fn initramfs_with_script(name: &str, script: &str) -> Result<std::path::PathBuf, String> {
+    let extra = std::env::temp_dir().join(format!("qvm-bench-extra-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&extra).map_err(|e| e.to_string())?;
+    std::fs::write(extra.join(name), script).map_err(|e| e.to_string())?;
+    let out = Command::new(fixtures::workspace().join("guest-kernel-config/build-initramfs.sh"))
+        .env("QVM_INITRAMFS_EXTRA", &extra)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&extra);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(std::path::PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim(),
+    ))
+}
+
 fn net_bench(runs: usize) -> Result<(), String> {
     const BYTES: u64 = 32 << 20;
-    let extra = std::env::temp_dir().join(format!("qvm-net-bench-extra-{}", std::process::id()));
-    std::fs::create_dir_all(&extra).map_err(|e| e.to_string())?;
     let script = format!(
         "ip link set lo up; ip addr add 10.77.0.2/24 dev eth0; ip link set eth0 up\n\
          for i in $(seq 50); do ping -c 1 -W 1 10.77.0.1 >/dev/null 2>&1 && break; done\n\
@@ -575,22 +600,7 @@ fn net_bench(runs: usize) -> Result<(), String> {
          echo \"BENCH vsock-h2g $(qvm-vsock client vsock:2:6000 recv {BYTES} 4)\"\n\
          exit 0\n"
     );
-    std::fs::write(extra.join("net-bench.sh"), script).map_err(|e| e.to_string())?;
-    let out = Command::new(fixtures::workspace().join("guest-kernel-config/build-initramfs.sh"))
-        .env("QVM_INITRAMFS_EXTRA", &extra)
-        .output()
-        .map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_dir_all(&extra);
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let initrd = std::path::PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim(),
-    );
+    let initrd = initramfs_with_script("net-bench.sh", &script)?;
     let kernel = &guest_kernel().vmlinux;
     let tool = fixtures::qvm_vsock_binary();
     let share = lab::lab_share_dir();
@@ -728,24 +738,7 @@ exit 0
 "#,
         bytes = MIB << 20,
     );
-    let extra = std::env::temp_dir().join(format!("qvm-fs-bench-extra-{}", std::process::id()));
-    std::fs::create_dir_all(&extra).map_err(|e| e.to_string())?;
-    std::fs::write(extra.join("fs-bench.sh"), script).map_err(|e| e.to_string())?;
-    let out = Command::new(fixtures::workspace().join("guest-kernel-config/build-initramfs.sh"))
-        .env("QVM_INITRAMFS_EXTRA", &extra)
-        .output()
-        .map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_dir_all(&extra);
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let initrd = std::path::PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim(),
-    );
+    let initrd = initramfs_with_script("fs-bench.sh", &script)?;
     let out = Command::new(fixtures::workspace().join("scripts/install-virtiofsd.sh"))
         .output()
         .map_err(|e| format!("scripts/install-virtiofsd.sh: {e}"))?;
@@ -865,6 +858,175 @@ exit 0
     Ok(())
 }
 
+/// One virtio-wl bench case: (name, width, height, frames, copy path).
+const WL_CASES: &[(&str, u32, u32, u32, bool)] = &[
+    ("1mib", 512, 512, 20, false),
+    ("1080p", 1920, 1080, 16, false),
+    ("1080p-copy", 1920, 1080, 16, true),
+    ("4k", 3840, 2160, 8, false),
+    ("4k-copy", 3840, 2160, 8, true),
+];
+
+/// virtio-wl in the lab: `qvm-wl-demo` in the guest draws and commits frames to weston
+/// (headless, pixman) in L1. Per case: frames per second as the guest saw them, and host CPU
+/// per committed frame of the VMM's virtio-wl worker thread and of the whole VMM process
+/// (vCPU threads included, so the guest's drawing and copying show up there), read from
+/// /proc/<pid>/task/*/schedstat around each case. The copy path is the same client drawing
+/// into guest memory and copying each whole frame into the shared buffer.
+fn wl_bench(runs: usize) -> Result<(), String> {
+    let mut guest = String::from("for spec in");
+    for (name, w, h, n, copy) in WL_CASES {
+        let copy = if *copy { "--copy-path" } else { "" };
+        guest.push_str(&format!(" \"{name}:{w}:{h}:{n}:{copy}\""));
+    }
+    guest.push_str(
+        r#"; do
+  IFS=: read name w h n copy <<SPEC
+$spec
+SPEC
+  echo "WLB-BEGIN $name"; sleep 1
+  qvm-wl-demo --width $w --height $h --frames $n $copy >/tmp/o 2>&1
+  echo "WLB-RESULT $name rc=$? $(grep QVM-WL-DONE /tmp/o)"; grep -v QVM-WL /tmp/o | head -n 3
+  sleep 1; echo "WLB-END $name"
+done
+exit 0
+"#,
+    );
+    let initrd = initramfs_with_script("wl-bench.sh", &guest)?;
+    let kernel = &guest_kernel().vmlinux;
+    let share = lab::lab_share_dir();
+    let rt = "/tmp/qvm-wl-bench";
+    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=run \
+                   qvm.script=/wl-bench.sh";
+    let cfg = share.join("wl-bench.toml");
+    let mut text = vm_toml(kernel, Some(&initrd), 1, 384, cmdline);
+    text.push_str(&format!("\n[wayland]\nsocket = \"{rt}/wl-bench\"\n"));
+    std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
+    // CPU ns of the VMM's virtio-wl thread and of all its threads, at each WLB- marker.
+    let script = format!(
+        r#"rt={rt}; rm -rf $rt; mkdir -p $rt; chmod 700 $rt; export XDG_RUNTIME_DIR=$rt
+printf '[core]\nidle-time=0\n[shell]\nstartup-animation=none\nanimation=none\npanel-position=none\nlocking=false\n' >$rt/weston.ini
+weston --config=$rt/weston.ini --backend=headless-backend.so --socket=wl-bench --width=3840 \
+  --height=2160 --use-pixman --idle-time=0 >$rt/weston.log 2>&1 &
+weston=$!
+i=0; until [ -S $rt/wl-bench ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done
+log=$rt/vmm.log
+{vmm} --config {cfg} </dev/null >$log 2>&1 &
+vmm=$!
+cpu() {{
+  dev=0; all=0
+  for t in /proc/$vmm/task/*; do
+    read ns rest <$t/schedstat 2>/dev/null || continue
+    all=$((all + ns))
+    [ "$(cat $t/comm 2>/dev/null)" = virtio-wl ] && dev=$ns
+  done
+  echo "$dev $all"
+}}
+seen=0
+while kill -0 $vmm 2>/dev/null; do
+  n=$(grep -c '^WLB-' $log)
+  while [ $seen -lt $n ]; do
+    seen=$((seen+1))
+    echo "$(grep '^WLB-' $log | sed -n ${{seen}}p) CPU $(cpu)"
+  done
+  sleep 0.05
+done
+wait $vmm; echo "VMM-EXIT $?"
+kill $weston 2>/dev/null
+grep -v '^WLB-' $log | tail -n 20
+"#,
+        vmm = vmm_binary().display(),
+        cfg = cfg.display(),
+    );
+    type Samples = (Vec<f64>, Vec<f64>, Vec<f64>);
+    // name -> (fps, wl thread ns/frame, process ns/frame)
+    let mut res: std::collections::BTreeMap<&str, Samples> = Default::default();
+    let cpu = |l: &str| -> Option<(f64, f64)> {
+        let mut it = l.rsplit(' ');
+        let all = it.next()?.parse().ok()?;
+        let dev = it.next()?.parse().ok()?;
+        Some((dev, all))
+    };
+    for run in 0..runs {
+        let out = lab::run(&script, Duration::from_secs(1500)).map_err(|e| e.to_string())?;
+        let out = out.output;
+        let mut begin: std::collections::HashMap<String, (f64, f64)> = Default::default();
+        let mut got = 0;
+        for line in out.lines() {
+            let (kind, rest) = match line.split_once(' ') {
+                Some(x) => x,
+                None => continue,
+            };
+            let name = rest.split(' ').next().unwrap_or_default();
+            let Some(case) = WL_CASES.iter().find(|c| c.0 == name) else {
+                continue;
+            };
+            match kind {
+                "WLB-BEGIN" => {
+                    if let Some(c) = cpu(line) {
+                        begin.insert(name.to_string(), c);
+                    }
+                }
+                "WLB-END" => {
+                    let (Some(b), Some(e)) = (begin.get(name), cpu(line)) else {
+                        continue;
+                    };
+                    let frames = f64::from(case.3);
+                    let r = res.entry(case.0).or_default();
+                    r.1.push((e.0 - b.0) / frames);
+                    r.2.push((e.1 - b.1) / frames);
+                    got += 1;
+                }
+                "WLB-RESULT" => {
+                    if !rest.contains("rc=0") {
+                        return Err(format!("wl bench case {name} failed: {line}\n{out}"));
+                    }
+                    if let Some(fps) = rest
+                        .split(' ')
+                        .find_map(|w| w.strip_prefix("fps="))
+                        .and_then(|v| v.parse::<f64>().ok())
+                    {
+                        res.entry(case.0).or_default().0.push(fps);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if got < WL_CASES.len() {
+            return Err(format!("wl bench: run {run} measured {got} cases:\n{out}"));
+        }
+    }
+    println!(
+        "\nvirtio-wl (lab, weston headless/pixman in L1, qvm-wl-demo in the guest; median of {runs})"
+    );
+    println!(
+        "{:<12} {:>10} {:>8} {:>20} {:>22}",
+        "case", "frame", "fps", "wl thread us/frame", "VMM process ms/frame"
+    );
+    for (name, w, h, _, _) in WL_CASES {
+        let Some((fps, dev, all)) = res.get_mut(name) else {
+            continue;
+        };
+        println!(
+            "{:<12} {:>10} {:>8.2} {:>20.0} {:>22.1}",
+            name,
+            format!("{:.1} MiB", f64::from(w * h * 4) / 1048576.0),
+            median(fps),
+            median(dev) / 1e3,
+            median(all) / 1e6
+        );
+    }
+    let small = res.get_mut("1mib").map(|r| median(&mut r.1));
+    let big = res.get_mut("4k").map(|r| median(&mut r.1));
+    if let (Some(small), Some(big)) = (small, big) {
+        println!(
+            "zero copy: wl thread CPU per frame, 31.6 MiB frames / 1 MiB frames = {:.2} (target < 1.5)",
+            big / small
+        );
+    }
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let runs = args
@@ -902,6 +1064,12 @@ fn main() {
     if !skip("--skip-fs") {
         if let Err(e) = fs_bench(runs) {
             eprintln!("fs bench failed: {e}");
+            failed = true;
+        }
+    }
+    if !skip("--skip-wl") {
+        if let Err(e) = wl_bench(runs.min(3)) {
+            eprintln!("wl bench failed: {e}");
             failed = true;
         }
     }

@@ -45,6 +45,14 @@ pub fn qvm_vsock_binary() -> PathBuf {
         .clone()
 }
 
+/// The host build of `qvm-wl-check` (finds the guest's test pattern in a compositor
+/// screenshot and checks it pixel by pixel).
+pub fn qvm_wl_check_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_binary("qvm-wl-client", "qvm-wl-check"))
+        .clone()
+}
+
 /// Builds `bin` of `package` in this test binary's profile and returns its path.
 fn workspace_binary(package: &str, bin: &str) -> PathBuf {
     let dir = target_profile_dir();

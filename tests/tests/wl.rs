@@ -1,0 +1,140 @@
+//! virtio-wl end to end, in the lab: weston (headless backend, pixman renderer) runs in L1, our
+//! VMM connects the guest's Wayland contexts to it, the guest's `qvm-wl-demo` allocates its
+//! buffers from /dev/wl0 (host memory), draws a known pattern and commits frames. The test then
+//! takes a screenshot from weston and checks every pixel of the guest's window against the
+//! pattern: the compositor read the guest's pixels from the very memfds the guest drew into.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use qvm_tests::fixtures::{
+    guest_initramfs, guest_kernel, qvm_wl_check_binary, script_disk, vm_toml, vmm_binary,
+};
+use qvm_tests::lab;
+
+const TIMEOUT: Duration = Duration::from_secs(900);
+
+fn dir(name: &str) -> PathBuf {
+    let d = lab::lab_share_dir().join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn field<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.trim_start().strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key:?} line in:\n{out}"))
+        .trim()
+}
+
+/// Shell that starts weston in L1 on `$rt/wl-qvm` and waits for its socket; sets `$weston`.
+/// Desktop shell with every animation and the panel off, so a screenshot shows the guest's
+/// pixels unblended (kiosk-shell fullscreens the window, and weston 10's headless backend then
+/// never sends a smaller buffer its frame callbacks).
+fn start_weston(width: u32, height: u32) -> String {
+    format!(
+        r#"export XDG_RUNTIME_DIR=$rt
+cat >$rt/weston.ini <<'INI'
+[core]
+idle-time=0
+[shell]
+startup-animation=none
+animation=none
+close-animation=none
+focus-animation=none
+panel-position=none
+locking=false
+background-color=0xff203040
+background-image=
+INI
+weston --config=$rt/weston.ini --backend=headless-backend.so --socket=wl-qvm \
+  --width={width} --height={height} --use-pixman --debug --idle-time=0 >$rt/weston.log 2>&1 &
+weston=$!
+i=0; until [ -S $rt/wl-qvm ]; do
+  i=$((i+1)); [ $i -gt 600 ] && {{ echo "WESTON did not start"; cat $rt/weston.log; break; }}
+  sleep 0.1
+done
+"#
+    )
+}
+
+#[test]
+fn guest_window_reaches_weston_pixel_exact() {
+    let (w, h, frames) = (320u32, 240u32, 12u32);
+    let d = dir("wl");
+    let script_img = d.join("script.img");
+    script_disk(
+        &script_img,
+        &format!(
+            r#"if [ -e /dev/wl0 ]; then echo "WL-DEV present"; else echo "WL-DEV missing"; fi
+qvm-wl-demo --width {w} --height {h} --frames {frames} --hold 600 &
+while :; do sleep 1000; done
+"#
+        ),
+    );
+    let rt = "/tmp/qvm-wl-test";
+    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet \
+                   qvm.mode=run qvm.script=/dev/vda";
+    let mut text = vm_toml(
+        &guest_kernel().vmlinux,
+        Some(guest_initramfs()),
+        1,
+        256,
+        cmdline,
+    );
+    text.push_str(&qvm_tests::fixtures::disk_toml(
+        &script_img,
+        true,
+        Some("qvm-script"),
+    ));
+    text.push_str(&format!("\n[wayland]\nsocket = \"{rt}/wl-qvm\"\n"));
+    let cfg = d.join("vm.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let shots = d.join("shots");
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).unwrap();
+    let script = format!(
+        r#"set -u
+rt={rt}
+rm -rf $rt; mkdir -p $rt; chmod 700 $rt
+log=$rt/vmm.log
+{weston}
+timeout 800 {vmm} --config {cfg} </dev/null >$log 2>&1 &
+vmm=$!
+waitfor() {{
+  i=0; until grep -q "$1" $log; do
+    i=$((i+1)); [ $i -gt 3000 ] && {{ echo "TIMEOUT waiting for $1"; return 1; }}
+    kill -0 $vmm 2>/dev/null || {{ echo "VMM died waiting for $1"; return 1; }}
+    sleep 0.2
+  done
+}}
+if waitfor QVM-WL-HOLD; then
+  cd {shots} && WAYLAND_DISPLAY=wl-qvm timeout 60 weston-screenshooter
+  png=$(ls {shots}/*.png | head -n1)
+  echo "CHECK $({check} "$png" --width {w} --height {h} --frame {last} 2>&1 | tail -n 3 | tr '\n' ' ')"
+  grep -i "virtio-wl\|wl0" $log | head -n 5
+fi
+kill $vmm 2>/dev/null; wait $vmm
+echo "VMM-EXIT $?"
+kill $weston 2>/dev/null
+cat $log
+echo "--- weston log"; tail -n 20 $rt/weston.log
+"#,
+        weston = start_weston(640, 480),
+        vmm = vmm_binary().display(),
+        cfg = cfg.display(),
+        check = qvm_wl_check_binary().display(),
+        shots = shots.display(),
+        last = frames - 1,
+    );
+    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let out = &r.output;
+    assert_eq!(field(out, "WL-DEV "), "present", "{out}");
+    assert!(
+        field(out, "CHECK ").contains("QVM-WL-CHECK ok"),
+        "the screenshot does not show the guest's pattern:\n{out}"
+    );
+    eprintln!("{}", field(out, "CHECK "));
+    // SIGTERM from the test, not a crash: 128 + 15.
+    assert_eq!(field(out, "VMM-EXIT "), "143", "{out}");
+}
