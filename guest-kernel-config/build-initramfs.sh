@@ -10,6 +10,8 @@
 # Env:   QVM_CACHE              cache root (default ~/.cache/qvm)
 #        QVM_INITRAMFS_EXTRA    a directory whose contents are copied into the image root
 #                               (our own static guest tools go there)
+#        QVM_WL_MODULE          the virtio-wl driver to put in /lib/modules/virtio_wl.ko (default:
+#                               what build-wl-module.sh builds; `none`: no driver in the image)
 set -euo pipefail
 format=cpio
 [[ "${1:-}" == --rootfs ]] && format=ext4
@@ -22,17 +24,29 @@ if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install 
     exit 1
 fi
 extra=${QVM_INITRAMFS_EXTRA:-}
-# Our static guest tools (qvm-agent for qvm-run, qvm-vsock for tests and benches).
+# Our static guest tools (qvm-agent for qvm-run, qvm-vsock for tests and benches, qvm-wl-demo
+# for the virtio-wl tests and bench).
 workspace=$(cd "$here/.." && pwd)
 target=x86_64-unknown-linux-gnu
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --manifest-path "$workspace/Cargo.toml" \
-    -p qvm-agent --bin qvm-agent --bin qvm-vsock --target "$target" >&2
-tools=("$workspace/target/$target/release/qvm-agent" "$workspace/target/$target/release/qvm-vsock")
+    -p qvm-agent --bin qvm-agent --bin qvm-vsock -p qvm-wl-client --bin qvm-wl-demo --target "$target" >&2
+tools=("$workspace/target/$target/release/qvm-agent" "$workspace/target/$target/release/qvm-vsock"
+       "$workspace/target/$target/release/qvm-wl-demo")
+# The virtio-wl guest driver, built against the guest kernel; /init loads it.
+wl_module=${QVM_WL_MODULE:-}
+if [[ -z "$wl_module" ]]; then
+    wl_module=$("$here/build-wl-module.sh" | tail -n1)
+fi
+if [[ "$wl_module" != none && ! -f "$wl_module" ]]; then
+    echo "build-initramfs: virtio-wl module $wl_module not found" >&2
+    exit 1
+fi
 key=$( {
     echo "$format"
     cat "$here/init" "$here/build-initramfs.sh"
     sha256sum < "$busybox"
     sha256sum "${tools[@]}" | cut -d' ' -f1
+    if [[ "$wl_module" == none ]]; then echo "no wl module"; else sha256sum < "$wl_module"; fi
     if [[ -n "$extra" ]]; then (cd "$extra" && find . -type f -print0 | sort -z | xargs -0 sha256sum); fi
 } | sha256sum | cut -c1-16)
 name=initramfs.cpio
@@ -53,6 +67,9 @@ for applet in $("$root/bin/busybox" --list); do
 done
 install -m 0755 "$here/init" "$root/init"
 install -m 0755 "${tools[@]}" "$root/bin/"
+if [[ "$wl_module" != none ]]; then
+    install -D -m 0644 "$wl_module" "$root/lib/modules/virtio_wl.ko"
+fi
 echo 'root:x:0:0:root:/root:/bin/sh' > "$root/etc/passwd"
 echo 'export PS1="qvm-guest# " PATH=/bin:/sbin:/usr/bin:/usr/sbin' > "$root/etc/profile"
 if [[ -n "$extra" ]]; then cp -a "$extra"/. "$root"/; fi
