@@ -454,32 +454,32 @@ static void virtwl_rx_drop(struct virtwl_rx *rx, struct list_head *todo)
 }
 
 /*
- * Takes @vfd out of service: out of the idr, closed on the host, readers woken with
- * end-of-stream. With @purge (only when no reader can be left) its queued entries go too,
- * and the vfds they carry are added to @todo.
+ * Takes @vfd out of service: out of the idr, closed on the host, its queue emptied (the
+ * vfds queued entries carry are added to @todo), readers woken with end-of-stream.
+ * Lock order: rx_mutex, vfds_lock, lock. The caller must not hold any vfd's rx_mutex.
  */
-static void virtwl_vfd_shutdown(struct virtwl_vfd *vfd, bool purge, struct list_head *todo)
+static void virtwl_vfd_shutdown(struct virtwl_vfd *vfd, struct list_head *todo)
 {
 	struct virtwl_dev *wl = vfd->wl;
 	struct virtwl_rx *rx, *tmp;
 	LIST_HEAD(entries);
 	bool was_open;
 
+	mutex_lock(&vfd->rx_mutex);	/* no reader is inside an entry */
 	mutex_lock(&wl->vfds_lock);
 	spin_lock(&vfd->lock);
 	was_open = !vfd->closed;
 	vfd->closed = true;
 	vfd->hup = true;
-	if (purge) {
-		list_splice_init(&vfd->rx, &entries);
-		vfd->rx_bytes = 0;
-	}
+	list_splice_init(&vfd->rx, &entries);
+	vfd->rx_bytes = 0;
 	spin_unlock(&vfd->lock);
 	if (was_open && idr_find(&wl->vfds, vfd->id) == vfd)
 		idr_remove(&wl->vfds, vfd->id);
 	else
 		was_open = false;	/* never made it into the idr */
 	mutex_unlock(&wl->vfds_lock);
+	mutex_unlock(&vfd->rx_mutex);
 
 	wake_up_interruptible_poll(&vfd->wq, EPOLLIN | EPOLLHUP);
 	list_for_each_entry_safe(rx, tmp, &entries, node)
@@ -502,8 +502,29 @@ static void virtwl_vfd_close_list(struct list_head *todo)
 	while (!list_empty(todo)) {
 		vfd = list_first_entry(todo, struct virtwl_vfd, close_node);
 		list_del_init(&vfd->close_node);
-		virtwl_vfd_shutdown(vfd, true, todo);
+		virtwl_vfd_shutdown(vfd, todo);
 		virtwl_vfd_put(vfd);
+	}
+}
+
+/* Device gone: every vfd ends, open files see end-of-stream, the others are freed. */
+static void virtwl_close_all(struct virtwl_dev *wl)
+{
+	struct virtwl_vfd *vfd;
+	LIST_HEAD(todo);
+	int id;
+
+	for (;;) {
+		id = 0;
+		mutex_lock(&wl->vfds_lock);
+		vfd = idr_get_next(&wl->vfds, &id);
+		if (vfd)
+			kref_get(&vfd->ref);
+		mutex_unlock(&wl->vfds_lock);
+		if (!vfd)
+			break;
+		list_add(&vfd->close_node, &todo);
+		virtwl_vfd_close_list(&todo);
 	}
 }
 
@@ -1094,6 +1115,8 @@ static ssize_t virtwl_vfd_write(struct file *file, const char __user *buf, size_
 	struct virtwl_vfd *vfd = file->private_data;
 	int ret;
 
+	if (!len)
+		return 0;
 	ret = virtwl_vfd_send(vfd, NULL, (const u8 __user *)buf, len);
 	return ret ? ret : len;
 }
@@ -1449,7 +1472,11 @@ err_reset:
 	cancel_work_sync(&wl->in_work);
 	while (virtqueue_detach_unused_buf(wl->in_vq))
 		;
+	vdev->config->del_vqs(vdev);
+	virtwl_free_in_bufs(wl);
+	virtwl_close_all(wl);		/* what the host announced meanwhile */
 	ida_free(&virtwl_ida, wl->index);
+	goto err_shm;
 err_vqs:
 	vdev->config->del_vqs(vdev);
 	virtwl_free_in_bufs(wl);
@@ -1465,9 +1492,6 @@ static void virtwl_remove(struct virtio_device *vdev)
 {
 	struct virtwl_dev *wl = vdev->priv;
 	struct virtwl_req *req;
-	struct virtwl_vfd *vfd;
-	LIST_HEAD(todo);
-	int id;
 
 	misc_deregister(&wl->misc);
 
@@ -1489,26 +1513,7 @@ static void virtwl_remove(struct virtio_device *vdev)
 	vdev->config->del_vqs(vdev);
 	virtwl_free_in_bufs(wl);
 
-	/* every vfd ends: open files see end-of-stream, the others are freed */
-	for (;;) {
-		bool installed;
-
-		id = 0;
-		mutex_lock(&wl->vfds_lock);
-		vfd = idr_get_next(&wl->vfds, &id);
-		if (vfd)
-			kref_get(&vfd->ref);
-		mutex_unlock(&wl->vfds_lock);
-		if (!vfd)
-			break;
-		spin_lock(&vfd->lock);
-		installed = vfd->installed;
-		spin_unlock(&vfd->lock);
-		/* a file's queue is purged on release: a reader may be using it now */
-		virtwl_vfd_shutdown(vfd, !installed, &todo);
-		virtwl_vfd_put(vfd);
-		virtwl_vfd_close_list(&todo);
-	}
+	virtwl_close_all(wl);
 
 	if (wl->shm_res)
 		release_mem_region(wl->shm.addr, wl->shm.len);
