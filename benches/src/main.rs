@@ -879,15 +879,18 @@ fn wl_bench(runs: usize) -> Result<(), String> {
         let copy = if *copy { "--copy-path" } else { "" };
         guest.push_str(&format!(" \"{name}:{w}:{h}:{n}:{copy}\""));
     }
+    // The demo prints QVM-WL-READY once its first frame is committed and QVM-WL-HOLD after the
+    // last frame's callback: the host samples CPU at both, so buffer set-up and teardown (memfd,
+    // KVM slot, munmap) are not counted per frame.
     guest.push_str(
         r#"; do
   IFS=: read name w h n copy <<SPEC
 $spec
 SPEC
-  echo "WLB-BEGIN $name"; sleep 1
-  qvm-wl-demo --width $w --height $h --frames $n $copy >/tmp/o 2>&1
-  echo "WLB-RESULT $name rc=$? $(grep QVM-WL-DONE /tmp/o)"; grep -v QVM-WL /tmp/o | head -n 3
-  sleep 1; echo "WLB-END $name"
+  echo "WLB-BEGIN $name"
+  qvm-wl-demo --width $w --height $h --frames $n --hold 2 $copy 2>&1
+  echo "WLB-END $name rc=$?"
+  sleep 1
 done
 exit 0
 "#,
@@ -916,7 +919,7 @@ vmm=$!
 cpu() {{
   dev=0; all=0
   for t in /proc/$vmm/task/*; do
-    read ns rest <$t/schedstat 2>/dev/null || continue
+    {{ read ns rest <$t/schedstat; }} 2>/dev/null || continue
     all=$((all + ns))
     [ "$(cat $t/comm 2>/dev/null)" = virtio-wl ] && dev=$ns
   done
@@ -924,10 +927,10 @@ cpu() {{
 }}
 seen=0
 while kill -0 $vmm 2>/dev/null; do
-  n=$(grep -c '^WLB-' $log)
+  n=$(grep -c -E '^(WLB-|QVM-WL-)' $log)
   while [ $seen -lt $n ]; do
     seen=$((seen+1))
-    echo "$(grep '^WLB-' $log | sed -n ${{seen}}p) CPU $(cpu)"
+    echo "$(grep -E '^(WLB-|QVM-WL-)' $log | sed -n ${{seen}}p | tr -d '\r') CPU $(cpu)"
   done
   sleep 0.05
 done
@@ -950,44 +953,42 @@ grep -v '^WLB-' $log | tail -n 20
     for run in 0..runs {
         let out = lab::run(&script, Duration::from_secs(1500)).map_err(|e| e.to_string())?;
         let out = out.output;
-        let mut begin: std::collections::HashMap<String, (f64, f64)> = Default::default();
+        let mut case: Option<&(&str, u32, u32, u32, bool)> = None;
+        let mut start = None;
         let mut got = 0;
-        for line in out.lines() {
-            let (kind, rest) = match line.split_once(' ') {
-                Some(x) => x,
-                None => continue,
-            };
-            let name = rest.split(' ').next().unwrap_or_default();
-            let Some(case) = WL_CASES.iter().find(|c| c.0 == name) else {
+        for line in out.lines().map(str::trim_end) {
+            let Some((kind, rest)) = line.split_once(' ') else {
                 continue;
             };
             match kind {
                 "WLB-BEGIN" => {
-                    if let Some(c) = cpu(line) {
-                        begin.insert(name.to_string(), c);
-                    }
+                    let name = rest.split(' ').next().unwrap_or_default();
+                    case = WL_CASES.iter().find(|c| c.0 == name);
+                    start = None;
                 }
-                "WLB-END" => {
-                    let (Some(b), Some(e)) = (begin.get(name), cpu(line)) else {
+                "QVM-WL-READY" => start = cpu(line),
+                "QVM-WL-HOLD" => {
+                    let (Some(c), Some(b), Some(e)) = (case, start, cpu(line)) else {
                         continue;
                     };
-                    let frames = f64::from(case.3);
-                    let r = res.entry(case.0).or_default();
+                    // Frames 1..N-1 were committed between the two samples.
+                    let frames = f64::from(c.3 - 1);
+                    let r = res.entry(c.0).or_default();
                     r.1.push((e.0 - b.0) / frames);
                     r.2.push((e.1 - b.1) / frames);
                     got += 1;
                 }
-                "WLB-RESULT" => {
-                    if !rest.contains("rc=0") {
-                        return Err(format!("wl bench case {name} failed: {line}\n{out}"));
-                    }
-                    if let Some(fps) = rest
+                "QVM-WL-DONE" => {
+                    let fps = rest
                         .split(' ')
                         .find_map(|w| w.strip_prefix("fps="))
-                        .and_then(|v| v.parse::<f64>().ok())
-                    {
-                        res.entry(case.0).or_default().0.push(fps);
+                        .and_then(|v| v.parse::<f64>().ok());
+                    if let (Some(c), Some(fps)) = (case, fps) {
+                        res.entry(c.0).or_default().0.push(fps);
                     }
+                }
+                "WLB-END" if !rest.contains("rc=0") => {
+                    return Err(format!("wl bench case failed: {line}\n{out}"));
                 }
                 _ => {}
             }
