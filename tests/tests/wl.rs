@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use qvm_tests::fixtures::{
-    guest_initramfs, guest_kernel, qvm_wl_check_binary, script_disk, vm_toml, vmm_binary,
+    disk_toml, guest_initramfs, guest_kernel, qvm_wl_check_binary, qvm_wl_demo_binary, script_disk,
+    vm_toml, vmm_binary,
 };
 use qvm_tests::lab;
 
@@ -32,6 +33,11 @@ fn field<'a>(out: &'a str, key: &str) -> &'a str {
 /// pixels unblended (kiosk-shell fullscreens the window, and weston 10's headless backend then
 /// never sends a smaller buffer its frame callbacks).
 fn start_weston(width: u32, height: u32) -> String {
+    start_weston_on("--backend=headless-backend.so", width, height)
+}
+
+/// [`start_weston`] with another backend (the x11 one gives clients a seat, so a clipboard).
+fn start_weston_on(backend: &str, width: u32, height: u32) -> String {
     format!(
         r#"export XDG_RUNTIME_DIR=$rt
 cat >$rt/weston.ini <<'INI'
@@ -47,7 +53,7 @@ locking=false
 background-color=0xff203040
 background-image=
 INI
-weston --config=$rt/weston.ini --backend=headless-backend.so --socket=wl-qvm \
+weston --config=$rt/weston.ini {backend} --socket=wl-qvm \
   --width={width} --height={height} --use-pixman --debug --idle-time=0 >$rt/weston.log 2>&1 &
 weston=$!
 i=0; until [ -S $rt/wl-qvm ]; do
@@ -82,11 +88,7 @@ while :; do sleep 1000; done
         256,
         cmdline,
     );
-    text.push_str(&qvm_tests::fixtures::disk_toml(
-        &script_img,
-        true,
-        Some("qvm-script"),
-    ));
+    text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
     text.push_str(&format!("\n[wayland]\nsocket = \"{rt}/wl-qvm\"\n"));
     let cfg = d.join("vm.toml");
     std::fs::write(&cfg, text).unwrap();
@@ -136,5 +138,93 @@ echo "--- weston log"; tail -n 20 $rt/weston.log
     );
     eprintln!("{}", field(out, "CHECK "));
     // SIGTERM from the test, not a crash: 128 + 15.
+    assert_eq!(field(out, "VMM-EXIT "), "143", "{out}");
+}
+
+/// The clipboard crosses the VM boundary both ways through virtio-wl pipes: a guest client sets
+/// the selection and a host client reads it, then a host client sets one and a guest client
+/// reads it. weston's x11 backend (under Xvfb) is used because the headless one has no seat.
+#[test]
+fn clipboard_both_ways_over_pipes() {
+    let d = dir("wl-clip");
+    let script_img = d.join("script.img");
+    script_disk(
+        &script_img,
+        r#"qvm-wl-demo --frames 1 --hold 300 --title guest-owner --set-selection guest-to-host-42 &
+i=0
+while [ $i -lt 60 ]; do
+  i=$((i+1)); sleep 2
+  out=$(timeout 20 qvm-wl-demo --frames 1 --title guest-reader --get-selection 2>&1 | grep QVM-WL-SELECTION)
+  case "$out" in *host-to-guest-7*) echo "GUEST-GOT $out"; break ;; esac
+done
+while :; do sleep 1000; done
+"#,
+    );
+    let rt = "/tmp/qvm-wl-clip";
+    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet \
+                   qvm.mode=run qvm.script=/dev/vda";
+    let mut text = vm_toml(
+        &guest_kernel().vmlinux,
+        Some(guest_initramfs()),
+        1,
+        256,
+        cmdline,
+    );
+    text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
+    text.push_str(&format!("\n[wayland]\nsocket = \"{rt}/wl-qvm\"\n"));
+    let cfg = d.join("vm.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let script = format!(
+        r#"set -u
+rt={rt}
+rm -rf $rt; mkdir -p $rt; chmod 700 $rt
+Xvfb -displayfd 1 -nolisten tcp -screen 0 1024x768x24 >$rt/xdisplay 2>$rt/xvfb.log &
+xvfb=$!
+i=0; until [ -s $rt/xdisplay ]; do i=$((i+1)); [ $i -gt 600 ] && {{ echo "XVFB did not start"; cat $rt/xvfb.log; break; }}; sleep 0.1; done
+export DISPLAY=:$(cat $rt/xdisplay)
+{weston}
+unset DISPLAY
+log=$rt/vmm.log
+timeout 800 {vmm} --config {cfg} </dev/null >$log 2>&1 &
+vmm=$!
+waitfor() {{
+  i=0; until grep -q "$1" $log; do
+    i=$((i+1)); [ $i -gt 1500 ] && {{ echo "TIMEOUT waiting for $1"; return 1; }}
+    kill -0 $vmm 2>/dev/null || {{ echo "VMM died waiting for $1"; return 1; }}
+    grep -q "qvm-wl-demo: error" $log && {{ echo "GUEST-ERROR waiting for $1"; return 1; }}
+    sleep 0.2
+  done
+}}
+export WAYLAND_DISPLAY=wl-qvm
+if waitfor QVM-WL-SELECTION-SET; then
+  echo "HOST-GOT $(timeout 60 {demo} --transport socket --frames 1 --title host-reader --get-selection 2>&1 | grep QVM-WL-SELECTION)"
+  {demo} --transport socket --frames 1 --hold 300 --title host-owner --set-selection host-to-guest-7 >$rt/owner.log 2>&1 &
+  owner=$!
+  waitfor GUEST-GOT
+  kill $owner 2>/dev/null
+fi
+kill $vmm 2>/dev/null; wait $vmm
+echo "VMM-EXIT $?"
+kill $weston $xvfb 2>/dev/null
+cat $log
+echo "--- weston log"; tail -n 20 $rt/weston.log
+"#,
+        weston = start_weston_on("--backend=x11-backend.so", 800, 600),
+        vmm = vmm_binary().display(),
+        cfg = cfg.display(),
+        demo = qvm_wl_demo_binary().display(),
+    );
+    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let out = &r.output;
+    assert_eq!(
+        field(out, "HOST-GOT "),
+        "QVM-WL-SELECTION guest-to-host-42",
+        "{out}"
+    );
+    assert_eq!(
+        field(out, "GUEST-GOT "),
+        "QVM-WL-SELECTION host-to-guest-7",
+        "{out}"
+    );
     assert_eq!(field(out, "VMM-EXIT "), "143", "{out}");
 }
