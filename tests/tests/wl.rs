@@ -228,3 +228,73 @@ echo "--- weston log"; tail -n 20 $rt/weston.log
     );
     assert_eq!(field(out, "VMM-EXIT "), "143", "{out}");
 }
+
+/// A hostile guest through the real driver: huge and zero sizes, unknown and unterminated
+/// context names, unsupported types, more objects and memory than the VM's `[wayland]` limits,
+/// a foreign fd in a SEND, garbage to the compositor. Every misuse gets an error (the limits
+/// answer, not the host), and the VMM then still serves a normal client.
+#[test]
+fn hostile_guest_gets_errors_and_the_vmm_lives() {
+    let d = dir("wl-hostile");
+    let script_img = d.join("script.img");
+    script_disk(
+        &script_img,
+        r#"qvm-wl-demo --hostile
+echo "HOSTILE-EXIT $?"
+qvm-wl-demo --width 64 --height 64 --frames 3 >/tmp/after 2>&1
+echo "AFTER-EXIT $? $(grep QVM-WL-DONE /tmp/after)"
+"#,
+    );
+    let rt = "/tmp/qvm-wl-hostile";
+    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet \
+                   qvm.mode=run qvm.script=/dev/vda";
+    let mut text = vm_toml(
+        &guest_kernel().vmlinux,
+        Some(guest_initramfs()),
+        1,
+        256,
+        cmdline,
+    );
+    text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
+    text.push_str(&format!(
+        "\n[wayland]\nsocket = \"{rt}/wl-qvm\"\nmax_vfds = 40\nmax_buffer_mib = 16\n"
+    ));
+    let cfg = d.join("vm.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let script = format!(
+        r#"set -u
+rt={rt}
+rm -rf $rt; mkdir -p $rt; chmod 700 $rt
+{weston}
+timeout 600 {vmm} --config {cfg} </dev/null >$rt/vmm.log 2>&1
+echo "VMM-EXIT $?"
+kill $weston 2>/dev/null
+cat $rt/vmm.log
+"#,
+        weston = start_weston(640, 480),
+        vmm = vmm_binary().display(),
+        cfg = cfg.display(),
+    );
+    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let out = &r.output;
+    let case = |name: &str| field(out, &format!("QVM-WL-HOSTILE {name} ")).to_string();
+    const ENOMEM: &str = "err=12";
+    assert_eq!(case("huge-alloc"), ENOMEM, "{out}");
+    assert!(case("zero-alloc").starts_with("err="), "{out}");
+    assert_eq!(case("unknown-named"), "err=19", "{out}");
+    assert_eq!(case("unterminated-name"), "err=22", "{out}");
+    assert!(case("dmabuf").starts_with("err="), "{out}");
+    assert!(case("bad-type").starts_with("err="), "{out}");
+    assert_eq!(case("vfd-limit"), format!("count=40 {ENOMEM}"), "{out}");
+    assert_eq!(case("buffer-limit"), format!("count=4 {ENOMEM}"), "{out}");
+    assert!(case("send-foreign-fd").starts_with("err="), "{out}");
+    assert_eq!(case("send-garbage"), "ok", "{out}");
+    assert!(case("compositor-reaction").starts_with("poll=1 "), "{out}");
+    assert_eq!(field(out, "HOSTILE-EXIT "), "0", "{out}");
+    assert!(
+        field(out, "AFTER-EXIT ").starts_with("0 QVM-WL-DONE frames=3"),
+        "{out}"
+    );
+    assert_eq!(field(out, "VMM-EXIT "), "0", "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+}

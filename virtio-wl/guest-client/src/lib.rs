@@ -10,6 +10,7 @@
 
 pub mod check;
 pub mod demo;
+pub mod hostile;
 pub mod pattern;
 pub mod protocol;
 pub mod transport;

@@ -1,11 +1,21 @@
 //! qvm-wl-demo: shows pattern frames in one xdg toplevel through /dev/wl0 (virtio-wl)
-//! or a plain Wayland socket. See `qvm_wl_client::demo`.
+//! or a plain Wayland socket. See `qvm_wl_client::demo`. `--hostile` (alone) runs the misuse
+//! cases of `qvm_wl_client::hostile` instead.
 
 use std::process::ExitCode;
 
 use qvm_wl_client::demo::{self, Options};
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("--hostile") {
+        return match qvm_wl_client::hostile::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("qvm-wl-demo: error: --hostile: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let opts = match Options::parse(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) => {
