@@ -1117,6 +1117,8 @@ static ssize_t virtwl_vfd_write(struct file *file, const char __user *buf, size_
 
 	if (!len)
 		return 0;
+	/* more than one VFD_SEND holds is a short write, as on a pipe */
+	len = min(len, VIRTWL_MAX_SEND_CMD - sizeof(struct virtio_wl_ctrl_vfd_xfer));
 	ret = virtwl_vfd_send(vfd, NULL, (const u8 __user *)buf, len);
 	return ret ? ret : len;
 }
