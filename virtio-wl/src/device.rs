@@ -71,6 +71,11 @@ impl VirtioWl {
                 return Err(WlError::DuplicateName(name.clone()));
             }
         }
+        if let Some(p) = &cfg.policy {
+            if !crate::WlPolicy::valid_name(&p.name) {
+                return Err(WlError::PolicyName(p.name.clone()));
+            }
+        }
         if cfg.max_vfds == 0 {
             return Err(WlError::MaxVfds);
         }
@@ -99,6 +104,11 @@ impl VirtioWl {
     /// The counters (shared with the worker).
     pub fn stats(&self) -> &WlMetrics {
         &self.metrics
+    }
+
+    /// The one-shot paste permission of this device's policy (None without a policy).
+    pub fn paste_gate(&self) -> Option<crate::PasteGate> {
+        self.cfg.policy.as_ref().map(|p| p.paste.clone())
     }
 
     pub fn is_active(&self) -> bool {

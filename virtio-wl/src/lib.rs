@@ -40,6 +40,7 @@
 pub mod chain;
 mod device;
 pub mod mapper;
+pub mod policy;
 pub mod protocol;
 pub mod state;
 pub mod sys;
@@ -52,6 +53,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use device::VirtioWl;
 pub use mapper::{FakeMapper, GuestMapper, MapError};
+pub use policy::{Clipboard, PasteGate, WlPolicy, DEFAULT_ALLOWED_GLOBALS, PASTE_WINDOW};
 
 /// Size (and maximum) of each queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -71,6 +73,10 @@ pub struct WlConfig {
     pub max_buffer_bytes: u64,
     /// Open vfds of every kind.
     pub max_vfds: u32,
+    /// The VM's Wayland policy (titles tagged, globals filtered, clipboard gated; see
+    /// [`policy`]). None: contexts carry bytes untouched (the transport alone, as in the
+    /// device's own tests and the fuzz target); the VMM always sets one.
+    pub policy: Option<WlPolicy>,
 }
 
 impl Default for WlConfig {
@@ -80,6 +86,7 @@ impl Default for WlConfig {
             named: Vec::new(),
             max_buffer_bytes: 512 << 20,
             max_vfds: 256,
+            policy: None,
         }
     }
 }
@@ -97,6 +104,8 @@ pub enum WlError {
     MaxVfds,
     #[error("virtio-wl max_buffer_bytes ({0}) must be at least one page (4096)")]
     MaxBufferBytes(u64),
+    #[error("virtio-wl VM name {0:?} must be 1 to 32 printable characters without ']' (it labels window titles as [name])")]
+    PolicyName(String),
     #[error("the virtio-wl shared-memory window ({base:#x}, {len:#x} bytes) must be page aligned and not empty")]
     Window { base: u64, len: u64 },
 }
@@ -121,6 +130,15 @@ pub struct WlMetrics {
     /// Gauges: open vfds, and bytes of shared memory mapped into the guest.
     pub vfds_open: AtomicU64,
     pub mapped_bytes: AtomicU64,
+    /// Policy: contexts hung up for a violation (malformed stream, refused bind, a hidden
+    /// offer touched), binds of hidden or unknown globals, globals hidden from the guest,
+    /// titles and app ids tagged, host selections the guest got as null, pastes let through.
+    pub policy_hangups: AtomicU64,
+    pub binds_refused: AtomicU64,
+    pub globals_hidden: AtomicU64,
+    pub titles_tagged: AtomicU64,
+    pub selections_gated: AtomicU64,
+    pub pastes_allowed: AtomicU64,
 }
 
 impl qvm_devices::virtio::DeviceMetrics for WlMetrics {
@@ -138,6 +156,12 @@ impl qvm_devices::virtio::DeviceMetrics for WlMetrics {
             ("in_queue_stalls", l(&self.in_queue_stalls)),
             ("vfds_open", l(&self.vfds_open)),
             ("mapped_bytes", l(&self.mapped_bytes)),
+            ("policy_hangups", l(&self.policy_hangups)),
+            ("binds_refused", l(&self.binds_refused)),
+            ("globals_hidden", l(&self.globals_hidden)),
+            ("titles_tagged", l(&self.titles_tagged)),
+            ("selections_gated", l(&self.selections_gated)),
+            ("pastes_allowed", l(&self.pastes_allowed)),
         ]
     }
 }

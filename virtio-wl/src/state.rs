@@ -21,6 +21,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent};
 
 use crate::chain::{read_out_chain, scatter, write_in_chain};
 use crate::mapper::GuestMapper;
+use crate::policy::{CtxPolicy, Rules, Violation};
 use crate::protocol::*;
 use crate::sys;
 use crate::vfd::{PipeDir, Vfd, VfdKind};
@@ -66,6 +67,9 @@ pub struct WlState {
     stop_fd: Option<RawFd>,
     send_timeout: Duration,
     log_budget: u32,
+    /// The VM's policy, and each context's protocol state under it.
+    rules: Option<Arc<Rules>>,
+    policies: BTreeMap<u32, CtxPolicy>,
 }
 
 impl WlState {
@@ -77,7 +81,10 @@ impl WlState {
         acked: u64,
     ) -> io::Result<WlState> {
         let window = mapper.window();
+        let rules = cfg.policy.as_ref().map(|p| Arc::new(Rules::new(p)));
         Ok(WlState {
+            rules,
+            policies: BTreeMap::new(),
             cfg,
             mapper,
             metrics,
@@ -394,6 +401,9 @@ impl WlState {
         let vfd = Vfd::new(VfdKind::Ctx { sock });
         let flags = vfd.flags(self.trans_flags);
         self.insert(id, vfd);
+        if let Some(r) = &self.rules {
+            self.policies.insert(id, CtxPolicy::new(r.clone()));
+        }
         Response::VfdNew(VfdNew {
             id,
             flags,
@@ -470,6 +480,7 @@ impl WlState {
     /// Drops a vfd: out of epoll first (a dup elsewhere would keep the registration alive),
     /// then unmapped, then its fds closed.
     fn remove_vfd(&mut self, id: u32) {
+        self.policies.remove(&id);
         let Some(mut vfd) = self.vfds.remove(&id) else {
             return;
         };
@@ -507,7 +518,51 @@ impl WlState {
                     // fds travel with a byte on a stream socket.
                     return Response::ERR;
                 }
-                sys::send_all(sock.as_fd(), data, &fds, self.send_timeout, self.stop_fd)
+                match self.policies.get_mut(&id) {
+                    None => sys::send_all(sock.as_fd(), data, &fds, self.send_timeout, self.stop_fd),
+                    Some(pol) => {
+                        let mut out = Vec::with_capacity(data.len() + 64);
+                        let r = pol.guest_to_compositor(data, &mut out, &self.metrics);
+                        let r = r.and_then(|()| {
+                            if pol.held_fds.len() + fds.len() > MAX_SEND_VFDS {
+                                Err(Violation::Overflow("fds waiting for a partial message"))
+                            } else {
+                                Ok(())
+                            }
+                        });
+                        if let Err(v) = r {
+                            drop(fds);
+                            self.violation(id, v);
+                            return Response::ERR;
+                        }
+                        if out.is_empty() {
+                            // Only part of a message: its fds wait for its bytes (they may
+                            // arrive before the bytes, never after).
+                            let mut held = Vec::with_capacity(fds.len());
+                            for fd in &fds {
+                                match fd.try_clone_to_owned() {
+                                    Ok(f) => held.push(f),
+                                    Err(e) => {
+                                        self.log(format_args!("cannot keep an fd: {e}"));
+                                        return Response::ERR;
+                                    }
+                                }
+                            }
+                            if let Some(pol) = self.policies.get_mut(&id) {
+                                pol.held_fds.extend(held);
+                            }
+                            Ok(())
+                        } else {
+                            let held = std::mem::take(&mut pol.held_fds);
+                            let all: Vec<_> = held
+                                .iter()
+                                .map(|f| f.as_fd())
+                                .chain(fds.iter().copied())
+                                .collect();
+                            sys::send_all(sock.as_fd(), &out, &all, self.send_timeout, self.stop_fd)
+                        }
+                    }
+                }
             }
             VfdKind::Pipe {
                 local,
@@ -575,16 +630,82 @@ impl WlState {
             Outcome::Data { len, fds } => {
                 self.count(&self.metrics.bytes_received, len as u64);
                 self.count(&self.metrics.fds_received, fds.len() as u64);
+                let filtered = match self.policies.get_mut(&id) {
+                    None => None,
+                    Some(pol) => {
+                        let mut out = Vec::with_capacity(len);
+                        match pol.compositor_to_guest(&buf[..len], &mut out, &self.metrics) {
+                            Ok(()) => Some(out),
+                            Err(v) => {
+                                drop(fds);
+                                self.violation(id, v);
+                                self.update_gauges();
+                                return;
+                            }
+                        }
+                    }
+                };
                 let mut ids = Vec::with_capacity(fds.len());
                 for fd in fds {
                     if let Some(new) = self.adopt(id, fd) {
                         ids.push(new);
                     }
                 }
-                self.push(id, None, encode_recv(id, &ids, &buf[..len]));
+                match filtered {
+                    None => self.push(id, None, encode_recv(id, &ids, &buf[..len])),
+                    Some(out) => self.push_filtered(id, ids, &out),
+                }
             }
         }
         self.update_gauges();
+    }
+
+    /// Queues what the policy let through: fds go with the first whole bytes (held if there
+    /// are none yet), bytes in VFD_RECVs that fit an in-queue buffer.
+    fn push_filtered(&mut self, id: u32, ids: Vec<u32>, out: &[u8]) {
+        let Some(pol) = self.policies.get_mut(&id) else {
+            return;
+        };
+        pol.held_ids.extend(ids);
+        if out.is_empty() {
+            if pol.held_ids.len() > MAX_SEND_VFDS {
+                self.violation(
+                    id,
+                    Violation::Overflow("fds waiting for a partial message"),
+                );
+            }
+            return;
+        }
+        let mut ids = std::mem::take(&mut pol.held_ids);
+        if ids.len() > MAX_SEND_VFDS {
+            self.violation(id, Violation::Overflow("fds waiting for a partial message"));
+            return;
+        }
+        let mut rest = out;
+        while !rest.is_empty() {
+            let room = IN_BUFFER_SIZE - SEND_HDR_SIZE - 4 * ids.len();
+            let (chunk, more) = rest.split_at(rest.len().min(room));
+            self.push(id, None, encode_recv(id, &ids, chunk));
+            ids.clear();
+            rest = more;
+        }
+    }
+
+    /// A context broke the policy: it is hung up (the compositor sees the client leave, the
+    /// guest gets VFD_HUP), nothing more of it is forwarded.
+    fn violation(&mut self, id: u32, v: Violation) {
+        self.log(format_args!("ctx {id:#x}: {v}; hanging up"));
+        self.count(&self.metrics.policy_hangups, 1);
+        self.count(&self.metrics.errors, 1);
+        self.policies.remove(&id);
+        if let Some(Vfd {
+            kind: VfdKind::Ctx { sock },
+            ..
+        }) = self.vfds.get(&id)
+        {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+        self.hang_up(id);
     }
 
     fn hang_up(&mut self, id: u32) {

@@ -1211,3 +1211,236 @@ fn device_serves_requests_and_reset_closes_everything() {
         d.ack_features(ALL);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The Wayland policy, through the device state
+// ---------------------------------------------------------------------------------------------
+
+/// One Wayland message: `object`, `opcode`, argument bytes.
+fn wl(object: u32, opcode: u16, args: &[u8]) -> Vec<u8> {
+    let size = 8 + args.len() as u32;
+    let mut b = object.to_le_bytes().to_vec();
+    b.extend_from_slice(&((size << 16) | u32::from(opcode)).to_le_bytes());
+    b.extend_from_slice(args);
+    b
+}
+
+fn wl_words(w: &[u32]) -> Vec<u8> {
+    w.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn wl_string(s: &str) -> Vec<u8> {
+    let mut b = ((s.len() + 1) as u32).to_le_bytes().to_vec();
+    b.extend_from_slice(s.as_bytes());
+    b.push(0);
+    while b.len() % 4 != 0 {
+        b.push(0);
+    }
+    b
+}
+
+fn wl_global(name: u32, iface: &str, version: u32) -> Vec<u8> {
+    let mut a = wl_words(&[name]);
+    a.extend(wl_string(iface));
+    a.extend(wl_words(&[version]));
+    wl(2, 0, &a)
+}
+
+fn wl_bind(name: u32, iface: &str, version: u32, id: u32) -> Vec<u8> {
+    let mut a = wl_words(&[name]);
+    a.extend(wl_string(iface));
+    a.extend(wl_words(&[version, id]));
+    wl(2, 0, &a)
+}
+
+impl H {
+    /// A compositor and a VM named "work" with the default policy.
+    fn with_policy(clipboard: Clipboard) -> (H, UnixListener, PasteGate) {
+        let gate = PasteGate::default();
+        let g = gate.clone();
+        let h = H::new(
+            move |d| WlConfig {
+                socket: Some(d.join("wayland-0")),
+                policy: Some(WlPolicy {
+                    name: "work".into(),
+                    allow_globals: Vec::new(),
+                    clipboard,
+                    paste: g,
+                }),
+                ..Default::default()
+            },
+            ALL,
+        );
+        let l = UnixListener::bind(h.dir.path().join("wayland-0")).unwrap();
+        (h, l, gate)
+    }
+
+    /// Bytes of the VFD_RECVs among `msgs` for ctx 1, concatenated.
+    fn recv_bytes(msgs: &[Vec<u8>]) -> Vec<u8> {
+        msgs.iter()
+            .filter(|m| m[..4] == CMD_VFD_RECV.to_le_bytes())
+            .flat_map(|m| recv_msg(m).2)
+            .collect()
+    }
+
+    /// Pumps until the guest got `n` bytes of VFD_RECV (or 2 s).
+    fn wait_bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while got.len() < n && Instant::now() < deadline {
+            self.pump(10);
+            got.extend(H::recv_bytes(&self.in_msgs()));
+        }
+        got
+    }
+}
+
+/// get_registry(2), then the compositor announces weston_screenshooter (hidden) and
+/// wl_compositor, wl_data_device_manager, wl_seat, xdg_wm_base (shown); returns the
+/// compositor's end.
+fn policy_session(h: &mut H, l: &UnixListener) -> UnixStream {
+    h.new_vfd(&req_ctx(1));
+    let c = accept(l);
+    h.post_in(16);
+    assert_eq!(h.code(&req_send(1, &[], &wl(1, 1, &wl_words(&[2])))), RESP_OK);
+    assert_eq!(comp_recv(&c).0, wl(1, 1, &wl_words(&[2])));
+    let mut ev = wl_global(1, "wl_compositor", 5);
+    ev.extend(wl_global(2, "weston_screenshooter", 1));
+    ev.extend(wl_global(3, "wl_data_device_manager", 3));
+    ev.extend(wl_global(4, "wl_seat", 7));
+    ev.extend(wl_global(5, "xdg_wm_base", 3));
+    comp_send(&c, &ev, &[]);
+    let shown = ev.len() - wl_global(2, "weston_screenshooter", 1).len();
+    let got = h.wait_bytes(shown);
+    let mut want = wl_global(1, "wl_compositor", 5);
+    want.extend(wl_global(3, "wl_data_device_manager", 3));
+    want.extend(wl_global(4, "wl_seat", 7));
+    want.extend(wl_global(5, "xdg_wm_base", 3));
+    assert_eq!(got, want);
+    c
+}
+
+#[test]
+fn policy_hides_globals_and_tags_titles_across_sends_with_fds() {
+    let (mut h, l, _) = H::with_policy(Clipboard::Gated);
+    let c = policy_session(&mut h, &l);
+    assert_eq!(h.metrics.globals_hidden.load(Ordering::Relaxed), 1);
+    // bind xdg_wm_base as 3, get_xdg_surface(4, surface 10), get_toplevel(5), set_title.
+    let mut up = wl_bind(5, "xdg_wm_base", 3, 3);
+    up.extend(wl(3, 2, &wl_words(&[4, 10])));
+    up.extend(wl(4, 1, &wl_words(&[5])));
+    up.extend(wl(5, 2, &wl_string("hello")));
+    // Split inside the title message; the memfd rides with the first half.
+    let n = h.new_vfd(&req_new(7, 0, 4096));
+    let _ = n;
+    let cut = up.len() - 6;
+    assert_eq!(h.code(&req_send(1, &[7], &up[..cut])), RESP_OK);
+    let (first, fds) = comp_recv(&c);
+    assert_eq!(fds.len(), 1, "the fd travels with the whole messages before the cut");
+    assert_eq!(h.code(&req_send(1, &[], &up[cut..])), RESP_OK);
+    let (second, _) = comp_recv(&c);
+    let mut want = wl_bind(5, "xdg_wm_base", 3, 3);
+    want.extend(wl(3, 2, &wl_words(&[4, 10])));
+    want.extend(wl(4, 1, &wl_words(&[5])));
+    want.extend(wl(5, 2, &wl_string("[work] hello")));
+    assert_eq!([first, second].concat(), want);
+    // set_app_id.
+    assert_eq!(h.code(&req_send(1, &[], &wl(5, 3, &wl_string("org.demo")))), RESP_OK);
+    assert_eq!(comp_recv(&c).0, wl(5, 3, &wl_string("qvm.work.org.demo")));
+    // A partial message alone holds its fd until its bytes are whole.
+    let msg = wl(20, 0, &wl_words(&[1, 2, 3]));
+    assert_eq!(h.code(&req_send(1, &[7], &msg[..4])), RESP_OK);
+    assert_eq!(h.code(&req_send(1, &[], &msg[4..])), RESP_OK);
+    let (data, fds) = comp_recv(&c);
+    assert_eq!((data, fds.len()), (msg, 1));
+    assert_eq!(h.metrics.titles_tagged.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn policy_refuses_a_bind_of_a_hidden_global_and_hangs_up() {
+    let (mut h, l, _) = H::with_policy(Clipboard::Gated);
+    let c = policy_session(&mut h, &l);
+    let before = h.metrics.bytes_sent.load(Ordering::Relaxed);
+    let r = h.code(&req_send(1, &[], &wl_bind(2, "weston_screenshooter", 1, 3)));
+    assert_eq!(r, RESP_ERR);
+    // Nothing reached the compositor; it sees the client leave.
+    let mut buf = [0u8; 64];
+    let mut cc = &c;
+    assert_eq!(cc.read(&mut buf).unwrap(), 0);
+    assert_eq!(h.metrics.bytes_sent.load(Ordering::Relaxed), before);
+    let m = h.wait_msgs(1);
+    assert_eq!(hup_msg(&m[0]), 1);
+    assert_eq!(h.metrics.binds_refused.load(Ordering::Relaxed), 1);
+    assert_eq!(h.metrics.policy_hangups.load(Ordering::Relaxed), 1);
+    // The guest's next send fails; a new context works.
+    assert_eq!(h.code(&req_send(1, &[], &wl(1, 0, &wl_words(&[9])))), RESP_ERR);
+    assert_eq!(h.code(&req_vfd(CMD_VFD_CLOSE, 1)), RESP_OK);
+    h.new_vfd(&req_ctx(2));
+    let c2 = accept(&l);
+    assert_eq!(h.code(&req_send(2, &[], &wl(1, 1, &wl_words(&[2])))), RESP_OK);
+    assert_eq!(comp_recv(&c2).0, wl(1, 1, &wl_words(&[2])));
+    // A never-announced name is refused too.
+    assert_eq!(h.code(&req_send(2, &[], &wl_bind(77, "wl_shm", 1, 3))), RESP_ERR);
+    assert_eq!(h.metrics.binds_refused.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn policy_hangs_up_malformed_streams_both_ways() {
+    for bad in [
+        wl_words(&[0, 8 << 16]),
+        wl_words(&[3, 4 << 16]),
+        wl_words(&[3, (9 << 16) | 1, 0]),
+    ] {
+        let (mut h, l, _) = H::with_policy(Clipboard::Gated);
+        let _c = policy_session(&mut h, &l);
+        assert_eq!(h.code(&req_send(1, &[], &bad)), RESP_ERR);
+        let m = h.wait_msgs(1);
+        assert_eq!(hup_msg(&m[0]), 1);
+        // From the compositor.
+        let (mut h, l, _) = H::with_policy(Clipboard::Gated);
+        let c = policy_session(&mut h, &l);
+        comp_send(&c, &bad, &[]);
+        let m = h.wait_msgs(1);
+        assert_eq!(hup_msg(&m[0]), 1, "{bad:?}");
+        assert_eq!(h.metrics.policy_hangups.load(Ordering::Relaxed), 1);
+    }
+}
+
+#[test]
+fn policy_gates_the_host_selection_until_a_paste_is_allowed() {
+    let (mut h, l, gate) = H::with_policy(Clipboard::Gated);
+    let c = policy_session(&mut h, &l);
+    // bind wl_data_device_manager as 3, wl_seat as 4, get_data_device(5, seat 4).
+    let mut up = wl_bind(3, "wl_data_device_manager", 3, 3);
+    up.extend(wl_bind(4, "wl_seat", 7, 4));
+    up.extend(wl(3, 1, &wl_words(&[5, 4])));
+    assert_eq!(h.code(&req_send(1, &[], &up)), RESP_OK);
+    assert_eq!(comp_recv(&c).0, up);
+    let selection = |offer: u32| {
+        let mut e = wl(5, 0, &wl_words(&[offer]));
+        e.extend(wl(offer, 0, &wl_string("text/plain")));
+        e.extend(wl(5, 5, &wl_words(&[offer])));
+        e
+    };
+    // Default: null.
+    comp_send(&c, &selection(0xff00_0001), &[]);
+    assert_eq!(h.wait_bytes(12), wl(5, 5, &wl_words(&[0])));
+    // Allowed once: the whole offer.
+    gate.allow(PASTE_WINDOW);
+    comp_send(&c, &selection(0xff00_0002), &[]);
+    let s = selection(0xff00_0002);
+    assert_eq!(h.wait_bytes(s.len()), s);
+    // Then null again.
+    comp_send(&c, &selection(0xff00_0003), &[]);
+    assert_eq!(h.wait_bytes(12), wl(5, 5, &wl_words(&[0])));
+    assert_eq!(h.metrics.selections_gated.load(Ordering::Relaxed), 2);
+    assert_eq!(h.metrics.pastes_allowed.load(Ordering::Relaxed), 1);
+    // The guest's own selection (create_data_source 6, offer, set_selection) passes; the
+    // superseded hidden offer is destroyed in front of it.
+    let mut own = wl(3, 0, &wl_words(&[6]));
+    own.extend(wl(6, 0, &wl_string("text/plain")));
+    own.extend(wl(5, 1, &wl_words(&[6, 1])));
+    assert_eq!(h.code(&req_send(1, &[], &own)), RESP_OK);
+    let (got, _) = comp_recv(&c);
+    assert_eq!(got, [wl(0xff00_0001, 2, &[]), own].concat());
+}
