@@ -173,7 +173,15 @@ fn config_schema_mirrors_vm_toml() {
     assert_eq!(keys("VsockConfig"), ["guest_cid", "socket"]);
     assert_eq!(
         keys("WaylandConfig"),
-        ["socket", "named", "max_buffer_mib", "max_vfds"]
+        [
+            "socket",
+            "named",
+            "max_buffer_mib",
+            "max_vfds",
+            "name",
+            "allow_globals",
+            "clipboard"
+        ]
     );
     assert_eq!(keys("NamedWaylandSocket"), ["name", "socket"]);
     for fs in ["FsConfig", "FsPut"] {

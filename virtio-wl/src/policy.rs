@@ -130,8 +130,10 @@ fn now_ns() -> u64 {
 impl PasteGate {
     /// Lets one selection through within `window`.
     pub fn allow(&self, window: Duration) {
-        self.0
-            .store(now_ns().saturating_add(window.as_nanos() as u64), Ordering::SeqCst);
+        self.0.store(
+            now_ns().saturating_add(window.as_nanos() as u64),
+            Ordering::SeqCst,
+        );
     }
 
     /// Whether a paste is allowed now (not consumed).
@@ -522,7 +524,12 @@ impl CtxPolicy {
         }
     }
 
-    fn request(&mut self, msg: &Msg<'_>, out: &mut Vec<u8>, m: &WlMetrics) -> Result<(), Violation> {
+    fn request(
+        &mut self,
+        msg: &Msg<'_>,
+        out: &mut Vec<u8>,
+        m: &WlMetrics,
+    ) -> Result<(), Violation> {
         let bad = |e: String| Violation::Malformed("guest", e);
         if self.offers.contains_key(&msg.object) {
             return Err(Violation::HiddenOffer(msg.object));
@@ -611,8 +618,8 @@ impl CtxPolicy {
                 let name = msg.arg(0).ok_or_else(|| bad("truncated global".into()))?;
                 let (iface, _) = msg.string(12).map_err(bad)?;
                 let iface = iface.unwrap_or_default();
-                let allowed = std::str::from_utf8(iface)
-                    .is_ok_and(|s| self.rules.allowed.contains(s));
+                let allowed =
+                    std::str::from_utf8(iface).is_ok_and(|s| self.rules.allowed.contains(s));
                 if !allowed {
                     self.hidden.insert(name);
                     count(&m.globals_hidden);
@@ -629,7 +636,9 @@ impl CtxPolicy {
             }
             // data_offer(new_id): held back until we know what it is for.
             (_, Some(Kind::DataDevice), 0) | (_, Some(Kind::PrimaryDevice), 0) if gated => {
-                let id = msg.arg(0).ok_or_else(|| bad("truncated data_offer".into()))?;
+                let id = msg
+                    .arg(0)
+                    .ok_or_else(|| bad("truncated data_offer".into()))?;
                 if self.offers.len() >= MAX_OFFERS {
                     return Err(Violation::Overflow("data offers"));
                 }
@@ -659,7 +668,9 @@ impl CtxPolicy {
             }
             // selection(id)
             (_, Some(Kind::DataDevice), 5) | (_, Some(Kind::PrimaryDevice), 1) if gated => {
-                let id = msg.arg(0).ok_or_else(|| bad("truncated selection".into()))?;
+                let id = msg
+                    .arg(0)
+                    .ok_or_else(|| bad("truncated selection".into()))?;
                 if msg.bytes.len() != 12 {
                     return Err(bad("selection of the wrong size".into()));
                 }
@@ -677,7 +688,9 @@ impl CtxPolicy {
         let old: Vec<u32> = self
             .offers
             .iter()
-            .filter(|(&o, r)| o != id && r.device == device && matches!(r.state, OfferState::Held(_)))
+            .filter(|(&o, r)| {
+                o != id && r.device == device && matches!(r.state, OfferState::Held(_))
+            })
             .map(|(&o, _)| o)
             .collect();
         for o in old {
@@ -730,7 +743,11 @@ impl CtxPolicy {
     }
 
     fn flush_destroys(&mut self, out: &mut Vec<u8>) {
-        if !self.offers.values().any(|o| matches!(o.state, OfferState::Dead)) {
+        if !self
+            .offers
+            .values()
+            .any(|o| matches!(o.state, OfferState::Dead))
+        {
             return;
         }
         self.offers.retain(|&id, o| {
@@ -838,11 +855,15 @@ mod tests {
         }
         fn up(&mut self, b: &[u8]) -> Result<Vec<u8>, Violation> {
             let mut out = Vec::new();
-            self.p.guest_to_compositor(b, &mut out, &self.m).map(|_| out)
+            self.p
+                .guest_to_compositor(b, &mut out, &self.m)
+                .map(|_| out)
         }
         fn down(&mut self, b: &[u8]) -> Result<Vec<u8>, Violation> {
             let mut out = Vec::new();
-            self.p.compositor_to_guest(b, &mut out, &self.m).map(|_| out)
+            self.p
+                .compositor_to_guest(b, &mut out, &self.m)
+                .map(|_| out)
         }
         /// get_registry(2); globals 1..: wl_compositor, xdg_wm_base, wl_seat,
         /// wl_data_device_manager, weston_screenshooter, zwp_primary_selection...; binds.
@@ -946,12 +967,12 @@ mod tests {
     #[test]
     fn malformed_streams_are_violations() {
         for bad in [
-            msg(0, 0, &[]),                        // object 0
-            words(&[5, 4 << 16]),                  // size < 8
-            words(&[5, (10 << 16) | 1, 0]),        // not a multiple of 4
-            msg(8, 2, &words(&[100])),             // string overruns
+            msg(0, 0, &[]),                             // object 0
+            words(&[5, 4 << 16]),                       // size < 8
+            words(&[5, (10 << 16) | 1, 0]),             // not a multiple of 4
+            msg(8, 2, &words(&[100])),                  // string overruns
             msg(8, 2, &[2, 0, 0, 0, b'a', b'b', 0, 0]), // no NUL
-            msg(2, 0, &words(&[1])),               // truncated bind
+            msg(2, 0, &words(&[1])),                    // truncated bind
         ] {
             let mut t = T::new(Clipboard::Gated, &[]);
             t.setup();
@@ -1076,7 +1097,10 @@ mod tests {
         let mut ev = offer_events(10, x);
         ev.extend(msg(10, 1, &words(&[x])));
         assert_eq!(t.down(&ev).unwrap(), msg(10, 1, &words(&[0])));
-        assert!(t.gate.armed(), "the primary selection does not use the paste");
+        assert!(
+            t.gate.armed(),
+            "the primary selection does not use the paste"
+        );
         let y = 0xff00_0002;
         let mut ev = offer_events(9, y);
         ev.extend(msg(9, 1, &words(&[5, 20, 0, 0, y])));

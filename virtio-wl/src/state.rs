@@ -519,7 +519,9 @@ impl WlState {
                     return Response::ERR;
                 }
                 match self.policies.get_mut(&id) {
-                    None => sys::send_all(sock.as_fd(), data, &fds, self.send_timeout, self.stop_fd),
+                    None => {
+                        sys::send_all(sock.as_fd(), data, &fds, self.send_timeout, self.stop_fd)
+                    }
                     Some(pol) => {
                         let mut out = Vec::with_capacity(data.len() + 64);
                         let r = pol.guest_to_compositor(data, &mut out, &self.metrics);
@@ -669,10 +671,7 @@ impl WlState {
         pol.held_ids.extend(ids);
         if out.is_empty() {
             if pol.held_ids.len() > MAX_SEND_VFDS {
-                self.violation(
-                    id,
-                    Violation::Overflow("fds waiting for a partial message"),
-                );
+                self.violation(id, Violation::Overflow("fds waiting for a partial message"));
             }
             return;
         }

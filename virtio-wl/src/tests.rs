@@ -1302,7 +1302,10 @@ fn policy_session(h: &mut H, l: &UnixListener) -> UnixStream {
     h.new_vfd(&req_ctx(1));
     let c = accept(l);
     h.post_in(16);
-    assert_eq!(h.code(&req_send(1, &[], &wl(1, 1, &wl_words(&[2])))), RESP_OK);
+    assert_eq!(
+        h.code(&req_send(1, &[], &wl(1, 1, &wl_words(&[2])))),
+        RESP_OK
+    );
     assert_eq!(comp_recv(&c).0, wl(1, 1, &wl_words(&[2])));
     let mut ev = wl_global(1, "wl_compositor", 5);
     ev.extend(wl_global(2, "weston_screenshooter", 1));
@@ -1336,7 +1339,11 @@ fn policy_hides_globals_and_tags_titles_across_sends_with_fds() {
     let cut = up.len() - 6;
     assert_eq!(h.code(&req_send(1, &[7], &up[..cut])), RESP_OK);
     let (first, fds) = comp_recv(&c);
-    assert_eq!(fds.len(), 1, "the fd travels with the whole messages before the cut");
+    assert_eq!(
+        fds.len(),
+        1,
+        "the fd travels with the whole messages before the cut"
+    );
     assert_eq!(h.code(&req_send(1, &[], &up[cut..])), RESP_OK);
     let (second, _) = comp_recv(&c);
     let mut want = wl_bind(5, "xdg_wm_base", 3, 3);
@@ -1345,7 +1352,10 @@ fn policy_hides_globals_and_tags_titles_across_sends_with_fds() {
     want.extend(wl(5, 2, &wl_string("[work] hello")));
     assert_eq!([first, second].concat(), want);
     // set_app_id.
-    assert_eq!(h.code(&req_send(1, &[], &wl(5, 3, &wl_string("org.demo")))), RESP_OK);
+    assert_eq!(
+        h.code(&req_send(1, &[], &wl(5, 3, &wl_string("org.demo")))),
+        RESP_OK
+    );
     assert_eq!(comp_recv(&c).0, wl(5, 3, &wl_string("qvm.work.org.demo")));
     // A partial message alone holds its fd until its bytes are whole.
     let msg = wl(20, 0, &wl_words(&[1, 2, 3]));
@@ -1373,14 +1383,23 @@ fn policy_refuses_a_bind_of_a_hidden_global_and_hangs_up() {
     assert_eq!(h.metrics.binds_refused.load(Ordering::Relaxed), 1);
     assert_eq!(h.metrics.policy_hangups.load(Ordering::Relaxed), 1);
     // The guest's next send fails; a new context works.
-    assert_eq!(h.code(&req_send(1, &[], &wl(1, 0, &wl_words(&[9])))), RESP_ERR);
+    assert_eq!(
+        h.code(&req_send(1, &[], &wl(1, 0, &wl_words(&[9])))),
+        RESP_ERR
+    );
     assert_eq!(h.code(&req_vfd(CMD_VFD_CLOSE, 1)), RESP_OK);
     h.new_vfd(&req_ctx(2));
     let c2 = accept(&l);
-    assert_eq!(h.code(&req_send(2, &[], &wl(1, 1, &wl_words(&[2])))), RESP_OK);
+    assert_eq!(
+        h.code(&req_send(2, &[], &wl(1, 1, &wl_words(&[2])))),
+        RESP_OK
+    );
     assert_eq!(comp_recv(&c2).0, wl(1, 1, &wl_words(&[2])));
     // A never-announced name is refused too.
-    assert_eq!(h.code(&req_send(2, &[], &wl_bind(77, "wl_shm", 1, 3))), RESP_ERR);
+    assert_eq!(
+        h.code(&req_send(2, &[], &wl_bind(77, "wl_shm", 1, 3))),
+        RESP_ERR
+    );
     assert_eq!(h.metrics.binds_refused.load(Ordering::Relaxed), 2);
 }
 

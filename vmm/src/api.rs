@@ -15,10 +15,11 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use crate::config::{
-    BootConfig, ConsoleConfig, ConsoleMode, DiskConfig, FsConfig, MachineConfig, NetConfig,
-    VmConfig, VsockConfig, WaylandConfig, MAX_CMDLINE_LEN, MAX_DISKS, MAX_DISK_ID_LEN,
-    MAX_FS_TAG_LEN, MAX_MEMORY_MIB, MAX_NETS, MAX_TAP_NAME_LEN, MAX_VCPUS, MAX_VIRTIO_DEVICES,
-    MAX_WL_BUFFER_MIB, MAX_WL_NAME_LEN, MAX_WL_VFDS, MIN_MEMORY_MIB,
+    valid_wl_global, valid_wl_vm_name, BootConfig, ConsoleConfig, ConsoleMode, DiskConfig,
+    FsConfig, MachineConfig, NetConfig, VmConfig, VsockConfig, WaylandConfig, MAX_CMDLINE_LEN,
+    MAX_DISKS, MAX_DISK_ID_LEN, MAX_FS_TAG_LEN, MAX_MEMORY_MIB, MAX_NETS, MAX_TAP_NAME_LEN,
+    MAX_VCPUS, MAX_VIRTIO_DEVICES, MAX_WL_BUFFER_MIB, MAX_WL_GLOBAL_LEN, MAX_WL_NAME_LEN,
+    MAX_WL_VFDS, MIN_MEMORY_MIB,
 };
 use crate::control::{Command, ControlError, ControlSender};
 
@@ -180,7 +181,7 @@ fn control_error(e: ControlError) -> ApiReply {
         ControlError::NotRunning => error(409, e),
         ControlError::Timeout(_) => error(503, e),
         ControlError::PauseFailed(_) | ControlError::Kvm(_) => error(500, e),
-        ControlError::Paused => error(409, e),
+        ControlError::Paused | ControlError::NoWayland => error(409, e),
     }
 }
 
@@ -329,10 +330,11 @@ impl VmmApi {
         match (action.as_str(), &phase) {
             ("start", Phase::Configuring) => self.start(),
             ("start", _) => error(409, "the VM has already been started"),
-            ("pause" | "resume" | "stop", Phase::Running) => {
+            ("pause" | "resume" | "stop" | "allow_paste", Phase::Running) => {
                 let cmd = match action.as_str() {
                     "pause" => Command::Pause,
                     "resume" => Command::Resume,
+                    "allow_paste" => Command::AllowPaste,
                     _ => Command::Stop,
                 };
                 match self.control.call(cmd, CONTROL_TIMEOUT) {
@@ -340,10 +342,10 @@ impl VmmApi {
                     Err(e) => control_error(e),
                 }
             }
-            ("pause" | "resume" | "stop", Phase::Configuring) => {
+            ("pause" | "resume" | "stop" | "allow_paste", Phase::Configuring) => {
                 error(409, format!("{action}: the VM has not been started (PUT /actions {{\"action\": \"start\"}})"))
             }
-            ("pause" | "resume" | "stop", Phase::Stopped(_)) => {
+            ("pause" | "resume" | "stop" | "allow_paste", Phase::Stopped(_)) => {
                 error(409, format!("{action}: the VM has stopped"))
             }
             ("shutdown", Phase::Running) => {
@@ -368,7 +370,7 @@ impl VmmApi {
             ("shutdown", Phase::Stopped(_)) => error(409, "shutdown: the VM has stopped"),
             _ => error(
                 400,
-                format!("unknown action {action:?}: use start, pause, resume, shutdown or stop"),
+                format!("unknown action {action:?}: use start, pause, resume, shutdown, stop or allow_paste"),
             ),
         }
     }
@@ -717,6 +719,20 @@ fn check_wayland(w: &WaylandConfig) -> Result<(), String> {
             &n.socket,
         )?;
     }
+    if let Some(n) = &w.name {
+        if !valid_wl_vm_name(n) {
+            return Err(format!(
+                "name = {n:?}: use 1 to 32 printable characters without ']'"
+            ));
+        }
+    }
+    for g in &w.allow_globals {
+        if !valid_wl_global(g) {
+            return Err(format!(
+                "allow_globals = [{g:?}]: not a Wayland interface name (letters, digits and _, at most {MAX_WL_GLOBAL_LEN})"
+            ));
+        }
+    }
     if w.socket.is_none() && w.named.is_empty() {
         return Err(
             "no compositor socket: set socket (e.g. \"wayland-0\") or give named entries".into(),
@@ -882,6 +898,16 @@ mod tests {
             json!({"named": [{"name": "a"}]}),
             json!({"named": [{"name": "a", "socket": "/s", "x": 1}]}),
             json!({"named": [{"name": "a", "socket": format!("/{}", "s".repeat(107))}]}),
+            json!({"socket": "/w", "name": ""}),
+            json!({"socket": "/w", "name": "x".repeat(33)}),
+            json!({"socket": "/w", "name": "[a]"}),
+            json!({"socket": "/w", "name": "a\u{7}"}),
+            json!({"socket": "/w", "name": 3}),
+            json!({"socket": "/w", "allow_globals": ["bad name"]}),
+            json!({"socket": "/w", "allow_globals": ["1abc"]}),
+            json!({"socket": "/w", "allow_globals": "wl_shm"}),
+            json!({"socket": "/w", "clipboard": "closed"}),
+            json!({"socket": "/w", "clipboard": null}),
         ] {
             let r = checked("wayland", body(v.clone()), check_wayland).unwrap_err();
             assert_eq!(r.status, 400, "{v}");
@@ -896,6 +922,9 @@ mod tests {
             json!({"socket": "wayland-0", "named": [], "max_buffer_mib": 1, "max_vfds": 1}),
             json!({"socket": null, "named": named(&["a"])}),
             json!({"named": named(&["a", "b", &"~".repeat(MAX_WL_NAME_LEN)])}),
+            json!({"socket": "/w", "name": "work vm", "clipboard": "open",
+                   "allow_globals": ["weston_screenshooter", "zwlr_layer_shell_v1"]}),
+            json!({"socket": "/w", "name": "é".repeat(32), "clipboard": "gated"}),
             json!({
                 "socket": format!("/{}", "x".repeat(106)),
                 "max_buffer_mib": MAX_WL_BUFFER_MIB,
@@ -955,6 +984,18 @@ mod tests {
             json!({"socket": "/w", "max_vfds": 0}),
             json!({"socket": "/w", "max_vfds": MAX_WL_VFDS}),
             json!({"socket": "/w", "max_vfds": MAX_WL_VFDS + 1}),
+            json!({"socket": "/w", "name": "work"}),
+            json!({"socket": "/w", "name": "my vm 2"}),
+            json!({"socket": "/w", "name": ""}),
+            json!({"socket": "/w", "name": "x".repeat(32)}),
+            json!({"socket": "/w", "name": "x".repeat(33)}),
+            json!({"socket": "/w", "name": "a]b"}),
+            json!({"socket": "/w", "name": "a\nb"}),
+            json!({"socket": "/w", "allow_globals": ["weston_screenshooter"]}),
+            json!({"socket": "/w", "allow_globals": [""]}),
+            json!({"socket": "/w", "allow_globals": ["a-b"]}),
+            json!({"socket": "/w", "allow_globals": ["x".repeat(65)]}),
+            json!({"socket": "/w", "clipboard": "open"}),
         ] {
             let w = wl(v.clone());
             let api = check_wayland(&w);
@@ -1016,6 +1057,29 @@ mod tests {
     }
 
     #[test]
+    fn allow_paste_needs_a_running_vm() {
+        let (api, _rx) = api();
+        let act = |a: &str| {
+            call(
+                &api,
+                Method::Put,
+                Route::Actions,
+                Some(json!({"action": a})),
+            )
+        };
+        let r = act("allow_paste");
+        assert_eq!(r.status, 409, "{}", r.body);
+        assert!(r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not been started"));
+        assert!(act("paste").body["error"]
+            .as_str()
+            .unwrap()
+            .contains("allow_paste"));
+    }
+
+    #[test]
     fn wayland_put_delete_and_the_draft() {
         let (api, _rx) = api();
         assert_eq!(draft(&api)["wayland"], Value::Null);
@@ -1024,11 +1088,13 @@ mod tests {
         assert_eq!(
             draft(&api)["wayland"],
             json!({"socket": "/run/user/1000/wayland-0", "named": [],
-                   "max_buffer_mib": 512, "max_vfds": 256})
+                   "max_buffer_mib": 512, "max_vfds": 256, "name": null,
+                   "allow_globals": [], "clipboard": "gated"})
         );
         // A PUT replaces the whole section; a refused one leaves it alone.
         let w = json!({"socket": null, "named": [{"name": "gpu", "socket": "/run/gpu.sock"}],
-                       "max_buffer_mib": 64, "max_vfds": 32});
+                       "max_buffer_mib": 64, "max_vfds": 32, "name": "work",
+                       "allow_globals": ["weston_screenshooter"], "clipboard": "open"});
         assert_eq!(put(w.clone()), 204);
         assert_eq!(draft(&api)["wayland"], w);
         assert_eq!(put(json!({"socket": "/w", "max_vfds": 0})), 400);
@@ -1092,7 +1158,8 @@ mod tests {
             d["wayland"],
             json!({"socket": "/run/user/1000/wayland-0",
                    "named": [{"name": "other", "socket": "/run/other.sock"}],
-                   "max_buffer_mib": 512, "max_vfds": 100})
+                   "max_buffer_mib": 512, "max_vfds": 100, "name": null,
+                   "allow_globals": [], "clipboard": "gated"})
         );
         // GET /vm's config is a config PUT /vm/config takes back, and assembles to the same.
         let assembled = api.lock().draft.assemble().unwrap();
@@ -1141,7 +1208,8 @@ mod tests {
             d.to_json()["wayland"],
             json!({"socket": "/run/user/1000/wayland-0",
                    "named": [{"name": "n", "socket": "/run/n.sock"}],
-                   "max_buffer_mib": 128, "max_vfds": 256})
+                   "max_buffer_mib": 128, "max_vfds": 256, "name": "vm",
+                   "allow_globals": [], "clipboard": "gated"})
         );
     }
 

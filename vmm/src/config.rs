@@ -59,6 +59,46 @@ pub struct WaylandConfig {
     /// Open virtio-wl objects (buffers, contexts, pipes) at once.
     #[serde(default = "default_wl_vfds")]
     pub max_vfds: u32,
+    /// The VM's label on the host desktop: window titles become `[name] title` and app ids
+    /// `qvm.name.app_id`. 1 to 32 printable characters without `]`. Default: the config
+    /// file's name without `.toml` (when that is a valid label), else `vm`.
+    pub name: Option<String>,
+    /// Wayland globals the guest may see and bind on top of the built-in allowlist (core,
+    /// xdg-shell and the usual app extensions; screen capture, input injection, clipboard
+    /// managers, layer shell and the like are hidden unless named here).
+    #[serde(default)]
+    pub allow_globals: Vec<String>,
+    /// `gated` (default): the guest only reads the host clipboard after the host allows one
+    /// paste (`PUT /actions {"action": "allow_paste"}`); `open`: always.
+    #[serde(default)]
+    pub clipboard: WaylandClipboard,
+}
+
+/// Whether a guest reads the host clipboard freely.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WaylandClipboard {
+    #[default]
+    Gated,
+    Open,
+}
+
+/// The label a VM's windows get when `[wayland] name` is not set.
+pub const DEFAULT_WL_VM_NAME: &str = "vm";
+/// Longest interface name in `allow_globals`.
+pub const MAX_WL_GLOBAL_LEN: usize = 64;
+
+/// Whether `name` can label a VM's windows (1 to 32 printable characters, no `]`).
+pub fn valid_wl_vm_name(name: &str) -> bool {
+    qvm_virtio_wl::WlPolicy::valid_name(name)
+}
+
+/// Whether `g` looks like a Wayland interface name (a C identifier).
+pub fn valid_wl_global(g: &str) -> bool {
+    !g.is_empty()
+        && g.len() <= MAX_WL_GLOBAL_LEN
+        && g.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !g.as_bytes()[0].is_ascii_digit()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -336,6 +376,14 @@ impl VmConfig {
             }
             for n in &mut w.named {
                 wl_resolve(&mut n.socket);
+            }
+            if w.name.is_none() {
+                // vm.toml's own name labels the VM's windows (when it is a valid label).
+                w.name = name
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .filter(|s| valid_wl_vm_name(s))
+                    .map(String::from);
             }
         }
         for f in &mut cfg.filesystems {
@@ -654,6 +702,24 @@ impl VmConfig {
         if let Some(s) = &w.socket {
             check_socket(format!("socket = {s:?}"), s)?;
         }
+        if let Some(n) = &w.name {
+            if !valid_wl_vm_name(n) {
+                return Err(bad(
+                    format!("name = {n:?}"),
+                    "use 1 to 32 printable characters without ']'",
+                ));
+            }
+        }
+        for g in &w.allow_globals {
+            if !valid_wl_global(g) {
+                return Err(bad(
+                    format!("allow_globals = [{g:?}]"),
+                    &format!(
+                        "not a Wayland interface name (letters, digits and _, at most {MAX_WL_GLOBAL_LEN})"
+                    ),
+                ));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, n) in w.named.iter().enumerate() {
             let key = format!("named #{} name = {:?}", i + 1, n.name);
@@ -865,5 +931,38 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("not a directory"), "{e}");
+    }
+
+    #[test]
+    fn wayland_policy_keys_and_the_name_default() {
+        let base = "[machine]\nmemory_mib = 64\n[boot]\nkernel = \"/bin/sh\"\n[wayland]\nsocket = \"/w\"\n";
+        let at = |file: &str, extra: &str| {
+            VmConfig::parse(&format!("{base}{extra}"), Path::new(file), Path::new("/b"))
+                .and_then(|c| c.validate(None).map(|_| c))
+                .map(|c| c.wayland.unwrap())
+        };
+        let w = at("/etc/qvm/work.toml", "").unwrap();
+        assert_eq!(w.name.as_deref(), Some("work"));
+        assert!(w.allow_globals.is_empty());
+        assert_eq!(w.clipboard, WaylandClipboard::Gated);
+        // A file name that cannot label windows leaves the default ("vm") to the device.
+        assert_eq!(at("/x/a]b.toml", "").unwrap().name, None);
+        let w = at(
+            "vm.toml",
+            "name = \"banking\"\nallow_globals = [\"weston_screenshooter\"]\nclipboard = \"open\"\n",
+        )
+        .unwrap();
+        assert_eq!(w.name.as_deref(), Some("banking"));
+        assert_eq!(w.allow_globals, ["weston_screenshooter"]);
+        assert_eq!(w.clipboard, WaylandClipboard::Open);
+        for bad in [
+            "name = \"\"",
+            "name = \"a]\"",
+            "name = \"123456789012345678901234567890123\"",
+            "allow_globals = [\"a b\"]",
+            "clipboard = \"shared\"",
+        ] {
+            assert!(at("vm.toml", bad).is_err(), "{bad}");
+        }
     }
 }

@@ -36,6 +36,8 @@ pub enum Command {
     Status,
     /// Device counters and vCPU exits.
     Metrics,
+    /// Let the guest read the host clipboard once (the virtio-wl policy's paste gate).
+    AllowPaste,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +52,21 @@ pub enum ControlError {
     Paused,
     #[error("{0}")]
     Kvm(String),
+    #[error("this VM has no [wayland] device: there is no clipboard to allow a paste from")]
+    NoWayland,
+}
+
+/// The paste permission of this process's virtio-wl device, set when the device is created
+/// (`vm::wayland_device`); one VM per VMM process, so one gate. The controller arms it on
+/// `AllowPaste`.
+static PASTE_GATE: std::sync::Mutex<Option<qvm_virtio_wl::PasteGate>> = std::sync::Mutex::new(None);
+
+pub(crate) fn set_paste_gate(gate: Option<qvm_virtio_wl::PasteGate>) {
+    *PASTE_GATE.lock().unwrap_or_else(|e| e.into_inner()) = gate;
+}
+
+fn paste_gate() -> Option<qvm_virtio_wl::PasteGate> {
+    PASTE_GATE.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 pub type Reply = Result<Value, ControlError>;
@@ -162,6 +179,11 @@ impl Controller {
             Command::Shutdown(grace) => self.shutdown(grace),
             Command::Status => Ok(self.status()),
             Command::Metrics => Ok(self.metrics()),
+            Command::AllowPaste => {
+                let gate = paste_gate().ok_or(ControlError::NoWayland)?;
+                gate.allow(qvm_virtio_wl::PASTE_WINDOW);
+                Ok(json!({"expires_s": qvm_virtio_wl::PASTE_WINDOW.as_secs()}))
+            }
         }
     }
 

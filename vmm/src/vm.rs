@@ -275,10 +275,24 @@ fn wayland_device(
                 .collect(),
             max_buffer_bytes,
             max_vfds: w.max_vfds,
+            policy: Some(qvm_virtio_wl::WlPolicy {
+                name: w
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| crate::config::DEFAULT_WL_VM_NAME.into()),
+                allow_globals: w.allow_globals.clone(),
+                clipboard: match w.clipboard {
+                    crate::config::WaylandClipboard::Gated => qvm_virtio_wl::Clipboard::Gated,
+                    crate::config::WaylandClipboard::Open => qvm_virtio_wl::Clipboard::Open,
+                },
+                paste: qvm_virtio_wl::PasteGate::default(),
+            }),
         },
         mapper,
     )
     .map_err(|e| VmError::Wayland(e.to_string()))?;
+    // `allow_paste` (API) reaches the device through this gate.
+    crate::control::set_paste_gate(wl.paste_gate());
     Ok(Box::new(wl))
 }
 
