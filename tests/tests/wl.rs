@@ -171,7 +171,11 @@ while :; do sleep 1000; done
         cmdline,
     );
     text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
-    text.push_str(&format!("\n[wayland]\nsocket = \"{rt}/wl-qvm\"\n"));
+    // The host -> guest direction needs an open clipboard (gated is the default; see
+    // clipboard_is_gated_until_the_host_allows_a_paste).
+    text.push_str(&format!(
+        "\n[wayland]\nsocket = \"{rt}/wl-qvm\"\nclipboard = \"open\"\n"
+    ));
     let cfg = d.join("vm.toml");
     std::fs::write(&cfg, text).unwrap();
     let script = format!(
@@ -297,4 +301,242 @@ cat $rt/vmm.log
     );
     assert_eq!(field(out, "VMM-EXIT "), "0", "{out}");
     assert!(!out.contains("panicked"), "{out}");
+}
+
+/// Shell that starts Xvfb and weston's x11 backend on it (a seat, so a clipboard); `$xvfb` and
+/// `$weston` are set.
+fn start_weston_x11(width: u32, height: u32) -> String {
+    format!(
+        r#"Xvfb -displayfd 1 -nolisten tcp -screen 0 1024x768x24 >$rt/xdisplay 2>$rt/xvfb.log &
+xvfb=$!
+i=0; until [ -s $rt/xdisplay ]; do i=$((i+1)); [ $i -gt 600 ] && {{ echo "XVFB did not start"; cat $rt/xvfb.log; break; }}; sleep 0.1; done
+export DISPLAY=:$(cat $rt/xdisplay)
+{weston}
+unset DISPLAY
+"#,
+        weston = start_weston_on("--backend=x11-backend.so", width, height)
+    )
+}
+
+/// The host side of the policy: the guest's title and app id reach weston tagged with the VM's
+/// name (the config file's stem, `work`), seen in weston's own protocol log (`weston --debug`
+/// plus `weston-debug proto`, which prints every request with its arguments); the guest's
+/// registry lacks `weston_screenshooter` (weston --debug offers it; a host client sees it);
+/// binding it by its numeric name anyway gets the guest's connection hung up, counted in the
+/// metrics, and the VMM serves the next client.
+#[test]
+fn policy_tags_titles_hides_globals_and_refuses_hidden_binds() {
+    let d = dir("wl-policy");
+    let script_img = d.join("script.img");
+    script_disk(
+        &script_img,
+        r#"qvm-wl-demo --list-globals >/tmp/g 2>&1
+echo "LIST-EXIT $?"
+sed -n 's/^QVM-WL-GLOBAL /GUEST-GLOBAL /p' /tmp/g
+n=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^qvmwlbind=//p')
+qvm-wl-demo --bind-name "$n:weston_screenshooter" >/tmp/b 2>&1
+echo "BIND-EXIT $? $(tr '\n' ' ' </tmp/b)"
+qvm-wl-demo --frames 2 --title hello >/tmp/t 2>&1
+echo "TITLE-EXIT $? $(grep QVM-WL-DONE /tmp/t)"
+echo "GUEST-DONE"
+while :; do sleep 1000; done
+"#,
+    );
+    let rt = "/tmp/qvm-wl-policy";
+    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet \
+                   qvm.mode=run qvm.script=/dev/vda";
+    let mut text = vm_toml(
+        &guest_kernel().vmlinux,
+        Some(guest_initramfs()),
+        1,
+        256,
+        cmdline,
+    );
+    text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
+    text.push_str(&format!("\n[wayland]\nsocket = \"{rt}/wl-qvm\"\n"));
+    // The VM's label comes from the file name.
+    let template = d.join("template.toml");
+    std::fs::write(&template, text).unwrap();
+    let script = format!(
+        r#"set -u
+rt={rt}
+rm -rf $rt; mkdir -p $rt; chmod 700 $rt
+{weston}
+export WAYLAND_DISPLAY=wl-qvm
+timeout 300 weston-debug proto >$rt/proto.log 2>&1 &
+proto=$!
+{demo} --transport socket --list-globals >$rt/host-globals 2>&1
+sed -n 's/^QVM-WL-GLOBAL /HOST-GLOBAL /p' $rt/host-globals
+n=$(awk '$2 == "weston_screenshooter" {{print $4}}' $rt/host-globals)
+echo "HOST-SCREENSHOOTER-NAME $n"
+# The guest learns the name from its kernel command line.
+sed "s|qvm.script=/dev/vda|qvm.script=/dev/vda qvmwlbind=$n|" {template} >$rt/work.toml
+log=$rt/vmm.log
+timeout 600 {vmm} --config $rt/work.toml --api-sock $rt/api.sock </dev/null >$log 2>&1 &
+vmm=$!
+i=0; until grep -q GUEST-DONE $log; do
+  i=$((i+1)); [ $i -gt 1500 ] && {{ echo "TIMEOUT waiting for the guest"; break; }}
+  kill -0 $vmm 2>/dev/null || {{ echo "VMM died"; break; }}
+  sleep 0.2
+done
+echo "METRICS $({vmm} ctl --api-sock $rt/api.sock get /metrics | tr -d ' \n')"
+sleep 1
+kill $vmm 2>/dev/null; wait $vmm
+echo "VMM-EXIT $?"
+kill $proto $weston $xvfb 2>/dev/null
+grep -o 'set_title("[^"]*")\|set_app_id("[^"]*")' $rt/proto.log | sed 's/^/PROTO /'
+cat $log
+echo "--- weston log"; tail -n 20 $rt/weston.log
+"#,
+        weston = start_weston_x11(800, 600),
+        vmm = vmm_binary().display(),
+        template = template.display(),
+        demo = qvm_wl_demo_binary().display(),
+    );
+    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let out = &r.output;
+    let globals = |prefix: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.trim().strip_prefix(prefix))
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+            .collect()
+    };
+    let host = globals("HOST-GLOBAL ");
+    let guest = globals("GUEST-GLOBAL ");
+    assert!(host.iter().any(|g| g == "weston_screenshooter"), "{out}");
+    assert_eq!(field(out, "LIST-EXIT "), "0", "{out}");
+    for g in [
+        "wl_compositor",
+        "wl_shm",
+        "xdg_wm_base",
+        "wl_seat",
+        "wl_data_device_manager",
+    ] {
+        assert!(guest.iter().any(|x| x == g), "guest lacks {g}:\n{out}");
+    }
+    for g in [
+        "weston_screenshooter",
+        "weston_debug_v1",
+        "weston_desktop_shell",
+    ] {
+        assert!(!guest.iter().any(|x| x == g), "guest sees {g}:\n{out}");
+    }
+    assert!(guest.len() < host.len(), "{out}");
+    // The refused bind: the client sees its connection end, the VMM lives.
+    let bind = field(out, "BIND-EXIT ");
+    assert!(
+        bind.starts_with('1'),
+        "the bind was not refused: {bind}\n{out}"
+    );
+    assert!(!bind.contains("QVM-WL-BIND ok"), "{out}");
+    assert!(
+        out.contains("bound global name") && out.contains("weston_screenshooter"),
+        "no refusal in the VMM log:\n{out}"
+    );
+    assert!(
+        field(out, "TITLE-EXIT ").starts_with("0 QVM-WL-DONE"),
+        "{out}"
+    );
+    let metrics = field(out, "METRICS ");
+    assert!(metrics.contains("\"binds_refused\":1"), "{metrics}");
+    assert!(metrics.contains("\"policy_hangups\":1"), "{metrics}");
+    // weston saw the tagged strings only.
+    let proto: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("PROTO "))
+        .collect();
+    assert!(
+        proto.contains(&"set_title(\"[work] hello\")"),
+        "{proto:?}\n{out}"
+    );
+    assert!(
+        proto.contains(&"set_app_id(\"qvm.work.qvm-wl-demo\")"),
+        "{proto:?}\n{out}"
+    );
+    assert!(!proto.contains(&"set_title(\"hello\")"), "{proto:?}");
+    assert_eq!(field(out, "VMM-EXIT "), "143", "{out}");
+}
+
+/// The host clipboard reaches the guest only after `allow_paste`, once: the guest reads
+/// nothing while the host owns a selection (it is told the selection is empty), then the
+/// text after `qvm-vmm ctl action allow_paste`, then nothing again.
+#[test]
+fn clipboard_is_gated_until_the_host_allows_a_paste() {
+    let d = dir("wl-gate");
+    let script_img = d.join("script.img");
+    script_disk(
+        &script_img,
+        r#"get() {
+  out=$(timeout 30 qvm-wl-demo --frames 1 --title guest-reader --get-selection 2>&1 | tr '\n' ' ')
+  case "$out" in *host-secret-9*) echo "GUEST-$1 got" ;; *) echo "GUEST-$1 none: $out" ;; esac
+}
+# The host owns its selection before the VMM starts; the host allows the paste when it
+# sees GUEST-ASK-PASTE and the guest asks again a few seconds later.
+get FIRST
+echo "GUEST-ASK-PASTE"
+sleep 6
+get SECOND
+get THIRD
+echo "GUEST-DONE"
+while :; do sleep 1000; done
+"#,
+    );
+    let rt = "/tmp/qvm-wl-gate";
+    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet \
+                   qvm.mode=run qvm.script=/dev/vda";
+    let mut text = vm_toml(
+        &guest_kernel().vmlinux,
+        Some(guest_initramfs()),
+        1,
+        256,
+        cmdline,
+    );
+    text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
+    text.push_str(&format!("\n[wayland]\nsocket = \"{rt}/wl-qvm\"\n"));
+    let cfg = d.join("vm.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let script = format!(
+        r#"set -u
+rt={rt}
+rm -rf $rt; mkdir -p $rt; chmod 700 $rt
+{weston}
+export WAYLAND_DISPLAY=wl-qvm
+{demo} --transport socket --frames 1 --hold 300 --title host-owner --set-selection host-secret-9 >$rt/owner.log 2>&1 &
+owner=$!
+log=$rt/vmm.log
+timeout 600 {vmm} --config {cfg} --api-sock $rt/api.sock </dev/null >$log 2>&1 &
+vmm=$!
+waitfor() {{
+  i=0; until grep -q "$1" $log; do
+    i=$((i+1)); [ $i -gt 1500 ] && {{ echo "TIMEOUT waiting for $1"; return 1; }}
+    kill -0 $vmm 2>/dev/null || {{ echo "VMM died waiting for $1"; return 1; }}
+    sleep 0.2
+  done
+}}
+if waitfor GUEST-ASK-PASTE; then
+  echo "ALLOW $({vmm} ctl --api-sock $rt/api.sock action allow_paste 2>&1 | tr -d '\n')"
+  waitfor GUEST-DONE
+  echo "METRICS $({vmm} ctl --api-sock $rt/api.sock get /metrics | tr -d ' \n')"
+fi
+kill $vmm 2>/dev/null; wait $vmm
+echo "VMM-EXIT $?"
+kill $owner $weston $xvfb 2>/dev/null
+cat $log
+echo "--- owner"; cat $rt/owner.log
+echo "--- weston log"; tail -n 20 $rt/weston.log
+"#,
+        weston = start_weston_x11(800, 600),
+        vmm = vmm_binary().display(),
+        cfg = cfg.display(),
+        demo = qvm_wl_demo_binary().display(),
+    );
+    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let out = &r.output;
+    assert!(field(out, "GUEST-FIRST ").starts_with("none"), "{out}");
+    assert_eq!(field(out, "GUEST-SECOND "), "got", "{out}");
+    assert!(field(out, "GUEST-THIRD ").starts_with("none"), "{out}");
+    let metrics = field(out, "METRICS ");
+    assert!(metrics.contains("\"pastes_allowed\":1"), "{metrics}");
+    assert!(!metrics.contains("\"selections_gated\":0"), "{metrics}");
+    assert_eq!(field(out, "VMM-EXIT "), "143", "{out}");
 }

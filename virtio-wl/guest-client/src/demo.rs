@@ -24,6 +24,11 @@ pub struct Options {
     pub ctx_name: Option<String>,
     pub set_selection: Option<String>,
     pub get_selection: bool,
+    /// Print the registry's globals (`QVM-WL-GLOBAL <interface> <version> <name>`) and exit.
+    pub list_globals: bool,
+    /// Bind global name N as `interface` (default `weston_screenshooter`), version 1, then
+    /// round-trip and exit: `QVM-WL-BIND ok`, or the error (a refused bind hangs up).
+    pub bind_name: Option<(u32, String)>,
 }
 
 impl Default for Options {
@@ -39,13 +44,15 @@ impl Default for Options {
             ctx_name: None,
             set_selection: None,
             get_selection: false,
+            list_globals: false,
+            bind_name: None,
         }
     }
 }
 
 pub const USAGE: &str = "usage: qvm-wl-demo [--width W] [--height H] [--frames N] [--title T] \
 [--hold SECS] [--copy-path] [--transport wl0|socket] [--ctx-name NAME] \
-[--set-selection TEXT] [--get-selection]";
+[--set-selection TEXT] [--get-selection] [--list-globals] [--bind-name N[:INTERFACE]]";
 
 impl Options {
     pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Self, String> {
@@ -71,6 +78,15 @@ impl Options {
                 "--set-selection" => o.set_selection = Some(value()?),
                 "--copy-path" => o.copy_path = true,
                 "--get-selection" => o.get_selection = true,
+                "--list-globals" => o.list_globals = true,
+                "--bind-name" => {
+                    let v = value()?;
+                    let (n, iface) = v.split_once(':').unwrap_or((&v, "weston_screenshooter"));
+                    if iface.is_empty() {
+                        return Err("--bind-name N:INTERFACE needs an interface".into());
+                    }
+                    o.bind_name = Some((num(n.to_string(), &flag)?, iface.to_string()));
+                }
                 "-h" | "--help" => return Err(USAGE.into()),
                 _ => return Err(format!("unknown argument {a:?}\n{USAGE}")),
             }
@@ -548,6 +564,9 @@ pub fn run_with(t: Box<dyn Transport>, opts: &Options) -> Result<Report, Error> 
     debug_assert_eq!(reg, REGISTRY_ID);
     c.send(Message::new(DISPLAY_ID, wl_display::req::GET_REGISTRY).object(reg))?;
     c.roundtrip()?;
+    if opts.list_globals || opts.bind_name.is_some() {
+        return registry_only(&mut c, opts);
+    }
     let (compositor, compositor_v) = c.bind(
         wl_compositor::NAME,
         wl_compositor::VERSION,
@@ -736,6 +755,38 @@ pub fn run_with(t: Box<dyn Transport>, opts: &Options) -> Result<Report, Error> 
     Ok(report)
 }
 
+/// `--list-globals` / `--bind-name`: no window.
+fn registry_only(c: &mut Client, opts: &Options) -> Result<Report, Error> {
+    let out = io::stdout();
+    if opts.list_globals {
+        for g in &c.globals {
+            let _ = writeln!(
+                out.lock(),
+                "QVM-WL-GLOBAL {} {} {}",
+                g.interface,
+                g.version,
+                g.name
+            );
+        }
+    }
+    if let Some((name, iface)) = &opts.bind_name {
+        let id = c.new_id(Iface::Callback);
+        c.send(
+            Message::new(REGISTRY_ID, wl_registry::req::BIND)
+                .uint(*name)
+                .string(iface)
+                .uint(1)
+                .object(id),
+        )?;
+        c.roundtrip()?;
+        let _ = writeln!(out.lock(), "QVM-WL-BIND ok");
+    }
+    Ok(Report {
+        frames: 0,
+        secs: 0.0,
+    })
+}
+
 /// Wait for a selection offer with a text type and read it through a pipe.
 fn get_selection(c: &mut Client, deadline: Instant) -> Result<String, Error> {
     let (offer, mime) = loop {
@@ -842,5 +893,12 @@ mod tests {
         assert!(parse("--hold -1").is_err());
         assert!(parse("--transport tcp").is_err());
         assert!(parse("--bogus").is_err());
+        let o = parse("--list-globals --bind-name 18").unwrap();
+        assert!(o.list_globals);
+        assert_eq!(o.bind_name, Some((18, "weston_screenshooter".into())));
+        let o = parse("--bind-name=7:wl_shm").unwrap();
+        assert_eq!(o.bind_name, Some((7, "wl_shm".into())));
+        assert!(parse("--bind-name x").is_err());
+        assert!(parse("--bind-name 7:").is_err());
     }
 }
