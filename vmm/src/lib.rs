@@ -5,6 +5,7 @@ pub mod boot;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod landlock;
 pub mod seccomp;
 pub mod vcpu;
 pub mod virtiofsd;

@@ -18,6 +18,7 @@ use qvm_devices::GuestExit;
 use qvm_vmm::api::VmmApi;
 use qvm_vmm::config::VmConfig;
 use qvm_vmm::control;
+use qvm_vmm::landlock::{self, LandlockMode};
 use qvm_vmm::seccomp::{self, SeccompLevel, ThreadKind};
 use qvm_vmm::vm::{self, RunOptions, RunOutcome};
 
@@ -42,6 +43,10 @@ struct Cli {
     /// naming it), log (the kernel logs it, nothing stops), off.
     #[arg(long, value_enum, default_value = "enforce")]
     seccomp: SeccompLevel,
+    /// Landlock: restrict the VMM to its VM's files (kernel, initrd, disks, console, socket
+    /// directories, /dev/kvm, /dev/net/tun) where the kernel has Landlock; off: no ruleset.
+    #[arg(long, value_enum, default_value = "on")]
+    landlock: LandlockMode,
     /// Print the CLOCK_MONOTONIC time of the first KVM_RUN to stderr (for boot-time benches).
     #[arg(long)]
     report_boot_time: bool,
@@ -134,6 +139,12 @@ fn main() -> ExitCode {
         },
         None => None,
     };
+    // Before the VM is built and before any other thread exists (all inherit the ruleset).
+    if let Some(c) = &cfg {
+        if let Err(code) = restrict_files(cli.landlock, c, cli.api_sock.as_deref()) {
+            return code;
+        }
+    }
     let opts = RunOptions {
         report_first_run: cli.report_boot_time,
     };
@@ -177,7 +188,12 @@ fn main() -> ExitCode {
                 sock.display()
             );
             match start_rx.recv() {
-                Ok(c) => c,
+                // The API threads started before the config existed and stay outside the
+                // ruleset; the VM's own threads all start after this.
+                Ok(c) => match restrict_files(cli.landlock, &c, Some(sock)) {
+                    Ok(()) => c,
+                    Err(code) => return code,
+                },
                 Err(_) => {
                     eprintln!("qvm-vmm: error: the API server stopped before the VM was started");
                     return ExitCode::from(1);
@@ -192,6 +208,32 @@ fn main() -> ExitCode {
     });
     server.stop();
     outcome(result)
+}
+
+/// Applies the Landlock ruleset for `cfg` (see landlock.rs); Err is the exit code.
+fn restrict_files(
+    mode: LandlockMode,
+    cfg: &VmConfig,
+    api_sock: Option<&std::path::Path>,
+) -> Result<(), ExitCode> {
+    if mode == LandlockMode::Off {
+        return Ok(());
+    }
+    match landlock::apply(cfg, api_sock) {
+        Ok(landlock::Outcome::Applied { .. }) => Ok(()),
+        Ok(landlock::Outcome::Unsupported(why)) => {
+            eprintln!("qvm-vmm: landlock unavailable, running without it: {why}");
+            Ok(())
+        }
+        Ok(landlock::Outcome::Skipped(why)) => {
+            eprintln!("qvm-vmm: landlock skipped for this VM: {why}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("qvm-vmm: error: {e} (or run with --landlock off)");
+            Err(ExitCode::from(1))
+        }
+    }
 }
 
 /// Reads and checks a config file; Err is the exit code (the message is printed).

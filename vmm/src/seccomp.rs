@@ -12,6 +12,10 @@
 //! line naming the thread kind and the syscall, and exits the process with status 159 (128 +
 //! SIGSYS). `log`: forbidden syscalls are allowed and logged by the kernel (audit, `dmesg`).
 //! `off`: no filters.
+//!
+//! Landlock (landlock.rs) is applied by the main thread after the config is read, before any
+//! other thread exists and long before the main thread's own filter: no filter allows the
+//! landlock syscalls, so a compromised thread cannot stack or query rulesets.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -644,6 +648,26 @@ mod tests {
         assert!(rules(ThreadKind::Api).contains_key(&libc::SYS_openat));
         for kind in [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Device] {
             assert!(!rules(kind).contains_key(&libc::SYS_openat));
+        }
+    }
+
+    #[test]
+    fn landlock_syscalls_are_in_no_filter() {
+        // landlock.rs runs before any filter is installed; nothing after may call them.
+        for kind in [
+            ThreadKind::Main,
+            ThreadKind::Vcpu,
+            ThreadKind::Device,
+            ThreadKind::Api,
+        ] {
+            let r = rules(kind);
+            for s in [
+                libc::SYS_landlock_create_ruleset,
+                libc::SYS_landlock_add_rule,
+                libc::SYS_landlock_restrict_self,
+            ] {
+                assert!(!r.contains_key(&s), "{} allows syscall {s}", kind.name());
+            }
         }
     }
 
