@@ -7,6 +7,10 @@
 //!   implements with KVM memory slots inside the shared-memory window (shm region 0).
 //! - [`protocol`] is the wire format, [`state::WlState`] the vfd table and protocol engine,
 //!   `device.rs` the device and its worker thread, [`mapper`] the mapping interface.
+//! - [`policy`] is the per-VM Wayland policy the engine applies to every context when
+//!   [`WlConfig::policy`] is set: window titles and app ids tagged with the VM's name, globals
+//!   outside an allowlist hidden (a bind of one hangs the context up), the host clipboard gated
+//!   behind a one-shot [`PasteGate`].
 //!
 //! Zero copy: shared-memory vfds (memfds we create, shm fds the compositor sends) only ever
 //! pass through as fds: to the mapper (into the guest) and to the compositor (SCM_RIGHTS).
