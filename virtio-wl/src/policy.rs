@@ -629,10 +629,10 @@ impl CtxPolicy {
                 self.shown.insert(name, iface.to_vec());
             }
             // wl_registry.global_remove(name)
-            (_, Some(Kind::Registry), 1) => {
-                if msg.arg(0).is_some_and(|n| self.hidden.contains(&n)) {
-                    return Ok(());
-                }
+            (_, Some(Kind::Registry), 1)
+                if msg.arg(0).is_some_and(|n| self.hidden.contains(&n)) =>
+            {
+                return Ok(());
             }
             // data_offer(new_id): held back until we know what it is for.
             (_, Some(Kind::DataDevice), 0) | (_, Some(Kind::PrimaryDevice), 0) if gated => {
@@ -674,7 +674,8 @@ impl CtxPolicy {
                 if msg.bytes.len() != 12 {
                     return Err(bad("selection of the wrong size".into()));
                 }
-                return Ok(self.selection(msg, id, out, m));
+                self.selection(msg, id, out, m);
+                return Ok(());
             }
             _ => {}
         }
@@ -803,7 +804,7 @@ mod tests {
         let mut b = ((s.len() + 1) as u32).to_le_bytes().to_vec();
         b.extend_from_slice(s);
         b.push(0);
-        while b.len() % 4 != 0 {
+        while !b.len().is_multiple_of(4) {
             b.push(0);
         }
         b

@@ -1233,7 +1233,7 @@ fn wl_string(s: &str) -> Vec<u8> {
     let mut b = ((s.len() + 1) as u32).to_le_bytes().to_vec();
     b.extend_from_slice(s.as_bytes());
     b.push(0);
-    while b.len() % 4 != 0 {
+    while !b.len().is_multiple_of(4) {
         b.push(0);
     }
     b
