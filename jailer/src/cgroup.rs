@@ -147,6 +147,37 @@ impl Cgroup {
         )
     }
 
+    /// After the VM stopped: one line per limit it ran into (pids.max refused a fork, the
+    /// OOM killer ran at memory.max).
+    pub fn report(&self) {
+        let count = |file: &str, key: &str| -> u64 {
+            fs::read_to_string(self.dir.join(file))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let max = |file: &str| {
+            fs::read_to_string(self.dir.join(file))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        let pids = count("pids.events", "max ");
+        if pids > 0 {
+            eprintln!(
+                "qvm-jailer: the VM hit its pids limit (pids.max {}) {pids} time(s): forks failed with EAGAIN",
+                max("pids.max")
+            );
+        }
+        let oom = count("memory.events", "oom_kill ");
+        if oom > 0 {
+            eprintln!(
+                "qvm-jailer: the OOM killer ran {oom} time(s) at the VM's memory limit (memory.max {})",
+                max("memory.max")
+            );
+        }
+    }
+
     /// Moves us back out (so the directory can be removed) and removes it, retrying while the
     /// jail's last tasks are still exiting.
     pub fn remove(&self) {

@@ -241,15 +241,14 @@ pub fn set_hostname(id: &str) {
 
 pub struct Rlimits {
     pub nofile: u64,
-    pub nproc: u64,
 }
 
-/// RLIMIT_NOFILE, RLIMIT_NPROC (the VM's uid is its own), no core dumps (guest memory would
-/// end up in them), no file size limit (disk images).
+/// RLIMIT_NOFILE, no core dumps (guest memory would end up in them), no file size limit (disk
+/// images). Not RLIMIT_NPROC: it counts every task of the uid host-wide, so the cgroup's
+/// pids.max is the limit that holds per VM.
 pub fn set_rlimits(r: &Rlimits) -> Result<(), JailError> {
     for (res, val, name) in [
         (libc::RLIMIT_NOFILE, r.nofile, "RLIMIT_NOFILE"),
-        (libc::RLIMIT_NPROC, r.nproc, "RLIMIT_NPROC"),
         (libc::RLIMIT_CORE, 0, "RLIMIT_CORE"),
         (libc::RLIMIT_FSIZE, libc::RLIM_INFINITY, "RLIMIT_FSIZE"),
     ] {

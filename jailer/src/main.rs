@@ -295,6 +295,7 @@ fn parent(pid: libc::pid_t, id: &str, cg: &Cgroup) -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    cg.report();
     if libc::WIFEXITED(status) {
         ExitCode::from(libc::WEXITSTATUS(status) as u8)
     } else {
@@ -309,10 +310,7 @@ fn child(c: &Checked, root: &Path) -> JailError {
         jail::set_hostname(&c.cli.id);
         jail::build_root(root, &c.plan, c.cli.uid, c.cli.gid)?;
         jail::enter_root(root)?;
-        jail::set_rlimits(&Rlimits {
-            nofile: c.nofile,
-            nproc: c.limits.pids_max,
-        })?;
+        jail::set_rlimits(&Rlimits { nofile: c.nofile })?;
         jail::drop_privileges(c.cli.uid, c.cli.gid)?;
         jail::check_access(&c.plan, &c.exec, c.cli.uid, c.cli.gid)?;
         Ok::<(), JailError>(())

@@ -335,29 +335,69 @@ pub fn parse_ldd(out: &str) -> Result<Vec<PathBuf>, String> {
     Ok(libs)
 }
 
-/// The libraries `exe` loads, from `ldd`. (A static qvm-vmm would need none; the jailer
-/// supports both, so the default dynamic build is what runs.)
-pub fn libraries(exe: &Path) -> Result<Vec<PathBuf>, JailError> {
-    let out = Command::new("ldd")
-        .arg(exe)
-        .env("LC_ALL", "C")
-        .output()
-        .map_err(|e| JailError::Ldd {
-            exe: exe.to_path_buf(),
-            reason: format!("cannot run ldd: {e}; install libc-bin"),
-        })?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() && !text.contains("not a dynamic executable") {
-        return Err(JailError::Ldd {
-            exe: exe.to_path_buf(),
-            reason: text.trim().replace('\n', "; "),
-        });
+/// The ELF program interpreter (dynamic loader) `exe` names, None for a static binary.
+pub fn interpreter(exe: &Path) -> Result<Option<PathBuf>, String> {
+    let data = std::fs::read(exe).map_err(|e| e.to_string())?;
+    let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        data.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
+    let u64_at = |o: usize| {
+        data.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
+    if data.get(..5) != Some(b"\x7fELF\x02".as_slice()) || data.get(5) != Some(&1) {
+        return Err("not a little-endian 64-bit ELF executable".into());
     }
-    parse_ldd(&text).map_err(|reason| JailError::Ldd {
+    let bad = || "truncated ELF header".to_string();
+    let phoff = u64_at(0x20).ok_or_else(bad)? as usize;
+    let phentsize = usize::from(u16_at(0x36).ok_or_else(bad)?);
+    let phnum = usize::from(u16_at(0x38).ok_or_else(bad)?);
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if u32_at(ph).ok_or_else(bad)? == 3 {
+            // PT_INTERP: a NUL-terminated path.
+            let off = u64_at(ph + 8).ok_or_else(bad)? as usize;
+            let len = u64_at(ph + 32).ok_or_else(bad)? as usize;
+            let raw = data.get(off..off + len).ok_or_else(bad)?;
+            let path = raw.split(|&b| b == 0).next().unwrap_or_default();
+            return Ok(Some(PathBuf::from(
+                String::from_utf8_lossy(path).into_owned(),
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// The libraries `exe` loads (and its loader), as `ldd` lists them; none for a static binary.
+/// Runs the loader's `--list` directly rather than the `ldd` script (one exec instead of a
+/// shell and then the loader). A static qvm-vmm would need none of this; the jailer supports
+/// both, so the default dynamic build is what runs.
+pub fn libraries(exe: &Path) -> Result<Vec<PathBuf>, JailError> {
+    let err = |reason: String| JailError::Ldd {
         exe: exe.to_path_buf(),
         reason,
-    })
+    };
+    let Some(interp) = interpreter(exe).map_err(err)? else {
+        return Ok(Vec::new());
+    };
+    let out = Command::new(&interp)
+        .arg("--list")
+        .arg(exe)
+        .env_clear()
+        .output()
+        .map_err(|e| err(format!("cannot run its loader {}: {e}", interp.display())))?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(err(text.trim().replace('\n', "; ")));
+    }
+    let mut libs = parse_ldd(&text).map_err(err)?;
+    if !libs.contains(&interp) {
+        libs.push(interp);
+    }
+    Ok(libs)
 }
 
 #[cfg(test)]
@@ -390,7 +430,16 @@ mod tests {
 
     #[test]
     fn ldd_of_a_real_binary() {
+        assert_eq!(
+            interpreter(Path::new("/bin/sh")).unwrap(),
+            Some(PathBuf::from("/lib64/ld-linux-x86-64.so.2"))
+        );
+        assert!(interpreter(Path::new("/etc/hostname")).is_err());
         let libs = libraries(Path::new("/bin/sh")).unwrap();
+        assert!(
+            libs.contains(&PathBuf::from("/lib64/ld-linux-x86-64.so.2")),
+            "{libs:?}"
+        );
         assert!(
             libs.iter().any(|l| l.to_string_lossy().contains("libc.so")),
             "{libs:?}"

@@ -216,6 +216,17 @@ fn restrict_files(
     cfg: &VmConfig,
     api_sock: Option<&std::path::Path>,
 ) -> Result<(), ExitCode> {
+    let result = restrict_files_with(mode, cfg, api_sock);
+    #[cfg(debug_assertions)]
+    landlock::test_hook();
+    result
+}
+
+fn restrict_files_with(
+    mode: LandlockMode,
+    cfg: &VmConfig,
+    api_sock: Option<&std::path::Path>,
+) -> Result<(), ExitCode> {
     if mode == LandlockMode::Off {
         return Ok(());
     }
