@@ -337,7 +337,17 @@ pub fn parse_ldd(out: &str) -> Result<Vec<PathBuf>, String> {
 
 /// The ELF program interpreter (dynamic loader) `exe` names, None for a static binary.
 pub fn interpreter(exe: &Path) -> Result<Option<PathBuf>, String> {
-    let data = std::fs::read(exe).map_err(|e| e.to_string())?;
+    // The header, program headers and interpreter path sit at the start: a debug qvm-vmm is
+    // hundreds of MiB, so read only that much.
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(
+            std::fs::File::open(exe).map_err(|e| e.to_string())?,
+            64 << 10,
+        ),
+        &mut data,
+    )
+    .map_err(|e| e.to_string())?;
     let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |o: usize| {
         data.get(o..o + 4)

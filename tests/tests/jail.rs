@@ -393,7 +393,7 @@ fn landlock_denies_files_outside_the_vms_own() {
 }
 
 #[test]
-fn jailed_startup_costs_little() {
+fn jailed_and_plain_startup_times() {
     // Tiny guest, 3 runs each, jailed and not, in one lab run (lab timings are noisy).
     let vmm = vmm_binary().display().to_string();
     let (toml, copy) = tiny_vm("timing");
