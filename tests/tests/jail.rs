@@ -320,22 +320,17 @@ fn a_pids_limit_stops_a_fork_bomb_in_the_jail() {
     assert!(out.contains("HOST-CAN-FORK"), "{out}");
 }
 
-/// A tiny guest (no Linux) that powers off at once, and the shell line that puts its kernel
-/// into the VM's directory in L1 (a tmpfs: Landlock rules hold on to inodes, and the lab's 9p
-/// share makes new ones on each lookup, so unjailed Landlock runs cannot use files there).
-fn tiny_vm(name: &str) -> (String, String) {
+/// A tiny guest (no Linux) that powers off at once. Its kernel stays in the lab's 9p share:
+/// unjailed Landlock must cope with a file system that drops unused inodes at once.
+fn tiny_vm(name: &str) -> String {
     let dir = lab::lab_share_dir().join(format!("jail-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
-    let src = dir.join("poweroff.elf");
-    let k = PathBuf::from(format!("/tmp/qvm-jt-{name}/poweroff.elf"));
+    let k = dir.join("poweroff.elf");
     let mut code = tiny::print("TINY-UP\n");
     code.extend(tiny::acpi_poweroff());
     code.extend(tiny::halt_forever());
-    std::fs::write(&src, tiny_elf(&code)).unwrap();
-    (
-        vm_toml(&k, None, 1, 64, "console=ttyS0"),
-        format!("cp {} {}\n", src.display(), k.display()),
-    )
+    std::fs::write(&k, tiny_elf(&code)).unwrap();
+    vm_toml(&k, None, 1, 64, "console=ttyS0")
 }
 
 fn landlock_in_l1() -> Option<String> {
@@ -358,9 +353,7 @@ fn landlock_denies_files_outside_the_vms_own() {
         eprintln!("SKIPPED: {why}");
         return;
     }
-    let (toml, copy) = tiny_vm("landlock");
-    let script = setup("landlock", &toml)
-        + &copy
+    let script = setup("landlock", &tiny_vm("landlock"))
         + &format!(
             "QVM_TEST_LANDLOCK=/etc/hostname timeout 120 {vmm} --config $D/vm.toml --seccomp off </dev/null 2>&1\n\
              echo \"VMM-EXIT $?\"\n\
@@ -396,9 +389,7 @@ fn landlock_denies_files_outside_the_vms_own() {
 fn jailed_and_plain_startup_times() {
     // Tiny guest, 3 runs each, jailed and not, in one lab run (lab timings are noisy).
     let vmm = vmm_binary().display().to_string();
-    let (toml, copy) = tiny_vm("timing");
-    let script = setup("timing", &toml)
-        + &copy
+    let script = setup("timing", &tiny_vm("timing"))
         + &format!(
             "ms() {{ echo $(( $(date +%s%N) / 1000000 )); }}\n\
              for i in 1 2 3; do\n\

@@ -11,7 +11,7 @@
 //! before main. Connecting to existing unix sockets (vhost-user, Wayland compositors, vsock
 //! forwards) is not governed by Landlock's file-system rights, so those need none either.
 //!
-//! Raw syscalls, no crate. Best effort: a kernel without Landlock (ENOSYS, or EOPNOTSUPP when
+//! The O_PATH descriptor of each rule's path stays open (see `apply`). Raw syscalls, no crate. Best effort: a kernel without Landlock (ENOSYS, or EOPNOTSUPP when
 //! it is built but not enabled in `lsm=`) gets one line on stderr and the VM runs anyway.
 //! `[[fs]]` entries with `shared_dir` make qvm-vmm start virtiofsd, which would inherit the
 //! domain and needs to exec and sandbox itself: those VMs skip Landlock (one line says so).
@@ -265,6 +265,11 @@ pub fn apply(cfg: &VmConfig, api_sock: Option<&Path>) -> Result<Outcome, Landloc
         if r < 0 {
             return Err(last(format!("add a rule for {}", rule.path.display())));
         }
+        // Keep it open for the process's life: a rule holds on to the inode only while the
+        // inode lives, and file systems that drop unused dentries at once (9p without cache,
+        // as in the lab) would otherwise give the VMM a new inode, outside the rule, on its
+        // next open. A handful of O_PATH descriptors.
+        std::mem::forget(pfd);
         added += 1;
     }
     // SAFETY: prctl with integer arguments; restrict_self requires no_new_privs.
