@@ -858,6 +858,44 @@ exit 0
     Ok(())
 }
 
+/// The wl bench's sampler (bash, run in L1 beside the VMM): see the comment in the script.
+const WL_SAMPLER: &str = r#"cat >$rt/sample.sh <<'SAMPLER'
+vmm=$1; log=$2; sock=$3; bin=$4
+wltid=
+cpu() {
+  dev=0; all=0
+  for t in /proc/$vmm/task/*; do
+    read -r ns rest 2>/dev/null <$t/schedstat || continue
+    all=$((all + ns))
+    if [ -z "$wltid" ]; then
+      read -r c 2>/dev/null <$t/comm
+      [ "$c" = virtio-wl ] && wltid=${t##*/}
+    fi
+    [ "${t##*/}" = "$wltid" ] && dev=$ns
+  done
+}
+exec 3<$log
+buf=
+while kill -0 $vmm 2>/dev/null; do
+  if IFS= read -r line <&3; then
+    line=$buf$line; buf=
+    line=${line%$'\r'}
+    case "$line" in
+    WLB-*|QVM-WL-*)
+      cpu
+      m=$($bin ctl --api-sock $sock get /metrics 2>/dev/null | tr -d ' \n' | grep -o '"wayland":{[^}]*}')
+      sent=$(echo "$m" | sed -n 's/.*"bytes_sent":\([0-9]*\).*/\1/p')
+      recv=$(echo "$m" | sed -n 's/.*"bytes_received":\([0-9]*\).*/\1/p')
+      echo "$line CPU $dev $all $((${sent:-0} + ${recv:-0}))" ;;
+    esac
+  else
+    buf=$buf$line
+    sleep 0.02
+  fi
+done
+SAMPLER
+"#;
+
 /// One virtio-wl bench case: (name, width, height, frames, copy path).
 const WL_CASES: &[(&str, u32, u32, u32, bool)] = &[
     ("1mib", 512, 512, 20, false),
@@ -914,41 +952,31 @@ weston --config=$rt/weston.ini --backend=headless-backend.so --socket=wl-bench -
 weston=$!
 i=0; until [ -S $rt/wl-bench ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done
 log=$rt/vmm.log
-{vmm} --config {cfg} </dev/null >$log 2>&1 &
+{vmm} --config {cfg} --api-sock $rt/api.sock </dev/null >$log 2>&1 &
 vmm=$!
-cpu() {{
-  dev=0; all=0
-  for t in /proc/$vmm/task/*; do
-    {{ read ns rest <$t/schedstat; }} 2>/dev/null || continue
-    all=$((all + ns))
-    [ "$(cat $t/comm 2>/dev/null)" = virtio-wl ] && dev=$ns
-  done
-  echo "$dev $all"
-}}
-seen=0
-while kill -0 $vmm 2>/dev/null; do
-  n=$(grep -c -E '^(WLB-|QVM-WL-)' $log)
-  while [ $seen -lt $n ]; do
-    seen=$((seen+1))
-    echo "$(grep -E '^(WLB-|QVM-WL-)' $log | sed -n ${{seen}}p | tr -d '\r') CPU $(cpu)"
-  done
-  sleep 0.05
-done
+# At each marker line the VMM prints: CPU ns of the wl thread and of the whole process, and
+# the bytes the device moved through its queues (Wayland protocol both ways: frame data never
+# travels there). bash builtins only between markers (a fork costs ~100 ms under TCG): the
+# log is followed through an open fd, partial lines are kept until their newline arrives.
+{sampler}bash $rt/sample.sh $vmm $log $rt/api.sock {vmm}
 wait $vmm; echo "VMM-EXIT $?"
 kill $weston 2>/dev/null
 grep -v '^WLB-' $log | tail -n 20
 "#,
         vmm = vmm_binary().display(),
         cfg = cfg.display(),
+        sampler = WL_SAMPLER,
     );
-    type Samples = (Vec<f64>, Vec<f64>, Vec<f64>);
-    // name -> (fps, wl thread ns/frame, process ns/frame)
+    type Samples = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+    // name -> (fps, wl thread ns/frame, process ns/frame, device bytes/frame)
     let mut res: std::collections::BTreeMap<&str, Samples> = Default::default();
-    let cpu = |l: &str| -> Option<(f64, f64)> {
+    // (wl thread ns, process ns, device bytes) at the end of a sampled line.
+    let cpu = |l: &str| -> Option<(f64, f64, f64)> {
         let mut it = l.rsplit(' ');
+        let bytes = it.next()?.parse().ok()?;
         let all = it.next()?.parse().ok()?;
         let dev = it.next()?.parse().ok()?;
-        Some((dev, all))
+        Some((dev, all, bytes))
     };
     for run in 0..runs {
         let out = lab::run(&script, Duration::from_secs(1500)).map_err(|e| e.to_string())?;
@@ -976,6 +1004,7 @@ grep -v '^WLB-' $log | tail -n 20
                     let r = res.entry(c.0).or_default();
                     r.1.push((e.0 - b.0) / frames);
                     r.2.push((e.1 - b.1) / frames);
+                    r.3.push((e.2 - b.2) / frames);
                     got += 1;
                 }
                 "QVM-WL-DONE" => {
@@ -1001,20 +1030,21 @@ grep -v '^WLB-' $log | tail -n 20
         "\nvirtio-wl (lab, weston headless/pixman in L1, qvm-wl-demo in the guest; median of {runs})"
     );
     println!(
-        "{:<12} {:>10} {:>8} {:>20} {:>22}",
-        "case", "frame", "fps", "wl thread us/frame", "VMM process ms/frame"
+        "{:<12} {:>10} {:>8} {:>20} {:>22} {:>18}",
+        "case", "frame", "fps", "wl thread us/frame", "VMM process ms/frame", "queue bytes/frame"
     );
     for (name, w, h, _, _) in WL_CASES {
-        let Some((fps, dev, all)) = res.get_mut(name) else {
+        let Some((fps, dev, all, bytes)) = res.get_mut(name) else {
             continue;
         };
         println!(
-            "{:<12} {:>10} {:>8.2} {:>20.0} {:>22.1}",
+            "{:<12} {:>10} {:>8.2} {:>20.0} {:>22.1} {:>18.0}",
             name,
             format!("{:.1} MiB", f64::from(w * h * 4) / 1048576.0),
             median(fps),
             median(dev) / 1e3,
-            median(all) / 1e6
+            median(all) / 1e6,
+            median(bytes)
         );
     }
     let small = res.get_mut("1mib").map(|r| median(&mut r.1));
