@@ -34,7 +34,7 @@ for target in blk_request net_tx net_rx vsock_tx mmio_registers fuse_standby wl_
         echo "fuzz: $target failed (see above)" >&2
         exit 1
     fi
-    grep -E '^Done [0-9]+ runs' "$fuzzlog" || tail -n 5 "$fuzzlog"
+    grep -E '^Done [0-9]+ runs|DONE +cov' "$fuzzlog" || tail -n 5 "$fuzzlog"
     rm -f "$fuzzlog"
 done
 echo "== cargo test"
