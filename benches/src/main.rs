@@ -25,8 +25,11 @@
 //!    and 4K, zero-copy buffers beside the copy path (same client, frames drawn in guest
 //!    memory and copied into the shared buffer), in the same boot.
 //!
+//! 8. Host, no guest: instructions per committed frame in our virtio-wl device at 1 MiB and
+//!    31.6 MiB frames (`qvm-wl-cost` under callgrind, a headless weston as the compositor).
+//!
 //! Usage: qvm-bench [--runs N] [--skip-lab] [--skip-host] [--skip-blk] [--skip-blk-cost] [--skip-net]
-//!              [--skip-fs] [--skip-wl]
+//!              [--skip-fs] [--skip-wl] [--skip-wl-cost]
 
 use std::io::{BufRead, BufReader};
 
@@ -1058,6 +1061,112 @@ grep -v '^WLB-' $log | tail -n 20
     Ok(())
 }
 
+/// virtio-wl's host CPU per committed frame, deterministic: `qvm-wl-cost` (the guest's demo
+/// client on the device's protocol engine in-process, talking to a headless weston started
+/// here) under callgrind, counting only the device's instructions (`qvm_virtio_wl::*`), at two
+/// frame counts; at 1 MiB and 31.6 MiB frames. Equal counts mean no per-frame work scales with
+/// the buffer: nothing in the device touches pixels.
+fn wl_cost_bench() -> Result<(), String> {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        return Err("valgrind is not installed (apt-get install valgrind)".into());
+    }
+    if Command::new("weston").arg("--version").output().is_err() {
+        return Err("weston is not installed (apt-get install weston)".into());
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let cost = exe.with_file_name("qvm-wl-cost");
+    if !cost.exists() {
+        return Err(format!(
+            "{} is missing: cargo build --release -p qvm-benches",
+            cost.display()
+        ));
+    }
+    let rt = std::env::temp_dir().join(format!("qvm-wl-cost-{}", std::process::id()));
+    std::fs::create_dir_all(&rt).map_err(|e| e.to_string())?;
+    let _ = Command::new("chmod").arg("700").arg(&rt).status();
+    std::fs::write(
+        rt.join("weston.ini"),
+        "[core]\nidle-time=0\n[shell]\nstartup-animation=none\nanimation=none\npanel-position=none\nlocking=false\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(rt.join("weston.log")).map_err(|e| e.to_string())?;
+    let mut weston = Command::new("weston")
+        .arg(format!("--config={}", rt.join("weston.ini").display()))
+        .args([
+            "--backend=headless-backend.so",
+            "--socket=wl-cost",
+            "--width=3840",
+            "--height=2160",
+            "--use-pixman",
+            "--idle-time=0",
+        ])
+        .env("XDG_RUNTIME_DIR", &rt)
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("DISPLAY")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("start weston: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !rt.join("wl-cost").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let collected = |w: u32, h: u32, frames: u32| -> Result<f64, String> {
+        let out = Command::new("valgrind")
+            .args([
+                "--tool=callgrind",
+                "--callgrind-out-file=/dev/null",
+                "--toggle-collect=qvm_virtio_wl::*",
+            ])
+            .arg(&cost)
+            .args([w.to_string(), h.to_string(), frames.to_string()])
+            .env("XDG_RUNTIME_DIR", &rt)
+            .env("WAYLAND_DISPLAY", "wl-cost")
+            .output()
+            .map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            return Err(format!("qvm-wl-cost {w}x{h} {frames} failed: {err}"));
+        }
+        err.lines()
+            .find_map(|l| l.split("Collected :").nth(1))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .ok_or_else(|| format!("no 'Collected' line from callgrind: {err}"))
+    };
+    let (few, many) = (3u32, 13u32);
+    let mut per_frame = Vec::new();
+    let mut result = Ok(());
+    for (w, h) in [(512u32, 512u32), (3840, 2160)] {
+        match collected(w, h, few).and_then(|a| Ok((a, collected(w, h, many)?))) {
+            Ok((a, b)) => per_frame.push((w, h, (b - a) / f64::from(many - few))),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    let _ = weston.kill();
+    let _ = weston.wait();
+    let _ = std::fs::remove_dir_all(&rt);
+    result?;
+    println!("\nvirtio-wl device cost per committed frame on the host (callgrind, device instructions only)");
+    println!("| frame | buffer | instructions per frame |");
+    println!("|---|---|---|");
+    for (w, h, n) in &per_frame {
+        println!(
+            "| {w}x{h} | {:.1} MiB | {n:.0} |",
+            f64::from(w * h * 4) / 1048576.0
+        );
+    }
+    if let [(_, _, small), (_, _, big)] = per_frame[..] {
+        println!(
+            "zero copy: 31.6 MiB frames / 1 MiB frames = {:.3} (target < 1.5)",
+            big / small
+        );
+    }
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let runs = args
@@ -1095,6 +1204,12 @@ fn main() {
     if !skip("--skip-fs") {
         if let Err(e) = fs_bench(runs) {
             eprintln!("fs bench failed: {e}");
+            failed = true;
+        }
+    }
+    if !skip("--skip-wl-cost") {
+        if let Err(e) = wl_cost_bench() {
+            eprintln!("wl cost bench failed: {e}");
             failed = true;
         }
     }

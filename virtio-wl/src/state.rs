@@ -813,6 +813,13 @@ impl WlState {
             .is_ok_and(|i| i.0 != q.next_avail())
     }
 
+    /// Takes the oldest message waiting for an in-queue buffer without a queue: for host-side
+    /// harnesses (`qvm-wl-cost`); the worker uses [`WlState::deliver`].
+    #[doc(hidden)]
+    pub fn take_pending(&mut self) -> Option<Vec<u8>> {
+        self.pending.pop_front().map(|m| m.bytes)
+    }
+
     /// Moves pending messages into in-queue buffers, one per buffer; true if any was used.
     /// A buffer that cannot take the message (too small, readable, bad address) is returned
     /// empty and the message waits for the next.
