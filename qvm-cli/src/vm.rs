@@ -1,0 +1,264 @@
+//! Starting, stopping and asking after one VM: one detached `qvm-vmm` per VM, its API socket
+//! and pid file in the VM's runtime directory.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use qvm_api::{client, Method};
+
+use crate::domains::{to_toml, Domain, DomainsError};
+use crate::runtime::{alive, VmPaths};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Domains(#[from] DomainsError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start {vmm}: {source} (install qvm-vmm on PATH or set QVM_VMM)")]
+    Spawn {
+        vmm: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{vm}: qvm-vmm exited while starting; {console} ends with:\n{tail}")]
+    StartFailed {
+        vm: String,
+        console: PathBuf,
+        tail: String,
+    },
+    #[error("{vm}: the API socket {sock} did not answer within {secs} s; see {console}")]
+    StartTimeout {
+        vm: String,
+        sock: PathBuf,
+        secs: u64,
+        console: PathBuf,
+    },
+    #[error("{vm}: qvm-vmm (pid {pid}) is still running after shutdown, stop and SIGKILL")]
+    WontDie { vm: String, pid: i32 },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
+    move |source| VmError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What `qvm status` reports for a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// The VMM lives and its API answered with this state (`running`, `paused`, ...).
+    Running { pid: i32, state: String },
+    /// The VMM lives but its API does not answer (starting, or wedged).
+    Unresponsive { pid: i32 },
+    /// No VMM; `cleaned` lists stale files removed on the way.
+    Stopped { cleaned: Vec<PathBuf> },
+}
+
+impl State {
+    pub fn is_running(&self) -> bool {
+        !matches!(self, State::Stopped { .. })
+    }
+    pub fn word(&self) -> String {
+        match self {
+            State::Running { state, .. } => state.clone(),
+            State::Unresponsive { .. } => "unresponsive".into(),
+            State::Stopped { .. } => "stopped".into(),
+        }
+    }
+}
+
+fn api_state(paths: &VmPaths, timeout: Duration) -> Option<String> {
+    let r = client::call(&paths.api_sock(), Method::Get, "/vm", None, timeout).ok()?;
+    if !r.is_success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+    Some(v["state"].as_str().unwrap_or("running").to_string())
+}
+
+/// The VM's state; stale sockets and pid files of a dead VMM are removed.
+pub fn status(paths: &VmPaths) -> State {
+    match paths.live_pid() {
+        Some(pid) => match api_state(paths, Duration::from_secs(5)) {
+            Some(state) => State::Running { pid, state },
+            None => State::Unresponsive { pid },
+        },
+        None => State::Stopped {
+            cleaned: paths.clean_stale(),
+        },
+    }
+}
+
+/// The qvm-vmm binary: `$QVM_VMM`, else next to this executable, else on PATH.
+pub fn vmm_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("QVM_VMM") {
+        return PathBuf::from(p);
+    }
+    if let Some(sibling) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("qvm-vmm")))
+        .filter(|p| p.is_file())
+    {
+        return sibling;
+    }
+    PathBuf::from("qvm-vmm")
+}
+
+/// Last `n` lines of a file.
+fn tail(path: &Path, n: usize) -> String {
+    let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Writes the VM's derived `vm.toml` (after qvm-vmm's validation) and returns its path.
+pub fn write_config(d: &Domain, paths: &VmPaths) -> Result<PathBuf, VmError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&paths.dir)
+        .map_err(io(&paths.dir))?;
+    let cfg = d.checked_config(paths)?;
+    let path = paths.config();
+    std::fs::write(&path, to_toml(&cfg)).map_err(io(&path))?;
+    Ok(path)
+}
+
+/// Starts the VM unless it runs; waits until its API answers. Returns the VMM's pid and
+/// whether this call started it.
+pub fn start(d: &Domain, paths: &VmPaths, timeout: Duration) -> Result<(i32, bool), VmError> {
+    match status(paths) {
+        State::Running { pid, .. } => return Ok((pid, false)),
+        State::Unresponsive { pid } => {
+            wait_api(d, paths, pid, timeout)?;
+            return Ok((pid, false));
+        }
+        State::Stopped { .. } => {}
+    }
+    let config = write_config(d, paths)?;
+    let console = paths.console();
+    let log = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&console)
+        .map_err(io(&console))?;
+    let log2 = log.try_clone().map_err(io(&console))?;
+    let vmm = vmm_binary();
+    let mut cmd = Command::new(&vmm);
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--api-sock")
+        .arg(paths.api_sock())
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    // SAFETY: setsid(2) is async-signal-safe; it detaches the VMM from our terminal and
+    // process group so it outlives this command and its signals.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| VmError::Spawn {
+        vmm: vmm.clone(),
+        source,
+    })?;
+    let pid = child.id() as i32;
+    let pid_file = paths.pid_file();
+    std::fs::write(&pid_file, format!("{pid}\n")).map_err(io(&pid_file))?;
+    // Reap it if it exits while we still run (`qvm run` stays around).
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    wait_api(d, paths, pid, timeout)?;
+    Ok((pid, true))
+}
+
+fn wait_api(d: &Domain, paths: &VmPaths, pid: i32, timeout: Duration) -> Result<(), VmError> {
+    let start = Instant::now();
+    loop {
+        if !alive(pid) {
+            paths.clean_stale();
+            return Err(VmError::StartFailed {
+                vm: d.name.clone(),
+                console: paths.console(),
+                tail: tail(&paths.console(), 10),
+            });
+        }
+        if api_state(paths, Duration::from_secs(2)).is_some() {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            return Err(VmError::StartTimeout {
+                vm: d.name.clone(),
+                sock: paths.api_sock(),
+                secs: timeout.as_secs(),
+                console: paths.console(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_exit(pid: i32, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while alive(pid) {
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
+}
+
+fn action(paths: &VmPaths, body: &str) {
+    let _ = client::call(
+        &paths.api_sock(),
+        Method::Put,
+        "/actions",
+        Some(body),
+        Duration::from_secs(10),
+    );
+}
+
+/// Stops the VM: `shutdown` (ACPI power button; the VMM stops the VM itself after `grace`),
+/// then `stop`, then SIGKILL; waits for the VMM to exit and removes its sockets. Returns
+/// false if it was not running.
+pub fn stop(d: &Domain, paths: &VmPaths, grace: Duration) -> Result<bool, VmError> {
+    let Some(pid) = paths.live_pid() else {
+        paths.clean_stale();
+        return Ok(false);
+    };
+    action(
+        paths,
+        &serde_json::json!({"action": "shutdown", "timeout_s": grace.as_secs_f64()}).to_string(),
+    );
+    if !wait_exit(pid, grace + Duration::from_secs(5)) {
+        action(paths, r#"{"action": "stop"}"#);
+        if !wait_exit(pid, Duration::from_secs(5)) && paths.is_our_vmm(pid) {
+            // SAFETY: kill(2) of the VMM whose command line names this VM's API socket.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            if !wait_exit(pid, Duration::from_secs(5)) {
+                return Err(VmError::WontDie {
+                    vm: d.name.clone(),
+                    pid,
+                });
+            }
+        }
+    }
+    paths.clean_stale();
+    Ok(true)
+}
