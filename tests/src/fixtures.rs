@@ -38,6 +38,13 @@ pub fn qvm_run_binary() -> PathBuf {
         .clone()
 }
 
+/// The host build of `qvm` (the desktop front end, qvm-cli).
+pub fn qvm_cli_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_binary("qvm-cli", "qvm"))
+        .clone()
+}
+
 /// The host build of `qvm-vsock` (checked transfers over vsock, unix sockets and TCP).
 pub fn qvm_vsock_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();

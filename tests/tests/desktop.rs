@@ -1,0 +1,159 @@
+//! The qvm desktop in the lab: three VMs declared in a domains file, two started with
+//! `qvm start`, a command run in one with `qvm run`, a file copied from one VM into the
+//! other's `~/Incoming/<source>/` with `qvm copy --from ... --yes` (and refused without the
+//! confirmation), `qvm status` showing both running and the third stopped, a VMM killed behind
+//! qvm's back detected as stale and cleaned, then both stopped with `qvm stop`: no qvm-vmm
+//! left, no sockets left.
+
+use std::time::Duration;
+
+use qvm_tests::fixtures::{guest_initramfs, guest_kernel, qvm_cli_binary, vmm_binary};
+use qvm_tests::lab;
+
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+fn field<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.trim_start().strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key:?} line in:\n{out}"))
+        .trim()
+}
+
+/// The `qvm list` row of `vm` after the line `marker`.
+fn row<'a>(out: &'a str, marker: &str, vm: &str) -> Vec<&'a str> {
+    out.lines()
+        .skip_while(|l| !l.starts_with(marker))
+        .find(|l| l.split_whitespace().next() == Some(vm))
+        .unwrap_or_else(|| panic!("no {vm} row after {marker:?} in:\n{out}"))
+        .split_whitespace()
+        .collect()
+}
+
+#[test]
+fn three_vms_start_run_copy_status_stop() {
+    let d = lab::lab_share_dir().join("desktop");
+    std::fs::create_dir_all(&d).unwrap();
+    let kernel = &guest_kernel().vmlinux;
+    let initrd = guest_initramfs();
+    let mut domains = String::new();
+    for (name, label) in [("a", "red"), ("b", "green"), ("c", "blue")] {
+        domains.push_str(&format!(
+            "[[vm]]\nname = {name:?}\nlabel = {label:?}\nmemory_mib = 192\nvcpus = 1\n\
+             kernel = {:?}\ninitrd = {:?}\n\
+             cmdline = \"console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=agent\"\n\n",
+            kernel.display().to_string(),
+            initrd.display().to_string(),
+        ));
+    }
+    let domains_path = d.join("domains.toml");
+    std::fs::write(&domains_path, domains).unwrap();
+    // The runtime dir lives in L1's /tmp: unix sockets on the 9p share do not work.
+    let script = format!(
+        r#"set -u
+export XDG_RUNTIME_DIR=/tmp/qvm-desktop-rt QVM_VMM={vmm}
+rt=$XDG_RUNTIME_DIR/qvm
+rm -rf $XDG_RUNTIME_DIR; mkdir -p -m 700 $XDG_RUNTIME_DIR
+q="{qvm} --domains {domains}"
+t0=$(date +%s)
+# Live (not zombie) qvm-vmm processes, from /proc.
+vmms() {{
+  n=0
+  for p in /proc/[0-9]*; do
+    grep -q '^State:.*Z' $p/status 2>/dev/null && continue
+    tr '\0' ' ' < $p/cmdline 2>/dev/null | grep -q "qvm-vmm --config $rt/" && n=$((n+1))
+  done
+  echo $n
+}}
+$q start a; echo "START-A $?"
+$q start b; echo "START-B $?"
+$q start a; echo "START-A-AGAIN $?"
+out=$($q run a -- uname -r); echo "RUN-CODE $? UNAME $out"
+echo "HOST-UNAME $(uname -r)"
+$q run a -- sh -c 'echo "note from a $((6*7))" > /root/note.txt'; echo "WRITE-CODE $?"
+$q copy --from a /root/note.txt b </dev/null >/tmp/noconfirm.out 2>&1
+echo "NOCONFIRM-CODE $? $(cat /tmp/noconfirm.out)"
+$q copy --from a /root/note.txt b --yes; echo "COPY-CODE $?"
+out=$($q run b -- cat /root/Incoming/a/note.txt); echo "INCOMING-CODE $? $out"
+$q copy --from a /root/note.txt b --yes >/tmp/again.out 2>&1; echo "AGAIN-CODE $? $(cat /tmp/again.out)"
+$q run b -- sh -c 'exit 7'; echo "EXIT-CODE $?"
+echo "LIST-1"; $q list
+echo "VMM-PROCS-RUNNING $(vmms)"
+$q start c >/dev/null; pid=$(cat $rt/c/pid); kill -9 $pid
+i=0; while [ -d /proc/$pid ] && ! grep -q '^State:.*Z' /proc/$pid/status 2>/dev/null; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done
+echo "STALE-BEFORE $(ls $rt/c | tr '\n' ' ')"
+echo "STATUS-C $($q status c)"
+echo "STALE-AFTER $(ls $rt/c | tr '\n' ' ')"
+$q stop a; echo "STOP-A $?"
+$q stop b; echo "STOP-B $?"
+$q stop c; echo "STOP-C $?"
+echo "LIST-2"; $q list
+echo "VMM-PROCS $(vmms)"
+echo "SOCKETS $(find $XDG_RUNTIME_DIR -type s | wc -l)"
+echo "ELAPSED $(( $(date +%s) - t0 ))"
+for v in a b c; do echo "== $v console"; tail -n 5 $rt/$v/console.log; done
+"#,
+        vmm = vmm_binary().display(),
+        qvm = qvm_cli_binary().display(),
+        domains = domains_path.display(),
+    );
+    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let out = &r.output;
+    eprintln!("{out}");
+    for key in [
+        "START-A ",
+        "START-B ",
+        "START-A-AGAIN ",
+        "WRITE-CODE ",
+        "COPY-CODE ",
+    ] {
+        assert_eq!(field(out, key), "0", "{key}: {out}");
+    }
+    assert!(out.contains("a: already running"), "{out}");
+    let uname = field(out, "RUN-CODE ");
+    assert!(
+        uname.starts_with("0 UNAME ") && uname.len() > "0 UNAME ".len(),
+        "{out}"
+    );
+    assert_ne!(
+        uname.trim_start_matches("0 UNAME "),
+        field(out, "HOST-UNAME "),
+        "the guest kernel, not L1's: {out}"
+    );
+    let noconfirm = field(out, "NOCONFIRM-CODE ");
+    assert!(
+        noconfirm.starts_with("1 ") && noconfirm.contains("--yes"),
+        "{out}"
+    );
+    assert_eq!(field(out, "INCOMING-CODE "), "0 note from a 42", "{out}");
+    let again = field(out, "AGAIN-CODE ");
+    assert!(
+        again.starts_with("1 ") && again.contains("already exists"),
+        "{out}"
+    );
+    assert_eq!(field(out, "EXIT-CODE "), "7", "{out}");
+    assert_eq!(row(out, "LIST-1", "a")[1], "running", "{out}");
+    assert_eq!(row(out, "LIST-1", "b")[1], "running", "{out}");
+    assert_eq!(row(out, "LIST-1", "c")[1], "stopped", "{out}");
+    assert_eq!(row(out, "LIST-1", "a")[3], "red", "{out}");
+    assert_eq!(field(out, "VMM-PROCS-RUNNING "), "2", "{out}");
+    assert!(field(out, "STALE-BEFORE ").contains("api.sock"), "{out}");
+    let status_c = field(out, "STATUS-C ");
+    assert!(
+        status_c.contains("stopped") && status_c.contains("stale"),
+        "{out}"
+    );
+    assert!(!field(out, "STALE-AFTER ").contains("api.sock"), "{out}");
+    assert_eq!(field(out, "STOP-A "), "0", "{out}");
+    assert_eq!(field(out, "STOP-B "), "0", "{out}");
+    assert!(
+        out.contains("a: stopped") && out.contains("b: stopped"),
+        "{out}"
+    );
+    assert!(out.contains("c: not running"), "{out}");
+    for vm in ["a", "b", "c"] {
+        assert_eq!(row(out, "LIST-2", vm)[1], "stopped", "{out}");
+    }
+    assert_eq!(field(out, "VMM-PROCS "), "0", "{out}");
+    assert_eq!(field(out, "SOCKETS "), "0", "{out}");
+    eprintln!("desktop scenario: {} s in L1", field(out, "ELAPSED "));
+}
