@@ -16,6 +16,7 @@
 //! shares = [{ tag = "home", path = "/home/me/work", read_only = false }]   # virtio-fs
 //! wayland = { socket = "wayland-0", clipboard = "gated" }   # optional
 //! cid = 3                        # optional vsock guest cid (default: 3 + position in file)
+//! jail = { uid = 2001, gid = 2001 }   # optional: start through qvm-jailer (as root)
 //! ```
 //! Relative paths are relative to the domains file.
 
@@ -73,6 +74,10 @@ pub enum DomainsError {
         path: PathBuf,
         known: String,
     },
+    #[error(
+        "[[vm]] {name}: jail uid and gid must not be 0; give the VM its own unprivileged uid/gid"
+    )]
+    JailRoot { name: String },
     #[error("[[vm]] {name}: {source}")]
     Vm {
         name: String,
@@ -111,6 +116,19 @@ fn default_wl_socket() -> PathBuf {
     PathBuf::from("wayland-0")
 }
 
+/// Run the VM through `qvm-jailer` (as root): its own uid/gid, namespaces, cgroup.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Jail {
+    /// The VM's own uid and gid (not 0); it must be able to read the kernel, initrd and disks.
+    pub uid: u32,
+    pub gid: u32,
+    /// qvm-jailer's `--jail-base` (default: its own, /srv/qvm/jail).
+    pub jail_base: Option<PathBuf>,
+    /// qvm-jailer's `--cgroup-base` (default: its own, /sys/fs/cgroup/qvm).
+    pub cgroup_base: Option<PathBuf>,
+}
+
 /// One `[[vm]]` of the domains file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -132,6 +150,8 @@ pub struct Domain {
     pub shares: Vec<Share>,
     pub wayland: Option<Wayland>,
     pub cid: Option<u64>,
+    /// Start this VM jailed (see [`Jail`]).
+    pub jail: Option<Jail>,
 }
 
 fn default_vcpus() -> u64 {
@@ -229,6 +249,11 @@ impl Domains {
             d.cid = Some(cid);
             if d.mac.is_some() && d.tap.is_none() {
                 return Err(DomainsError::MacWithoutTap {
+                    name: d.name.clone(),
+                });
+            }
+            if d.jail.as_ref().is_some_and(|j| j.uid == 0 || j.gid == 0) {
+                return Err(DomainsError::JailRoot {
                     name: d.name.clone(),
                 });
             }

@@ -217,3 +217,40 @@ fn units_start_and_stop_through_qvm() {
     );
     assert!(text.contains("Type=forking"), "{text}");
 }
+
+#[test]
+fn jailed_vms_start_through_qvm_jailer() {
+    let f = Fixture::new();
+    let d = f
+        .parse(
+            "[[vm]]\nname = \"j\"\nmemory_mib = 64\nkernel = \"vmlinux\"\n\
+             jail = { uid = 2001, gid = 2002, jail_base = \"/tmp/jb\" }\n\
+             [[vm]]\nname = \"p\"\nmemory_mib = 64\nkernel = \"vmlinux\"\n",
+        )
+        .unwrap();
+    let rt = Path::new("/r");
+    let j = d.get("j").unwrap();
+    let (bin, args) = crate::vm::vmm_command(j, &VmPaths::new(rt, "j"), Path::new("/r/j/vm.toml"));
+    assert!(bin.ends_with("qvm-jailer"), "{bin:?}");
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let joined = args.join(" ");
+    assert!(
+        joined.starts_with("--id j --uid 2001 --gid 2002 --jail-base /tmp/jb"),
+        "{joined}"
+    );
+    assert!(
+        joined.ends_with("--config /r/j/vm.toml -- --api-sock /r/j/api.sock"),
+        "{joined}"
+    );
+    let p = d.get("p").unwrap();
+    let (bin, args) = crate::vm::vmm_command(p, &VmPaths::new(rt, "p"), Path::new("/r/p/vm.toml"));
+    assert!(bin.ends_with("qvm-vmm"), "{bin:?}");
+    assert_eq!(args.len(), 4);
+    assert!(matches!(
+        f.parse("[[vm]]\nname = \"r\"\nmemory_mib = 64\nkernel = \"vmlinux\"\njail = { uid = 0, gid = 0 }\n"),
+        Err(DomainsError::JailRoot { .. })
+    ));
+}

@@ -23,7 +23,7 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot start {vmm}: {source} (install qvm-vmm on PATH or set QVM_VMM)")]
+    #[error("cannot start {vmm}: {source} (install qvm-vmm/qvm-jailer on PATH or set QVM_VMM/QVM_JAILER)")]
     Spawn {
         vmm: PathBuf,
         #[source]
@@ -114,6 +114,66 @@ pub fn vmm_binary() -> PathBuf {
     PathBuf::from("qvm-vmm")
 }
 
+/// The qvm-jailer binary: `$QVM_JAILER`, else next to this executable, else on PATH.
+pub fn jailer_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("QVM_JAILER") {
+        return PathBuf::from(p);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("qvm-jailer")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("qvm-jailer"))
+}
+
+/// The command that runs the VM: `qvm-vmm --config C --api-sock S`, or through qvm-jailer
+/// when the domain says `jail`.
+pub fn vmm_command(
+    d: &Domain,
+    paths: &VmPaths,
+    config: &Path,
+) -> (PathBuf, Vec<std::ffi::OsString>) {
+    let sock = paths.api_sock();
+    match &d.jail {
+        None => (
+            vmm_binary(),
+            vec![
+                "--config".into(),
+                config.into(),
+                "--api-sock".into(),
+                sock.into(),
+            ],
+        ),
+        Some(j) => {
+            let mut args: Vec<std::ffi::OsString> = vec![
+                "--id".into(),
+                d.name.clone().into(),
+                "--uid".into(),
+                j.uid.to_string().into(),
+                "--gid".into(),
+                j.gid.to_string().into(),
+            ];
+            if let Some(b) = &j.jail_base {
+                args.extend(["--jail-base".into(), b.into()]);
+            }
+            if let Some(b) = &j.cgroup_base {
+                args.extend(["--cgroup-base".into(), b.into()]);
+            }
+            if std::env::var_os("QVM_VMM").is_some() || vmm_binary().is_absolute() {
+                args.extend(["--exec-file".into(), vmm_binary().into()]);
+            }
+            args.extend([
+                "--config".into(),
+                config.into(),
+                "--".into(),
+                "--api-sock".into(),
+                sock.into(),
+            ]);
+            (jailer_binary(), args)
+        }
+    }
+}
+
 /// Last `n` lines of a file.
 fn tail(path: &Path, n: usize) -> String {
     let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
@@ -131,6 +191,12 @@ pub fn write_config(d: &Domain, paths: &VmPaths) -> Result<PathBuf, VmError> {
     let cfg = d.checked_config(paths)?;
     let path = paths.config();
     std::fs::write(&path, to_toml(&cfg)).map_err(io(&path))?;
+    if let Some(j) = &d.jail {
+        // The jailed VMM makes its sockets in the VM's directory and reads its config.
+        for p in [&paths.dir, &path] {
+            std::os::unix::fs::chown(p, Some(j.uid), Some(j.gid)).map_err(io(p))?;
+        }
+    }
     Ok(path)
 }
 
@@ -155,15 +221,9 @@ pub fn start(d: &Domain, paths: &VmPaths, timeout: Duration) -> Result<(i32, boo
         .open(&console)
         .map_err(io(&console))?;
     let log2 = log.try_clone().map_err(io(&console))?;
-    let vmm = vmm_binary();
+    let (vmm, args) = vmm_command(d, paths, &config);
     let mut cmd = Command::new(&vmm);
-    cmd.arg("--config")
-        .arg(&config)
-        .arg("--api-sock")
-        .arg(paths.api_sock())
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
+    cmd.args(args).stdin(Stdio::null()).stdout(log).stderr(log2);
     // SAFETY: setsid(2) is async-signal-safe; it detaches the VMM from our terminal and
     // process group so it outlives this command and its signals.
     unsafe {
