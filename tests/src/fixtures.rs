@@ -45,6 +45,13 @@ pub fn qvm_cli_binary() -> PathBuf {
         .clone()
 }
 
+/// The host build of `qvm-jailer`.
+pub fn qvm_jailer_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_binary("qvm-jailer", "qvm-jailer"))
+        .clone()
+}
+
 /// The host build of `qvm-vsock` (checked transfers over vsock, unix sockets and TCP).
 pub fn qvm_vsock_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();

@@ -66,25 +66,33 @@ vmms() {{
 }}
 $q start a; echo "START-A $?"
 $q start b; echo "START-B $?"
+echo "T+$(( $(date +%s) - t0 ))s after: q start b"
 $q start a; echo "START-A-AGAIN $?"
 out=$($q run a -- uname -r); echo "RUN-CODE $? UNAME $out"
+echo "T+$(( $(date +%s) - t0 ))s after: q run a -- uname -r)"
 echo "HOST-UNAME $(uname -r)"
 $q run a -- sh -c 'echo "note from a $((6*7))" > /root/note.txt'; echo "WRITE-CODE $?"
 $q copy --from a /root/note.txt b </dev/null >/tmp/noconfirm.out 2>&1
 echo "NOCONFIRM-CODE $? $(cat /tmp/noconfirm.out)"
 $q copy --from a /root/note.txt b --yes; echo "COPY-CODE $?"
+echo "T+$(( $(date +%s) - t0 ))s after: q copy --from a /root/note.txt b --yes"
 out=$($q run b -- cat /root/Incoming/a/note.txt); echo "INCOMING-CODE $? $out"
 $q copy --from a /root/note.txt b --yes >/tmp/again.out 2>&1; echo "AGAIN-CODE $? $(cat /tmp/again.out)"
 $q run b -- sh -c 'exit 7'; echo "EXIT-CODE $?"
 echo "LIST-1"; $q list
+echo "T+$(( $(date +%s) - t0 ))s after: echo LIST-1"
 echo "VMM-PROCS-RUNNING $(vmms)"
 $q start c >/dev/null; pid=$(cat $rt/c/pid); kill -9 $pid
+echo "T+$(( $(date +%s) - t0 ))s after: q start c >/dev/null"
 i=0; while [ -d /proc/$pid ] && ! grep -q '^State:.*Z' /proc/$pid/status 2>/dev/null; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done
 echo "STALE-BEFORE $(ls $rt/c | tr '\n' ' ')"
 echo "STATUS-C $($q status c)"
+echo "T+$(( $(date +%s) - t0 ))s after: echo STATUS-C q status c"
 echo "STALE-AFTER $(ls $rt/c | tr '\n' ' ')"
 $q stop a; echo "STOP-A $?"
+echo "T+$(( $(date +%s) - t0 ))s after: q stop a"
 $q stop b; echo "STOP-B $?"
+echo "T+$(( $(date +%s) - t0 ))s after: q stop b"
 $q stop c; echo "STOP-C $?"
 echo "LIST-2"; $q list
 echo "VMM-PROCS $(vmms)"
