@@ -2,6 +2,7 @@
 //! and pid file in the VM's runtime directory.
 
 use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -200,9 +201,42 @@ pub fn write_config(d: &Domain, paths: &VmPaths) -> Result<PathBuf, VmError> {
     Ok(path)
 }
 
+/// Serializes `qvm start`/`stop` of one VM (two `qvm run` on a stopped VM boot it once): an
+/// exclusive flock on `<root>/.<vm>.lock`, outside the VM's directory (a jailed VM owns that).
+fn lock(paths: &VmPaths) -> Result<std::fs::File, VmError> {
+    let root = paths.dir.parent().unwrap_or(Path::new("/"));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .map_err(io(root))?;
+    let name = paths
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = root.join(format!(".{name}.lock"));
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io(&path))?;
+    // SAFETY: flock(2) on a descriptor we own; released when the file is dropped.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(VmError::Io {
+            path,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(f)
+}
+
 /// Starts the VM unless it runs; waits until its API answers. Returns the VMM's pid and
 /// whether this call started it.
 pub fn start(d: &Domain, paths: &VmPaths, timeout: Duration) -> Result<(i32, bool), VmError> {
+    let _lock = lock(paths)?;
     match status(paths) {
         State::Running { pid, .. } => return Ok((pid, false)),
         State::Unresponsive { pid } => {
@@ -298,6 +332,7 @@ fn action(paths: &VmPaths, body: &str) {
 /// then `stop`, then SIGKILL; waits for the VMM to exit and removes its sockets. Returns
 /// false if it was not running.
 pub fn stop(d: &Domain, paths: &VmPaths, grace: Duration) -> Result<bool, VmError> {
+    let _lock = lock(paths)?;
     let Some(pid) = paths.live_pid() else {
         paths.clean_stale();
         return Ok(false);
