@@ -73,6 +73,12 @@ enum Cmd {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+    /// Print the commands (for root) that create each VM's tap device.
+    Taps {
+        /// The tap owner for domains that are not jailed (default: $USER, else this uid).
+        #[arg(long)]
+        user: Option<String>,
+    },
     /// Print (or with --write DIR, write) a systemd user unit qvm-<vm>.service per VM.
     Units {
         #[arg(long, value_name = "DIR")]
@@ -361,6 +367,13 @@ fn real_main(cli: Cli) -> Result<ExitCode, CliError> {
             yes,
             Duration::from_secs(timeout),
         )?,
+        Cmd::Taps { user } => {
+            let user = user
+                .or_else(|| std::env::var("USER").ok())
+                // SAFETY: getuid(2) cannot fail.
+                .unwrap_or_else(|| unsafe { libc::getuid() }.to_string());
+            print!("{}", units::tap_commands(&ctx.domains.vms, &user));
+        }
         Cmd::Units { write } => {
             let qvm = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("qvm"));
             let domains = std::fs::canonicalize(&path).unwrap_or(path.clone());

@@ -254,3 +254,22 @@ fn jailed_vms_start_through_qvm_jailer() {
         Err(DomainsError::JailRoot { .. })
     ));
 }
+
+#[test]
+fn tap_commands_give_each_tap_to_its_user() {
+    let f = Fixture::new();
+    let d = f
+        .parse(
+            "[[vm]]\nname = \"a\"\nmemory_mib = 64\nkernel = \"vmlinux\"\ntap = \"qvm-a\"\n\
+             [[vm]]\nname = \"b\"\nmemory_mib = 64\nkernel = \"vmlinux\"\n\
+             [[vm]]\nname = \"j\"\nmemory_mib = 64\nkernel = \"vmlinux\"\ntap = \"qvm-j\"\n\
+             jail = { uid = 2001, gid = 2001 }\n",
+        )
+        .unwrap();
+    let text = units::tap_commands(&d.vms, "me");
+    assert_eq!(
+        text,
+        "# a\nip tuntap add qvm-a mode tap user me\nip link set qvm-a up\n\
+         # j\nip tuntap add qvm-j mode tap user 2001\nip link set qvm-j up\n"
+    );
+}

@@ -34,3 +34,22 @@ pub fn unit(d: &Domain, paths: &VmPaths, qvm: &Path, domains: &Path) -> String {
         pid = paths.pid_file().display(),
     )
 }
+
+/// `qvm taps`: the commands an admin runs (as root) to create each VM's tap, owned by the
+/// user that runs the VM (the VM's jail uid for jailed domains, else `user`).
+pub fn tap_commands(vms: &[Domain], user: &str) -> String {
+    let mut s = String::new();
+    for d in vms {
+        let Some(tap) = &d.tap else { continue };
+        let owner = d
+            .jail
+            .as_ref()
+            .map(|j| j.uid.to_string())
+            .unwrap_or_else(|| user.to_string());
+        s.push_str(&format!(
+            "# {name}\nip tuntap add {tap} mode tap user {owner}\nip link set {tap} up\n",
+            name = d.name
+        ));
+    }
+    s
+}
