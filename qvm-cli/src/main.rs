@@ -1,4 +1,4 @@
-//! `qvm`: the desktop front end. `qvm start|stop|status|list|run|copy|units`, driven by the
+//! `qvm`: the desktop front end. `qvm start|stop|status|list|run|copy|units|taps`, driven by the
 //! domains file (default `~/.config/qvm/domains.toml`).
 //!
 //! Exit codes: 0 success (`run`: the command's own status), 1 an error (one line saying what

@@ -1,9 +1,9 @@
 //! The qvm desktop in the lab: three VMs declared in a domains file, two started with
 //! `qvm start`, a command run in one with `qvm run`, a file copied from one VM into the
 //! other's `~/Incoming/<source>/` with `qvm copy --from ... --yes` (and refused without the
-//! confirmation), `qvm status` showing both running and the third stopped, a VMM killed behind
-//! qvm's back detected as stale and cleaned, then both stopped with `qvm stop`: no qvm-vmm
-//! left, no sockets left.
+//! confirmation) and a host file into `~/Incoming/dom0/`, `qvm status` showing both running
+//! and the third stopped, a VMM killed behind qvm's back detected as stale and cleaned, then
+//! both stopped with `qvm stop`: no qvm-vmm left, no sockets left.
 
 use std::time::Duration;
 
@@ -55,12 +55,11 @@ rt=$XDG_RUNTIME_DIR/qvm
 rm -rf $XDG_RUNTIME_DIR; mkdir -p -m 700 $XDG_RUNTIME_DIR
 q="{qvm} --domains {domains}"
 t0=$(date +%s)
-# Live (not zombie) qvm-vmm processes, from /proc.
+# Live (not zombie) qvm-vmm processes of our VMs, from /proc (one grep: forks are slow in L1).
 vmms() {{
   n=0
-  for p in /proc/[0-9]*; do
-    grep -q '^State:.*Z' $p/status 2>/dev/null && continue
-    tr '\0' ' ' < $p/cmdline 2>/dev/null | grep -q "qvm-vmm --config $rt/" && n=$((n+1))
+  for f in $(grep -la "$rt/[a-z]*/vm.toml" /proc/[0-9]*/cmdline 2>/dev/null); do
+    grep -q '^State:.*Z' ${{f%/cmdline}}/status 2>/dev/null || n=$((n+1))
   done
   echo $n
 }}
@@ -79,6 +78,9 @@ echo "T+$(( $(date +%s) - t0 ))s after: q copy --from a /root/note.txt b --yes"
 out=$($q run b -- cat /root/Incoming/a/note.txt); echo "INCOMING-CODE $? $out"
 $q copy --from a /root/note.txt b --yes >/tmp/again.out 2>&1; echo "AGAIN-CODE $? $(cat /tmp/again.out)"
 $q run b -- sh -c 'exit 7'; echo "EXIT-CODE $?"
+echo "from the host" > /tmp/host-note.txt
+$q copy /tmp/host-note.txt a --yes >/dev/null; echo "HOSTCOPY-CODE $?"
+out=$($q run a -- cat /root/Incoming/dom0/host-note.txt); echo "DOM0-INCOMING $? $out"
 echo "LIST-1"; $q list
 echo "T+$(( $(date +%s) - t0 ))s after: echo LIST-1"
 echo "VMM-PROCS-RUNNING $(vmms)"
@@ -139,6 +141,8 @@ for v in a b c; do echo "== $v console"; tail -n 5 $rt/$v/console.log; done
         "{out}"
     );
     assert_eq!(field(out, "EXIT-CODE "), "7", "{out}");
+    assert_eq!(field(out, "HOSTCOPY-CODE "), "0", "{out}");
+    assert_eq!(field(out, "DOM0-INCOMING "), "0 from the host", "{out}");
     assert_eq!(row(out, "LIST-1", "a")[1], "running", "{out}");
     assert_eq!(row(out, "LIST-1", "b")[1], "running", "{out}");
     assert_eq!(row(out, "LIST-1", "c")[1], "stopped", "{out}");
