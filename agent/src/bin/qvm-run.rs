@@ -2,26 +2,37 @@
 //! guest agent (`qvm-agent`, vsock port N, default 5000), with this process's stdin, stdout and
 //! stderr, and exits with the command's exit status (127: it could not be started, 255: the
 //! connection to the agent was lost).
+//!
+//! `--cid CID` instead of `--vsock` connects over the host's AF_VSOCK to (CID, port), for a VM
+//! whose vsock is the kernel's vhost-vsock (QEMU's `vhost-vsock-device`, in the benches).
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use qvm_agent::frame::{self, read_frame, write_frame};
-use qvm_agent::stream::connect_through_vmm;
+use qvm_agent::stream::{connect_through_vmm, VsockStream};
 
 fn usage() -> ! {
-    eprintln!("usage: qvm-run --vsock VM_SOCKET [--port N] -- COMMAND [ARG...]");
+    eprintln!("usage: qvm-run --vsock VM_SOCKET | --cid CID [--port N] -- COMMAND [ARG...]");
     std::process::exit(2);
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut uds: Option<PathBuf> = None;
+    let mut cid: Option<u32> = None;
     let mut port = 5000u32;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
             "--vsock" => uds = args.get(i + 1).map(PathBuf::from),
+            "--cid" => {
+                cid = Some(
+                    args.get(i + 1)
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or_else(|| usage()),
+                )
+            }
             "--port" => {
                 port = args
                     .get(i + 1)
@@ -34,10 +45,22 @@ fn main() {
         i += 2;
     }
     let command = args.get(i + 1..).unwrap_or_default();
-    let (Some(uds), false) = (uds, command.is_empty()) else {
+    if command.is_empty() {
         usage()
+    }
+    type Conn = (Box<dyn Read + Send>, Box<dyn Write + Send>);
+    let conn: std::io::Result<Conn> = match (uds, cid) {
+        (Some(uds), None) => connect_through_vmm(&uds, port)
+            .map(|(r, w)| (Box::new(r) as Box<dyn Read + Send>, Box::new(w) as _)),
+        (None, Some(cid)) => VsockStream::connect(cid, port).and_then(|s| {
+            Ok((
+                Box::new(s.try_clone()?) as Box<dyn Read + Send>,
+                Box::new(s) as _,
+            ))
+        }),
+        _ => usage(),
     };
-    let (mut reader, mut writer) = match connect_through_vmm(&uds, port) {
+    let (mut reader, mut writer) = match conn {
         Ok(c) => c,
         Err(e) => {
             eprintln!("qvm-run: {e}");
