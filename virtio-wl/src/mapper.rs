@@ -93,6 +93,23 @@ impl FakeMapper {
         self.fail_next.store(n, Ordering::Relaxed);
     }
 
+    /// Reads `len` bytes at `offset` from the buffer mapped at `gpa`, as the guest would.
+    pub fn read(&self, gpa: u64, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let maps = self.maps();
+        let (_, fd) = maps
+            .get(&gpa)
+            .ok_or_else(|| std::io::Error::other(format!("{gpa:#x} is not mapped")))?;
+        let mut buf = vec![0u8; len];
+        let off = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
+        // SAFETY: reads into a live buffer of `len` bytes from an fd we own.
+        let n = unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), len, off) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        buf.truncate(n as usize);
+        Ok(buf)
+    }
+
     /// Writes `data` at `offset` into the buffer mapped at `gpa`, as the guest would through
     /// its mapping (a pwrite on the mapped file: the same pages).
     pub fn write(&self, gpa: u64, offset: u64, data: &[u8]) -> std::io::Result<()> {

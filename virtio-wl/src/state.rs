@@ -35,6 +35,9 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 pub const CONNECT_PATIENCE: Duration = Duration::from_millis(500);
 /// Messages logged per device activation before we go quiet (counters keep counting).
 const LOG_BUDGET: u32 = 64;
+/// The largest write-protected shm file from the compositor that is copied for the guest
+/// (keymaps are tens of KiB).
+pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 20;
 
 /// A message waiting for an in-queue buffer.
 #[derive(Debug)]
@@ -755,6 +758,30 @@ impl WlState {
                 ));
                 self.count(&self.metrics.errors, 1);
                 return None;
+            };
+            // A write-protected file (a keymap, say) cannot back a writable guest mapping:
+            // the guest gets a private copy of it (small ones only: such files are data
+            // handed over once, not buffers).
+            let fd = if sys::write_protected(fd.as_fd()) {
+                if size > MAX_SNAPSHOT_BYTES {
+                    self.log(format_args!(
+                        "ctx {ctx:#x}: dropping a read-only {size}-byte shm fd from the compositor (copies are limited to {MAX_SNAPSHOT_BYTES} bytes)"
+                    ));
+                    self.count(&self.metrics.errors, 1);
+                    return None;
+                }
+                match sys::snapshot_memfd(fd.as_fd(), size, rounded) {
+                    Ok(copy) => copy,
+                    Err(e) => {
+                        self.log(format_args!(
+                            "ctx {ctx:#x}: dropping a read-only shm fd from the compositor: copying it failed: {e}"
+                        ));
+                        self.count(&self.metrics.errors, 1);
+                        return None;
+                    }
+                }
+            } else {
+                fd
             };
             let gpa = self.map(&fd, rounded)?;
             VfdKind::Shm {

@@ -104,6 +104,69 @@ pub fn seekable_size(fd: BorrowedFd<'_>) -> Option<u64> {
     }
 }
 
+/// Whether the compositor's shm fd cannot be mapped writable: opened read-only, or sealed
+/// against writes (weston's keymaps are sealed memfds). Such a file is given to the guest as
+/// a copy (see [`snapshot_memfd`]).
+pub fn write_protected(fd: BorrowedFd<'_>) -> bool {
+    const F_SEAL_FUTURE_WRITE: libc::c_int = 0x0010;
+    if matches!(access_mode(fd), Ok(libc::O_RDONLY)) {
+        return true;
+    }
+    seals(fd).is_ok_and(|s| s & (libc::F_SEAL_WRITE | F_SEAL_FUTURE_WRITE) != 0)
+}
+
+/// A sealed memfd of `rounded` bytes holding the first `size` bytes of `src` (read from
+/// offset 0 with lseek + read, which every device filter allows; the position is restored).
+pub fn snapshot_memfd(src: BorrowedFd<'_>, size: u64, rounded: u64) -> io::Result<OwnedFd> {
+    let dst = {
+        let name = c"qvm-wl-copy";
+        // SAFETY: a valid C string; the returned fd is new and ours.
+        let fd = cvt(unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        })?;
+        // SAFETY: fd was just created and is owned by nobody else.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    };
+    let len =
+        libc::off_t::try_from(rounded).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: plain syscalls on fds we hold.
+    cvt(unsafe { libc::ftruncate(dst.as_raw_fd(), len) })?;
+    let cur = unsafe { libc::lseek(src.as_raw_fd(), 0, libc::SEEK_CUR) };
+    if unsafe { libc::lseek(src.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut left = size as usize;
+    let mut buf = vec![0u8; left.min(64 * 1024)];
+    let result = (|| {
+        while left > 0 {
+            let want = left.min(buf.len());
+            let n = read_some(src, &mut buf[..want])?;
+            if n == 0 {
+                break; // shorter than announced: the rest stays zero
+            }
+            write_all(
+                std::os::fd::AsFd::as_fd(&dst),
+                &buf[..n],
+                Duration::from_secs(1),
+                None,
+            )?;
+            left -= n;
+        }
+        Ok::<(), io::Error>(())
+    })();
+    // SAFETY: restores the compositor's file position.
+    unsafe { libc::lseek(src.as_raw_fd(), cur.max(0), libc::SEEK_SET) };
+    result?;
+    cvt(unsafe {
+        libc::fcntl(
+            dst.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+        )
+    })?;
+    Ok(dst)
+}
+
 /// Connects a new non-blocking, close-on-exec unix stream socket to `path`. A listener whose
 /// backlog is full makes connect fail with EAGAIN: retried for up to `patience`.
 pub fn connect_unix(path: &Path, patience: Duration) -> io::Result<UnixStream> {

@@ -796,6 +796,65 @@ fn compositor_bytes_and_fds_become_vfd_new_then_recv() {
 }
 
 #[test]
+fn write_protected_compositor_shm_reaches_the_guest_as_a_copy() {
+    let (mut h, l) = H::with_compositor(ALL);
+    h.new_vfd(&req_ctx(1));
+    let c = accept(&l);
+    h.post_in(8);
+    // weston's keymaps: a memfd sealed against writes (cannot back a writable mapping), and
+    // a file opened read-only.
+    // SAFETY: a fresh memfd we own, sealed with F_ADD_SEALS.
+    let keymap = {
+        let fd = unsafe { libc::memfd_create(c"km".as_ptr(), libc::MFD_ALLOW_SEALING) };
+        assert!(fd >= 0);
+        let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        f.write_all(b"xkb_keymap { sealed };").unwrap();
+        assert_eq!(
+            unsafe {
+                libc::fcntl(
+                    fd,
+                    libc::F_ADD_SEALS,
+                    libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK,
+                )
+            },
+            0
+        );
+        f
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ro");
+    std::fs::write(&path, b"read-only data").unwrap();
+    let ro = std::fs::File::open(&path).unwrap();
+    comp_send(&c, b"wl_keyboard.keymap", &[&keymap, &ro]);
+    let m = h.wait_msgs(3);
+    assert_eq!(m.len(), 3, "{m:?}");
+    let a = new_msg(&m[0]);
+    let b = new_msg(&m[1]);
+    assert_eq!(
+        (a.id, a.size, b.id, b.size),
+        (HOST_ID_BASE, 4096, HOST_ID_BASE + 1, 4096)
+    );
+    let gpa_a = a.pfn << 12;
+    let gpa_b = b.pfn << 12;
+    assert_eq!(
+        h.mapper.read(gpa_a, 0, 22).unwrap(),
+        b"xkb_keymap { sealed };"
+    );
+    assert_eq!(h.mapper.read(gpa_b, 0, 14).unwrap(), b"read-only data");
+    // The guest's copy is its own: writing it leaves the compositor's file alone.
+    h.mapper.write(gpa_b, 0, b"XXXX").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"read-only data");
+    assert_eq!(
+        recv_msg(&m[2]),
+        (
+            1,
+            vec![HOST_ID_BASE, HOST_ID_BASE + 1],
+            b"wl_keyboard.keymap".to_vec()
+        )
+    );
+}
+
+#[test]
 fn compositor_fds_over_the_limits_are_dropped() {
     let mut h = H::new(
         |d| WlConfig {
