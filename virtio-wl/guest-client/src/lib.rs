@@ -7,11 +7,13 @@
 //! * [`transport`]: `/dev/wl0` and Unix-socket transports.
 //! * [`demo`]: the `qvm-wl-demo` client logic.
 //! * [`check`]: PNG decoding and the pattern search behind `qvm-wl-check`.
+//! * [`proxy`]: `qvm-wl-proxy`, the guest Wayland socket relayed over virtio-wl.
 
 pub mod check;
 pub mod demo;
 pub mod hostile;
 pub mod pattern;
 pub mod protocol;
+pub mod proxy;
 pub mod transport;
 pub mod wire;

@@ -1,0 +1,991 @@
+//! One guest client's connection: its messages relayed to the host compositor (through a
+//! virtio-wl context) and back, with object ids translated and fds carried across.
+//!
+//! Ids: the proxy creates host objects of its own (a larger pool twin when a client pool
+//! grows), so the host's id space is the proxy's. Every object argument is translated; new
+//! client objects get the next free host id, and ids return to the free list when the host's
+//! `wl_display.delete_id` for them arrives. Server-created ids (>= 0xff000000) are the same on
+//! both sides.
+//!
+//! Fds, per message (the protocol XML says which carry one):
+//! * `wl_shm.create_pool`: the pool is mirrored into a host allocation ([`super::shm`]);
+//!   an fd that already is a virtio-wl allocation is passed through, no copy.
+//! * `*.receive` (clipboard, client gives a pipe's write end): a host pipe is made and its
+//!   bytes copied into the client's pipe by a relay thread.
+//! * `*.send` events (the host compositor gives a write end): the client gets a local pipe's
+//!   write end, a relay thread copies into the host's.
+//! * `wl_keyboard.keymap`: the host's keymap is copied into a local sealed memfd.
+//!
+//! Anything else with an fd, an unknown object or a malformed message ends the connection.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+
+use super::shm::{self, Buffer, ClientMap, Pool, Rect, SurfaceDamage};
+use super::xml::{ArgType, Protocols};
+use crate::transport::{Transport, MAX_FDS};
+
+/// First server-allocated id (libwayland's WL_SERVER_ID_START).
+const SERVER_ID_START: u32 = 0xff00_0000;
+/// The most bytes one upstream send carries (the virtio-wl device takes 4 KiB buffers; the
+/// driver splits larger ones, so keep whole messages within one).
+const UPSTREAM_CHUNK: usize = 4096;
+/// Wayland's largest message.
+const MAX_MESSAGE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("client protocol error: {0}")]
+    Client(String),
+    #[error("host compositor sent something the proxy cannot relay: {0}")]
+    Host(String),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+fn client_err<T>(s: impl Into<String>) -> Result<T, ProxyError> {
+    Err(ProxyError::Client(s.into()))
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Copy whole buffers at each commit instead of the damage (for comparison).
+    pub copy_whole: bool,
+    pub verbose: bool,
+}
+
+/// Counters for one connection (printed when it ends; the bench reads them).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub requests: u64,
+    pub events: u64,
+    pub commits_copied: u64,
+    pub bytes_copied: u64,
+    pub pools_mirrored: u64,
+    pub pools_passed_through: u64,
+    pub globals_hidden: u64,
+}
+
+struct Obj {
+    iface: usize,
+    /// The client's id for it; None = an object of the proxy's own (an old pool twin).
+    client: Option<u32>,
+}
+
+pub struct Conn<'p> {
+    protos: &'p Protocols,
+    opts: Options,
+    client: Box<dyn Transport>,
+    up: Box<dyn Transport>,
+    /// host id -> object
+    objs: HashMap<u32, Obj>,
+    /// client id -> host id
+    c2h: HashMap<u32, u32>,
+    host_next: u32,
+    host_free: Vec<u32>,
+    /// Registry names hidden from the client.
+    hidden: HashSet<u32>,
+    /// Registry names announced to the client.
+    announced: HashSet<u32>,
+    pools: HashMap<u32, Pool>,
+    buffers: HashMap<u32, Buffer>,
+    surfaces: HashMap<u32, SurfaceDamage>,
+    /// wp_viewport client id -> surface client id
+    viewports: HashMap<u32, u32>,
+    cin: Vec<u8>,
+    cfds: VecDeque<OwnedFd>,
+    uin: Vec<u8>,
+    ufds: VecDeque<OwnedFd>,
+    pub stats: Stats,
+}
+
+/// A little-endian cursor over one message's arguments.
+struct Args<'a> {
+    msg: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Args<'a> {
+    fn u32(&mut self) -> Option<u32> {
+        let b = self.msg.get(self.pos..self.pos + 4)?;
+        self.pos += 4;
+        Some(u32::from_ne_bytes(b.try_into().ok()?))
+    }
+    /// A string or array: returns its bytes (without padding) and moves past them.
+    fn blob(&mut self) -> Option<&'a [u8]> {
+        let len = self.u32()? as usize;
+        let padded = len.checked_add(3)? & !3;
+        let b = self.msg.get(self.pos..self.pos.checked_add(padded)?)?;
+        self.pos += padded;
+        Some(&b[..len])
+    }
+}
+
+fn str_of(b: &[u8]) -> Option<&str> {
+    // Wayland strings carry their NUL.
+    std::str::from_utf8(b.strip_suffix(&[0])?).ok()
+}
+
+fn put_u32(buf: &mut [u8], pos: usize, v: u32) {
+    buf[pos..pos + 4].copy_from_slice(&v.to_ne_bytes());
+}
+
+/// Splits the next whole message off `buf`: (object, opcode, size) or None if incomplete.
+fn header(buf: &[u8]) -> Result<Option<(u32, u16, usize)>, String> {
+    if buf.len() < 8 {
+        return Ok(None);
+    }
+    let obj = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let w = u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    let size = (w >> 16) as usize;
+    if size < 8 || !size.is_multiple_of(4) || size > MAX_MESSAGE {
+        return Err(format!("bad message size {size}"));
+    }
+    if buf.len() < size {
+        return Ok(None);
+    }
+    Ok(Some((obj, (w & 0xffff) as u16, size)))
+}
+
+/// Messages and fds waiting to go out on one side, flushed in chunks of whole messages.
+#[derive(Default)]
+struct Outbox {
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+impl<'p> Conn<'p> {
+    pub fn new(
+        protos: &'p Protocols,
+        opts: Options,
+        client: Box<dyn Transport>,
+        up: Box<dyn Transport>,
+    ) -> Result<Self, ProxyError> {
+        let iface_display = protos
+            .lookup("wl_display")
+            .ok_or_else(|| ProxyError::Host("no wl_display in the protocol set".into()))?;
+        let mut c = Conn {
+            protos,
+            opts,
+            client,
+            up,
+            objs: HashMap::new(),
+            c2h: HashMap::new(),
+            host_next: 2,
+            host_free: Vec::new(),
+            hidden: HashSet::new(),
+            announced: HashSet::new(),
+            pools: HashMap::new(),
+            buffers: HashMap::new(),
+            surfaces: HashMap::new(),
+            viewports: HashMap::new(),
+            cin: Vec::new(),
+            cfds: VecDeque::new(),
+            uin: Vec::new(),
+            ufds: VecDeque::new(),
+            stats: Stats::default(),
+        };
+        c.objs.insert(
+            1,
+            Obj {
+                iface: iface_display,
+                client: Some(1),
+            },
+        );
+        c.c2h.insert(1, 1);
+        Ok(c)
+    }
+
+    /// Relays until either side closes. Ok(()) on a clean close.
+    pub fn run(&mut self) -> Result<(), ProxyError> {
+        loop {
+            let mut pfd = [
+                libc::pollfd {
+                    fd: self.client.poll_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.up.poll_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two live pollfds.
+            let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            if pfd[0].revents != 0 {
+                if !self.client.recv(&mut self.cin, &mut self.cfds)? {
+                    return Ok(());
+                }
+                self.pump_requests()?;
+            }
+            if pfd[1].revents != 0 {
+                if !self.up.recv(&mut self.uin, &mut self.ufds)? {
+                    return Err(ProxyError::Host(
+                        "the host compositor closed the connection".into(),
+                    ));
+                }
+                self.pump_events()?;
+            }
+        }
+    }
+
+    fn alloc_host_id(&mut self) -> u32 {
+        self.host_free.pop().unwrap_or_else(|| {
+            let id = self.host_next;
+            self.host_next += 1;
+            id
+        })
+    }
+
+    // -------------------------------------------------------------------------------------
+    // client -> host
+    // -------------------------------------------------------------------------------------
+
+    fn pump_requests(&mut self) -> Result<(), ProxyError> {
+        let mut out = Outbox::default();
+        let mut off = 0;
+        loop {
+            let rest = &self.cin[off..];
+            let Some((obj, op, size)) = header(rest).map_err(ProxyError::Client)? else {
+                break;
+            };
+            let msg = rest[..size].to_vec();
+            if !self.request(obj, op, msg, &mut out)? {
+                break; // its fds have not arrived yet
+            }
+            off += size;
+            self.stats.requests += 1;
+        }
+        self.cin.drain(..off);
+        self.flush_up(&mut out)
+    }
+
+    fn flush_up(&mut self, out: &mut Outbox) -> Result<(), ProxyError> {
+        if out.bytes.is_empty() {
+            return Ok(());
+        }
+        let fds: Vec<RawFd> = out.fds.iter().map(|f| f.as_raw_fd()).collect();
+        self.up.send(&out.bytes, &fds)?;
+        out.bytes.clear();
+        out.fds.clear();
+        Ok(())
+    }
+
+    /// Queues a message for upstream, flushing first if it would not fit in the chunk.
+    fn queue_up(
+        &mut self,
+        out: &mut Outbox,
+        msg: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), ProxyError> {
+        if out.bytes.len() + msg.len() > UPSTREAM_CHUNK || out.fds.len() + fds.len() > MAX_FDS {
+            self.flush_up(out)?;
+        }
+        out.bytes.extend_from_slice(msg);
+        out.fds.extend(fds);
+        Ok(())
+    }
+
+    /// Handles one request; Ok(false) if it must wait for more fds.
+    fn request(
+        &mut self,
+        cobj: u32,
+        op: u16,
+        mut msg: Vec<u8>,
+        out: &mut Outbox,
+    ) -> Result<bool, ProxyError> {
+        let Some(&hobj) = self.c2h.get(&cobj) else {
+            return client_err(format!("request to unknown object {cobj}"));
+        };
+        let Some(obj) = self.objs.get(&hobj) else {
+            return client_err(format!("request to unknown object {cobj}"));
+        };
+        let iface = obj.iface;
+        let protos = self.protos;
+        let spec = protos.get(iface);
+        let Some(m) = spec.requests.get(op as usize) else {
+            return client_err(format!("{}: no request {op}", spec.name));
+        };
+        if self.cfds.len() < m.fd_count() {
+            return Ok(false);
+        }
+        put_u32(&mut msg, 0, hobj);
+        let mut fds_in: Vec<OwnedFd> = Vec::new();
+        // Decoded values the special cases below need.
+        let mut uints: Vec<u32> = Vec::new();
+        let mut new_ids: Vec<(u32, u32)> = Vec::new(); // (client, host)
+        let mut objects: Vec<u32> = Vec::new(); // client ids of object args
+        let mut strings: Vec<String> = Vec::new();
+        {
+            let mut a = Args { msg: &msg, pos: 8 };
+            let mut patches: Vec<(usize, u32)> = Vec::new();
+            for arg in &m.args {
+                let pos = a.pos;
+                let bad =
+                    || ProxyError::Client(format!("{}.{}: message too short", spec.name, m.name));
+                match arg {
+                    ArgType::Int | ArgType::Uint | ArgType::Fixed => {
+                        uints.push(a.u32().ok_or_else(bad)?)
+                    }
+                    ArgType::Str | ArgType::Array => {
+                        let b = a.blob().ok_or_else(bad)?;
+                        if *arg == ArgType::Str {
+                            strings.push(str_of(b).unwrap_or_default().to_string());
+                        }
+                    }
+                    ArgType::Object => {
+                        let id = a.u32().ok_or_else(bad)?;
+                        objects.push(id);
+                        if id != 0 {
+                            let Some(&h) = self.c2h.get(&id) else {
+                                return client_err(format!(
+                                    "{}.{}: unknown object {id}",
+                                    spec.name, m.name
+                                ));
+                            };
+                            patches.push((pos, h));
+                        }
+                    }
+                    ArgType::NewId(named) => {
+                        let iface_name = match named {
+                            Some(n) => n.clone(),
+                            None => {
+                                let b = a.blob().ok_or_else(bad)?;
+                                let n = str_of(b).unwrap_or_default().to_string();
+                                let _version = a.u32().ok_or_else(bad)?;
+                                strings.push(n.clone());
+                                n
+                            }
+                        };
+                        let pos = a.pos;
+                        let id = a.u32().ok_or_else(bad)?;
+                        if id == 0 || id >= SERVER_ID_START || self.c2h.contains_key(&id) {
+                            return client_err(format!(
+                                "{}.{}: bad new id {id}",
+                                spec.name, m.name
+                            ));
+                        }
+                        let Some(new_iface) = protos.lookup(&iface_name) else {
+                            return client_err(format!(
+                                "{}.{}: interface {iface_name} is not relayed",
+                                spec.name, m.name
+                            ));
+                        };
+                        let h = self.alloc_host_id();
+                        self.c2h.insert(id, h);
+                        self.objs.insert(
+                            h,
+                            Obj {
+                                iface: new_iface,
+                                client: Some(id),
+                            },
+                        );
+                        patches.push((pos, h));
+                        new_ids.push((id, h));
+                    }
+                    ArgType::Fd => {
+                        // Checked above: enough fds are queued.
+                        if let Some(fd) = self.cfds.pop_front() {
+                            fds_in.push(fd);
+                        }
+                    }
+                }
+            }
+            if a.pos != msg.len() {
+                return client_err(format!(
+                    "{}.{}: {} stray bytes",
+                    spec.name,
+                    m.name,
+                    msg.len() - a.pos
+                ));
+            }
+            for (pos, v) in patches {
+                put_u32(&mut msg, pos, v);
+            }
+        }
+        let name = (spec.name.as_str(), m.name.as_str());
+        let fds_out = match name {
+            ("wl_registry", "bind") => {
+                let gname = uints.first().copied().unwrap_or(0);
+                if !self.announced.contains(&gname) {
+                    return client_err(format!("bind of global {gname}, which was not announced"));
+                }
+                Vec::new()
+            }
+            ("wl_shm", "create_pool") => {
+                let (cid, _) = new_ids[0];
+                let size = uints.first().copied().unwrap_or(0) as i32;
+                let fd = fds_in
+                    .pop()
+                    .ok_or_else(|| ProxyError::Client("create_pool without fd".into()))?;
+                vec![self.create_pool(hobj, cid, fd, size)?]
+            }
+            ("wl_shm_pool", "resize") => {
+                let size = uints.first().copied().unwrap_or(0) as i32;
+                if self.resize_pool(cobj, size, out)? {
+                    // The proxy replaced the host pool with a larger one: nothing to forward.
+                    return Ok(true);
+                }
+                Vec::new()
+            }
+            ("wl_shm_pool", "create_buffer") => {
+                let (cid, _) = new_ids[0];
+                if let Some(pool) = self.pools.get(&cobj) {
+                    let [offset, width, height, stride, format] = uints[..] else {
+                        return client_err("create_buffer: bad arguments");
+                    };
+                    let b = Buffer {
+                        client: pool.client.clone(),
+                        twin: pool.twin.clone(),
+                        offset: offset as i32 as usize,
+                        width: width as i32,
+                        height: height as i32,
+                        stride: stride as i32 as usize,
+                        bpp: shm::bytes_per_pixel(format),
+                    };
+                    // Out-of-bounds buffers are forwarded: the compositor reports the error.
+                    if (offset as i32) >= 0 && (stride as i32) >= 0 {
+                        self.buffers.insert(cid, b);
+                    }
+                }
+                Vec::new()
+            }
+            ("wl_shm_pool", "destroy") => {
+                self.pools.remove(&cobj);
+                Vec::new()
+            }
+            ("wl_buffer", "destroy") => {
+                self.buffers.remove(&cobj);
+                for s in self.surfaces.values_mut() {
+                    s.forget_buffer(cobj);
+                }
+                Vec::new()
+            }
+            ("wl_compositor", "create_surface") => {
+                self.surfaces.insert(new_ids[0].0, SurfaceDamage::new());
+                Vec::new()
+            }
+            ("wl_surface", _) => {
+                self.surface_request(cobj, m.name.as_str(), &objects, &uints);
+                Vec::new()
+            }
+            ("wp_viewporter", "get_viewport") => {
+                let surface = objects.first().copied().unwrap_or(0);
+                self.viewports.insert(new_ids[0].0, surface);
+                if let Some(s) = self.surfaces.get_mut(&surface) {
+                    s.has_viewport = true;
+                }
+                Vec::new()
+            }
+            ("wp_viewport", "destroy") => {
+                if let Some(surface) = self.viewports.remove(&cobj) {
+                    if let Some(s) = self.surfaces.get_mut(&surface) {
+                        s.has_viewport = false;
+                    }
+                }
+                Vec::new()
+            }
+            ("wl_data_offer", "receive") | ("zwp_primary_selection_offer_v1", "receive") => {
+                let fd = fds_in
+                    .pop()
+                    .ok_or_else(|| ProxyError::Client("receive without fd".into()))?;
+                vec![self.receive_pipe(fd)?]
+            }
+            _ => {
+                if !fds_in.is_empty() {
+                    return client_err(format!(
+                        "{}.{} carries an fd the proxy cannot relay",
+                        name.0, name.1
+                    ));
+                }
+                Vec::new()
+            }
+        };
+        let is_commit = name == ("wl_surface", "commit");
+        if is_commit {
+            self.commit(cobj);
+        }
+        self.queue_up(out, &msg, fds_out)?;
+        Ok(true)
+    }
+
+    fn surface_request(&mut self, cobj: u32, req: &str, objects: &[u32], uints: &[u32]) {
+        let Some(s) = self.surfaces.get_mut(&cobj) else {
+            return;
+        };
+        let rect = |u: &[u32]| -> Option<Rect> {
+            let [x, y, w, h] = u[..] else { return None };
+            Some(Rect {
+                x: x as i32,
+                y: y as i32,
+                w: w as i32,
+                h: h as i32,
+            })
+        };
+        match req {
+            "attach" => {
+                let b = objects.first().copied().unwrap_or(0);
+                s.pending_attach = Some((b != 0).then_some(b));
+            }
+            "damage" => s.surface_damage.extend(rect(uints)),
+            "damage_buffer" => s.buffer_damage.extend(rect(uints)),
+            "set_buffer_scale" => s.pending_scale = uints.first().map(|v| *v as i32),
+            "set_buffer_transform" => s.pending_transform = uints.first().map(|v| *v as i32),
+            "destroy" => {
+                self.surfaces.remove(&cobj);
+            }
+            _ => {}
+        }
+    }
+
+    /// At a surface commit: copy what the client damaged into the attached buffer's twin.
+    fn commit(&mut self, surface: u32) {
+        let Some(s) = self.surfaces.get_mut(&surface) else {
+            return;
+        };
+        let buffers = &self.buffers;
+        let Some((buf, region)) = s.commit(|b| buffers.contains_key(&b), self.opts.copy_whole)
+        else {
+            return;
+        };
+        if let Some(b) = self.buffers.get(&buf) {
+            let n = b.copy(&region);
+            self.stats.bytes_copied += n as u64;
+            self.stats.commits_copied += 1;
+        }
+    }
+
+    /// wl_shm.create_pool: returns the fd to send in the client's fd's place.
+    fn create_pool(
+        &mut self,
+        shm_host: u32,
+        cid: u32,
+        fd: OwnedFd,
+        size: i32,
+    ) -> Result<OwnedFd, ProxyError> {
+        if is_virtwl_vfd(&fd) {
+            // Host memory already: the compositor reads it directly.
+            self.stats.pools_passed_through += 1;
+            return Ok(fd);
+        }
+        let Ok(size) = usize::try_from(size) else {
+            return client_err(format!("create_pool with size {size}"));
+        };
+        let client = ClientMap::new(fd, size)
+            .map_err(|e| ProxyError::Client(format!("create_pool: {e}")))?;
+        let twin = self.up.alloc(size)?;
+        let send = dup_fd(twin.fd())?;
+        self.pools.insert(
+            cid,
+            Pool {
+                shm_host,
+                client: Rc::new(RefCell::new(client)),
+                twin: Rc::new(RefCell::new(twin)),
+            },
+        );
+        self.stats.pools_mirrored += 1;
+        Ok(send)
+    }
+
+    /// wl_shm_pool.resize of a mirrored pool. Ok(true) if the proxy replaced the host pool
+    /// (the twin is too small to grow in place).
+    fn resize_pool(&mut self, cobj: u32, size: i32, out: &mut Outbox) -> Result<bool, ProxyError> {
+        let Some(pool) = self.pools.get(&cobj) else {
+            return Ok(false);
+        };
+        let Ok(size) = usize::try_from(size) else {
+            return client_err(format!("resize to {size}"));
+        };
+        if size < pool.client.borrow().len() {
+            return client_err("wl_shm_pool.resize cannot shrink a pool");
+        }
+        // Buffers made before keep the old mapping (their Rc); new ones get the new one.
+        let fd = dup_fd(pool.client.borrow().raw_fd())?;
+        let client =
+            ClientMap::new(fd, size).map_err(|e| ProxyError::Client(format!("resize: {e}")))?;
+        let shm_host = pool.shm_host;
+        let fits = size <= pool.twin.borrow().len();
+        if fits {
+            let twin = pool.twin.clone();
+            self.pools.insert(
+                cobj,
+                Pool {
+                    shm_host,
+                    client: Rc::new(RefCell::new(client)),
+                    twin,
+                },
+            );
+            return Ok(false);
+        }
+        // A new twin and a new host pool in the old one's place; the old host pool is
+        // destroyed (its buffers live on in the compositor).
+        let twin = self.up.alloc(size)?;
+        let send = dup_fd(twin.fd())?;
+        let old_host = self.c2h[&cobj];
+        let new_host = self.alloc_host_id();
+        let iface = self.objs[&old_host].iface;
+        self.objs.insert(
+            old_host,
+            Obj {
+                iface,
+                client: None,
+            },
+        );
+        self.objs.insert(
+            new_host,
+            Obj {
+                iface,
+                client: Some(cobj),
+            },
+        );
+        self.c2h.insert(cobj, new_host);
+        // wl_shm.create_pool(new_host, fd, size), then wl_shm_pool.destroy(old_host).
+        let mut create = Vec::with_capacity(16);
+        create.extend_from_slice(&shm_host.to_ne_bytes());
+        create.extend_from_slice(&(16u32 << 16).to_ne_bytes());
+        create.extend_from_slice(&new_host.to_ne_bytes());
+        create.extend_from_slice(&(size as u32).to_ne_bytes());
+        self.queue_up(out, &create, vec![send])?;
+        let mut destroy = Vec::with_capacity(8);
+        destroy.extend_from_slice(&old_host.to_ne_bytes());
+        destroy.extend_from_slice(&((8u32 << 16) | 1).to_ne_bytes());
+        self.queue_up(out, &destroy, Vec::new())?;
+        self.pools.insert(
+            cobj,
+            Pool {
+                shm_host,
+                client: Rc::new(RefCell::new(client)),
+                twin: Rc::new(RefCell::new(twin)),
+            },
+        );
+        Ok(true)
+    }
+
+    /// `*.receive(mime, fd)`: the host compositor writes into a host pipe; a relay thread
+    /// copies into the client's write end. Returns the fd to send upstream.
+    fn receive_pipe(&mut self, client_w: OwnedFd) -> Result<OwnedFd, ProxyError> {
+        let ends = self.up.pipe_read()?;
+        let send = dup_fd(ends.fd_to_send())?;
+        let local = ends.local;
+        drop(ends.remote);
+        spawn_copy(local, client_w);
+        Ok(send)
+    }
+
+    // -------------------------------------------------------------------------------------
+    // host -> client
+    // -------------------------------------------------------------------------------------
+
+    fn pump_events(&mut self) -> Result<(), ProxyError> {
+        let mut out = Outbox::default();
+        let mut off = 0;
+        loop {
+            let rest = &self.uin[off..];
+            let Some((obj, op, size)) = header(rest).map_err(ProxyError::Host)? else {
+                break;
+            };
+            let msg = rest[..size].to_vec();
+            if !self.event(obj, op, msg, &mut out)? {
+                break;
+            }
+            off += size;
+            self.stats.events += 1;
+            if out.fds.len() + 2 >= MAX_FDS {
+                let fds: Vec<RawFd> = out.fds.iter().map(|f| f.as_raw_fd()).collect();
+                self.client.send(&out.bytes, &fds)?;
+                out = Outbox::default();
+            }
+        }
+        self.uin.drain(..off);
+        if !out.bytes.is_empty() {
+            let fds: Vec<RawFd> = out.fds.iter().map(|f| f.as_raw_fd()).collect();
+            self.client.send(&out.bytes, &fds)?;
+        }
+        Ok(())
+    }
+
+    /// Handles one event; Ok(false) if its fds have not arrived yet.
+    fn event(
+        &mut self,
+        hobj: u32,
+        op: u16,
+        mut msg: Vec<u8>,
+        out: &mut Outbox,
+    ) -> Result<bool, ProxyError> {
+        let protos = self.protos;
+        let Some(obj) = self.objs.get(&hobj) else {
+            // An object the proxy never saw: nothing the client could take it for.
+            if self.opts.verbose {
+                eprintln!("qvm-wl-proxy: dropping an event for unknown object {hobj}");
+            }
+            return Ok(true);
+        };
+        let spec = protos.get(obj.iface);
+        let Some(m) = spec.events.get(op as usize) else {
+            return Err(ProxyError::Host(format!("{}: no event {op}", spec.name)));
+        };
+        if self.ufds.len() < m.fd_count() {
+            return Ok(false);
+        }
+        let mut fds_in: Vec<OwnedFd> = (0..m.fd_count())
+            .filter_map(|_| self.ufds.pop_front())
+            .collect();
+        let Some(cobj) = obj.client else {
+            // For one of the proxy's own objects (an old pool twin): swallowed.
+            return Ok(true);
+        };
+        put_u32(&mut msg, 0, cobj);
+        let mut uints: Vec<u32> = Vec::new();
+        let mut strings: Vec<String> = Vec::new();
+        let mut uint_pos: Vec<usize> = Vec::new();
+        {
+            let mut a = Args { msg: &msg, pos: 8 };
+            let mut patches: Vec<(usize, u32)> = Vec::new();
+            for arg in &m.args {
+                let pos = a.pos;
+                let bad =
+                    || ProxyError::Host(format!("{}.{}: message too short", spec.name, m.name));
+                match arg {
+                    ArgType::Int | ArgType::Uint | ArgType::Fixed => {
+                        uint_pos.push(pos);
+                        uints.push(a.u32().ok_or_else(bad)?);
+                    }
+                    ArgType::Str | ArgType::Array => {
+                        let b = a.blob().ok_or_else(bad)?;
+                        if *arg == ArgType::Str {
+                            strings.push(str_of(b).unwrap_or_default().to_string());
+                        }
+                    }
+                    ArgType::Object => {
+                        let id = a.u32().ok_or_else(bad)?;
+                        if id != 0 {
+                            match self.objs.get(&id).and_then(|o| o.client) {
+                                Some(c) => patches.push((pos, c)),
+                                // An object the client cannot know: the event is meaningless
+                                // to it (e.g. about a proxy-internal object).
+                                None => return Ok(true),
+                            }
+                        }
+                    }
+                    ArgType::NewId(named) => {
+                        let id = a.u32().ok_or_else(bad)?;
+                        let Some(iface) = named.as_deref().and_then(|n| protos.lookup(n)) else {
+                            return Err(ProxyError::Host(format!(
+                                "{}.{}: new object of unknown interface",
+                                spec.name, m.name
+                            )));
+                        };
+                        if id < SERVER_ID_START {
+                            return Err(ProxyError::Host(format!(
+                                "{}.{}: new id {id} not server-allocated",
+                                spec.name, m.name
+                            )));
+                        }
+                        self.objs.insert(
+                            id,
+                            Obj {
+                                iface,
+                                client: Some(id),
+                            },
+                        );
+                        self.c2h.insert(id, id);
+                    }
+                    ArgType::Fd => {}
+                }
+            }
+            for (pos, v) in patches {
+                put_u32(&mut msg, pos, v);
+            }
+        }
+        let name = (spec.name.as_str(), m.name.as_str());
+        let mut fds_out: Vec<OwnedFd> = Vec::new();
+        match name {
+            ("wl_display", "delete_id") => {
+                let host = uints.first().copied().unwrap_or(0);
+                let Some(o) = self.objs.remove(&host) else {
+                    return Ok(true);
+                };
+                self.host_free.push(host);
+                let Some(c) = o.client else {
+                    return Ok(true); // the proxy's own object
+                };
+                if self.c2h.get(&c) == Some(&host) {
+                    self.c2h.remove(&c);
+                }
+                put_u32(&mut msg, uint_pos[0], c);
+            }
+            ("wl_registry", "global") => {
+                let gname = uints.first().copied().unwrap_or(0);
+                let version = uints.get(1).copied().unwrap_or(0);
+                let iface = strings.first().map(String::as_str).unwrap_or("");
+                match protos.lookup(iface) {
+                    Some(i) => {
+                        // Pass the host's version through, capped at what the proxy's XML
+                        // describes (newer messages could carry fds it cannot find).
+                        let ours = protos.get(i).version;
+                        if version > ours {
+                            put_u32(&mut msg, uint_pos[1], ours);
+                        }
+                        self.announced.insert(gname);
+                    }
+                    None => {
+                        if self.opts.verbose {
+                            eprintln!("qvm-wl-proxy: hiding global {iface} v{version} (not in the proxy's protocol set)");
+                        }
+                        self.hidden.insert(gname);
+                        self.stats.globals_hidden += 1;
+                        return Ok(true);
+                    }
+                }
+            }
+            ("wl_registry", "global_remove") => {
+                let gname = uints.first().copied().unwrap_or(0);
+                if self.hidden.remove(&gname) {
+                    return Ok(true);
+                }
+                self.announced.remove(&gname);
+            }
+            ("wl_keyboard", "keymap") => {
+                let size = uints.get(1).copied().unwrap_or(0) as usize;
+                let fd = fds_in
+                    .pop()
+                    .ok_or_else(|| ProxyError::Host("keymap without fd".into()))?;
+                fds_out.push(copy_keymap(&fd, size)?);
+            }
+            ("wl_data_source", "send") | ("zwp_primary_selection_source_v1", "send") => {
+                let host_w = fds_in
+                    .pop()
+                    .ok_or_else(|| ProxyError::Host("send without fd".into()))?;
+                let (r, w) = local_pipe()?;
+                spawn_copy(r, host_w);
+                fds_out.push(w);
+            }
+            _ => {
+                if !fds_in.is_empty() {
+                    return Err(ProxyError::Host(format!(
+                        "{}.{} carries an fd the proxy cannot relay",
+                        name.0, name.1
+                    )));
+                }
+            }
+        }
+        if name.0 == "wl_display" && name.1 == "error" && self.opts.verbose {
+            eprintln!(
+                "qvm-wl-proxy: compositor error for the client: {:?}",
+                strings.first()
+            );
+        }
+        out.bytes.extend_from_slice(&msg);
+        out.fds.extend(fds_out);
+        Ok(true)
+    }
+}
+
+fn dup_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a valid fd gives a new fd we own.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: r is a new fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// Whether `fd` is a virtio-wl allocation (`/dev/wl0` vfd): its pages are host memory.
+pub fn is_virtwl_vfd(fd: &OwnedFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|p| p.as_os_str() == "anon_inode:[virtwl_vfd]")
+}
+
+fn local_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut p = [-1; 2];
+    // SAFETY: p has room for two fds.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh fds we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
+}
+
+/// Copies `from` into `to` until end of file, in a thread (clipboard transfers).
+fn spawn_copy(from: OwnedFd, to: OwnedFd) {
+    std::thread::spawn(move || {
+        let mut from = std::fs::File::from(from);
+        let mut to = std::fs::File::from(to);
+        let mut buf = [0u8; 4096];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    });
+}
+
+/// The host's keymap (a vfd or, on a socket upstream, the compositor's read-only file) copied
+/// into a local sealed memfd of `size` bytes, which clients may map as they like.
+fn copy_keymap(fd: &OwnedFd, size: usize) -> Result<OwnedFd, ProxyError> {
+    if size == 0 || size > 16 << 20 {
+        return Err(ProxyError::Host(format!("keymap of {size} bytes")));
+    }
+    // SAFETY: a read-only shared mapping of the received fd; checked for failure.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(ProxyError::Io(io::Error::other(format!(
+            "mapping the keymap: {}",
+            io::Error::last_os_error()
+        ))));
+    }
+    // SAFETY: the mapping is `size` bytes, live until munmap below.
+    let data = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), size) }.to_vec();
+    // SAFETY: our mapping, unmapped once.
+    unsafe { libc::munmap(ptr, size) };
+    // SAFETY: literal name; new fd checked.
+    let m = unsafe {
+        libc::memfd_create(
+            c"qvm-keymap".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if m < 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    // SAFETY: a new fd we own.
+    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(m) });
+    f.write_all(&data)?;
+    // SAFETY: sealing our own memfd.
+    unsafe {
+        libc::fcntl(
+            m,
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL,
+        )
+    };
+    Ok(OwnedFd::from(f))
+}
