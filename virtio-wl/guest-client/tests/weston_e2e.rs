@@ -2,172 +2,15 @@
 //! `--transport socket`, weston-screenshooter, qvm-wl-check. Skipped (with a printed
 //! reason) when weston or weston-screenshooter is not on PATH.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const SOCKET: &str = "qvm-wl-e2e";
-
-/// Animations off (so the screenshot is never mid-fade), no panel, no lock screen.
-const WESTON_INI: &str = "\
-[core]
-idle-time=0
-
-[shell]
-startup-animation=none
-animation=none
-close-animation=none
-focus-animation=none
-panel-position=none
-locking=false
-background-color=0xff203040
-background-image=
-";
-
-fn which(prog: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
-}
-
-/// Kills and reaps the child when dropped, also on panic.
-struct Reaper(Child);
-
-impl Reaper {
-    /// Kill (if still running), reap, and return what it wrote to a piped stderr.
-    fn finish(&mut self) -> String {
-        if let Ok(None) = self.0.try_wait() {
-            // SIGTERM first so weston shuts down and reaps its helper clients
-            // (weston-desktop-shell, weston-keyboard); SIGKILL if it does not.
-            // SAFETY: signalling our own, not yet reaped, child.
-            unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-        let mut s = String::new();
-        if let Some(mut e) = self.0.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut s);
-        }
-        s
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
-struct Weston {
-    dir: tempfile::TempDir,
-    proc: Reaper,
-}
-
-impl Weston {
-    /// Headless backend: no input devices, so no wl_seat.
-    fn start(weston: &Path) -> Weston {
-        Self::start_with(weston, &["--backend=headless-backend.so"], None)
-    }
-
-    /// X11 backend inside an Xvfb on `x_display`: it has a wl_seat (pointer + keyboard).
-    fn start_x11(weston: &Path, x_display: &str) -> Weston {
-        Self::start_with(weston, &["--backend=x11-backend.so"], Some(x_display))
-    }
-
-    fn start_with(weston: &Path, backend: &[&str], x_display: Option<&str>) -> Weston {
-        let dir = tempfile::Builder::new()
-            .prefix("qvm-wl-e2e")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        let ini = dir.path().join("weston.ini");
-        std::fs::write(&ini, WESTON_INI).unwrap();
-        let log = std::fs::File::create(dir.path().join("weston.log")).unwrap();
-        let mut cmd = Command::new(weston);
-        cmd.env_remove("DISPLAY");
-        if let Some(d) = x_display {
-            cmd.env("DISPLAY", d);
-        }
-        let child = cmd
-            .arg(format!("--config={}", ini.display()))
-            .args(backend)
-            .args([
-                &format!("--socket={SOCKET}"),
-                "--width=1280",
-                "--height=800",
-                "--use-pixman",
-                "--debug",
-                "--idle-time=0",
-            ])
-            .env("XDG_RUNTIME_DIR", dir.path())
-            .env_remove("WAYLAND_DISPLAY")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn weston");
-        let mut w = Weston {
-            dir,
-            proc: Reaper(child),
-        };
-        let sock = w.dir.path().join(SOCKET);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !sock.exists() {
-            if let Ok(Some(st)) = w.proc.0.try_wait() {
-                panic!("weston exited early ({st}):\n{}", w.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "weston socket never appeared:\n{}",
-                w.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        w
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("weston.log")).unwrap_or_default()
-    }
-
-    fn client(&self, prog: &Path) -> Command {
-        let mut c = Command::new(prog);
-        c.env("XDG_RUNTIME_DIR", self.dir.path())
-            .env("WAYLAND_DISPLAY", SOCKET)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null());
-        c
-    }
-
-    /// Take a screenshot; returns the PNG's path.
-    fn screenshot(&self, screenshooter: &Path) -> PathBuf {
-        for e in std::fs::read_dir(self.dir.path()).unwrap() {
-            let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "png") {
-                std::fs::remove_file(p).unwrap();
-            }
-        }
-        let out = self.client(screenshooter).output().unwrap();
-        assert!(
-            out.status.success(),
-            "weston-screenshooter failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        std::fs::read_dir(self.dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|x| x == "png"))
-            .expect("screenshooter wrote no png")
-    }
-}
+use common::{start_xvfb, which, Reaper, Weston};
 
 fn check(png: &Path, w: u32, h: u32, frame: u32) -> Output {
     Command::new(env!("CARGO_BIN_EXE_qvm-wl-check"))
@@ -308,33 +151,6 @@ fn headless_weston_has_no_seat_for_the_clipboard() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no wl_seat"), "{stderr}");
-}
-
-/// Start Xvfb on a display it picks itself (-displayfd); returns it and ":N".
-fn start_xvfb(xvfb: &Path) -> (Reaper, String) {
-    let mut child = Reaper(
-        Command::new(xvfb)
-            .args([
-                "-displayfd",
-                "1",
-                "-nolisten",
-                "tcp",
-                "-screen",
-                "0",
-                "1024x768x24",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn Xvfb"),
-    );
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let n: u32 = line.trim().parse().expect("Xvfb -displayfd output");
-    (child, format!(":{n}"))
 }
 
 /// One demo owns the selection, a second one reads it through a pipe.

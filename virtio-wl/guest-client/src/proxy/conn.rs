@@ -224,8 +224,12 @@ impl<'p> Conn<'p> {
                 return Err(e.into());
             }
             if pfd[0].revents != 0 {
-                if !self.client.recv(&mut self.cin, &mut self.cfds)? {
-                    return Ok(());
+                match self.client.recv(&mut self.cin, &mut self.cfds) {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(()),
+                    // A client that dies mid-stream has simply left.
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
+                    Err(e) => return Err(e.into()),
                 }
                 self.pump_requests()?;
             }

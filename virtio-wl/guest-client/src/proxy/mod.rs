@@ -55,23 +55,29 @@ pub fn listen(path: &Path) -> io::Result<UnixListener> {
         .map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", path.display())))
 }
 
-/// Relays one client until it or the compositor closes; returns its counters.
+/// Relays one client until it or the compositor closes; returns its counters and how it
+/// ended.
 pub fn relay(
     protos: &Protocols,
     opts: Options,
     client: UnixStream,
     upstream: &Upstream,
-) -> Result<Stats, ProxyError> {
-    let up = upstream.connect()?;
-    let mut conn = Conn::new(
+) -> (Stats, Result<(), ProxyError>) {
+    let up = match upstream.connect() {
+        Ok(u) => u,
+        Err(e) => return (Stats::default(), Err(e.into())),
+    };
+    let mut conn = match Conn::new(
         protos,
         opts,
         Box::new(SocketTransport::from_stream(client)),
         up,
-    )?;
+    ) {
+        Ok(c) => c,
+        Err(e) => return (Stats::default(), Err(e)),
+    };
     let r = conn.run();
-    let stats = conn.stats;
-    r.map(|()| stats)
+    (conn.stats, r)
 }
 
 /// Accepts clients forever, each in a forked child.
@@ -95,19 +101,15 @@ pub fn serve(
             -1 => eprintln!("qvm-wl-proxy: fork: {}", io::Error::last_os_error()),
             0 => {
                 drop(listener);
-                let code = match relay(protos, opts, client, upstream) {
-                    Ok(s) => {
-                        if opts.verbose {
-                            eprintln!("qvm-wl-proxy: client done: {s:?}");
-                        }
-                        print_stats(&s);
-                        0
-                    }
+                let (stats, r) = relay(protos, opts, client, upstream);
+                let code = match r {
+                    Ok(()) => 0,
                     Err(e) => {
                         eprintln!("qvm-wl-proxy: client connection ended: {e}");
                         1
                     }
                 };
+                print_stats(&stats);
                 // SAFETY: leaving the child without running the parent's destructors.
                 unsafe { libc::_exit(code) };
             }
