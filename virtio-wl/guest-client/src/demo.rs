@@ -29,7 +29,24 @@ pub struct Options {
     /// Bind global name N as `interface` (default `weston_screenshooter`), version 1, then
     /// round-trip and exit: `QVM-WL-BIND ok`, or the error (a refused bind hangs up).
     pub bind_name: Option<(u32, String)>,
+    /// What each frame changes (the proxy bench's workloads).
+    pub scene: Scene,
 }
+
+/// What each frame draws and damages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scene {
+    /// Every pixel changes (the pattern the screenshot checks verify); full damage.
+    Pattern,
+    /// A text cursor blinks: a 2×20 rectangle toggles; only it is damaged (the first use of
+    /// each buffer draws and damages everything).
+    Blink,
+    /// The content scrolls by 8 rows: every row is redrawn; full damage.
+    Scroll,
+}
+
+/// Where the blinking cursor is.
+pub const CURSOR: (u32, u32, u32, u32) = (100, 100, 2, 20);
 
 impl Default for Options {
     fn default() -> Self {
@@ -46,13 +63,15 @@ impl Default for Options {
             get_selection: false,
             list_globals: false,
             bind_name: None,
+            scene: Scene::Pattern,
         }
     }
 }
 
 pub const USAGE: &str = "usage: qvm-wl-demo [--width W] [--height H] [--frames N] [--title T] \
 [--hold SECS] [--copy-path] [--transport wl0|socket] [--ctx-name NAME] \
-[--set-selection TEXT] [--get-selection] [--list-globals] [--bind-name N[:INTERFACE]]";
+[--set-selection TEXT] [--get-selection] [--list-globals] [--bind-name N[:INTERFACE]] \
+[--scene pattern|blink|scroll]";
 
 impl Options {
     pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Self, String> {
@@ -77,6 +96,16 @@ impl Options {
                 "--ctx-name" => o.ctx_name = Some(value()?),
                 "--set-selection" => o.set_selection = Some(value()?),
                 "--copy-path" => o.copy_path = true,
+                "--scene" => {
+                    o.scene = match value()?.as_str() {
+                        "pattern" => Scene::Pattern,
+                        "blink" => Scene::Blink,
+                        "scroll" => Scene::Scroll,
+                        other => {
+                            return Err(format!("--scene {other:?}: use pattern, blink or scroll"))
+                        }
+                    }
+                }
                 "--get-selection" => o.get_selection = true,
                 "--list-globals" => o.list_globals = true,
                 "--bind-name" => {
@@ -659,6 +688,7 @@ pub fn run_with(t: Box<dyn Transport>, opts: &Options) -> Result<Report, Error> 
         Vec::new()
     };
 
+    let mut drawn = [false; 2];
     let start = Instant::now();
     for frame in 0..opts.frames {
         c.wait("a wl_buffer.release", ROUNDTRIP_TIMEOUT, |c| {
@@ -666,11 +696,42 @@ pub fn run_with(t: Box<dyn Transport>, opts: &Options) -> Result<Report, Error> 
         })?;
         let i = c.buffer_busy.iter().position(|b| !b).unwrap();
         let dst = &mut alloc.as_mut_slice()[i * frame_bytes..][..frame_bytes];
-        if opts.copy_path {
-            pattern::draw(&mut heap, w, h, stride, frame);
-            dst.copy_from_slice(&heap);
-        } else {
-            pattern::draw(dst, w, h, stride, frame);
+        // The rectangle this frame changed (buffer coordinates).
+        let mut rect = (0, 0, w, h);
+        match opts.scene {
+            Scene::Pattern if opts.copy_path => {
+                pattern::draw(&mut heap, w, h, stride, frame);
+                dst.copy_from_slice(&heap);
+            }
+            Scene::Pattern => pattern::draw(dst, w, h, stride, frame),
+            Scene::Blink => {
+                if !drawn[i] {
+                    fill_rows(dst, stride, w, 0, h, |_| 0xff20_3040);
+                    drawn[i] = true;
+                } else {
+                    rect = CURSOR;
+                }
+                let on = frame % 2 == 0;
+                let (cx, cy, cw, ch) = CURSOR;
+                for y in cy..(cy + ch).min(h) {
+                    let row = &mut dst[y as usize * stride..][..w as usize * 4];
+                    for x in cx..(cx + cw).min(w) {
+                        let px = if on { 0xffff_ffffu32 } else { 0xff20_3040 };
+                        row[x as usize * 4..][..4].copy_from_slice(&px.to_le_bytes());
+                    }
+                }
+            }
+            Scene::Scroll => {
+                // Text-like stripes moving up 8 rows per frame.
+                fill_rows(dst, stride, w, 0, h, |y| {
+                    let line = (y + frame * 8) / 16;
+                    if (y + frame * 8) % 16 < 12 && line % 3 != 0 {
+                        0xffe0_e0e0
+                    } else {
+                        0xff10_1010
+                    }
+                });
+            }
         }
         c.buffer_busy[i] = true;
         c.send(
@@ -684,12 +745,13 @@ pub fn run_with(t: Box<dyn Transport>, opts: &Options) -> Result<Report, Error> 
         } else {
             wl_surface::req::DAMAGE
         };
+        // wl_surface.damage is in surface coordinates, the same here (scale 1).
         c.send(
             Message::new(surface, damage)
-                .int(0)
-                .int(0)
-                .int(w as i32)
-                .int(h as i32),
+                .int(rect.0 as i32)
+                .int(rect.1 as i32)
+                .int(rect.2 as i32)
+                .int(rect.3 as i32),
         )?;
         let cb = c.new_id(Iface::Callback);
         c.send(Message::new(surface, wl_surface::req::FRAME).object(cb))?;
@@ -753,6 +815,17 @@ pub fn run_with(t: Box<dyn Transport>, opts: &Options) -> Result<Report, Error> 
     }
     c.flush()?;
     Ok(report)
+}
+
+/// Fills rows `y0..y1` of an XRGB buffer, each with one colour.
+fn fill_rows(buf: &mut [u8], stride: usize, w: u32, y0: u32, y1: u32, colour: impl Fn(u32) -> u32) {
+    for y in y0..y1 {
+        let px = colour(y).to_le_bytes();
+        let row = &mut buf[y as usize * stride..][..w as usize * 4];
+        for p in row.chunks_exact_mut(4) {
+            p.copy_from_slice(&px);
+        }
+    }
 }
 
 /// `--list-globals` / `--bind-name`: no window.
