@@ -28,13 +28,18 @@
 //! 8. Host, no guest: instructions per committed frame in our virtio-wl device at 1 MiB and
 //!    31.6 MiB frames (`qvm-wl-cost` under callgrind, a headless weston as the compositor).
 //!
+//!    Issue 7: the same in-guest, for an ordinary wl_shm client through `qvm-wl-proxy`: a
+//!    cursor blink and a full-screen scroll at 1080p, damage-only copies beside whole-frame
+//!    copies (two proxies in the same boot): bytes the proxy copies per frame, host (virtio-wl
+//!    thread) and guest (vCPU threads) CPU per frame. `--wl-proxy-only` runs just these.
+//!
 //! 9. Lab: the qvm desktop's `qvm run VM -- true`, cold (VM stopped: boot + agent + command) and
 //!    warm (VM running), beside a QEMU script (microvm + `vhost-vsock-device` started in the
 //!    background, `qvm-run --cid` retried until the agent answers, then once more), same kernel,
 //!    initramfs, memory and vCPUs, interleaved in one lab script.
 //!
 //! Usage: qvm-bench [--runs N] [--skip-lab] [--skip-host] [--skip-blk] [--skip-blk-cost] [--skip-net]
-//!              [--skip-fs] [--skip-wl] [--skip-wl-cost] [--skip-desktop]
+//!              [--skip-fs] [--skip-wl] [--wl-proxy-only] [--skip-wl-cost] [--skip-desktop]
 
 use std::io::{BufRead, BufReader};
 
@@ -905,13 +910,76 @@ done
 SAMPLER
 "#;
 
-/// One virtio-wl bench case: (name, width, height, frames, copy path).
-const WL_CASES: &[(&str, u32, u32, u32, bool)] = &[
-    ("1mib", 512, 512, 20, false),
-    ("1080p", 1920, 1080, 16, false),
-    ("1080p-copy", 1920, 1080, 16, true),
-    ("4k", 3840, 2160, 8, false),
-    ("4k-copy", 3840, 2160, 8, true),
+/// One virtio-wl bench case.
+struct WlCase {
+    name: &'static str,
+    w: u32,
+    h: u32,
+    frames: u32,
+    /// "" = the demo on /dev/wl0 itself; "damage" / "whole" = an ordinary wl_shm client
+    /// (`--transport socket`) through the guest's qvm-wl-proxy in that copy mode.
+    via: &'static str,
+    /// More demo arguments.
+    args: &'static str,
+}
+
+const fn wl_case(
+    name: &'static str,
+    w: u32,
+    h: u32,
+    frames: u32,
+    via: &'static str,
+    args: &'static str,
+) -> WlCase {
+    WlCase {
+        name,
+        w,
+        h,
+        frames,
+        via,
+        args,
+    }
+}
+
+const WL_CASES: &[WlCase] = &[
+    wl_case("1mib", 512, 512, 20, "", ""),
+    wl_case("1080p", 1920, 1080, 16, "", ""),
+    wl_case("1080p-copy", 1920, 1080, 16, "", "--copy-path"),
+    wl_case("4k", 3840, 2160, 8, "", ""),
+    wl_case("4k-copy", 3840, 2160, 8, "", "--copy-path"),
+    // Issue 7: the proxy's damage-only copies beside whole-frame copies, 1080p.
+    wl_case(
+        "blink-damage",
+        1920,
+        1080,
+        24,
+        "damage",
+        "--scene blink --warmup 3",
+    ),
+    wl_case(
+        "blink-whole",
+        1920,
+        1080,
+        24,
+        "whole",
+        "--scene blink --warmup 3",
+    ),
+    wl_case(
+        "scroll-damage",
+        1920,
+        1080,
+        16,
+        "damage",
+        "--scene scroll --warmup 3",
+    ),
+    wl_case(
+        "scroll-whole",
+        1920,
+        1080,
+        16,
+        "whole",
+        "--scene scroll --warmup 3",
+    ),
 ];
 
 /// virtio-wl in the lab: `qvm-wl-demo` in the guest draws and commits frames to weston
@@ -920,24 +988,42 @@ const WL_CASES: &[(&str, u32, u32, u32, bool)] = &[
 /// (vCPU threads included, so the guest's drawing and copying show up there), read from
 /// /proc/<pid>/task/*/schedstat around each case. The copy path is the same client drawing
 /// into guest memory and copying each whole frame into the shared buffer.
-fn wl_bench(runs: usize) -> Result<(), String> {
-    let mut guest = String::from("for spec in");
-    for (name, w, h, n, copy) in WL_CASES {
-        let copy = if *copy { "--copy-path" } else { "" };
-        guest.push_str(&format!(" \"{name}:{w}:{h}:{n}:{copy}\""));
+fn wl_bench(runs: usize, proxy_only: bool) -> Result<(), String> {
+    let cases: Vec<&WlCase> = WL_CASES
+        .iter()
+        .filter(|c| !proxy_only || !c.via.is_empty())
+        .collect();
+    // The guest's Wayland proxy, once per copy mode, on its own socket.
+    let mut guest = String::from(
+        "export XDG_RUNTIME_DIR=/tmp\n\
+         qvm-wl-proxy --socket /tmp/wlp-damage --copy damage >/tmp/wlp-damage.log 2>&1 &\n\
+         qvm-wl-proxy --socket /tmp/wlp-whole --copy whole >/tmp/wlp-whole.log 2>&1 &\n\
+         sleep 1\nfor spec in",
+    );
+    for c in &cases {
+        guest.push_str(&format!(
+            " \"{}:{}:{}:{}:{}:{}\"",
+            c.name, c.w, c.h, c.frames, c.via, c.args
+        ));
     }
     // The demo prints QVM-WL-READY once its first frame is committed and QVM-WL-HOLD after the
     // last frame's callback: the host samples CPU at both, so buffer set-up and teardown (memfd,
     // KVM slot, munmap) are not counted per frame.
     guest.push_str(
         r#"; do
-  IFS=: read name w h n copy <<SPEC
+  IFS=: read name w h n via args <<SPEC
 $spec
 SPEC
   echo "WLB-BEGIN $name"
-  qvm-wl-demo --width $w --height $h --frames $n --hold 2 $copy 2>&1
+  if [ -n "$via" ]; then
+    WAYLAND_DISPLAY=/tmp/wlp-$via qvm-wl-demo --transport socket --width $w --height $h --frames $n --hold 2 $args 2>&1
+  else
+    qvm-wl-demo --width $w --height $h --frames $n --hold 2 $args 2>&1
+  fi
   echo "WLB-END $name rc=$?"
   sleep 1
+  # The proxy's line for that client: bytes it copied, its CPU time.
+  [ -n "$via" ] && echo "WLB-PROXY $name $(tail -n 1 /tmp/wlp-$via.log)"
 done
 exit 0
 "#,
@@ -979,6 +1065,8 @@ grep -v '^WLB-' $log | tail -n 20
     type Samples = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
     // name -> (fps, wl thread ns/frame, process ns/frame, device bytes/frame)
     let mut res: std::collections::BTreeMap<&str, Samples> = Default::default();
+    // name -> (proxy bytes copied per steady frame, proxy CPU us per frame incl. set-up)
+    let mut proxy: std::collections::BTreeMap<&str, (Vec<f64>, Vec<f64>)> = Default::default();
     // (wl thread ns, process ns, device bytes) at the end of a sampled line.
     let cpu = |l: &str| -> Option<(f64, f64, f64)> {
         let mut it = l.rsplit(' ');
@@ -987,10 +1075,15 @@ grep -v '^WLB-' $log | tail -n 20
         let dev = it.next()?.parse().ok()?;
         Some((dev, all, bytes))
     };
+    let kv = |l: &str, k: &str| -> Option<f64> {
+        l.split(' ')
+            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+    };
     for run in 0..runs {
         let out = lab::run(&script, Duration::from_secs(1500)).map_err(|e| e.to_string())?;
         let out = out.output;
-        let mut case: Option<&(&str, u32, u32, u32, bool)> = None;
+        let mut case: Option<&WlCase> = None;
         let mut start = None;
         let mut got = 0;
         for line in out.lines().map(str::trim_end) {
@@ -1000,29 +1093,41 @@ grep -v '^WLB-' $log | tail -n 20
             match kind {
                 "WLB-BEGIN" => {
                     let name = rest.split(' ').next().unwrap_or_default();
-                    case = WL_CASES.iter().find(|c| c.0 == name);
+                    case = cases.iter().copied().find(|c| c.name == name);
                     start = None;
                 }
-                "QVM-WL-READY" => start = cpu(line),
+                // Proxy cases measure from the warm-up marker (past each buffer's first,
+                // whole copy); the others from the first frame.
+                "QVM-WL-READY" if case.is_some_and(|c| c.via.is_empty()) => start = cpu(line),
+                "QVM-WL-WARM" => start = cpu(line),
                 "QVM-WL-HOLD" => {
                     let (Some(c), Some(b), Some(e)) = (case, start, cpu(line)) else {
                         continue;
                     };
-                    // Frames 1..N-1 were committed between the two samples.
-                    let frames = f64::from(c.3 - 1);
-                    let r = res.entry(c.0).or_default();
+                    let first = if c.via.is_empty() { 1 } else { 4 };
+                    // Frames first..N-1 were committed between the two samples.
+                    let frames = f64::from(c.frames - first);
+                    let r = res.entry(c.name).or_default();
                     r.1.push((e.0 - b.0) / frames);
                     r.2.push((e.1 - b.1) / frames);
                     r.3.push((e.2 - b.2) / frames);
                     got += 1;
                 }
                 "QVM-WL-DONE" => {
-                    let fps = rest
-                        .split(' ')
-                        .find_map(|w| w.strip_prefix("fps="))
-                        .and_then(|v| v.parse::<f64>().ok());
-                    if let (Some(c), Some(fps)) = (case, fps) {
-                        res.entry(c.0).or_default().0.push(fps);
+                    if let (Some(c), Some(fps)) = (case, kv(rest, "fps")) {
+                        res.entry(c.name).or_default().0.push(fps);
+                    }
+                }
+                "WLB-PROXY" => {
+                    if let (Some(c), Some(b), Some(u), Some(s)) = (
+                        case,
+                        kv(rest, "bytes_copied_after_warmup"),
+                        kv(rest, "user_us"),
+                        kv(rest, "sys_us"),
+                    ) {
+                        let p = proxy.entry(c.name).or_default();
+                        p.0.push(b / f64::from(c.frames - 4));
+                        p.1.push((u + s) / f64::from(c.frames));
                     }
                 }
                 "WLB-END" if !rest.contains("rc=0") => {
@@ -1031,7 +1136,7 @@ grep -v '^WLB-' $log | tail -n 20
                 _ => {}
             }
         }
-        if got < WL_CASES.len() {
+        if got < cases.len() {
             return Err(format!("wl bench: run {run} measured {got} cases:\n{out}"));
         }
     }
@@ -1042,7 +1147,8 @@ grep -v '^WLB-' $log | tail -n 20
         "{:<12} {:>10} {:>8} {:>20} {:>22} {:>18}",
         "case", "frame", "fps", "wl thread us/frame", "VMM process ms/frame", "queue bytes/frame"
     );
-    for (name, w, h, _, _) in WL_CASES {
+    for c in &cases {
+        let (name, w, h) = (c.name, c.w, c.h);
         let Some((fps, dev, all, bytes)) = res.get_mut(name) else {
             continue;
         };
@@ -1055,6 +1161,35 @@ grep -v '^WLB-' $log | tail -n 20
             median(all) / 1e6,
             median(bytes)
         );
+    }
+    if !proxy.is_empty() {
+        println!(
+            "\nqvm-wl-proxy in the guest (issue 7): an ordinary wl_shm client, 1080p, its pool mirrored \
+             into host memory; per frame after warm-up. Host = the VMM's virtio-wl thread; guest = \
+             the VMM's other threads (vCPUs: client + proxy + guest kernel)."
+        );
+        println!(
+            "{:<14} {:>22} {:>18} {:>18} {:>24}",
+            "case", "proxy bytes copied", "host us/frame", "guest ms/frame", "proxy CPU us/frame*"
+        );
+        for c in cases.iter().filter(|c| !c.via.is_empty()) {
+            let (Some((_, dev, all, _)), Some((copied, pcpu))) =
+                (res.get(c.name), proxy.get_mut(c.name))
+            else {
+                continue;
+            };
+            let mut guest: Vec<f64> = all.iter().zip(dev.iter()).map(|(a, d)| a - d).collect();
+            let mut dev = dev.clone();
+            println!(
+                "{:<14} {:>22.0} {:>18.0} {:>18.2} {:>24.0}",
+                c.name,
+                median(copied),
+                median(&mut dev) / 1e3,
+                median(&mut guest) / 1e6,
+                median(pcpu)
+            );
+        }
+        println!("(*) the proxy process's own user+sys time over the whole client, set-up included, / frames");
     }
     let small = res.get_mut("1mib").map(|r| median(&mut r.1));
     let big = res.get_mut("4k").map(|r| median(&mut r.1));
@@ -1333,7 +1468,7 @@ fn main() {
         }
     }
     if !skip("--skip-wl") {
-        if let Err(e) = wl_bench(runs.min(3)) {
+        if let Err(e) = wl_bench(runs.min(3), skip("--wl-proxy-only")) {
             eprintln!("wl bench failed: {e}");
             failed = true;
         }

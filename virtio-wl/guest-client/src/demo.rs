@@ -31,6 +31,9 @@ pub struct Options {
     pub bind_name: Option<(u32, String)>,
     /// What each frame changes (the proxy bench's workloads).
     pub scene: Scene,
+    /// Print `QVM-WL-WARM frame=K` once frame K is committed (0 = never): the bench measures
+    /// from there, past the first uses of each buffer.
+    pub warmup: u32,
 }
 
 /// What each frame draws and damages.
@@ -64,6 +67,7 @@ impl Default for Options {
             list_globals: false,
             bind_name: None,
             scene: Scene::Pattern,
+            warmup: 0,
         }
     }
 }
@@ -71,7 +75,7 @@ impl Default for Options {
 pub const USAGE: &str = "usage: qvm-wl-demo [--width W] [--height H] [--frames N] [--title T] \
 [--hold SECS] [--copy-path] [--transport wl0|socket] [--ctx-name NAME] \
 [--set-selection TEXT] [--get-selection] [--list-globals] [--bind-name N[:INTERFACE]] \
-[--scene pattern|blink|scroll]";
+[--scene pattern|blink|scroll] [--warmup K]";
 
 impl Options {
     pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Self, String> {
@@ -96,6 +100,7 @@ impl Options {
                 "--ctx-name" => o.ctx_name = Some(value()?),
                 "--set-selection" => o.set_selection = Some(value()?),
                 "--copy-path" => o.copy_path = true,
+                "--warmup" => o.warmup = num(value()?, &flag)?,
                 "--scene" => {
                     o.scene = match value()?.as_str() {
                         "pattern" => Scene::Pattern,
@@ -759,6 +764,9 @@ pub fn run_with(t: Box<dyn Transport>, opts: &Options) -> Result<Report, Error> 
         c.flush()?;
         if frame == 0 {
             let _ = writeln!(out.lock(), "QVM-WL-READY");
+        }
+        if opts.warmup > 0 && frame == opts.warmup {
+            let _ = writeln!(out.lock(), "QVM-WL-WARM frame={frame}");
         }
         c.wait("a frame callback", ROUNDTRIP_TIMEOUT, |c| {
             c.take_callback(cb)

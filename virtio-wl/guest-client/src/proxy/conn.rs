@@ -33,6 +33,8 @@ const SERVER_ID_START: u32 = 0xff00_0000;
 /// The most bytes one upstream send carries (the virtio-wl device takes 4 KiB buffers; the
 /// driver splits larger ones, so keep whole messages within one).
 const UPSTREAM_CHUNK: usize = 4096;
+/// Commits not counted in [`Stats::bytes_copied_after_warmup`].
+pub const WARMUP_COMMITS: u64 = 4;
 /// Wayland's largest message.
 const MAX_MESSAGE: usize = 4096;
 
@@ -64,6 +66,9 @@ pub struct Stats {
     pub events: u64,
     pub commits_copied: u64,
     pub bytes_copied: u64,
+    /// Bytes copied by commits after the first [`WARMUP_COMMITS`] of the connection (the
+    /// first uses of each buffer are whole copies): the steady state the bench reports.
+    pub bytes_copied_after_warmup: u64,
     pub pools_mirrored: u64,
     pub pools_passed_through: u64,
     pub globals_hidden: u64,
@@ -564,9 +569,12 @@ impl<'p> Conn<'p> {
             return;
         };
         if let Some(b) = self.buffers.get(&buf) {
-            let n = b.copy(&region);
-            self.stats.bytes_copied += n as u64;
+            let n = b.copy(&region) as u64;
+            self.stats.bytes_copied += n;
             self.stats.commits_copied += 1;
+            if self.stats.commits_copied > WARMUP_COMMITS {
+                self.stats.bytes_copied_after_warmup += n;
+            }
         }
     }
 

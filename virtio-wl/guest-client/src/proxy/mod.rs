@@ -125,11 +125,12 @@ pub fn print_stats(s: &Stats) {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
     println!(
-        "QVM-WL-PROXY-STATS requests={} events={} commits_copied={} bytes_copied={} pools_mirrored={} pools_passed_through={} globals_hidden={} user_us={} sys_us={}",
+        "QVM-WL-PROXY-STATS requests={} events={} commits_copied={} bytes_copied={} bytes_copied_after_warmup={} pools_mirrored={} pools_passed_through={} globals_hidden={} user_us={} sys_us={}",
         s.requests,
         s.events,
         s.commits_copied,
         s.bytes_copied,
+        s.bytes_copied_after_warmup,
         s.pools_mirrored,
         s.pools_passed_through,
         s.globals_hidden,
