@@ -12,6 +12,7 @@ use qvm_tests::fixtures::{
     vm_toml, vmm_binary,
 };
 use qvm_tests::lab;
+use qvm_tests::wayland::{start_weston, start_weston_on, start_weston_x11};
 
 const TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -26,42 +27,6 @@ fn field<'a>(out: &'a str, key: &str) -> &'a str {
         .find_map(|l| l.trim_start().strip_prefix(key))
         .unwrap_or_else(|| panic!("no {key:?} line in:\n{out}"))
         .trim()
-}
-
-/// Shell that starts weston in L1 on `$rt/wl-qvm` and waits for its socket; sets `$weston`.
-/// Desktop shell with every animation and the panel off, so a screenshot shows the guest's
-/// pixels unblended (kiosk-shell fullscreens the window, and weston 10's headless backend then
-/// never sends a smaller buffer its frame callbacks).
-fn start_weston(width: u32, height: u32) -> String {
-    start_weston_on("--backend=headless-backend.so", width, height)
-}
-
-/// [`start_weston`] with another backend (the x11 one gives clients a seat, so a clipboard).
-fn start_weston_on(backend: &str, width: u32, height: u32) -> String {
-    format!(
-        r#"export XDG_RUNTIME_DIR=$rt
-cat >$rt/weston.ini <<'INI'
-[core]
-idle-time=0
-[shell]
-startup-animation=none
-animation=none
-close-animation=none
-focus-animation=none
-panel-position=none
-locking=false
-background-color=0xff203040
-background-image=
-INI
-weston --config=$rt/weston.ini {backend} --socket=wl-qvm \
-  --width={width} --height={height} --use-pixman --debug --idle-time=0 >$rt/weston.log 2>&1 &
-weston=$!
-i=0; until [ -S $rt/wl-qvm ]; do
-  i=$((i+1)); [ $i -gt 600 ] && {{ echo "WESTON did not start"; cat $rt/weston.log; break; }}
-  sleep 0.1
-done
-"#
-    )
 }
 
 #[test]
@@ -301,21 +266,6 @@ cat $rt/vmm.log
     );
     assert_eq!(field(out, "VMM-EXIT "), "0", "{out}");
     assert!(!out.contains("panicked"), "{out}");
-}
-
-/// Shell that starts Xvfb and weston's x11 backend on it (a seat, so a clipboard); `$xvfb` and
-/// `$weston` are set.
-fn start_weston_x11(width: u32, height: u32) -> String {
-    format!(
-        r#"Xvfb -displayfd 1 -nolisten tcp -screen 0 1024x768x24 >$rt/xdisplay 2>$rt/xvfb.log &
-xvfb=$!
-i=0; until [ -s $rt/xdisplay ]; do i=$((i+1)); [ $i -gt 600 ] && {{ echo "XVFB did not start"; cat $rt/xvfb.log; break; }}; sleep 0.1; done
-export DISPLAY=:$(cat $rt/xdisplay)
-{weston}
-unset DISPLAY
-"#,
-        weston = start_weston_on("--backend=x11-backend.so", width, height)
-    )
 }
 
 /// The host side of the policy: the guest's title and app id reach weston tagged with the VM's

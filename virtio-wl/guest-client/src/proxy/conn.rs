@@ -424,6 +424,8 @@ impl<'p> Conn<'p> {
             }
         }
         let name = (spec.name.as_str(), m.name.as_str());
+        // The new object's client id, for requests that create one.
+        let new_cid = new_ids.first().map(|n| n.0).unwrap_or(0);
         let fds_out = match name {
             ("wl_registry", "bind") => {
                 let gname = uints.first().copied().unwrap_or(0);
@@ -433,7 +435,7 @@ impl<'p> Conn<'p> {
                 Vec::new()
             }
             ("wl_shm", "create_pool") => {
-                let (cid, _) = new_ids[0];
+                let cid = new_cid;
                 let size = uints.first().copied().unwrap_or(0) as i32;
                 let fd = fds_in
                     .pop()
@@ -449,7 +451,7 @@ impl<'p> Conn<'p> {
                 Vec::new()
             }
             ("wl_shm_pool", "create_buffer") => {
-                let (cid, _) = new_ids[0];
+                let cid = new_cid;
                 if let Some(pool) = self.pools.get(&cobj) {
                     let [offset, width, height, stride, format] = uints[..] else {
                         return client_err("create_buffer: bad arguments");
@@ -482,7 +484,7 @@ impl<'p> Conn<'p> {
                 Vec::new()
             }
             ("wl_compositor", "create_surface") => {
-                self.surfaces.insert(new_ids[0].0, SurfaceDamage::new());
+                self.surfaces.insert(new_cid, SurfaceDamage::new());
                 Vec::new()
             }
             ("wl_surface", _) => {
@@ -491,7 +493,7 @@ impl<'p> Conn<'p> {
             }
             ("wp_viewporter", "get_viewport") => {
                 let surface = objects.first().copied().unwrap_or(0);
-                self.viewports.insert(new_ids[0].0, surface);
+                self.viewports.insert(new_cid, surface);
                 if let Some(s) = self.surfaces.get_mut(&surface) {
                     s.has_viewport = true;
                 }
@@ -644,9 +646,13 @@ impl<'p> Conn<'p> {
         // destroyed (its buffers live on in the compositor).
         let twin = self.up.alloc(size)?;
         let send = dup_fd(twin.fd())?;
-        let old_host = self.c2h[&cobj];
+        let Some(&old_host) = self.c2h.get(&cobj) else {
+            return client_err("resize of an unknown pool");
+        };
+        let Some(iface) = self.objs.get(&old_host).map(|o| o.iface) else {
+            return client_err("resize of an unknown pool");
+        };
         let new_host = self.alloc_host_id();
-        let iface = self.objs[&old_host].iface;
         self.objs.insert(
             old_host,
             Obj {
@@ -835,7 +841,9 @@ impl<'p> Conn<'p> {
                 if self.c2h.get(&c) == Some(&host) {
                     self.c2h.remove(&c);
                 }
-                put_u32(&mut msg, uint_pos[0], c);
+                if let Some(&pos) = uint_pos.first() {
+                    put_u32(&mut msg, pos, c);
+                }
             }
             ("wl_registry", "global") => {
                 let gname = uints.first().copied().unwrap_or(0);
@@ -846,8 +854,8 @@ impl<'p> Conn<'p> {
                         // Pass the host's version through, capped at what the proxy's XML
                         // describes (newer messages could carry fds it cannot find).
                         let ours = protos.get(i).version;
-                        if version > ours {
-                            put_u32(&mut msg, uint_pos[1], ours);
+                        if let (true, Some(&pos)) = (version > ours, uint_pos.get(1)) {
+                            put_u32(&mut msg, pos, ours);
                         }
                         self.announced.insert(gname);
                     }
@@ -1000,4 +1008,82 @@ fn copy_keymap(fd: &OwnedFd, size: usize) -> Result<OwnedFd, ProxyError> {
         )
     };
     Ok(OwnedFd::from(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::SocketTransport;
+    use std::os::unix::net::UnixStream;
+
+    /// A tiny deterministic generator (no extra crates).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) as u32
+        }
+    }
+
+    fn msg(obj: u32, op: u16, args: &[u32]) -> Vec<u8> {
+        let size = 8 + 4 * args.len() as u32;
+        let mut v = Vec::new();
+        v.extend_from_slice(&obj.to_ne_bytes());
+        v.extend_from_slice(&((size << 16) | u32::from(op)).to_ne_bytes());
+        for a in args {
+            v.extend_from_slice(&a.to_ne_bytes());
+        }
+        v
+    }
+
+    /// Hostile streams from both sides end the connection with an error or cleanly, never a
+    /// panic: random bytes, and plausible messages with random ids, opcodes and arguments.
+    #[test]
+    fn hostile_streams_never_panic() {
+        let protos = Protocols::builtin().unwrap();
+        let mut rng = Rng(7);
+        for round in 0..300 {
+            let (c_app, c_proxy) = UnixStream::pair().unwrap();
+            let (u_proxy, u_comp) = UnixStream::pair().unwrap();
+            let mut bytes_c = Vec::new();
+            let mut bytes_u = Vec::new();
+            // A sane start: get_registry, then noise.
+            bytes_c.extend(msg(1, 1, &[2]));
+            for _ in 0..(rng.next() % 20) {
+                let obj = rng.next() % 6;
+                let op = (rng.next() % 4) as u16;
+                let args: Vec<u32> = (0..rng.next() % 6).map(|_| rng.next() % 8).collect();
+                if round % 3 == 0 {
+                    bytes_c.extend((0..rng.next() % 40).map(|_| rng.next() as u8));
+                } else {
+                    bytes_c.extend(msg(obj, op, &args));
+                }
+                let ev: Vec<u32> = (0..rng.next() % 6).map(|_| rng.next() % 8).collect();
+                bytes_u.extend(msg(rng.next() % 4, (rng.next() % 3) as u16, &ev));
+            }
+            let protos = &protos;
+            std::thread::scope(|s| {
+                let h = s.spawn(move || {
+                    let mut conn = Conn::new(
+                        protos,
+                        Options::default(),
+                        Box::new(SocketTransport::from_stream(c_proxy)),
+                        Box::new(SocketTransport::from_stream(u_proxy)),
+                    )
+                    .unwrap();
+                    let _ = conn.run();
+                });
+                let mut c_app = c_app;
+                let mut u_comp = u_comp;
+                let _ = c_app.write_all(&bytes_c);
+                let _ = u_comp.write_all(&bytes_u);
+                drop(c_app);
+                drop(u_comp);
+                h.join().expect("the proxy connection panicked");
+            });
+        }
+    }
 }

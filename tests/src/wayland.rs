@@ -1,0 +1,53 @@
+//! Shell snippets for lab tests and benches that need a compositor in L1 (weston from the
+//! host's packages, which L1 sees through its 9p root).
+
+/// Shell that starts weston in L1 on `$rt/wl-qvm` and waits for its socket; sets `$weston`.
+/// Desktop shell with every animation and the panel off, so a screenshot shows the guest's
+/// pixels unblended (kiosk-shell fullscreens the window, and weston 10's headless backend then
+/// never sends a smaller buffer its frame callbacks).
+pub fn start_weston(width: u32, height: u32) -> String {
+    start_weston_on("--backend=headless-backend.so", width, height)
+}
+
+/// [`start_weston`] with another backend (the x11 one gives clients a seat, so a clipboard).
+pub fn start_weston_on(backend: &str, width: u32, height: u32) -> String {
+    format!(
+        r#"export XDG_RUNTIME_DIR=$rt
+cat >$rt/weston.ini <<'INI'
+[core]
+idle-time=0
+[shell]
+startup-animation=none
+animation=none
+close-animation=none
+focus-animation=none
+panel-position=none
+locking=false
+background-color=0xff203040
+background-image=
+INI
+weston --config=$rt/weston.ini {backend} --socket=wl-qvm \
+  --width={width} --height={height} --use-pixman --debug --idle-time=0 >$rt/weston.log 2>&1 &
+weston=$!
+i=0; until [ -S $rt/wl-qvm ]; do
+  i=$((i+1)); [ $i -gt 600 ] && {{ echo "WESTON did not start"; cat $rt/weston.log; break; }}
+  sleep 0.1
+done
+"#
+    )
+}
+
+/// Shell that starts Xvfb and weston's x11 backend on it (a seat, so a clipboard); `$xvfb` and
+/// `$weston` are set.
+pub fn start_weston_x11(width: u32, height: u32) -> String {
+    format!(
+        r#"Xvfb -displayfd 1 -nolisten tcp -screen 0 1024x768x24 >$rt/xdisplay 2>$rt/xvfb.log &
+xvfb=$!
+i=0; until [ -s $rt/xdisplay ]; do i=$((i+1)); [ $i -gt 600 ] && {{ echo "XVFB did not start"; cat $rt/xvfb.log; break; }}; sleep 0.1; done
+export DISPLAY=:$(cat $rt/xdisplay)
+{weston}
+unset DISPLAY
+"#,
+        weston = start_weston_on("--backend=x11-backend.so", width, height)
+    )
+}
