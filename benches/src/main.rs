@@ -954,7 +954,7 @@ const WL_CASES: &[WlCase] = &[
         1080,
         24,
         "damage",
-        "--scene blink --warmup 3",
+        "--scene blink --warmup 3 --hold 5",
     ),
     wl_case(
         "blink-whole",
@@ -962,7 +962,7 @@ const WL_CASES: &[WlCase] = &[
         1080,
         24,
         "whole",
-        "--scene blink --warmup 3",
+        "--scene blink --warmup 3 --hold 5",
     ),
     wl_case(
         "scroll-damage",
@@ -970,7 +970,7 @@ const WL_CASES: &[WlCase] = &[
         1080,
         16,
         "damage",
-        "--scene scroll --warmup 3",
+        "--scene scroll --warmup 3 --hold 5",
     ),
     wl_case(
         "scroll-whole",
@@ -978,7 +978,7 @@ const WL_CASES: &[WlCase] = &[
         1080,
         16,
         "whole",
-        "--scene scroll --warmup 3",
+        "--scene scroll --warmup 3 --hold 5",
     ),
 ];
 
@@ -1025,6 +1025,8 @@ SPEC
   # The proxy's line for that client: bytes it copied, its CPU time.
   [ -n "$via" ] && echo "WLB-PROXY $name $(tail -n 1 /tmp/wlp-$via.log)"
 done
+# The host's sampler lags behind the console: let it read the last lines while the VMM lives.
+sleep 15
 exit 0
 "#,
     );
@@ -1067,6 +1069,8 @@ grep -v '^WLB-' $log | tail -n 20
     let mut res: std::collections::BTreeMap<&str, Samples> = Default::default();
     // name -> (proxy bytes copied per steady frame, proxy CPU us per frame incl. set-up)
     let mut proxy: std::collections::BTreeMap<&str, (Vec<f64>, Vec<f64>)> = Default::default();
+    // name -> the guest's own busy CPU ms per frame (/proc/stat in the guest)
+    let mut guest_busy: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     // (wl thread ns, process ns, device bytes) at the end of a sampled line.
     let cpu = |l: &str| -> Option<(f64, f64, f64)> {
         let mut it = l.rsplit(' ');
@@ -1085,6 +1089,7 @@ grep -v '^WLB-' $log | tail -n 20
         let out = out.output;
         let mut case: Option<&WlCase> = None;
         let mut start = None;
+        let mut warm_busy: Option<f64> = None;
         let mut got = 0;
         for line in out.lines().map(str::trim_end) {
             let Some((kind, rest)) = line.split_once(' ') else {
@@ -1099,7 +1104,10 @@ grep -v '^WLB-' $log | tail -n 20
                 // Proxy cases measure from the warm-up marker (past each buffer's first,
                 // whole copy); the others from the first frame.
                 "QVM-WL-READY" if case.is_some_and(|c| c.via.is_empty()) => start = cpu(line),
-                "QVM-WL-WARM" => start = cpu(line),
+                "QVM-WL-WARM" => {
+                    start = cpu(line);
+                    warm_busy = kv(rest, "busy_ms");
+                }
                 "QVM-WL-HOLD" => {
                     let (Some(c), Some(b), Some(e)) = (case, start, cpu(line)) else {
                         continue;
@@ -1107,6 +1115,9 @@ grep -v '^WLB-' $log | tail -n 20
                     let first = if c.via.is_empty() { 1 } else { 4 };
                     // Frames first..N-1 were committed between the two samples.
                     let frames = f64::from(c.frames - first);
+                    if let (Some(w), Some(h)) = (warm_busy.take(), kv(rest, "busy_ms")) {
+                        guest_busy.entry(c.name).or_default().push((h - w) / frames);
+                    }
                     let r = res.entry(c.name).or_default();
                     r.1.push((e.0 - b.0) / frames);
                     r.2.push((e.1 - b.1) / frames);
@@ -1169,8 +1180,13 @@ grep -v '^WLB-' $log | tail -n 20
              the VMM's other threads (vCPUs: client + proxy + guest kernel)."
         );
         println!(
-            "{:<14} {:>22} {:>18} {:>18} {:>24}",
-            "case", "proxy bytes copied", "host us/frame", "guest ms/frame", "proxy CPU us/frame*"
+            "{:<14} {:>20} {:>16} {:>20} {:>16} {:>22}",
+            "case",
+            "proxy bytes/frame",
+            "host us/frame",
+            "VMM vCPU ms/frame",
+            "guest ms/frame",
+            "proxy CPU us/frame*"
         );
         for c in cases.iter().filter(|c| !c.via.is_empty()) {
             let (Some((_, dev, all, _)), Some((copied, pcpu))) =
@@ -1178,14 +1194,16 @@ grep -v '^WLB-' $log | tail -n 20
             else {
                 continue;
             };
-            let mut guest: Vec<f64> = all.iter().zip(dev.iter()).map(|(a, d)| a - d).collect();
+            let mut vcpu: Vec<f64> = all.iter().zip(dev.iter()).map(|(a, d)| a - d).collect();
             let mut dev = dev.clone();
+            let mut busy = guest_busy.get(c.name).cloned().unwrap_or_default();
             println!(
-                "{:<14} {:>22.0} {:>18.0} {:>18.2} {:>24.0}",
+                "{:<14} {:>20.0} {:>16.0} {:>20.2} {:>16.1} {:>22.0}",
                 c.name,
                 median(copied),
                 median(&mut dev) / 1e3,
-                median(&mut guest) / 1e6,
+                median(&mut vcpu) / 1e6,
+                median(&mut busy),
                 median(pcpu)
             );
         }

@@ -766,7 +766,10 @@ pub fn run_with(t: Box<dyn Transport>, opts: &Options) -> Result<Report, Error> 
             let _ = writeln!(out.lock(), "QVM-WL-READY");
         }
         if opts.warmup > 0 && frame == opts.warmup {
-            let _ = writeln!(out.lock(), "QVM-WL-WARM frame={frame}");
+            // Then idle for a moment, so a sampler that lags behind our output (the bench's)
+            // reads the host's counters while nothing runs.
+            let _ = writeln!(out.lock(), "QVM-WL-WARM frame={frame} {}", busy_field());
+            std::thread::sleep(Duration::from_secs(WARM_PAUSE_SECS));
         }
         c.wait("a frame callback", ROUNDTRIP_TIMEOUT, |c| {
             c.take_callback(cb)
@@ -779,9 +782,14 @@ pub fn run_with(t: Box<dyn Transport>, opts: &Options) -> Result<Report, Error> 
         frames: opts.frames,
         secs: start.elapsed().as_secs_f64(),
     };
+    let busy = if opts.warmup > 0 {
+        format!(" {}", busy_field())
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out.lock(),
-        "QVM-WL-HOLD frame={} secs={}",
+        "QVM-WL-HOLD frame={} secs={}{busy}",
         opts.frames - 1,
         opts.hold
     );
@@ -823,6 +831,28 @@ pub fn run_with(t: Box<dyn Transport>, opts: &Options) -> Result<Report, Error> 
     }
     c.flush()?;
     Ok(report)
+}
+
+/// Seconds `--warmup` idles after its marker.
+pub const WARM_PAUSE_SECS: u64 = 5;
+
+/// `busy_ms=N`: CPU time the whole machine spent not idle (every process and the kernel, from
+/// /proc/stat), for `--warmup` markers: in a guest, the guest's CPU.
+fn busy_field() -> String {
+    let ms = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        let line = s.lines().next()?;
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal
+        let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Some(busy * 1000 / hz)
+    });
+    format!("busy_ms={}", ms.unwrap_or(0))
 }
 
 /// Fills rows `y0..y1` of an XRGB buffer, each with one colour.
