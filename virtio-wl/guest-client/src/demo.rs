@@ -73,7 +73,7 @@ impl Default for Options {
 }
 
 pub const USAGE: &str = "usage: qvm-wl-demo [--width W] [--height H] [--frames N] [--title T] \
-[--hold SECS] [--copy-path] [--transport wl0|socket] [--ctx-name NAME] \
+[--hold SECS] [--copy-path] [--transport wl0|socket|socket+wl0] [--ctx-name NAME] \
 [--set-selection TEXT] [--get-selection] [--list-globals] [--bind-name N[:INTERFACE]] \
 [--scene pattern|blink|scroll] [--warmup K]";
 
@@ -135,8 +135,10 @@ impl Options {
             return Err("--hold must be a non-negative number of seconds".into());
         }
         if let Some(t) = &o.transport {
-            if t != "wl0" && t != "socket" {
-                return Err(format!("--transport must be wl0 or socket, not {t:?}"));
+            if t != "wl0" && t != "socket" && t != "socket+wl0" {
+                return Err(format!(
+                    "--transport must be wl0, socket or socket+wl0, not {t:?}"
+                ));
             }
         }
         Ok(o)

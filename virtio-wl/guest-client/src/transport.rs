@@ -336,19 +336,7 @@ impl Transport for Wl0Transport {
     }
 
     fn alloc(&mut self, size: usize) -> io::Result<Alloc> {
-        let size32 = u32::try_from(size)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "allocation too large"))?;
-        let mut new = wl0::IoctlNew::new(wl0::NEW_ALLOC);
-        new.u = wl0::NewArgs { size: size32 };
-        let (fd, out) = self.new_vfd(new, "alloc")?;
-        // SAFETY: the driver wrote back `size` (page-rounded).
-        let got = unsafe { out.u.size } as usize;
-        if got < size {
-            return Err(io::Error::other(format!(
-                "wl0 allocation of {size} bytes came back with size {got}"
-            )));
-        }
-        Alloc::map(fd, got)
+        wl0_alloc(&self.dev, size)
     }
 
     fn pipe_read(&mut self) -> io::Result<PipeEnds> {
@@ -367,6 +355,52 @@ impl Transport for Wl0Transport {
 /// A plain Wayland socket connection.
 pub struct SocketTransport {
     sock: UnixStream,
+    /// Allocate buffers from /dev/wl0 instead of memfds.
+    wl0_alloc: Option<Wl0Allocator>,
+}
+
+/// Shared-memory allocations from /dev/wl0 without a context.
+pub struct Wl0Allocator {
+    dev: OwnedFd,
+}
+
+impl Wl0Allocator {
+    pub fn open() -> io::Result<Self> {
+        let path = wl0::DEV_PATH;
+        let cpath =
+            CString::new(path).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: cpath is a valid C string.
+        let dev = cvt(unsafe { libc::open(cpath.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })
+            .map_err(|e| io::Error::new(e.kind(), format!("open {path}: {e}")))?;
+        // SAFETY: a fresh fd we own.
+        Ok(Wl0Allocator {
+            dev: unsafe { OwnedFd::from_raw_fd(dev) },
+        })
+    }
+
+    pub fn alloc(&self, size: usize) -> io::Result<Alloc> {
+        wl0_alloc(&self.dev, size)
+    }
+}
+
+/// VIRTWL_IOCTL_NEW(ALLOC) on an open /dev/wl0, mapped.
+fn wl0_alloc(dev: &OwnedFd, size: usize) -> io::Result<Alloc> {
+    let size32 = u32::try_from(size)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "allocation too large"))?;
+    let mut new = wl0::IoctlNew::new(wl0::NEW_ALLOC);
+    new.u = wl0::NewArgs { size: size32 };
+    ioctl_ptr(dev.as_raw_fd(), wl0::VIRTWL_IOCTL_NEW, &mut new)
+        .map_err(|e| io::Error::new(e.kind(), format!("VIRTWL_IOCTL_NEW(alloc): {e}")))?;
+    // SAFETY: the driver returned a new fd in `fd`.
+    let fd = unsafe { OwnedFd::from_raw_fd(new.fd) };
+    // SAFETY: the driver wrote back `size` (page-rounded).
+    let got = unsafe { new.u.size } as usize;
+    if got < size {
+        return Err(io::Error::other(format!(
+            "wl0 allocation of {size} bytes came back with size {got}"
+        )));
+    }
+    Alloc::map(fd, got)
 }
 
 /// `$XDG_RUNTIME_DIR/$WAYLAND_DISPLAY` (or an absolute `$WAYLAND_DISPLAY`).
@@ -386,11 +420,14 @@ impl SocketTransport {
         let path = wayland_socket_path()?;
         let sock = UnixStream::connect(&path)
             .map_err(|e| io::Error::new(e.kind(), format!("connect {}: {e}", path.display())))?;
-        Ok(SocketTransport { sock })
+        Ok(SocketTransport::from_stream(sock))
     }
 
     pub fn from_stream(sock: UnixStream) -> Self {
-        SocketTransport { sock }
+        SocketTransport {
+            sock,
+            wl0_alloc: None,
+        }
     }
 }
 
@@ -509,6 +546,9 @@ impl Transport for SocketTransport {
     }
 
     fn alloc(&mut self, size: usize) -> io::Result<Alloc> {
+        if let Some(a) = &self.wl0_alloc {
+            return a.alloc(size);
+        }
         let size = page_round(size);
         // SAFETY: a literal C string; flags are valid.
         let fd = cvt(unsafe { libc::memfd_create(c"qvm-wl-demo".as_ptr(), libc::MFD_CLOEXEC) })?;
@@ -551,9 +591,16 @@ pub fn open(kind: Option<&str>, ctx_name: Option<&str>) -> io::Result<Box<dyn Tr
             }
             Ok(Box::new(SocketTransport::connect_env()?))
         }
+        // An ordinary socket client (through the guest's qvm-wl-proxy) whose buffers are
+        // /dev/wl0 allocations: the proxy passes those through without copying.
+        "socket+wl0" => {
+            let mut t = SocketTransport::connect_env()?;
+            t.wl0_alloc = Some(Wl0Allocator::open()?);
+            Ok(Box::new(t))
+        }
         other => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("unknown transport {other:?} (wl0|socket)"),
+            format!("unknown transport {other:?} (wl0|socket|socket+wl0)"),
         )),
     }
 }
