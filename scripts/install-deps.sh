@@ -7,6 +7,7 @@ pkgs=(
     qemu-system-x86                                                           # lab L1, bench peer
     acpica-tools                                                              # iasl checks our ACPI tables
     e2fsprogs file                                                            # disk images, debugfs
+    debootstrap                                                               # Debian application image (build-debian-rootfs.sh)
     valgrind                                                                  # blk cost bench
     build-essential                                                           # libFuzzer (cargo fuzz)
     libseccomp-dev libcap-ng-dev                                              # building virtiofsd

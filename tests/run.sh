@@ -6,9 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-echo "== guest kernel, initramfs and lab image (cached by input hash)"
+echo "== guest kernel, initramfs, Debian application image and lab image (cached by input hash)"
 guest-kernel-config/build-kernel.sh
 guest-kernel-config/build-initramfs.sh
+guest-kernel-config/build-debian-rootfs.sh
 tests/lab/prepare-l1.sh | tail -n1
 scripts/install-virtiofsd.sh
 echo "== cargo fmt / clippy"

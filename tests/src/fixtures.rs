@@ -131,6 +131,14 @@ pub fn guest_initramfs() -> &'static Path {
     I.get_or_init(|| run_script("build-initramfs.sh"))
 }
 
+/// The Debian bookworm application image (weston, zenity; read-only ext4, built and cached on
+/// first use, ~2 minutes cold). Attach it read-only and enter it from a `qvm.mode=run` script
+/// with `qvm-enter-rootfs /dev/vdX -- cmd args...`.
+pub fn debian_rootfs() -> &'static Path {
+    static R: OnceLock<PathBuf> = OnceLock::new();
+    R.get_or_init(|| run_script("build-debian-rootfs.sh"))
+}
+
 /// The marker the guest's /init prints once userspace runs.
 pub const USERSPACE_MARKER: &str = "QVM-USERSPACE-READY";
 
