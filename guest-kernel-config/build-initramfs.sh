@@ -25,13 +25,13 @@ if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install 
 fi
 extra=${QVM_INITRAMFS_EXTRA:-}
 # Our static guest tools (qvm-agent for qvm-run, qvm-vsock for tests and benches, qvm-wl-demo
-# for the virtio-wl tests and bench).
+# for the virtio-wl tests and bench, qvm-wl-proxy: the Wayland socket of guest applications).
 workspace=$(cd "$here/.." && pwd)
 target=x86_64-unknown-linux-gnu
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --manifest-path "$workspace/Cargo.toml" \
-    -p qvm-agent --bin qvm-agent --bin qvm-vsock -p qvm-wl-client --bin qvm-wl-demo --target "$target" >&2
+    -p qvm-agent --bin qvm-agent --bin qvm-vsock -p qvm-wl-client --bin qvm-wl-demo --bin qvm-wl-proxy --target "$target" >&2
 tools=("$workspace/target/$target/release/qvm-agent" "$workspace/target/$target/release/qvm-vsock"
-       "$workspace/target/$target/release/qvm-wl-demo")
+       "$workspace/target/$target/release/qvm-wl-demo" "$workspace/target/$target/release/qvm-wl-proxy")
 # The virtio-wl guest driver, built against the guest kernel; /init loads it.
 wl_module=${QVM_WL_MODULE:-}
 if [[ -z "$wl_module" ]]; then
@@ -43,7 +43,7 @@ if [[ "$wl_module" != none && ! -f "$wl_module" ]]; then
 fi
 key=$( {
     echo "$format"
-    cat "$here/init" "$here/build-initramfs.sh"
+    cat "$here/init" "$here/qvm-enter-rootfs" "$here/build-initramfs.sh"
     sha256sum < "$busybox"
     sha256sum "${tools[@]}" | cut -d' ' -f1
     if [[ "$wl_module" == none ]]; then echo "no wl module"; else sha256sum < "$wl_module"; fi
@@ -67,6 +67,9 @@ for applet in $("$root/bin/busybox" --list); do
 done
 install -m 0755 "$here/init" "$root/init"
 install -m 0755 "${tools[@]}" "$root/bin/"
+# Enters the Debian application image (build-debian-rootfs.sh) on a disk: qvm-enter-rootfs
+# /dev/vdb -- cmd args...
+install -m 0755 "$here/qvm-enter-rootfs" "$root/bin/qvm-enter-rootfs"
 if [[ "$wl_module" != none ]]; then
     install -D -m 0644 "$wl_module" "$root/lib/modules/virtio_wl.ko"
 fi
