@@ -13,6 +13,7 @@ pkgs=(
     libseccomp-dev libcap-ng-dev                                              # building virtiofsd
     python3-venv                                                              # api-conformance.sh (schemathesis)
     weston xvfb                                                               # virtio-wl: a real compositor (headless; x11 backend for the clipboard)
+    xdotool                                                                   # typing into weston (x11 backend) for the Wayland app tests
 )
 missing=()
 for p in "${pkgs[@]}"; do
