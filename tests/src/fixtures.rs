@@ -74,6 +74,13 @@ pub fn qvm_wl_demo_binary() -> PathBuf {
         .clone()
 }
 
+/// The host build of `qvm-wl-proxy` (`--upstream socket:PATH` relays to a host compositor).
+pub fn qvm_wl_proxy_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_binary("qvm-wl-client", "qvm-wl-proxy"))
+        .clone()
+}
+
 /// Builds `bin` of `package` in this test binary's profile and returns its path.
 fn workspace_binary(package: &str, bin: &str) -> PathBuf {
     let dir = target_profile_dir();
