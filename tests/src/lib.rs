@@ -1,4 +1,5 @@
 //! Test support for qvm: the "lab" that provides a real KVM for guest-booting tests.
 pub mod fixtures;
 pub mod lab;
+pub mod util;
 pub mod wayland;

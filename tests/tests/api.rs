@@ -6,16 +6,10 @@ use std::time::Duration;
 
 use qvm_tests::fixtures::{guest_initramfs, guest_kernel, script_disk, sparse_image, vmm_binary};
 use qvm_tests::lab;
+use qvm_tests::util::{field, share_dir};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(900);
-
-fn field<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.trim_start().strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key:?} line in:\n{out}"))
-        .trim()
-}
 
 fn metric(m: &Value, disk: &str, key: &str) -> u64 {
     m["devices"][disk][key]
@@ -25,8 +19,7 @@ fn metric(m: &Value, disk: &str, key: &str) -> u64 {
 
 #[test]
 fn api_only_guest_pauses_with_its_clock_and_reports_io() {
-    let d = lab::lab_share_dir().join("api");
-    std::fs::create_dir_all(&d).unwrap();
+    let d = share_dir("api");
     let script = d.join("script.img");
     script_disk(
         &script,

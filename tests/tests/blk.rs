@@ -10,17 +10,11 @@ use qvm_tests::fixtures::{
     vmm_binary,
 };
 use qvm_tests::lab::{self, shell_quote};
+use qvm_tests::util::share_dir;
 
 const TIMEOUT: Duration = Duration::from_secs(900);
 const CMDLINE: &str =
     "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet root=/dev/vda rw init=/init";
-
-/// A per-test directory in the lab share.
-fn dir(name: &str) -> PathBuf {
-    let d = lab::lab_share_dir().join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A VM booting from a private copy of the rootfs (vda), with `disks` after it and the guest
 /// script on the last disk (read-only). Returns the config path.
@@ -51,6 +45,8 @@ fn run_vm(cfg: &Path) -> lab::CmdOutput {
     lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Like `qvm_tests::util::field`, but only lines that start with `key` in their first column
+/// count (no `trim_start`): kept local so these tests match exactly what they always did.
 fn field<'a>(out: &'a str, key: &str) -> &'a str {
     out.lines()
         .find_map(|l| l.strip_prefix(key))
@@ -60,7 +56,7 @@ fn field<'a>(out: &'a str, key: &str) -> &'a str {
 
 #[test]
 fn root_on_vda_and_64mib_round_trip_on_a_second_disk() {
-    let d = dir("blk-roundtrip");
+    let d = share_dir("blk-roundtrip");
     let data = d.join("data.img");
     sparse_image(&data, 256 << 20);
     let cfg = vm(
@@ -115,7 +111,7 @@ umount /mnt/data
 
 #[test]
 fn fsynced_data_survives_a_sigkill_of_the_vmm() {
-    let d = dir("blk-durable");
+    let d = share_dir("blk-durable");
     let data = d.join("data.img");
     sparse_image(&data, 64 << 20);
     let cfg = vm(
@@ -161,7 +157,7 @@ rm -f /tmp/durable "$log"
 
 #[test]
 fn read_only_disk_refuses_writes_and_stays_unchanged() {
-    let d = dir("blk-ro");
+    let d = share_dir("blk-ro");
     let data = d.join("ro.img");
     let pattern: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 251) as u8).collect();
     std::fs::write(&data, &pattern).unwrap();
@@ -203,7 +199,7 @@ echo "SUM $(dd if=/dev/vdb bs=1M 2>/dev/null | sha256sum | cut -d' ' -f1)"
 /// the disk still reads and writes the right data.
 #[test]
 fn acpi_off_cmdline_devices_discard_and_driver_reload() {
-    let d = dir("blk-reload");
+    let d = share_dir("blk-reload");
     // The data image lives in L1's /tmp (tmpfs punches holes; the 9p share may not).
     let img = "/tmp/qvm-blk-reload.img";
     let root = d.join("root.ext4");

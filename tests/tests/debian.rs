@@ -5,28 +5,15 @@
 //! XDG_RUNTIME_DIR; a headless weston started in the guest serves zenity and weston-terminal as
 //! real Wayland clients; our qvm-wl-proxy is in PATH.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use qvm_tests::fixtures::{
     debian_rootfs, disk_toml, guest_initramfs, guest_kernel, script_disk, vm_toml, vmm_binary,
 };
 use qvm_tests::lab;
+use qvm_tests::util::{field, share_dir};
 
 const TIMEOUT: Duration = Duration::from_secs(900);
-
-fn dir(name: &str) -> PathBuf {
-    let d = lab::lab_share_dir().join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn field<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.trim_start().strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key:?} line in:\n{out}"))
-        .trim()
-}
 
 /// Runs inside the Debian root (dash; no single quotes: it is passed as `sh -c '...'`).
 const IN_DEBIAN: &str = r##"
@@ -74,7 +61,7 @@ wait $w
 
 #[test]
 fn weston_terminal_and_zenity_run_in_the_debian_image() {
-    let d = dir("debian");
+    let d = share_dir("debian");
     let image = debian_rootfs();
     let script_img = d.join("script.img");
     script_disk(

@@ -9,15 +9,9 @@ use std::time::Duration;
 
 use qvm_tests::fixtures::{guest_initramfs, guest_kernel, qvm_cli_binary, vmm_binary};
 use qvm_tests::lab;
+use qvm_tests::util::{field, share_dir};
 
 const TIMEOUT: Duration = Duration::from_secs(600);
-
-fn field<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.trim_start().strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key:?} line in:\n{out}"))
-        .trim()
-}
 
 /// The `qvm list` row of `vm` after the line `marker`.
 fn row<'a>(out: &'a str, marker: &str, vm: &str) -> Vec<&'a str> {
@@ -31,8 +25,7 @@ fn row<'a>(out: &'a str, marker: &str, vm: &str) -> Vec<&'a str> {
 
 #[test]
 fn three_vms_start_run_copy_status_stop() {
-    let d = lab::lab_share_dir().join("desktop");
-    std::fs::create_dir_all(&d).unwrap();
+    let d = share_dir("desktop");
     let kernel = &guest_kernel().vmlinux;
     let initrd = guest_initramfs();
     let mut domains = String::new();

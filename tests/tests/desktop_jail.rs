@@ -8,21 +8,14 @@ use qvm_tests::fixtures::{
     guest_initramfs, guest_kernel, qvm_cli_binary, qvm_jailer_binary, vmm_binary,
 };
 use qvm_tests::lab;
+use qvm_tests::util::{field, share_dir};
 
 const TIMEOUT: Duration = Duration::from_secs(600);
 const UID: u32 = 4243;
 
-fn field<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.trim_start().strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key:?} line in:\n{out}"))
-        .trim()
-}
-
 #[test]
 fn a_jailed_domain_starts_runs_and_stops() {
-    let d = lab::lab_share_dir().join("desktop-jail");
-    std::fs::create_dir_all(&d).unwrap();
+    let d = share_dir("desktop-jail");
     let domains = format!(
         "[[vm]]\nname = \"j\"\nlabel = \"orange\"\nmemory_mib = 192\n\
          kernel = {:?}\ninitrd = {:?}\n\

@@ -13,6 +13,7 @@ use qvm_tests::fixtures::{
     workspace,
 };
 use qvm_tests::lab;
+use qvm_tests::util::{field, share_dir, WAITFOR_IN_LOG};
 
 const TIMEOUT: Duration = Duration::from_secs(1200);
 
@@ -31,17 +32,9 @@ fn virtiofsd() -> &'static PathBuf {
     })
 }
 
-fn field<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.trim_start().strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key:?} line in:\n{out}"))
-        .trim()
-}
-
 #[test]
 fn virtiofs_files_host_changes_read_only_share_and_backend_death() {
-    let d = lab::lab_share_dir().join("fs");
-    std::fs::create_dir_all(&d).unwrap();
+    let d = share_dir("fs");
     let root = d.join("root.ext4");
     private_copy(guest_rootfs(), &root);
     let script_img = d.join("script.img");
@@ -105,13 +98,7 @@ echo read-me > $t/ro/readme
 log=$t/log
 timeout 1000 {vmm} --config {cfg} </dev/null >$log 2>&1 &
 vmm=$!
-waitfor() {{
-  i=0; until grep -q "$1" $log; do
-    i=$((i+1)); [ $i -gt 3000 ] && {{ echo "TIMEOUT waiting for $1"; return 1; }}
-    kill -0 $vmm 2>/dev/null || {{ echo "VMM died waiting for $1"; return 1; }}
-    sleep 0.2
-  done
-}}
+{WAITFOR_IN_LOG}
 waitfor GUEST-WAITING && echo "changed-later" > $t/share/host-late
 echo "HOST-BIG $(sha256sum $t/share/big 2>/dev/null | cut -d' ' -f1)"
 echo "HOST-RO-UNCHANGED $(ls $t/ro | tr '\n' ' ')"

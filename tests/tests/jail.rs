@@ -14,6 +14,7 @@ use qvm_tests::fixtures::{
     workspace, USERSPACE_MARKER,
 };
 use qvm_tests::lab::{self, CmdOutput};
+use qvm_tests::util::share_dir;
 
 const UID: u32 = 4242;
 const TIMEOUT: Duration = Duration::from_secs(600);
@@ -122,8 +123,7 @@ fn a_jailed_vm_boots_to_userspace_and_powers_off() {
 #[test]
 fn the_jailed_vmm_sees_only_its_files_and_holds_no_privileges() {
     // A guest that stays up (a read-only script disk), so the VMM can be inspected from outside.
-    let share = lab::lab_share_dir().join("jail-inspect");
-    std::fs::create_dir_all(&share).unwrap();
+    let share = share_dir("jail-inspect");
     let disk = share.join("script.img");
     script_disk(&disk, "echo GUEST-UP\nsleep 120\n");
     // Another VM's disk next to this one's: must stay outside.
@@ -323,8 +323,7 @@ fn a_pids_limit_stops_a_fork_bomb_in_the_jail() {
 /// A tiny guest (no Linux) that powers off at once. Its kernel stays in the lab's 9p share:
 /// unjailed Landlock must cope with a file system that drops unused inodes at once.
 fn tiny_vm(name: &str) -> String {
-    let dir = lab::lab_share_dir().join(format!("jail-{name}"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = share_dir(&format!("jail-{name}"));
     let k = dir.join("poweroff.elf");
     let mut code = tiny::print("TINY-UP\n");
     code.extend(tiny::acpi_poweroff());

@@ -2,7 +2,6 @@
 //! network namespace the test creates; ping both ways and 100 MiB TCP transfers both ways with
 //! checksums (qvm-vsock's pattern/checksum over TCP on both ends).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use qvm_tests::fixtures::{
@@ -10,26 +9,14 @@ use qvm_tests::fixtures::{
     vmm_binary,
 };
 use qvm_tests::lab;
+use qvm_tests::util::{field, share_dir};
 
 const TIMEOUT: Duration = Duration::from_secs(1200);
 const MIB100: u64 = 100 << 20;
 
-fn dir(name: &str) -> PathBuf {
-    let d = lab::lab_share_dir().join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn field<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.trim_start().strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key:?} line in:\n{out}"))
-        .trim()
-}
-
 #[test]
 fn tap_ping_both_ways_and_100mib_tcp_both_ways() {
-    let d = dir("net-tap");
+    let d = share_dir("net-tap");
     let root = d.join("root.ext4");
     private_copy(guest_rootfs(), &root);
     let script_img = d.join("script.img");

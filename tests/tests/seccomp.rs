@@ -11,6 +11,7 @@ use qvm_tests::fixtures::{
     disk_toml, guest_initramfs, guest_kernel, script_disk, tiny_elf, vm_toml, vmm_binary,
 };
 use qvm_tests::lab;
+use qvm_tests::util::share_dir;
 
 /// `out 0x80, al; jmp -4`.
 const IO_LOOP: [u8; 4] = [0xe6, 0x80, 0xeb, 0xfc];
@@ -120,8 +121,7 @@ fn with_seccomp_off_the_hook_goes_through() {
 
 #[test]
 fn device_threads_cannot_exec() {
-    let d = lab::lab_share_dir().join("seccomp");
-    std::fs::create_dir_all(&d).unwrap();
+    let d = share_dir("seccomp");
     let script = d.join("script.img");
     script_disk(&script, "echo GUEST-UP\nsleep 30\n");
     let cmdline =

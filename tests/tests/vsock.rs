@@ -4,7 +4,6 @@
 //! peer killed mid-stream, a refused port, and `qvm-run` through the guest agent (which also
 //! powers the VM off at the end).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use qvm_tests::fixtures::{
@@ -12,26 +11,14 @@ use qvm_tests::fixtures::{
     script_disk, vm_toml, vmm_binary,
 };
 use qvm_tests::lab;
+use qvm_tests::util::{field, share_dir, WAITFOR_IN_LOG};
 
 const TIMEOUT: Duration = Duration::from_secs(1200);
 const MIB64: u64 = 64 << 20;
 
-fn dir(name: &str) -> PathBuf {
-    let d = lab::lab_share_dir().join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn field<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.trim_start().strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key:?} line in:\n{out}"))
-        .trim()
-}
-
 #[test]
 fn vsock_both_ways_parallel_peer_death_and_qvm_run() {
-    let d = dir("vsock");
+    let d = share_dir("vsock");
     let root = d.join("root.ext4");
     private_copy(guest_rootfs(), &root);
     let script_img = d.join("script.img");
@@ -70,13 +57,7 @@ log=/tmp/qvm-vsock-test/log
 srv=$!
 timeout 1000 {vmm} --config {cfg} </dev/null >$log 2>&1 &
 vmm=$!
-waitfor() {{
-  i=0; until grep -q "$1" $log; do
-    i=$((i+1)); [ $i -gt 3000 ] && {{ echo "TIMEOUT waiting for $1"; return 1; }}
-    kill -0 $vmm 2>/dev/null || {{ echo "VMM died waiting for $1"; return 1; }}
-    sleep 0.2
-  done
-}}
+{WAITFOR_IN_LOG}
 if waitfor GUEST-READY; then
   echo "H2G-SEND $({tool} client vmm:$sock:5001 send {MIB64} 21)"
   echo "H2G-RECV $({tool} client vmm:$sock:5001 recv {MIB64} 22)"

@@ -4,7 +4,6 @@
 //! takes a screenshot from weston and checks every pixel of the guest's window against the
 //! pattern: the compositor read the guest's pixels from the very memfds the guest drew into.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use qvm_tests::fixtures::{
@@ -12,27 +11,15 @@ use qvm_tests::fixtures::{
     vm_toml, vmm_binary,
 };
 use qvm_tests::lab;
+use qvm_tests::util::{field, share_dir, WAITFOR_IN_LOG};
 use qvm_tests::wayland::{start_weston, start_weston_on, start_weston_x11};
 
 const TIMEOUT: Duration = Duration::from_secs(900);
 
-fn dir(name: &str) -> PathBuf {
-    let d = lab::lab_share_dir().join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn field<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.trim_start().strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key:?} line in:\n{out}"))
-        .trim()
-}
-
 #[test]
 fn guest_window_reaches_weston_pixel_exact() {
     let (w, h, frames) = (320u32, 240u32, 12u32);
-    let d = dir("wl");
+    let d = share_dir("wl");
     let script_img = d.join("script.img");
     script_disk(
         &script_img,
@@ -68,13 +55,7 @@ log=$rt/vmm.log
 {weston}
 timeout 800 {vmm} --config {cfg} </dev/null >$log 2>&1 &
 vmm=$!
-waitfor() {{
-  i=0; until grep -q "$1" $log; do
-    i=$((i+1)); [ $i -gt 3000 ] && {{ echo "TIMEOUT waiting for $1"; return 1; }}
-    kill -0 $vmm 2>/dev/null || {{ echo "VMM died waiting for $1"; return 1; }}
-    sleep 0.2
-  done
-}}
+{WAITFOR_IN_LOG}
 if waitfor QVM-WL-HOLD; then
   cd {shots} && WAYLAND_DISPLAY=wl-qvm timeout 60 weston-screenshooter
   png=$(ls {shots}/*.png | head -n1)
@@ -111,7 +92,7 @@ echo "--- weston log"; tail -n 20 $rt/weston.log
 /// reads it. weston's x11 backend (under Xvfb) is used because the headless one has no seat.
 #[test]
 fn clipboard_both_ways_over_pipes() {
-    let d = dir("wl-clip");
+    let d = share_dir("wl-clip");
     let script_img = d.join("script.img");
     script_disk(
         &script_img,
@@ -204,7 +185,7 @@ echo "--- weston log"; tail -n 20 $rt/weston.log
 /// answer, not the host), and the VMM then still serves a normal client.
 #[test]
 fn hostile_guest_gets_errors_and_the_vmm_lives() {
-    let d = dir("wl-hostile");
+    let d = share_dir("wl-hostile");
     let script_img = d.join("script.img");
     script_disk(
         &script_img,
@@ -276,7 +257,7 @@ cat $rt/vmm.log
 /// metrics, and the VMM serves the next client.
 #[test]
 fn policy_tags_titles_hides_globals_and_refuses_hidden_binds() {
-    let d = dir("wl-policy");
+    let d = share_dir("wl-policy");
     let script_img = d.join("script.img");
     script_disk(
         &script_img,
@@ -412,7 +393,7 @@ echo "--- weston log"; tail -n 20 $rt/weston.log
 /// text after `qvm-vmm ctl action allow_paste`, then nothing again.
 #[test]
 fn clipboard_is_gated_until_the_host_allows_a_paste() {
-    let d = dir("wl-gate");
+    let d = share_dir("wl-gate");
     let script_img = d.join("script.img");
     script_disk(
         &script_img,

@@ -8,29 +8,16 @@
 //! with the VM's name. A client allocating its buffers from /dev/wl0 passes through the proxy
 //! without a copy.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use qvm_tests::fixtures::{
     debian_rootfs, disk_toml, guest_initramfs, guest_kernel, script_disk, vm_toml, vmm_binary,
 };
 use qvm_tests::lab;
+use qvm_tests::util::{field, share_dir, WAITFOR_IN_LOG};
 use qvm_tests::wayland::start_weston_x11;
 
 const TIMEOUT: Duration = Duration::from_secs(1200);
-
-fn dir(name: &str) -> PathBuf {
-    let d = lab::lab_share_dir().join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn field<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.trim_start().strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key:?} line in:\n{out}"))
-        .trim()
-}
 
 /// What the guest runs inside the Debian image (dash). The proxy is the guest's compositor;
 /// each app waits for text from the host.
@@ -63,7 +50,7 @@ echo "--- proxy log"; cat /tmp/proxy.log
 
 #[test]
 fn debian_apps_show_on_the_host_and_take_typed_text() {
-    let d = dir("wl-apps");
+    let d = share_dir("wl-apps");
     let script_img = d.join("script.img");
     script_disk(
         &script_img,
@@ -101,13 +88,7 @@ xd=:$(cat $rt/xdisplay)
 log=$rt/vmm.log
 timeout 1100 {vmm} --config {cfg} </dev/null >$log 2>&1 &
 vmm=$!
-waitfor() {{
-  i=0; until grep -q "$1" $log; do
-    i=$((i+1)); [ $i -gt 3000 ] && {{ echo "TIMEOUT waiting for $1"; return 1; }}
-    kill -0 $vmm 2>/dev/null || {{ echo "VMM died waiting for $1"; return 1; }}
-    sleep 0.2
-  done
-}}
+{WAITFOR_IN_LOG}
 # Type a command line into whatever weston focused (the terminal, once it is up) until the
 # guest reports that its shell ran it; each try is a whole line.
 if waitfor GUEST-TERM-STARTED; then

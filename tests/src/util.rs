@@ -1,0 +1,53 @@
+//! Small helpers the lab tests share: a scratch directory both sides of the lab see, reading
+//! `KEY value` lines from a script's output, and a shell function that waits for the VMM's log.
+
+use std::path::PathBuf;
+
+use crate::lab;
+
+/// `name` under [`lab::lab_share_dir`], created if missing: a per-test directory at the same
+/// absolute path on the host and in L1.
+pub fn share_dir(name: &str) -> PathBuf {
+    let d = lab::lab_share_dir().join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The rest of the first line of `out` that starts with `key` once its leading white space is
+/// dropped, trimmed. Panics, showing the whole of `out`, if no line does.
+pub fn field<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.trim_start().strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key:?} line in:\n{out}"))
+        .trim()
+}
+
+/// Shell that defines `waitfor PATTERN`: polls `$log` for `PATTERN` every 0.2 s, giving up
+/// (printing `TIMEOUT waiting for ...`, status 1) after 3000 tries, or at once (`VMM died
+/// waiting for ...`) when the process `$vmm` is gone. Put it in a script with `{WAITFOR_IN_LOG}`
+/// after `$log` and `$vmm` are set.
+pub const WAITFOR_IN_LOG: &str = r#"waitfor() {
+  i=0; until grep -q "$1" $log; do
+    i=$((i+1)); [ $i -gt 3000 ] && { echo "TIMEOUT waiting for $1"; return 1; }
+    kill -0 $vmm 2>/dev/null || { echo "VMM died waiting for $1"; return 1; }
+    sleep 0.2
+  done
+}"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_takes_the_first_matching_line_indented_or_not() {
+        let out = "noise\n  SUM  abc \nSUM def\nHOST-SUM x\n";
+        assert_eq!(field(out, "SUM "), "abc");
+        assert_eq!(field(out, "HOST-SUM "), "x");
+    }
+
+    #[test]
+    #[should_panic(expected = "no \"GONE \" line in:\nnoise")]
+    fn field_panics_with_the_output_when_missing() {
+        field("noise", "GONE ");
+    }
+}
