@@ -11,11 +11,12 @@
 use std::time::Duration;
 
 use qvm_tests::fixtures::{
-    debian_rootfs, disk_toml, guest_initramfs, guest_kernel, script_disk, vm_toml, vmm_binary,
+    debian_rootfs, disk_toml, guest_initramfs, guest_kernel, qvm_run_binary, script_disk, vm_toml,
+    vmm_binary,
 };
 use qvm_tests::lab;
 use qvm_tests::util::{field, share_dir, WAITFOR_IN_LOG};
-use qvm_tests::wayland::start_weston_x11;
+use qvm_tests::wayland::{start_weston, start_weston_x11};
 
 const TIMEOUT: Duration = Duration::from_secs(1200);
 
@@ -153,4 +154,79 @@ echo "--- weston log"; tail -n 20 $rt/weston.log
     assert_ne!(field(out, "TITLE-ZENITY "), "0", "{out}");
     assert_ne!(field(out, "APPID-ZENITY "), "0", "{out}");
     assert!(!out.contains("panicked"), "{out}");
+}
+
+/// The launcher path: an agent VM with `qvm.apps=/dev/vda` runs qvm-agent inside the Debian
+/// image with qvm-wl-proxy as its compositor, so `qvm-run -- APP` from the host runs a Debian
+/// program whose window reaches the host's weston (here a wl_shm client through the proxy,
+/// titled and seen tagged in weston's protocol log).
+#[test]
+fn qvm_run_starts_apps_from_the_image_on_the_host_compositor() {
+    let d = share_dir("wl-apps-run");
+    let rt = "/tmp/qvm-wl-apps-run";
+    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet \
+                   qvm.mode=agent qvm.apps=/dev/vda";
+    let mut text = vm_toml(
+        &guest_kernel().vmlinux,
+        Some(guest_initramfs()),
+        1,
+        512,
+        cmdline,
+    );
+    text.push_str(&disk_toml(debian_rootfs(), true, Some("debian")));
+    text.push_str(&format!(
+        "\n[vsock]\nguest_cid = 3\nsocket = \"{rt}/vsock.sock\"\n\
+         \n[wayland]\nsocket = \"{rt}/wl-qvm\"\nname = \"apps\"\n"
+    ));
+    let cfg = d.join("vm.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let script = format!(
+        r#"set -u
+rt={rt}
+rm -rf $rt; mkdir -p $rt; chmod 700 $rt
+{weston}
+export WAYLAND_DISPLAY=wl-qvm
+timeout 600 weston-debug proto >$rt/proto.log 2>&1 &
+proto=$!
+timeout 600 {vmm} --config {cfg} </dev/null >$rt/vmm.log 2>&1 &
+vmm=$!
+run() {{ timeout 120 {qvm_run} --vsock $rt/vsock.sock -- "$@"; }}
+i=0; until run true 2>/dev/null; do
+  i=$((i+1)); [ $i -gt 300 ] && {{ echo "TIMEOUT waiting for the agent"; break; }}
+  kill -0 $vmm 2>/dev/null || {{ echo "VMM died"; break; }}
+  sleep 1
+done
+echo "DEBIAN $(run cat /etc/debian_version)"
+echo "ENV $(run sh -c 'echo $XDG_RUNTIME_DIR $GDK_BACKEND')"
+echo "DEMO $(run qvm-wl-demo --transport socket --frames 3 --title via-qvm-run 2>&1 | tail -n 1)"
+sleep 1
+echo "PROXY $(run tail -n 1 /tmp/qvm-wl-proxy.log)"
+kill $vmm 2>/dev/null; wait $vmm
+echo "VMM-EXIT $?"
+kill $proto 2>/dev/null
+echo "TITLE $(grep -c 'set_title(\"\[apps\] via-qvm-run\")' $rt/proto.log)"
+kill $weston 2>/dev/null
+tail -n 20 $rt/vmm.log
+"#,
+        weston = start_weston(640, 480),
+        vmm = vmm_binary().display(),
+        cfg = cfg.display(),
+        qvm_run = qvm_run_binary().display(),
+    );
+    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let out = &r.output;
+    eprintln!("{out}");
+    assert!(field(out, "DEBIAN ").starts_with("12."), "{out}");
+    assert_eq!(field(out, "ENV "), "/run/user/0 wayland", "{out}");
+    assert!(
+        field(out, "DEMO ").starts_with("QVM-WL-DONE frames=3"),
+        "{out}"
+    );
+    let proxy = field(out, "PROXY ");
+    assert!(
+        proxy.contains("pools_mirrored=1") && proxy.contains("commits_copied=3"),
+        "{out}"
+    );
+    assert_eq!(field(out, "TITLE "), "1", "{out}");
+    assert_eq!(field(out, "VMM-EXIT "), "143", "{out}");
 }
