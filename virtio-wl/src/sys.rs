@@ -115,22 +115,12 @@ pub fn write_protected(fd: BorrowedFd<'_>) -> bool {
     seals(fd).is_ok_and(|s| s & (libc::F_SEAL_WRITE | F_SEAL_FUTURE_WRITE) != 0)
 }
 
-/// A sealed memfd of `rounded` bytes holding the first `size` bytes of `src` (read from
+/// A [`sealed_memfd`] of `rounded` bytes holding the first `size` bytes of `src` (read from
 /// offset 0 with lseek + read, which every device filter allows; the position is restored).
 pub fn snapshot_memfd(src: BorrowedFd<'_>, size: u64, rounded: u64) -> io::Result<OwnedFd> {
-    let dst = {
-        let name = c"qvm-wl-copy";
-        // SAFETY: a valid C string; the returned fd is new and ours.
-        let fd = cvt(unsafe {
-            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-        })?;
-        // SAFETY: fd was just created and is owned by nobody else.
-        unsafe { OwnedFd::from_raw_fd(fd) }
-    };
-    let len =
-        libc::off_t::try_from(rounded).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-    // SAFETY: plain syscalls on fds we hold.
-    cvt(unsafe { libc::ftruncate(dst.as_raw_fd(), len) })?;
+    // Its seals keep the size fixed; writing within it is still allowed.
+    let dst = sealed_memfd(rounded)?;
+    // SAFETY: plain lseek calls on an fd we hold.
     let cur = unsafe { libc::lseek(src.as_raw_fd(), 0, libc::SEEK_CUR) };
     if unsafe { libc::lseek(src.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
         return Err(io::Error::last_os_error());
@@ -156,15 +146,7 @@ pub fn snapshot_memfd(src: BorrowedFd<'_>, size: u64, rounded: u64) -> io::Resul
     })();
     // SAFETY: restores the compositor's file position.
     unsafe { libc::lseek(src.as_raw_fd(), cur.max(0), libc::SEEK_SET) };
-    result?;
-    cvt(unsafe {
-        libc::fcntl(
-            dst.as_raw_fd(),
-            libc::F_ADD_SEALS,
-            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
-        )
-    })?;
-    Ok(dst)
+    result.map(|()| dst)
 }
 
 /// Connects a new non-blocking, close-on-exec unix stream socket to `path`. A listener whose
