@@ -26,15 +26,12 @@ fn main() -> ExitCode {
     match demo::run(&opts) {
         Ok(r) => {
             // The process's CPU time (the proxy bench's client cost).
-            // SAFETY: getrusage into a zeroed struct we own.
-            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-            unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-            let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+            let (user_us, sys_us) = qvm_wl_client::cpu_us();
             println!(
                 "QVM-WL-DONE frames={} secs={:.6} cpu_us={} fps={:.3}",
                 r.frames,
                 r.secs,
-                us(ru.ru_utime) + us(ru.ru_stime),
+                user_us + sys_us,
                 r.fps()
             );
             ExitCode::SUCCESS

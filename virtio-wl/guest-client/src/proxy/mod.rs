@@ -120,10 +120,7 @@ pub fn serve(
 
 /// One line per finished client, for tests and the bench.
 pub fn print_stats(s: &Stats) {
-    // SAFETY: getrusage into a zeroed struct we own.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    let (user_us, sys_us) = crate::cpu_us();
     println!(
         "QVM-WL-PROXY-STATS requests={} events={} commits_copied={} bytes_copied={} bytes_copied_after_warmup={} pools_mirrored={} pools_passed_through={} globals_hidden={} user_us={} sys_us={}",
         s.requests,
@@ -134,7 +131,7 @@ pub fn print_stats(s: &Stats) {
         s.pools_mirrored,
         s.pools_passed_through,
         s.globals_hidden,
-        us(ru.ru_utime),
-        us(ru.ru_stime)
+        user_us,
+        sys_us
     );
 }
