@@ -136,7 +136,10 @@ fn run(mem: &GuestMemoryMmap, data: &[u8]) {
         }
         let _ = ring.queue.add_used(mem, head, got.unwrap_or(0));
     }
-    assert_eq!(ring.queue.next_avail(), ring.n_avail);
+    // A reply through an indirect table may rewrite the ring (see `Ring::avail_intact`).
+    if ring.avail_intact(mem) {
+        assert_eq!(ring.queue.next_avail(), ring.n_avail);
+    }
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -120,6 +120,8 @@ pub struct Ring {
     pub n_avail: u16,
     /// How many of them name a head index past the queue.
     pub bad_heads: u16,
+    /// The avail ring's head entries as laid out (to tell whether the device overwrote them).
+    laid_heads: Vec<u8>,
 }
 
 impl Ring {
@@ -155,9 +157,32 @@ impl Ring {
             queue,
             n_avail: 0,
             bad_heads,
+            laid_heads: Vec::new(),
         };
+        ring.laid_heads = ring.avail_heads(mem);
         ring.publish(mem, n_avail);
         ring
+    }
+
+    fn avail_heads(&self, mem: &GuestMemoryMmap<()>) -> Vec<u8> {
+        let mut heads = vec![0u8; 2 * usize::from(QUEUE_SIZE)];
+        let _ = mem.read_slice(&mut heads, GuestAddress(self.base + 0x100 + 4));
+        heads
+    }
+
+    /// Whether guest memory still holds the avail ring as published: the index and every head.
+    ///
+    /// A device writes replies wherever a writable descriptor points, and an indirect table's
+    /// entries are arbitrary addresses, so a reply can land on the rings themselves: the guest
+    /// rewrote its own avail ring. The device then rightly stops early (a lower index), reads
+    /// heads that were not published, or takes more entries (a higher one). Harnesses expect
+    /// "every entry consumed, every valid head used once" only while this holds; a guest that
+    /// rewrites the ring and puts it back between two reads is not told apart.
+    pub fn avail_intact(&self, mem: &GuestMemoryMmap<()>) -> bool {
+        let idx = mem
+            .read_obj::<u16>(GuestAddress(self.base + 0x100 + 2))
+            .map(u16::from_le);
+        idx.ok() == Some(self.n_avail) && self.avail_heads(mem) == self.laid_heads
     }
 
     /// Sets the avail index (the driver makes the first `n` entries available).
@@ -171,6 +196,13 @@ impl Ring {
         mem.read_obj::<u16>(GuestAddress(self.base + 0x200 + 2))
             .map(u16::from_le)
             .unwrap_or(0)
+    }
+
+    /// The used elements (id, len) the device wrote, or None when guest memory no longer shows
+    /// the device's used index (a reply overwrote the used ring, see [`Ring::avail_intact`]).
+    pub fn used_elems(&self, mem: &GuestMemoryMmap<()>) -> Option<Vec<(u32, u32)>> {
+        let used = self.queue.next_used();
+        (self.used_idx(mem) == used).then(|| (0..used).map(|i| self.used_elem(mem, i)).collect())
     }
 
     /// Used element `i`: (id, len).
