@@ -16,6 +16,10 @@ echo "== cargo fmt / clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 secs=${QVM_FUZZ_SECS:-30}
+# A fixed seed makes the gate replay the same mutations on every run (from the same committed
+# corpus), so a red CI is a change in the code, not a lucky draw; QVM_FUZZ_SEED=0 explores
+# afresh (libFuzzer then picks a seed), as a deeper hunt by hand should.
+seed=${QVM_FUZZ_SEED:-20261127}
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain take them. A crash
 # makes cargo fuzz exit non-zero and leaves the input in devices/fuzz/artifacts/. A target starts
 # from corpus/<target> (its committed seed-* inputs) and replays regressions/<target>/ if there
@@ -30,7 +34,7 @@ for target in blk_request net_tx net_rx vsock_tx mmio_registers fuse_standby wl_
     fi
     fuzzlog=$(mktemp)
     if ! (cd devices/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "${args[@]}" -- \
-        -max_total_time="$secs") >"$fuzzlog" 2>&1; then
+        -max_total_time="$secs" -seed="$seed") >"$fuzzlog" 2>&1; then
         tail -n 60 "$fuzzlog"
         echo "fuzz: $target failed (see above)" >&2
         exit 1
