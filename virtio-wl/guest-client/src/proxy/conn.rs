@@ -129,6 +129,67 @@ impl<'a> Args<'a> {
     }
 }
 
+/// One argument of a message as it sits on the wire; `pos` is where its u32 (for a new id of a
+/// dynamic interface, the id's u32) is, for patching.
+enum Wire<'a> {
+    /// int, uint or fixed.
+    Word {
+        pos: usize,
+        v: u32,
+    },
+    Str(&'a [u8]),
+    Array,
+    Object {
+        pos: usize,
+        id: u32,
+    },
+    /// `iface` is the interface's name: from the XML, or off the wire (`wl_registry.bind`).
+    NewId {
+        pos: usize,
+        id: u32,
+        iface: &'a str,
+    },
+    Fd,
+}
+
+/// Walks a message's arguments by its signature, shared by both directions (which differ only
+/// in how they map ids). None: the message is too short for its signature. Also returns where
+/// the arguments end.
+fn decode<'a>(msg: &'a [u8], sig: &'a [ArgType]) -> Option<(Vec<Wire<'a>>, usize)> {
+    let mut a = Args { msg, pos: 8 };
+    let mut out = Vec::with_capacity(sig.len());
+    for arg in sig {
+        let pos = a.pos;
+        out.push(match arg {
+            ArgType::Int | ArgType::Uint | ArgType::Fixed => Wire::Word { pos, v: a.u32()? },
+            ArgType::Str => Wire::Str(a.blob()?),
+            ArgType::Array => {
+                a.blob()?;
+                Wire::Array
+            }
+            ArgType::Object => Wire::Object { pos, id: a.u32()? },
+            ArgType::NewId(named) => {
+                let iface = match named {
+                    Some(n) => n.as_str(),
+                    None => {
+                        let n = str_of(a.blob()?).unwrap_or_default();
+                        let _version = a.u32()?;
+                        n
+                    }
+                };
+                let pos = a.pos;
+                Wire::NewId {
+                    pos,
+                    id: a.u32()?,
+                    iface,
+                }
+            }
+            ArgType::Fd => Wire::Fd,
+        });
+    }
+    Some((out, a.pos))
+}
+
 fn str_of(b: &[u8]) -> Option<&str> {
     // Wayland strings carry their NUL.
     std::str::from_utf8(b.strip_suffix(&[0])?).ok()
@@ -335,26 +396,24 @@ impl<'p> Conn<'p> {
         let mut uints: Vec<u32> = Vec::new();
         let mut new_ids: Vec<(u32, u32)> = Vec::new(); // (client, host)
         let mut objects: Vec<u32> = Vec::new(); // client ids of object args
-        let mut strings: Vec<String> = Vec::new();
+        let mut patches: Vec<(usize, u32)> = Vec::new();
         {
-            let mut a = Args { msg: &msg, pos: 8 };
-            let mut patches: Vec<(usize, u32)> = Vec::new();
-            for arg in &m.args {
-                let pos = a.pos;
-                let bad =
-                    || ProxyError::Client(format!("{}.{}: message too short", spec.name, m.name));
-                match arg {
-                    ArgType::Int | ArgType::Uint | ArgType::Fixed => {
-                        uints.push(a.u32().ok_or_else(bad)?)
-                    }
-                    ArgType::Str | ArgType::Array => {
-                        let b = a.blob().ok_or_else(bad)?;
-                        if *arg == ArgType::Str {
-                            strings.push(str_of(b).unwrap_or_default().to_string());
-                        }
-                    }
-                    ArgType::Object => {
-                        let id = a.u32().ok_or_else(bad)?;
+            let Some((wire, end)) = decode(&msg, &m.args) else {
+                return client_err(format!("{}.{}: message too short", spec.name, m.name));
+            };
+            if end != msg.len() {
+                return client_err(format!(
+                    "{}.{}: {} stray bytes",
+                    spec.name,
+                    m.name,
+                    msg.len() - end
+                ));
+            }
+            for w in wire {
+                match w {
+                    Wire::Word { v, .. } => uints.push(v),
+                    Wire::Str(_) | Wire::Array => {}
+                    Wire::Object { pos, id } => {
                         objects.push(id);
                         if id != 0 {
                             let Some(&h) = self.c2h.get(&id) else {
@@ -366,28 +425,16 @@ impl<'p> Conn<'p> {
                             patches.push((pos, h));
                         }
                     }
-                    ArgType::NewId(named) => {
-                        let iface_name = match named {
-                            Some(n) => n.clone(),
-                            None => {
-                                let b = a.blob().ok_or_else(bad)?;
-                                let n = str_of(b).unwrap_or_default().to_string();
-                                let _version = a.u32().ok_or_else(bad)?;
-                                strings.push(n.clone());
-                                n
-                            }
-                        };
-                        let pos = a.pos;
-                        let id = a.u32().ok_or_else(bad)?;
+                    Wire::NewId { pos, id, iface } => {
                         if id == 0 || id >= SERVER_ID_START || self.c2h.contains_key(&id) {
                             return client_err(format!(
                                 "{}.{}: bad new id {id}",
                                 spec.name, m.name
                             ));
                         }
-                        let Some(new_iface) = protos.lookup(&iface_name) else {
+                        let Some(new_iface) = protos.lookup(iface) else {
                             return client_err(format!(
-                                "{}.{}: interface {iface_name} is not relayed",
+                                "{}.{}: interface {iface} is not relayed",
                                 spec.name, m.name
                             ));
                         };
@@ -403,7 +450,7 @@ impl<'p> Conn<'p> {
                         patches.push((pos, h));
                         new_ids.push((id, h));
                     }
-                    ArgType::Fd => {
+                    Wire::Fd => {
                         // Checked above: enough fds are queued.
                         if let Some(fd) = self.cfds.pop_front() {
                             fds_in.push(fd);
@@ -411,17 +458,9 @@ impl<'p> Conn<'p> {
                     }
                 }
             }
-            if a.pos != msg.len() {
-                return client_err(format!(
-                    "{}.{}: {} stray bytes",
-                    spec.name,
-                    m.name,
-                    msg.len() - a.pos
-                ));
-            }
-            for (pos, v) in patches {
-                put_u32(&mut msg, pos, v);
-            }
+        }
+        for (pos, v) in patches {
+            put_u32(&mut msg, pos, v);
         }
         let name = (spec.name.as_str(), m.name.as_str());
         // The new object's client id, for requests that create one.
@@ -767,26 +806,23 @@ impl<'p> Conn<'p> {
         let mut uints: Vec<u32> = Vec::new();
         let mut strings: Vec<String> = Vec::new();
         let mut uint_pos: Vec<usize> = Vec::new();
+        let mut patches: Vec<(usize, u32)> = Vec::new();
         {
-            let mut a = Args { msg: &msg, pos: 8 };
-            let mut patches: Vec<(usize, u32)> = Vec::new();
-            for arg in &m.args {
-                let pos = a.pos;
-                let bad =
-                    || ProxyError::Host(format!("{}.{}: message too short", spec.name, m.name));
-                match arg {
-                    ArgType::Int | ArgType::Uint | ArgType::Fixed => {
+            let Some((wire, _)) = decode(&msg, &m.args) else {
+                return Err(ProxyError::Host(format!(
+                    "{}.{}: message too short",
+                    spec.name, m.name
+                )));
+            };
+            for w in wire {
+                match w {
+                    Wire::Word { pos, v } => {
                         uint_pos.push(pos);
-                        uints.push(a.u32().ok_or_else(bad)?);
+                        uints.push(v);
                     }
-                    ArgType::Str | ArgType::Array => {
-                        let b = a.blob().ok_or_else(bad)?;
-                        if *arg == ArgType::Str {
-                            strings.push(str_of(b).unwrap_or_default().to_string());
-                        }
-                    }
-                    ArgType::Object => {
-                        let id = a.u32().ok_or_else(bad)?;
+                    Wire::Str(b) => strings.push(str_of(b).unwrap_or_default().to_string()),
+                    Wire::Array | Wire::Fd => {}
+                    Wire::Object { pos, id } => {
                         if id != 0 {
                             match self.objs.get(&id).and_then(|o| o.client) {
                                 Some(c) => patches.push((pos, c)),
@@ -796,9 +832,8 @@ impl<'p> Conn<'p> {
                             }
                         }
                     }
-                    ArgType::NewId(named) => {
-                        let id = a.u32().ok_or_else(bad)?;
-                        let Some(iface) = named.as_deref().and_then(|n| protos.lookup(n)) else {
+                    Wire::NewId { id, iface, .. } => {
+                        let Some(iface) = protos.lookup(iface) else {
                             return Err(ProxyError::Host(format!(
                                 "{}.{}: new object of unknown interface",
                                 spec.name, m.name
@@ -819,12 +854,11 @@ impl<'p> Conn<'p> {
                         );
                         self.c2h.insert(id, id);
                     }
-                    ArgType::Fd => {}
                 }
             }
-            for (pos, v) in patches {
-                put_u32(&mut msg, pos, v);
-            }
+        }
+        for (pos, v) in patches {
+            put_u32(&mut msg, pos, v);
         }
         let name = (spec.name.as_str(), m.name.as_str());
         let mut fds_out: Vec<OwnedFd> = Vec::new();
