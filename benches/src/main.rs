@@ -46,7 +46,7 @@
 //!              [--skip-desktop]
 
 use std::io::{BufRead, BufReader};
-
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -1047,7 +1047,8 @@ exit 0
     // CPU ns of the VMM's virtio-wl thread and of all its threads, at each WLB- marker.
     let script = format!(
         r#"rt={rt}; rm -rf $rt; mkdir -p $rt; chmod 700 $rt; export XDG_RUNTIME_DIR=$rt
-printf '[core]\nidle-time=0\n[shell]\nstartup-animation=none\nanimation=none\npanel-position=none\nlocking=false\n' >$rt/weston.ini
+cat >$rt/weston.ini <<'INI'
+{ini}INI
 weston --config=$rt/weston.ini --backend=headless-backend.so --socket=wl-bench --width=3840 \
   --height=2160 --use-pixman --idle-time=0 >$rt/weston.log 2>&1 &
 weston=$!
@@ -1067,6 +1068,7 @@ grep -v '^WLB-' $log | tail -n 20
         vmm = vmm_binary().display(),
         cfg = cfg.display(),
         sampler = WL_SAMPLER,
+        ini = qvm_tests::wayland::WESTON_INI,
     );
     type Samples = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
     // name -> (fps, wl thread ns/frame, process ns/frame, device bytes/frame)
@@ -1225,6 +1227,50 @@ grep -v '^WLB-' $log | tail -n 20
     Ok(())
 }
 
+/// A headless weston (pixman, animations off) on `rt/socket` for the host-side benches,
+/// started with `rt` as its private XDG_RUNTIME_DIR (created 0700) and waited for.
+fn start_host_weston(
+    rt: &Path,
+    socket: &str,
+    width: u32,
+    height: u32,
+) -> Result<std::process::Child, String> {
+    std::fs::create_dir_all(rt).map_err(|e| format!("create {}: {e}", rt.display()))?;
+    let _ = Command::new("chmod").arg("700").arg(rt).status();
+    let ini = rt.join("weston.ini");
+    std::fs::write(&ini, qvm_tests::wayland::WESTON_INI).map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(rt.join("weston.log")).map_err(|e| e.to_string())?;
+    let mut weston = Command::new("weston")
+        .arg(format!("--config={}", ini.display()))
+        .args([
+            "--backend=headless-backend.so".to_string(),
+            format!("--socket={socket}"),
+            format!("--width={width}"),
+            format!("--height={height}"),
+            "--use-pixman".to_string(),
+            "--idle-time=0".to_string(),
+        ])
+        .env("XDG_RUNTIME_DIR", rt)
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("DISPLAY")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("start weston: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !rt.join(socket).exists() {
+        let exited = weston.try_wait().map_err(|e| e.to_string())?;
+        if exited.is_some() || Instant::now() >= deadline {
+            let _ = weston.kill();
+            let _ = weston.wait();
+            let log = std::fs::read_to_string(rt.join("weston.log")).unwrap_or_default();
+            return Err(format!("weston never opened {socket}: {log}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(weston)
+}
+
 /// virtio-wl's host CPU per committed frame, deterministic: `qvm-wl-cost` (the guest's demo
 /// client on the device's protocol engine in-process, talking to a headless weston started
 /// here) under callgrind, counting only the device's instructions (`qvm_virtio_wl::*`), at two
@@ -1246,35 +1292,7 @@ fn wl_cost_bench() -> Result<(), String> {
         ));
     }
     let rt = std::env::temp_dir().join(format!("qvm-wl-cost-{}", std::process::id()));
-    std::fs::create_dir_all(&rt).map_err(|e| e.to_string())?;
-    let _ = Command::new("chmod").arg("700").arg(&rt).status();
-    std::fs::write(
-        rt.join("weston.ini"),
-        "[core]\nidle-time=0\n[shell]\nstartup-animation=none\nanimation=none\npanel-position=none\nlocking=false\n",
-    )
-    .map_err(|e| e.to_string())?;
-    let log = std::fs::File::create(rt.join("weston.log")).map_err(|e| e.to_string())?;
-    let mut weston = Command::new("weston")
-        .arg(format!("--config={}", rt.join("weston.ini").display()))
-        .args([
-            "--backend=headless-backend.so",
-            "--socket=wl-cost",
-            "--width=3840",
-            "--height=2160",
-            "--use-pixman",
-            "--idle-time=0",
-        ])
-        .env("XDG_RUNTIME_DIR", &rt)
-        .env_remove("WAYLAND_DISPLAY")
-        .env_remove("DISPLAY")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("start weston: {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !rt.join("wl-cost").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut weston = start_host_weston(&rt, "wl-cost", 3840, 2160)?;
     let collected = |w: u32, h: u32, frames: u32| -> Result<f64, String> {
         let out = Command::new("valgrind")
             .args([
@@ -1344,38 +1362,10 @@ fn wl_proxy_host_bench(runs: usize) -> Result<(), String> {
     let demo = fixtures::qvm_wl_demo_binary();
     let proxy_bin = fixtures::qvm_wl_proxy_binary();
     let rt = std::env::temp_dir().join(format!("qvm-wl-proxy-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&rt).map_err(|e| e.to_string())?;
-    let _ = Command::new("chmod").arg("700").arg(&rt).status();
-    std::fs::write(
-        rt.join("weston.ini"),
-        "[core]\nidle-time=0\n[shell]\nstartup-animation=none\nanimation=none\npanel-position=none\nlocking=false\n",
-    )
-    .map_err(|e| e.to_string())?;
-    let log = std::fs::File::create(rt.join("weston.log")).map_err(|e| e.to_string())?;
     let mut children = Vec::new();
-    let weston = Command::new("weston")
-        .arg(format!("--config={}", rt.join("weston.ini").display()))
-        .args([
-            "--backend=headless-backend.so",
-            "--socket=wl-host",
-            "--width=1920",
-            "--height=1080",
-            "--use-pixman",
-            "--idle-time=0",
-        ])
-        .env("XDG_RUNTIME_DIR", &rt)
-        .env_remove("WAYLAND_DISPLAY")
-        .env_remove("DISPLAY")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("start weston: {e}"))?;
+    let weston = start_host_weston(&rt, "wl-host", 1920, 1080)?;
     let weston_pid = weston.id();
     children.push(weston);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !rt.join("wl-host").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
     // One proxy per copy mode; their stats lines come through a channel.
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     for mode in ["damage", "whole"] {
@@ -1399,6 +1389,21 @@ fn wl_proxy_host_bench(runs: usize) -> Result<(), String> {
             }
         });
         children.push(p);
+    }
+    // The proxies bind their sockets after start-up: a client must not race them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ["damage", "whole"]
+        .iter()
+        .any(|m| !rt.join(format!("p-{m}")).exists())
+    {
+        if Instant::now() >= deadline {
+            for mut c in children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            return Err("qvm-wl-proxy never opened its socket".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     let weston_ticks = || -> f64 {
         std::fs::read_to_string(format!("/proc/{weston_pid}/stat"))

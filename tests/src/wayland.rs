@@ -1,6 +1,10 @@
 //! Shell snippets for lab tests and benches that need a compositor in L1 (weston from the
 //! host's packages, which L1 sees through its 9p root).
 
+/// weston's configuration for every test and bench: desktop shell with every animation, the
+/// panel and the lock screen off, and a flat background (also read by the guest-client tests).
+pub const WESTON_INI: &str = include_str!("../assets/weston.ini");
+
 /// Shell that starts weston in L1 on `$rt/wl-qvm` and waits for its socket; sets `$weston`.
 /// Desktop shell with every animation and the panel off, so a screenshot shows the guest's
 /// pixels unblended (kiosk-shell fullscreens the window, and weston 10's headless backend then
@@ -14,18 +18,7 @@ pub fn start_weston_on(backend: &str, width: u32, height: u32) -> String {
     format!(
         r#"export XDG_RUNTIME_DIR=$rt
 cat >$rt/weston.ini <<'INI'
-[core]
-idle-time=0
-[shell]
-startup-animation=none
-animation=none
-close-animation=none
-focus-animation=none
-panel-position=none
-locking=false
-background-color=0xff203040
-background-image=
-INI
+{ini}INI
 weston --config=$rt/weston.ini {backend} --socket=wl-qvm \
   --width={width} --height={height} --use-pixman --debug --idle-time=0 >$rt/weston.log 2>&1 &
 weston=$!
@@ -33,7 +26,8 @@ i=0; until [ -S $rt/wl-qvm ]; do
   i=$((i+1)); [ $i -gt 600 ] && {{ echo "WESTON did not start"; cat $rt/weston.log; break; }}
   sleep 0.1
 done
-"#
+"#,
+        ini = WESTON_INI
     )
 }
 

@@ -10,21 +10,9 @@ use std::time::{Duration, Instant};
 
 pub const SOCKET: &str = "qvm-wl-e2e";
 
-/// Animations off (so the screenshot is never mid-fade), no panel, no lock screen.
-pub const WESTON_INI: &str = "\
-[core]
-idle-time=0
-
-[shell]
-startup-animation=none
-animation=none
-close-animation=none
-focus-animation=none
-panel-position=none
-locking=false
-background-color=0xff203040
-background-image=
-";
+/// Animations off (so the screenshot is never mid-fade), no panel, no lock screen: the one
+/// weston.ini the lab tests and benches use too (`qvm_tests::wayland::WESTON_INI`).
+pub const WESTON_INI: &str = include_str!("../../../../tests/assets/weston.ini");
 
 pub fn which(prog: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
