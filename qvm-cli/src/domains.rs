@@ -15,6 +15,7 @@
 //! mac = "52:54:00:00:00:01"      # optional, with tap
 //! shares = [{ tag = "home", path = "/home/me/work", read_only = false }]   # virtio-fs
 //! wayland = { socket = "wayland-0", clipboard = "gated" }   # optional
+//! apps = { image = "debian-rootfs.ext4", home = "/home/me/qvm/work" }   # optional, see [`Apps`]
 //! cid = 3                        # optional vsock guest cid (default: 3 + position in file)
 //! jail = { uid = 2001, gid = 2001 }   # optional: start through qvm-jailer (as root)
 //! ```
@@ -78,6 +79,10 @@ pub enum DomainsError {
         "[[vm]] {name}: jail uid and gid must not be 0; give the VM its own unprivileged uid/gid"
     )]
     JailRoot { name: String },
+    #[error("[[vm]] {name}: shares tag {tag:?} is reserved for apps.home; rename the share")]
+    ReservedShare { name: String, tag: String },
+    #[error("[[vm]] {name}: disk id {id:?} is reserved for apps.image; rename the disk")]
+    ReservedDisk { name: String, id: String },
     #[error("[[vm]] {name}: {source}")]
     Vm {
         name: String,
@@ -116,6 +121,26 @@ fn default_wl_socket() -> PathBuf {
     PathBuf::from("wayland-0")
 }
 
+/// The disk id (virtio-blk serial) of [`Apps::image`]; the guest's init finds the image by it.
+pub const APPS_DISK_ID: &str = "qvm-apps";
+/// The virtio-fs tag of [`Apps::home`].
+pub const APPS_HOME_TAG: &str = "qvm-home";
+
+/// Applications from an image (`guest-kernel-config/build-debian-rootfs.sh`'s): the agent and
+/// everything `qvm run` starts live in it, with `qvm-wl-proxy` as their Wayland compositor.
+/// Derived into a read-only disk with id [`APPS_DISK_ID`] after `disks`, and `qvm.apps=` on the
+/// command line (the VM must run `qvm.mode=agent`, the default).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Apps {
+    /// The application image (ext4), attached read-only: one image serves every VM.
+    pub image: PathBuf,
+    /// A host directory that becomes the apps' home (`/root`), shared read-write over
+    /// virtio-fs (tag [`APPS_HOME_TAG`]), so settings and files outlive the VM. Without it, home
+    /// is a tmpfs and is lost at power-off.
+    pub home: Option<PathBuf>,
+}
+
 /// Run the VM through `qvm-jailer` (as root): its own uid/gid, namespaces, cgroup.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -149,6 +174,8 @@ pub struct Domain {
     #[serde(default)]
     pub shares: Vec<Share>,
     pub wayland: Option<Wayland>,
+    /// Applications from an image (see [`Apps`]).
+    pub apps: Option<Apps>,
     pub cid: Option<u64>,
     /// Start this VM jailed (see [`Jail`]).
     pub jail: Option<Jail>,
@@ -231,6 +258,29 @@ impl Domains {
             for s in &mut d.shares {
                 resolve(&mut s.path);
             }
+            if let Some(a) = d.apps.as_mut() {
+                resolve(&mut a.image);
+                if let Some(h) = a.home.as_mut() {
+                    resolve(h);
+                }
+                if let Some(s) = d.shares.iter().find(|s| s.tag == APPS_HOME_TAG) {
+                    return Err(DomainsError::ReservedShare {
+                        name: d.name.clone(),
+                        tag: s.tag.clone(),
+                    });
+                }
+                if let Some(id) = d
+                    .disks
+                    .iter()
+                    .filter_map(|k| k.id.as_deref())
+                    .find(|id| *id == APPS_DISK_ID)
+                {
+                    return Err(DomainsError::ReservedDisk {
+                        name: d.name.clone(),
+                        id: id.to_string(),
+                    });
+                }
+            }
             let cid = d.cid.unwrap_or(FIRST_CID + i as u64);
             if cid < FIRST_CID {
                 return Err(DomainsError::BadCid {
@@ -300,6 +350,41 @@ impl Domains {
 impl Domain {
     /// The VM's `vm.toml` contents (not yet validated: see [`Domain::checked_config`]).
     pub fn vm_config(&self, paths: &VmPaths) -> VmConfig {
+        let mut cmdline = self
+            .cmdline
+            .clone()
+            .unwrap_or_else(|| format!("{DEFAULT_CMDLINE} qvm.mode=agent"));
+        let mut disks = self.disks.clone();
+        let mut filesystems: Vec<FsConfig> = self
+            .shares
+            .iter()
+            .map(|s| FsConfig {
+                tag: s.tag.clone(),
+                socket: paths.dir.join(format!("fs-{}.sock", s.tag)),
+                shared_dir: Some(s.path.clone()),
+                read_only: s.read_only,
+                virtiofsd: None,
+            })
+            .collect();
+        if let Some(a) = &self.apps {
+            disks.push(DiskConfig {
+                path: a.image.clone(),
+                read_only: true,
+                id: Some(APPS_DISK_ID.to_string()),
+                direct_io: false,
+            });
+            cmdline.push_str(&format!(" qvm.apps=id:{APPS_DISK_ID}"));
+            if let Some(home) = &a.home {
+                filesystems.push(FsConfig {
+                    tag: APPS_HOME_TAG.to_string(),
+                    socket: paths.dir.join(format!("fs-{APPS_HOME_TAG}.sock")),
+                    shared_dir: Some(home.clone()),
+                    read_only: false,
+                    virtiofsd: None,
+                });
+                cmdline.push_str(&format!(" qvm.home={APPS_HOME_TAG}"));
+            }
+        }
         VmConfig {
             machine: MachineConfig {
                 vcpus: self.vcpus,
@@ -308,14 +393,11 @@ impl Domain {
             boot: BootConfig {
                 kernel: self.kernel.clone(),
                 initrd: self.initrd.clone(),
-                cmdline: self
-                    .cmdline
-                    .clone()
-                    .unwrap_or_else(|| format!("{DEFAULT_CMDLINE} qvm.mode=agent")),
+                cmdline,
             },
             // qvm-vmm's stdout goes to console.log (see `qvm start`).
             console: ConsoleConfig::default(),
-            disks: self.disks.clone(),
+            disks,
             nets: self
                 .tap
                 .iter()
@@ -329,17 +411,7 @@ impl Domain {
                 guest_cid: self.cid.unwrap_or(FIRST_CID),
                 socket: paths.vsock_sock(),
             }),
-            filesystems: self
-                .shares
-                .iter()
-                .map(|s| FsConfig {
-                    tag: s.tag.clone(),
-                    socket: paths.dir.join(format!("fs-{}.sock", s.tag)),
-                    shared_dir: Some(s.path.clone()),
-                    read_only: s.read_only,
-                    virtiofsd: None,
-                })
-                .collect(),
+            filesystems,
             wayland: self.wayland.as_ref().map(|w| WaylandConfig {
                 socket: Some(resolve_wl_socket(&w.socket)),
                 named: Vec::new(),

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use qvm_vmm::config::VmConfig;
 
-use crate::domains::{valid_name, Domains, DomainsError};
+use crate::domains::{valid_name, Domains, DomainsError, APPS_DISK_ID, APPS_HOME_TAG};
 use crate::runtime::VmPaths;
 use crate::units;
 
@@ -272,4 +272,74 @@ fn tap_commands_give_each_tap_to_its_user() {
         "# a\nip tuntap add qvm-a mode tap user me\nip link set qvm-a up\n\
          # j\nip tuntap add qvm-j mode tap user 2001\nip link set qvm-j up\n"
     );
+}
+
+#[test]
+fn apps_become_a_read_only_disk_a_home_share_and_the_command_line() {
+    let f = Fixture::new();
+    let text = "[[vm]]\nname = \"w\"\nmemory_mib = 256\nkernel = \"vmlinux\"\n\
+                disks = [{ path = \"w.img\" }]\n\
+                apps = { image = \"debian.ext4\", home = \"homes/w\" }\n\
+                [[vm]]\nname = \"n\"\nmemory_mib = 256\nkernel = \"vmlinux\"\n\
+                apps = { image = \"/srv/debian.ext4\" }\n";
+    let d = f.parse(text).unwrap();
+    let rt = f.dir.path().join("run");
+    let cfg = d.get("w").unwrap().vm_config(&VmPaths::new(&rt, "w"));
+    // After the VM's own disks, found by the guest through its serial.
+    assert_eq!(cfg.disks.len(), 2);
+    assert_eq!(cfg.disks[1].path, f.dir.path().join("debian.ext4"));
+    assert!(cfg.disks[1].read_only);
+    assert_eq!(cfg.disks[1].id.as_deref(), Some(APPS_DISK_ID));
+    assert_eq!(cfg.filesystems.len(), 1);
+    assert_eq!(cfg.filesystems[0].tag, APPS_HOME_TAG);
+    assert_eq!(
+        cfg.filesystems[0].shared_dir,
+        Some(f.dir.path().join("homes/w"))
+    );
+    assert!(!cfg.filesystems[0].read_only);
+    assert!(
+        cfg.boot
+            .cmdline
+            .ends_with("qvm.mode=agent qvm.apps=id:qvm-apps qvm.home=qvm-home"),
+        "{}",
+        cfg.boot.cmdline
+    );
+    // No home: a tmpfs in the guest, no share.
+    let cfg = d.get("n").unwrap().vm_config(&VmPaths::new(&rt, "n"));
+    assert!(cfg.filesystems.is_empty());
+    assert!(cfg.boot.cmdline.ends_with(" qvm.apps=id:qvm-apps"));
+
+    // The home directory is made on first start, 0700.
+    for file in ["vmlinux", "w.img", "debian.ext4"] {
+        std::fs::write(f.dir.path().join(file), [0u8; 4096]).unwrap();
+    }
+    let paths = VmPaths::new(&rt, "w");
+    crate::vm::write_config(d.get("w").unwrap(), &paths).unwrap();
+    let home = std::fs::metadata(f.dir.path().join("homes/w")).unwrap();
+    assert!(home.is_dir());
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&home.permissions()) & 0o777,
+        0o700
+    );
+}
+
+#[test]
+fn apps_names_are_reserved() {
+    let f = Fixture::new();
+    let e = f
+        .parse(
+            "[[vm]]\nname = \"w\"\nmemory_mib = 256\nkernel = \"vmlinux\"\n\
+             shares = [{ tag = \"qvm-home\", path = \"/srv\" }]\n\
+             apps = { image = \"debian.ext4\" }\n",
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("reserved for apps.home"), "{e}");
+    let e = f
+        .parse(
+            "[[vm]]\nname = \"w\"\nmemory_mib = 256\nkernel = \"vmlinux\"\n\
+             disks = [{ path = \"x.img\", id = \"qvm-apps\" }]\n\
+             apps = { image = \"debian.ext4\" }\n",
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("reserved for apps.image"), "{e}");
 }

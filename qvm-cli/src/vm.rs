@@ -189,6 +189,19 @@ pub fn write_config(d: &Domain, paths: &VmPaths) -> Result<PathBuf, VmError> {
         .mode(0o700)
         .create(&paths.dir)
         .map_err(io(&paths.dir))?;
+    // The apps' home is created on first use (private to its owner, the jail's uid if jailed).
+    if let Some(home) = d.apps.as_ref().and_then(|a| a.home.as_ref()) {
+        if !home.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(home)
+                .map_err(io(home))?;
+            if let Some(j) = &d.jail {
+                std::os::unix::fs::chown(home, Some(j.uid), Some(j.gid)).map_err(io(home))?;
+            }
+        }
+    }
     let cfg = d.checked_config(paths)?;
     let path = paths.config();
     std::fs::write(&path, to_toml(&cfg)).map_err(io(&path))?;

@@ -146,6 +146,24 @@ pub fn debian_rootfs() -> &'static Path {
     R.get_or_init(|| run_script("build-debian-rootfs.sh"))
 }
 
+/// virtiofsd (built from source into `~/.cache/qvm` by `scripts/install-virtiofsd.sh` on first
+/// use), for `[[fs]] virtiofsd =` or `QVM_VIRTIOFSD`.
+pub fn virtiofsd_binary() -> &'static Path {
+    static B: OnceLock<PathBuf> = OnceLock::new();
+    B.get_or_init(|| {
+        let script = workspace().join("scripts/install-virtiofsd.sh");
+        let out = Command::new(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "install-virtiofsd failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
 /// The marker the guest's /init prints once userspace runs.
 pub const USERSPACE_MARKER: &str = "QVM-USERSPACE-READY";
 

@@ -3,34 +3,16 @@
 //! change seen by the guest, a read-only share, virtiofsd killed under a read loop (the guest
 //! gets ENOTCONN, not a hang), and virtiofsd restarted on the same socket (a remount works).
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use qvm_tests::fixtures::{
-    disk_toml, guest_kernel, guest_rootfs, private_copy, script_disk, vm_toml, vmm_binary,
-    workspace,
+    disk_toml, guest_kernel, guest_rootfs, private_copy, script_disk, virtiofsd_binary, vm_toml,
+    vmm_binary,
 };
 use qvm_tests::lab;
 use qvm_tests::util::{field, share_dir, WAITFOR_IN_LOG};
 
 const TIMEOUT: Duration = Duration::from_secs(1200);
-
-fn virtiofsd() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = Command::new(workspace().join("scripts/install-virtiofsd.sh"))
-            .output()
-            .expect("run scripts/install-virtiofsd.sh");
-        assert!(
-            out.status.success(),
-            "install-virtiofsd failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
-}
 
 #[test]
 fn virtiofs_files_host_changes_read_only_share_and_backend_death() {
@@ -84,8 +66,8 @@ poweroff -n -f
     text.push_str(&format!(
         "\n[[fs]]\ntag = \"share\"\nsocket = \"{t}/share.sock\"\nshared_dir = \"{t}/share\"\nvirtiofsd = {:?}\n\
          \n[[fs]]\ntag = \"ro\"\nsocket = \"{t}/ro.sock\"\nshared_dir = \"{t}/ro\"\nread_only = true\nvirtiofsd = {:?}\n",
-        virtiofsd().display().to_string(),
-        virtiofsd().display().to_string()
+        virtiofsd_binary().display().to_string(),
+        virtiofsd_binary().display().to_string()
     ));
     let cfg = d.join("vm.toml");
     std::fs::write(&cfg, text).unwrap();
@@ -128,7 +110,7 @@ cat $log
 "#,
         vmm = vmm_binary().display(),
         cfg = cfg.display(),
-        virtiofsd = virtiofsd().display(),
+        virtiofsd = virtiofsd_binary().display(),
     );
     let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let out = &r.output;

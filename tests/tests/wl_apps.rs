@@ -6,13 +6,14 @@
 //! weston's window; the text must reach the guest apps: a shell command the terminal's shell
 //! runs, and the line zenity's entry prints. weston's protocol log shows their titles tagged
 //! with the VM's name. A client allocating its buffers from /dev/wl0 passes through the proxy
-//! without a copy.
+//! without a copy. Through the `qvm` desktop CLI, a domains file's `apps = { image, home }`
+//! gives a VM the image and a home that outlives it.
 
 use std::time::Duration;
 
 use qvm_tests::fixtures::{
-    debian_rootfs, disk_toml, guest_initramfs, guest_kernel, qvm_run_binary, script_disk, vm_toml,
-    vmm_binary,
+    debian_rootfs, disk_toml, guest_initramfs, guest_kernel, qvm_cli_binary, qvm_run_binary,
+    script_disk, virtiofsd_binary, vm_toml, vmm_binary,
 };
 use qvm_tests::lab;
 use qvm_tests::util::{field, share_dir, WAITFOR_IN_LOG};
@@ -229,4 +230,67 @@ tail -n 20 $rt/vmm.log
     );
     assert_eq!(field(out, "TITLE "), "1", "{out}");
     assert_eq!(field(out, "VMM-EXIT "), "143", "{out}");
+}
+
+/// The domains file's `apps = { image, home }`: `qvm run` starts a Wayland client from the
+/// image whose window reaches the host tagged `[work]`, a file written to `~` is in the host's
+/// home directory after `qvm stop`, and the next boot of the VM reads it back.
+#[test]
+fn domains_apps_key_gives_the_image_and_a_home_that_outlives_the_vm() {
+    let d = share_dir("wl-apps-domains");
+    let rt = "/tmp/qvm-wl-apps-domains";
+    let domains = format!(
+        "[[vm]]\nname = \"work\"\nmemory_mib = 512\nkernel = {kernel:?}\ninitrd = {initrd:?}\n\
+         cmdline = \"console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=agent\"\n\
+         wayland = {{ socket = \"{rt}/wl-qvm\" }}\n\
+         apps = {{ image = {image:?}, home = \"{rt}/homes/work\" }}\n",
+        kernel = guest_kernel().vmlinux.display().to_string(),
+        initrd = guest_initramfs().display().to_string(),
+        image = debian_rootfs().display().to_string(),
+    );
+    let domains_path = d.join("domains.toml");
+    std::fs::write(&domains_path, domains).unwrap();
+    let script = format!(
+        r#"set -u
+rt={rt}
+rm -rf $rt; mkdir -p $rt; chmod 700 $rt
+{weston}
+export WAYLAND_DISPLAY=wl-qvm QVM_VMM={vmm} QVM_VIRTIOFSD={virtiofsd}
+timeout 900 weston-debug proto >$rt/proto.log 2>&1 &
+proto=$!
+q="timeout 300 {qvm} --domains {domains}"
+$q run work -- sh -c 'echo "kept-$((6*7))" > ~/note; echo "HOME=$HOME $(cat /etc/debian_version)"' \
+  | sed 's/^/RUN1 /'
+echo "DEMO $($q run work -- qvm-wl-demo --transport socket --frames 3 --title from-domains 2>&1 | tail -n 1)"
+$q stop work; echo "STOP1 $?"
+echo "HOST-NOTE $(cat $rt/homes/work/note 2>&1)"
+echo "HOST-MODE $(stat -c %a $rt/homes/work)"
+echo "RUN2 $($q run work -- cat /root/note)"
+$q stop work; echo "STOP2 $?"
+kill $proto 2>/dev/null
+echo "TITLE $(grep -c 'set_title(\"\[work\] from-domains\")' $rt/proto.log)"
+kill $weston 2>/dev/null
+tail -n 15 $rt/qvm/work/console.log 2>/dev/null
+"#,
+        weston = start_weston(640, 480),
+        vmm = vmm_binary().display(),
+        virtiofsd = virtiofsd_binary().display(),
+        qvm = qvm_cli_binary().display(),
+        domains = domains_path.display(),
+    );
+    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let out = &r.output;
+    eprintln!("{out}");
+    let run1 = field(out, "RUN1 ");
+    assert!(run1.starts_with("HOME=/root 12."), "{out}");
+    assert!(
+        field(out, "DEMO ").starts_with("QVM-WL-DONE frames=3"),
+        "{out}"
+    );
+    assert_eq!(field(out, "STOP1 "), "0", "{out}");
+    assert_eq!(field(out, "HOST-NOTE "), "kept-42", "{out}");
+    assert_eq!(field(out, "HOST-MODE "), "700", "{out}");
+    assert_eq!(field(out, "RUN2 "), "kept-42", "{out}");
+    assert_eq!(field(out, "STOP2 "), "0", "{out}");
+    assert_eq!(field(out, "TITLE "), "1", "{out}");
 }
