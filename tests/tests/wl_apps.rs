@@ -22,7 +22,11 @@ use qvm_tests::wayland::{start_weston, start_weston_x11};
 const TIMEOUT: Duration = Duration::from_secs(1200);
 
 /// What the guest runs inside the Debian image (dash). The proxy is the guest's compositor;
-/// each app waits for text from the host.
+/// each app waits for text from the host. The host types whole tries until the guest reports;
+/// a try that lands half before the window has focus (or, under load, with a release so late
+/// that a client would repeat the key, which weston.ini's repeat-rate=0 now prevents) gives a
+/// wrong line, so the guest waits for the exact text: the terminal's next try overwrites the
+/// file, and zenity runs again after an empty or wrong entry.
 const GUEST_APPS: &str = r#"qvm-wl-proxy >/tmp/proxy.log 2>&1 &
 proxy=$!
 sleep 1
@@ -31,14 +35,22 @@ cd /tmp
 SHELL=/bin/sh weston-terminal >/tmp/term.log 2>&1 &
 term=$!
 echo GUEST-TERM-STARTED
-i=0; until [ -s /tmp/typed ]; do i=$((i+1)); [ $i -gt 1200 ] && break; sleep 0.5; done
+i=0; until [ "$(cat /tmp/typed 2>/dev/null)" = qvm-typed-42 ]; do
+  i=$((i+1)); [ $i -gt 1200 ] && break; sleep 0.5
+done
 sleep 1
 echo "TERM-TYPED $(cat /tmp/typed 2>/dev/null)"
 kill $term
 sleep 2
 echo GUEST-ZENITY-STARTED
-zenity --entry --title=qvm-zenity --text=qvm >/tmp/zenity.out 2>/tmp/zenity.err
-echo "ZENITY-RC $? $(cat /tmp/zenity.out)"
+i=0; while :; do
+  zenity --entry --title=qvm-zenity --text=qvm >/tmp/zenity.out 2>/tmp/zenity.err
+  rc=$?
+  i=$((i+1))
+  [ "$(cat /tmp/zenity.out)" = hello-zenity ] || [ $i -ge 5 ] && break
+  echo "ZENITY-AGAIN rc=$rc got '$(cat /tmp/zenity.out)'"
+done
+echo "ZENITY-RC $rc $(cat /tmp/zenity.out)"
 echo "--- zenity stderr"; tail -n 5 /tmp/zenity.err
 echo "--- weston-terminal log"; tail -n 5 /tmp/term.log
 qvm-wl-demo --transport socket+wl0 --frames 3 --title passthrough >/tmp/pt.log 2>&1
