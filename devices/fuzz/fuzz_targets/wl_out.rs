@@ -10,9 +10,10 @@
 //!   selector u32, flags, next) and 16 head bytes each (see `common::Ring::lay`);
 //! - the rest: guest memory from 0x1000 on (requests).
 //!
-//! Checks: every out chain is consumed and every valid head used once with a response of at
-//! most 64 bytes; in-queue buffers are used at most once; the mapper and the state agree on
-//! what is mapped, within the limits; dropping the state unmaps everything.
+//! Checks: every out chain is consumed and every valid head used once (while the guest did not
+//! rewrite its avail ring through a reply, see `Ring::avail_intact`); in-queue buffers are used
+//! at most once; the mapper and the state agree on what is mapped, within the limits; dropping
+//! the state unmaps everything.
 #![no_main]
 
 mod common;
@@ -95,10 +96,9 @@ fn run(st: &State, data: &[u8]) {
         // A reply rewrote the avail ring (see `Ring::avail_intact`): no panic, no overrun.
         assert!(used <= out.queue.next_avail(), "more used than taken");
     }
-    for (id, len) in out.used_elems(mem).unwrap_or_default() {
-        assert!(id < u32::from(common::QUEUE_SIZE), "out used id {id}");
-        assert!(len <= 64, "out used len {len}");
-    }
+    // Used elements are not checked here: read back from guest memory they are only what the
+    // device wrote if no reply landed on them (a reply aliasing the used ring put the ERR code
+    // 0x1100 in a length field in CI once), and no test on memory alone can tell.
 
     for id in state.vfd_ids() {
         state.handle_vfd_event(id);
@@ -109,9 +109,6 @@ fn run(st: &State, data: &[u8]) {
     assert!(inr.queue.next_used() <= inr.queue.next_avail());
     if inr.avail_intact(mem) {
         assert!(inr.queue.next_used() <= inr.n_avail);
-    }
-    for (_, len) in inr.used_elems(mem).unwrap_or_default() {
-        assert!(len as usize <= 4096, "in used len {len}");
     }
 
     assert!(state.vfd_count() <= MAX_VFDS as usize);
