@@ -757,16 +757,7 @@ exit 0
         bytes = MIB << 20,
     );
     let initrd = initramfs_with_script("fs-bench.sh", &script)?;
-    let out = Command::new(fixtures::workspace().join("scripts/install-virtiofsd.sh"))
-        .output()
-        .map_err(|e| format!("scripts/install-virtiofsd.sh: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "scripts/install-virtiofsd.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let virtiofsd = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let virtiofsd = fixtures::virtiofsd_binary().display().to_string();
     let kernel = &guest_kernel().vmlinux;
     let share = lab::lab_share_dir();
     let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=run qvm.script=/fs-bench.sh";
