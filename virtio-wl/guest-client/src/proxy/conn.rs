@@ -1073,6 +1073,18 @@ mod tests {
         v
     }
 
+    /// Relays between an app's socket and a compositor's (both socket pairs) until one ends.
+    fn relay(protos: &Protocols, app: UnixStream, comp: UnixStream) -> Result<(), ProxyError> {
+        Conn::new(
+            protos,
+            Options::default(),
+            Box::new(SocketTransport::from_stream(app)),
+            Box::new(SocketTransport::from_stream(comp)),
+        )
+        .unwrap()
+        .run()
+    }
+
     /// Hostile streams from both sides end the connection with an error or cleanly, never a
     /// panic: random bytes, and plausible messages with random ids, opcodes and arguments.
     #[test]
@@ -1101,14 +1113,7 @@ mod tests {
             let protos = &protos;
             std::thread::scope(|s| {
                 let h = s.spawn(move || {
-                    let mut conn = Conn::new(
-                        protos,
-                        Options::default(),
-                        Box::new(SocketTransport::from_stream(c_proxy)),
-                        Box::new(SocketTransport::from_stream(u_proxy)),
-                    )
-                    .unwrap();
-                    let _ = conn.run();
+                    let _ = relay(protos, c_proxy, u_proxy);
                 });
                 let mut c_app = c_app;
                 let mut u_comp = u_comp;
@@ -1243,16 +1248,7 @@ mod tests {
         let (u_proxy, u_comp) = UnixStream::pair().unwrap();
         let protos = &protos;
         std::thread::scope(|sc| {
-            let h = sc.spawn(move || {
-                let mut conn = Conn::new(
-                    protos,
-                    Options::default(),
-                    Box::new(SocketTransport::from_stream(c_proxy)),
-                    Box::new(SocketTransport::from_stream(u_proxy)),
-                )
-                .unwrap();
-                conn.run()
-            });
+            let h = sc.spawn(move || relay(protos, c_proxy, u_proxy));
             let (mut app, mut comp) = (Peer::new(c_app), Peer::new(u_comp));
             // Registry: a seat and the primary selection manager.
             app.send(&wire(1, 1, &[A::U(2)]), &[]);
