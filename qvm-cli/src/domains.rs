@@ -355,17 +355,8 @@ impl Domain {
             .clone()
             .unwrap_or_else(|| format!("{DEFAULT_CMDLINE} qvm.mode=agent"));
         let mut disks = self.disks.clone();
-        let mut filesystems: Vec<FsConfig> = self
-            .shares
-            .iter()
-            .map(|s| FsConfig {
-                tag: s.tag.clone(),
-                socket: paths.dir.join(format!("fs-{}.sock", s.tag)),
-                shared_dir: Some(s.path.clone()),
-                read_only: s.read_only,
-                virtiofsd: None,
-            })
-            .collect();
+        // The apps' home is one more share, under a reserved tag.
+        let mut home = None;
         if let Some(a) = &self.apps {
             disks.push(DiskConfig {
                 path: a.image.clone(),
@@ -374,17 +365,27 @@ impl Domain {
                 direct_io: false,
             });
             cmdline.push_str(&format!(" qvm.apps=id:{APPS_DISK_ID}"));
-            if let Some(home) = &a.home {
-                filesystems.push(FsConfig {
+            if let Some(path) = &a.home {
+                home = Some(Share {
                     tag: APPS_HOME_TAG.to_string(),
-                    socket: paths.dir.join(format!("fs-{APPS_HOME_TAG}.sock")),
-                    shared_dir: Some(home.clone()),
+                    path: path.clone(),
                     read_only: false,
-                    virtiofsd: None,
                 });
                 cmdline.push_str(&format!(" qvm.home={APPS_HOME_TAG}"));
             }
         }
+        let filesystems = self
+            .shares
+            .iter()
+            .chain(&home)
+            .map(|s| FsConfig {
+                tag: s.tag.clone(),
+                socket: paths.dir.join(format!("fs-{}.sock", s.tag)),
+                shared_dir: Some(s.path.clone()),
+                read_only: s.read_only,
+                virtiofsd: None,
+            })
+            .collect();
         VmConfig {
             machine: MachineConfig {
                 vcpus: self.vcpus,
