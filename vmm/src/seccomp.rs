@@ -13,6 +13,18 @@
 //! SIGSYS). `log`: forbidden syscalls are allowed and logged by the kernel (audit, `dmesg`).
 //! `off`: no filters.
 //!
+//! One exception to "forbidden kills": opening files. Libraries open files lazily, on paths no
+//! code of ours chooses: glibc's malloc reads /proc/sys/vm/overcommit_memory the first time a
+//! thread's heap shrinks, Rust's panic handler opens the binary for a backtrace. Such an open
+//! must not take a user's VM down, so on the main, vCPU and device threads `open` and `openat`
+//! fail with EACCES (the `no_open` filter, stacked like `no_clone3`) and the library takes its
+//! fallback. A compromised thread gets the same nothing from a refused open as from a kill.
+//! (crosvm's device policies make the same choice: `openat: return ENOENT`.) The API threads,
+//! which read files to check a config, open them read-only; an open for writing kills.
+//!
+//! [`init`] also settles, before any thread exists, what glibc would otherwise look up lazily
+//! (see [`MALLOC_ARENAS`]).
+//!
 //! Landlock (landlock.rs) is applied by the main thread after the config is read, before any
 //! other thread exists and long before the main thread's own filter: no filter allows the
 //! landlock syscalls, so a compromised thread cannot stack or query rulesets.
@@ -86,6 +98,8 @@ struct Filters {
     level: SeccompLevel,
     /// clone3 fails with ENOSYS (glibc then uses clone, whose flags a filter can check).
     no_clone3: BpfProgram,
+    /// open and openat fail with EACCES (main, vCPU and device threads; see the module docs).
+    no_open: BpfProgram,
     main: BpfProgram,
     vcpu: BpfProgram,
     device: BpfProgram,
@@ -99,9 +113,31 @@ thread_local! {
     static KIND: Cell<u8> = const { Cell::new(0) };
 }
 
-/// Builds every filter and installs the SIGSYS handler. Call once, early, on the main thread;
-/// [`apply`] is a no-op before (and with `Off`).
+/// Most malloc arenas the process uses (glibc's `M_ARENA_MAX`). Setting any limit keeps glibc
+/// from counting CPUs when a thread first needs a new arena past the eighth, which it does by
+/// opening /sys/devices/system/cpu/online (glibc 2.36, `__get_nprocs` in `arena_get2`). Under a
+/// filter without `openat` (a new device worker's first allocation, in std's thread start,
+/// runs under the vCPU filter it inherited) that open was a seccomp kill at boot of VMs with
+/// enough threads (issue 15, `tests/seccomp_process.rs`); the `no_open` filter now refuses it
+/// instead, and with this limit glibc does not even ask. Four arenas serve our threads well:
+/// most allocate only while they set up, and the data paths do not allocate per request;
+/// fewer arenas also keep the VMM's own memory small.
+pub const MALLOC_ARENAS: libc::c_int = 4;
+
+/// What the process must settle while no thread and no filter exists yet, so that nothing a
+/// library does lazily later needs a syscall the filters forbid.
+fn prepare_process() {
+    // SAFETY: mallopt only sets an allocator parameter; it has no memory-safety preconditions.
+    // It returns 0 on failure, which leaves glibc's default (and the risk described above).
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) } == 0 {
+        eprintln!("qvm-vmm: warning: mallopt(M_ARENA_MAX) failed; a thread's first allocation may be killed by seccomp");
+    }
+}
+
+/// Builds every filter and installs the SIGSYS handler. Call once, early, on the main thread,
+/// before any other thread exists; [`apply`] is a no-op before (and with `Off`).
 pub fn init(level: SeccompLevel) -> Result<(), SeccompError> {
+    prepare_process();
     if level == SeccompLevel::Off {
         return Ok(());
     }
@@ -120,20 +156,27 @@ pub fn init(level: SeccompLevel) -> Result<(), SeccompError> {
             source,
         })
     };
-    let no_clone3: BpfProgram = SeccompFilter::new(
-        [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        arch(),
-    )
-    .and_then(|f| f.try_into())
-    .map_err(|source| SeccompError::Build {
-        kind: "clone3",
-        source,
-    })?;
+    // Each refuses some syscalls with an errno (logs them with `log`) and allows the rest; the
+    // kind filters allow these syscalls, so the refusal is what a thread gets (the kernel
+    // takes the strictest answer of all the filters a thread has).
+    let refuse = |name: &'static str, syscalls: &[libc::c_long], errno: i32| {
+        let refused = match level {
+            SeccompLevel::Enforce => SeccompAction::Errno(errno as u32),
+            _ => SeccompAction::Log,
+        };
+        SeccompFilter::new(
+            syscalls.iter().map(|&s| (s, Vec::new())).collect(),
+            SeccompAction::Allow,
+            refused,
+            arch(),
+        )
+        .and_then(|f| f.try_into())
+        .map_err(|source| SeccompError::Build { kind: name, source })
+    };
     let filters = Filters {
         level,
-        no_clone3,
+        no_clone3: refuse("clone3", &[libc::SYS_clone3], libc::ENOSYS)?,
+        no_open: refuse("open", OPENS, libc::EACCES)?,
         main: build(ThreadKind::Main)?,
         vcpu: build(ThreadKind::Vcpu)?,
         device: build(ThreadKind::Device)?,
@@ -160,7 +203,11 @@ pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
         ThreadKind::Api => &f.api,
     };
     KIND.with(|k| k.set(kind as u8));
-    for p in [&f.no_clone3, prog] {
+    let no_open = (kind != ThreadKind::Api).then_some(&f.no_open);
+    for p in [Some(&f.no_clone3), no_open, Some(prog)]
+        .into_iter()
+        .flatten()
+    {
         seccompiler::apply_filter(p).map_err(|source| SeccompError::Install {
             kind: kind.name(),
             source,
@@ -207,7 +254,15 @@ fn test_hook(kind: ThreadKind) {
                 libc::execve(sh.as_ptr(), argv.as_ptr(), std::ptr::null());
             }
             "shadow" => {
-                libc::open(c"/etc/shadow".as_ptr(), libc::O_RDONLY);
+                // Refused with EACCES where the no_open filter applies (the VMM goes on),
+                // a kill where only the kind filter decides.
+                let fd = libc::open(c"/etc/shadow".as_ptr(), libc::O_RDONLY);
+                if fd < 0 {
+                    let e = std::io::Error::last_os_error();
+                    eprintln!("qvm-vmm: test hook: shadow was refused: {e}");
+                    return;
+                }
+                libc::close(fd);
             }
             "ptrace" => {
                 libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
@@ -278,7 +333,8 @@ extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut
         2 => "vcpu",
         3 => "device",
         4 => "api",
-        _ => "unfiltered",
+        // A thread that has not installed its own filter yet runs under its creator's.
+        _ => "new (not yet filtered)",
     };
     let mut b = Buf { b: [0; 160], n: 0 };
     b.push(b"qvm-vmm: seccomp: a ");
@@ -483,8 +539,15 @@ fn device_io(r: &mut Rules) {
     unix_sockets(r);
 }
 
+/// The file opens the `no_open` filter refuses with EACCES.
+const OPENS: &[libc::c_long] = &[libc::SYS_open, libc::SYS_openat];
+
 fn rules(kind: ThreadKind) -> Rules {
     let mut r = base();
+    if kind != ThreadKind::Api {
+        // Answered by the `no_open` filter (EACCES), stacked on top; see the module docs.
+        allow(&mut r, OPENS);
+    }
     match kind {
         ThreadKind::Device => {
             device_io(&mut r);
@@ -643,11 +706,31 @@ mod tests {
                 assert!(!r.contains_key(&s), "{} allows syscall {s}", kind.name());
             }
         }
-        // Only the API thread opens files (to check a draft config); nobody opens them with
-        // the legacy open().
-        assert!(rules(ThreadKind::Api).contains_key(&libc::SYS_openat));
+        // Only the API thread opens files (to check a draft config), read-only, never with
+        // the legacy open(). The others' kind filters let opens through only to the no_open
+        // filter, which refuses each of them (tests/seccomp_process.rs checks the EACCES).
+        let api = rules(ThreadKind::Api);
+        assert_eq!(
+            api[&libc::SYS_openat].len(),
+            1,
+            "openat read-only, one rule"
+        );
+        assert!(!api.contains_key(&libc::SYS_open));
         for kind in [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Device] {
-            assert!(!rules(kind).contains_key(&libc::SYS_openat));
+            let r = rules(kind);
+            for s in OPENS {
+                assert!(r[s].is_empty(), "{}: {s} left to no_open", kind.name());
+            }
+        }
+        assert!(!OPENS.contains(&libc::SYS_openat2) && !OPENS.contains(&libc::SYS_creat));
+        for kind in [
+            ThreadKind::Main,
+            ThreadKind::Vcpu,
+            ThreadKind::Device,
+            ThreadKind::Api,
+        ] {
+            let r = rules(kind);
+            assert!(!r.contains_key(&libc::SYS_openat2) && !r.contains_key(&libc::SYS_creat));
         }
     }
 
