@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod copy;
 pub mod domains;
+pub mod logs;
 pub mod runtime;
 pub mod units;
 pub mod vm;

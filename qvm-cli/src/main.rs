@@ -96,7 +96,7 @@ enum CliError {
     Agent {
         vm: String,
         #[source]
-        source: AgentError,
+        source: Box<AgentError>,
     },
     #[error(transparent)]
     Confirm(#[from] ConfirmError),
@@ -157,17 +157,17 @@ impl Ctx {
         if started {
             eprintln!("qvm: started {name} (pid {pid})");
         }
-        let p2 = paths.clone();
-        agent::wait_for_agent(
-            name,
-            &paths.vsock_sock(),
-            &paths.console(),
-            timeout,
-            move || p2.live_pid().is_some(),
-        )
-        .map_err(|source| CliError::Agent {
-            vm: name.to_string(),
-            source,
+        let wait = agent::AgentWait {
+            vm: name,
+            vsock: &paths.vsock_sock(),
+            console: &paths.console(),
+            vmm_log: &paths.vmm_log(),
+        };
+        agent::wait_for_agent(&wait, timeout, || paths.live_pid().is_some()).map_err(|source| {
+            CliError::Agent {
+                vm: name.to_string(),
+                source: Box::new(source),
+            }
         })
     }
 }
@@ -255,7 +255,7 @@ fn copy_cmd(
                 )
                 .map_err(|source| CliError::Agent {
                     vm: v.to_string(),
-                    source,
+                    source: Box::new(source),
                 })?;
             if code != 0 {
                 return Err(CliError::ReadFailed {
@@ -282,7 +282,7 @@ fn copy_cmd(
         )
         .map_err(|source| CliError::Agent {
             vm: target.to_string(),
-            source,
+            source: Box::new(source),
         })?;
     if code != 0 {
         return Err(CliError::StoreFailed {
@@ -349,7 +349,10 @@ fn real_main(cli: Cli) -> Result<ExitCode, CliError> {
                     &mut std::io::stderr(),
                     None,
                 )
-                .map_err(|source| CliError::Agent { vm: name, source })?;
+                .map_err(|source| CliError::Agent {
+                    vm: name,
+                    source: Box::new(source),
+                })?;
             let _ = std::io::stdout().flush();
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)));
         }

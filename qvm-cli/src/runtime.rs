@@ -1,6 +1,7 @@
 //! The per-user runtime directory: `$XDG_RUNTIME_DIR/qvm/<vm>/` (else `/run/user/$UID/qvm`,
 //! else `/tmp/qvm-$UID`) holding each VM's derived `vm.toml`, `api.sock`, `vsock.sock`,
-//! `console.log` and `pid`; and telling running, stopped and stale VMs apart.
+//! `console.log` (the guest's console), `vmm.log` (qvm-vmm's own messages) and `pid`; and
+//! telling running, stopped and stale VMs apart.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -48,8 +49,13 @@ impl VmPaths {
     pub fn vsock_sock(&self) -> PathBuf {
         self.dir.join("vsock.sock")
     }
+    /// The guest's serial console (the VMM's stdout): guest-controlled text.
     pub fn console(&self) -> PathBuf {
         self.dir.join("console.log")
+    }
+    /// What qvm-vmm (or qvm-jailer) says: its stderr.
+    pub fn vmm_log(&self) -> PathBuf {
+        self.dir.join("vmm.log")
     }
     pub fn pid_file(&self) -> PathBuf {
         self.dir.join("pid")
@@ -150,6 +156,7 @@ mod tests {
         assert_eq!(p.api_sock(), PathBuf::from("/r/qvm/work/api.sock"));
         assert_eq!(p.vsock_sock(), PathBuf::from("/r/qvm/work/vsock.sock"));
         assert_eq!(p.console(), PathBuf::from("/r/qvm/work/console.log"));
+        assert_eq!(p.vmm_log(), PathBuf::from("/r/qvm/work/vmm.log"));
         assert_eq!(p.pid_file(), PathBuf::from("/r/qvm/work/pid"));
     }
 

@@ -30,18 +30,18 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{vm}: qvm-vmm exited while starting; {console} ends with:\n{tail}")]
+    #[error("{vm}: qvm-vmm exited while starting; {vmm_log} ends with:\n{tail}")]
     StartFailed {
         vm: String,
-        console: PathBuf,
+        vmm_log: PathBuf,
         tail: String,
     },
-    #[error("{vm}: the API socket {sock} did not answer within {secs} s; see {console}")]
+    #[error("{vm}: the API socket {sock} did not answer within {secs} s; see {vmm_log}")]
     StartTimeout {
         vm: String,
         sock: PathBuf,
         secs: u64,
-        console: PathBuf,
+        vmm_log: PathBuf,
     },
     #[error("{vm}: qvm-vmm (pid {pid}) is still running after shutdown, stop and SIGKILL")]
     WontDie { vm: String, pid: i32 },
@@ -176,12 +176,6 @@ pub fn vmm_command(
 }
 
 /// Last `n` lines of a file.
-fn tail(path: &Path, n: usize) -> String {
-    let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// Writes the VM's derived `vm.toml` (after qvm-vmm's validation) and returns its path.
 pub fn write_config(d: &Domain, paths: &VmPaths) -> Result<PathBuf, VmError> {
     std::fs::DirBuilder::new()
@@ -259,18 +253,24 @@ pub fn start(d: &Domain, paths: &VmPaths, timeout: Duration) -> Result<(i32, boo
         State::Stopped { .. } => {}
     }
     let config = write_config(d, paths)?;
-    let console = paths.console();
-    let log = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&console)
-        .map_err(io(&console))?;
-    let log2 = log.try_clone().map_err(io(&console))?;
+    // A fresh pair of logs per boot: the guest's console, and the VMM's own messages.
+    let new_log = |p: PathBuf| {
+        OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&p)
+            .map_err(io(&p))
+    };
+    let console = new_log(paths.console())?;
+    let vmm_log = new_log(paths.vmm_log())?;
     let (vmm, args) = vmm_command(d, paths, &config);
     let mut cmd = Command::new(&vmm);
-    cmd.args(args).stdin(Stdio::null()).stdout(log).stderr(log2);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(console)
+        .stderr(vmm_log);
     // SAFETY: setsid(2) is async-signal-safe; it detaches the VMM from our terminal and
     // process group so it outlives this command and its signals.
     unsafe {
@@ -301,8 +301,8 @@ fn wait_api(d: &Domain, paths: &VmPaths, pid: i32, timeout: Duration) -> Result<
             paths.clean_stale();
             return Err(VmError::StartFailed {
                 vm: d.name.clone(),
-                console: paths.console(),
-                tail: tail(&paths.console(), 10),
+                vmm_log: paths.vmm_log(),
+                tail: crate::logs::tail(&paths.vmm_log(), 10),
             });
         }
         if api_state(paths, Duration::from_secs(2)).is_some() {
@@ -313,7 +313,7 @@ fn wait_api(d: &Domain, paths: &VmPaths, pid: i32, timeout: Duration) -> Result<
                 vm: d.name.clone(),
                 sock: paths.api_sock(),
                 secs: timeout.as_secs(),
-                console: paths.console(),
+                vmm_log: paths.vmm_log(),
             });
         }
         std::thread::sleep(Duration::from_millis(100));
