@@ -45,3 +45,20 @@ unset DISPLAY
         weston = start_weston_on("--backend=x11-backend.so", width, height)
     )
 }
+
+/// Shell that defines `wait_focus TITLE`: waits (0.5 s polls, up to 10 minutes) until weston
+/// has given keyboard focus to the client whose toplevel set the title TITLE, as weston's
+/// protocol log `$rt/proto.log` (`weston-debug proto`, weston started with `--debug`) shows:
+/// `client 0x... rq xdg_toplevel@N.set_title("TITLE")`, then `client 0x... ev
+/// wl_keyboard@M.enter(`. Typing before that is what lost keys to a window not yet mapped;
+/// typing after it reaches the app, so tests type once. Prints `TIMEOUT ...` and returns 1
+/// when it gives up.
+pub const WAIT_FOCUS: &str = r#"wait_focus() {
+  i=0
+  while :; do
+    c=$(grep -F ".set_title(\"$1\")" $rt/proto.log | head -n 1 | sed -n 's/.*\] client \(0x[0-9a-f]*\) rq .*/\1/p')
+    [ -n "$c" ] && grep -q "client $c ev wl_keyboard@[0-9]*\.enter(" $rt/proto.log && return 0
+    i=$((i+1)); [ $i -gt 1200 ] && { echo "TIMEOUT waiting for keyboard focus on $1"; return 1; }
+    sleep 0.5
+  done
+}"#;

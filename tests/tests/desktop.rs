@@ -93,7 +93,7 @@ echo "LIST-2"; $q list
 echo "VMM-PROCS $(vmms)"
 echo "SOCKETS $(find $XDG_RUNTIME_DIR -type s | wc -l)"
 echo "ELAPSED $(( $(date +%s) - t0 ))"
-for v in a b c; do echo "== $v console"; tail -n 5 $rt/$v/console.log; done
+for v in a b c; do echo "== $v console"; tail -n 5 $rt/$v/console.log; echo "== $v vmm.log"; tail -n 5 $rt/$v/vmm.log; done
 "#,
         vmm = vmm_binary().display(),
         qvm = qvm_cli_binary().display(),

@@ -45,7 +45,7 @@ echo "STATUS $($q status j)"
 echo "VMM-LEFT $(ls -d /proc/$vpid 2>/dev/null | wc -l)"
 echo "SOCKETS $(find $XDG_RUNTIME_DIR -type s | wc -l)"
 [ -e /tmp/qvm-jail/j ] && echo JAIL-DIR-LEFT || echo JAIL-DIR-GONE
-echo "== console"; tail -n 8 $rt/j/console.log
+echo "== console"; tail -n 8 $rt/j/console.log; echo "== vmm.log"; tail -n 8 $rt/j/vmm.log
 "#,
         vmm = vmm_binary().display(),
         jailer = qvm_jailer_binary().display(),

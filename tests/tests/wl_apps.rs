@@ -17,48 +17,45 @@ use qvm_tests::fixtures::{
 };
 use qvm_tests::lab;
 use qvm_tests::util::{field, share_dir, WAITFOR_IN_LOG};
-use qvm_tests::wayland::{start_weston, start_weston_x11};
+use qvm_tests::wayland::{start_weston, start_weston_x11, WAIT_FOCUS};
 
 const TIMEOUT: Duration = Duration::from_secs(1200);
 
 /// What the guest runs inside the Debian image (dash). The proxy is the guest's compositor;
-/// each app waits for text from the host. The host types whole tries until the guest reports;
-/// a try that lands half before the window has focus (or, under load, with a release so late
-/// that a client would repeat the key, which weston.ini's repeat-rate=0 now prevents) gives a
-/// wrong line, so the guest waits for the exact text: the terminal's next try overwrites the
-/// file, and zenity runs again after an empty or wrong entry.
+/// each app waits for the text the host types once, after weston gave the app keyboard focus
+/// (`wait_focus`): the terminal's shell writes the typed line to a file, zenity's entry prints
+/// what was typed into it. weston.ini's repeat-rate=0 keeps a release that comes late under
+/// TCG from repeating a key.
 const GUEST_APPS: &str = r#"qvm-wl-proxy >/tmp/proxy.log 2>&1 &
 proxy=$!
-sleep 1
+i=0; until [ -S /run/user/0/wayland-0 ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done
 head -n 1 /tmp/proxy.log
 cd /tmp
 SHELL=/bin/sh weston-terminal >/tmp/term.log 2>&1 &
 term=$!
 echo GUEST-TERM-STARTED
-i=0; until [ "$(cat /tmp/typed 2>/dev/null)" = qvm-typed-42 ]; do
+# The shell writes the file as it runs the typed line: wait for the whole line.
+i=0; until [ -f /tmp/typed ] && [ "$(wc -l </tmp/typed)" -ge 1 ]; do
   i=$((i+1)); [ $i -gt 1200 ] && break; sleep 0.5
 done
-sleep 1
 echo "TERM-TYPED $(cat /tmp/typed 2>/dev/null)"
 kill $term
-sleep 2
+wait $term 2>/dev/null
 echo GUEST-ZENITY-STARTED
-i=0; while :; do
-  zenity --entry --title=qvm-zenity --text=qvm >/tmp/zenity.out 2>/tmp/zenity.err
-  rc=$?
-  i=$((i+1))
-  [ "$(cat /tmp/zenity.out)" = hello-zenity ] || [ $i -ge 5 ] && break
-  echo "ZENITY-AGAIN rc=$rc got '$(cat /tmp/zenity.out)'"
-done
-echo "ZENITY-RC $rc $(cat /tmp/zenity.out)"
+zenity --entry --title=qvm-zenity --text=qvm >/tmp/zenity.out 2>/tmp/zenity.err
+echo "ZENITY-RC $? $(cat /tmp/zenity.out)"
 echo "--- zenity stderr"; tail -n 5 /tmp/zenity.err
 echo "--- weston-terminal log"; tail -n 5 /tmp/term.log
+# The proxy prints a client's stats line when it has left: wait for this client's.
+before=$(grep -c QVM-WL-PROXY-STATS /tmp/proxy.log)
 qvm-wl-demo --transport socket+wl0 --frames 3 --title passthrough >/tmp/pt.log 2>&1
 echo "PASSTHROUGH-RC $? $(tail -n 1 /tmp/pt.log)"
-sleep 1
-echo "PASSTHROUGH-STATS $(tail -n 1 /tmp/proxy.log)"
+i=0; until [ "$(grep -c QVM-WL-PROXY-STATS /tmp/proxy.log)" -gt "$before" ]; do
+  i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1
+done
+echo "PASSTHROUGH-STATS $(grep QVM-WL-PROXY-STATS /tmp/proxy.log | tail -n 1)"
 kill $proxy
-sleep 1
+wait $proxy 2>/dev/null
 echo "--- proxy log"; cat /tmp/proxy.log
 "#;
 
@@ -103,29 +100,17 @@ log=$rt/vmm.log
 timeout 1100 {vmm} --config {cfg} </dev/null >$log 2>&1 &
 vmm=$!
 {WAITFOR_IN_LOG}
-# Type a command line into whatever weston focused (the terminal, once it is up) until the
-# guest reports that its shell ran it; each try is a whole line.
-if waitfor GUEST-TERM-STARTED; then
-  i=0; until grep -q TERM-TYPED $log; do
-    i=$((i+1)); [ $i -gt 60 ] && {{ echo "TIMEOUT typing into weston-terminal"; break; }}
-    DISPLAY=$xd xdotool mousemove 400 300
-    DISPLAY=$xd xdotool type --delay 40 'echo qvm-typed-$((6*7)) > /tmp/typed
+{WAIT_FOCUS}
+# The pointer into weston's X window (Xvfb has no window manager: X keyboard focus follows
+# it); each app gets its text typed once, after weston gave it keyboard focus.
+DISPLAY=$xd xdotool mousemove 400 300
+if waitfor GUEST-TERM-STARTED && wait_focus "[work] Wayland Terminal"; then
+  DISPLAY=$xd xdotool type --delay 40 'echo qvm-typed-$((6*7)) > /tmp/typed
 '
-    sleep 5
-  done
-  echo "TERM-TRIES $i"
 fi
-# zenity's entry: select all first, so a try that landed partly is replaced.
-if waitfor GUEST-ZENITY-STARTED; then
-  i=0; until grep -q ZENITY-RC $log; do
-    i=$((i+1)); [ $i -gt 60 ] && {{ echo "TIMEOUT typing into zenity"; break; }}
-    DISPLAY=$xd xdotool mousemove 400 300
-    DISPLAY=$xd xdotool key ctrl+a
-    DISPLAY=$xd xdotool type --delay 40 'hello-zenity'
-    DISPLAY=$xd xdotool key Return
-    sleep 5
-  done
-  echo "ZENITY-TRIES $i"
+if waitfor GUEST-ZENITY-STARTED && wait_focus "[work] qvm-zenity"; then
+  DISPLAY=$xd xdotool type --delay 40 'hello-zenity'
+  DISPLAY=$xd xdotool key Return
 fi
 waitfor GUEST-APPS-EXIT
 kill $vmm 2>/dev/null; wait $vmm
@@ -212,8 +197,9 @@ done
 echo "DEBIAN $(run cat /etc/debian_version)"
 echo "ENV $(run sh -c 'echo $XDG_RUNTIME_DIR $GDK_BACKEND')"
 echo "DEMO $(run qvm-wl-demo --transport socket --frames 3 --title via-qvm-run 2>&1 | tail -n 1)"
-sleep 1
-echo "PROXY $(run tail -n 1 /tmp/qvm-wl-proxy.log)"
+# The proxy prints the demo's stats line once the demo has left (the only Wayland client).
+echo "PROXY $(run sh -c 'i=0; until grep -q QVM-WL-PROXY-STATS /tmp/qvm-wl-proxy.log; do
+  i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done; grep QVM-WL-PROXY-STATS /tmp/qvm-wl-proxy.log | tail -n 1')"
 kill $vmm 2>/dev/null; wait $vmm
 echo "VMM-EXIT $?"
 kill $proto 2>/dev/null
@@ -282,7 +268,8 @@ $q stop work; echo "STOP2 $?"
 kill $proto 2>/dev/null
 echo "TITLE $(grep -c 'set_title(\"\[work\] from-domains\")' $rt/proto.log)"
 kill $weston 2>/dev/null
-tail -n 15 $rt/qvm/work/console.log 2>/dev/null
+echo "--- console.log"; tail -n 15 $rt/qvm/work/console.log 2>/dev/null
+echo "--- vmm.log"; tail -n 15 $rt/qvm/work/vmm.log 2>/dev/null
 "#,
         weston = start_weston(640, 480),
         vmm = vmm_binary().display(),

@@ -1,7 +1,7 @@
 //! qvm-wl-proxy on the host, between clients and a real weston (`--upstream socket:`): the
 //! same relaying code that runs in the guest over /dev/wl0, with the pool mirroring, id
-//! translation, keymap and clipboard paths exercised by real clients. Skipped (with a printed
-//! reason) when weston (or Xvfb/xdotool/weston-terminal, where needed) is not on PATH.
+//! translation, keymap and clipboard paths exercised by real clients. A missing weston (or
+//! Xvfb, xdotool, weston-terminal where needed) fails the test, naming the package.
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{start_xvfb, which, Reaper, Weston, SOCKET};
+use common::{need, start_xvfb, Reaper, Weston, SOCKET};
 
 const GUEST_SOCKET: &str = "guest-0";
 
@@ -127,12 +127,7 @@ fn demo_frames_check(weston: &Weston, shooter: &Path, w: u32, h: u32, frames: u3
 
 #[test]
 fn proxy_relays_shm_frames_pixel_exact() {
-    let (Some(weston_bin), Some(shooter)) = (which("weston"), which("weston-screenshooter")) else {
-        println!(
-            "skipping proxy_relays_shm_frames_pixel_exact: needs weston and weston-screenshooter"
-        );
-        return;
-    };
+    let (weston_bin, shooter) = (need("weston"), need("weston-screenshooter"));
     let weston = Weston::start(&weston_bin);
     let mut proxy = Proxy::start(&weston, &[]);
     demo_frames_check(&weston, &shooter, 320, 240, 12);
@@ -153,17 +148,15 @@ fn proxy_relays_shm_frames_pixel_exact() {
 /// its keymap (copied by the proxy) and the text typed into weston's window reaches its shell.
 #[test]
 fn proxy_weston_terminal_takes_typed_text() {
-    let (Some(weston_bin), Some(xvfb), Some(xdotool), Some(term)) = (
-        which("weston"),
-        which("Xvfb"),
-        which("xdotool"),
-        which("weston-terminal"),
-    ) else {
-        println!("skipping proxy_weston_terminal_takes_typed_text: needs weston, Xvfb, xdotool and weston-terminal");
-        return;
-    };
+    let (weston_bin, xvfb, xdotool, term) = (
+        need("weston"),
+        need("Xvfb"),
+        need("xdotool"),
+        need("weston-terminal"),
+    );
     let (_x, display) = start_xvfb(&xvfb);
     let weston = Weston::start_x11(&weston_bin, &display);
+    let _proto = weston.watch_protocol();
     let mut proxy = Proxy::start(&weston, &[]);
     let typed = weston.dir.path().join("typed");
     let mut t = Reaper(
@@ -176,25 +169,30 @@ fn proxy_weston_terminal_takes_typed_text() {
             .unwrap(),
     );
     let xdo = |args: &[&str]| {
-        Command::new(&xdotool)
+        let out = Command::new(&xdotool)
             .env("DISPLAY", &display)
             .args(args)
             .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    // Pointer into weston's X window (Xvfb has no window manager: focus follows it), then
-    // type a command line until the shell has run it (the terminal may not be up yet).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut tries = 0;
-    while !typed.exists() {
+            .expect("run xdotool");
         assert!(
-            Instant::now() < deadline,
-            "typed text never reached weston-terminal's shell ({tries} tries): {}\n{}",
-            t.finish(),
-            weston.log()
+            out.status.success(),
+            "xdotool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        std::thread::sleep(Duration::from_millis(700));
+    };
+    // Pointer into weston's X window (Xvfb has no window manager: X focus follows it); then,
+    // once weston has given the terminal keyboard focus, type one command line (a shell that
+    // is not reading yet finds it in its pty).
+    xdo(&["mousemove", "640", "400"]);
+    weston.wait_keyboard_focus("Wayland Terminal", Duration::from_secs(120));
+    xdo(&["type", "--delay", "15", "echo qvm-typed-$((6*7)) > typed\n"]);
+    // The shell writes the file when it runs the line: wait for the whole line to land.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = std::fs::read_to_string(&typed).unwrap_or_default();
+        if text.ends_with('\n') {
+            break text;
+        }
         if let Ok(Some(st)) = t.0.try_wait() {
             panic!(
                 "weston-terminal exited ({st}): {}\n{}",
@@ -202,36 +200,27 @@ fn proxy_weston_terminal_takes_typed_text() {
                 weston.log()
             );
         }
-        xdo(&["mousemove", "640", "400"]);
-        xdo(&["type", "--delay", "15", "echo qvm-typed-$((6*7)) > typed\n"]);
-        tries += 1;
-        std::thread::sleep(Duration::from_millis(800));
-    }
-    let mut text = String::new();
-    for _ in 0..20 {
-        text = std::fs::read_to_string(&typed).unwrap_or_default();
-        if text.contains("qvm-typed-42") {
-            break;
-        }
+        assert!(
+            Instant::now() < deadline,
+            "the typed line never reached weston-terminal's shell ({text:?}): {}\n{}",
+            t.finish(),
+            weston.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(text.contains("qvm-typed-42"), "{text:?}");
+    };
+    assert_eq!(text, "qvm-typed-42\n");
     t.finish();
     let s = proxy.stats();
     assert!(
         s["pools_mirrored"] >= 1 && s["commits_copied"] >= 1,
         "{s:?}"
     );
-    eprintln!("weston-terminal through the proxy after {tries} typing tries: {s:?}");
 }
 
 /// The clipboard through the proxy, both ways, and a client that gets a null selection.
 #[test]
 fn proxy_clipboard_both_ways_and_null_selection() {
-    let (Some(weston_bin), Some(xvfb)) = (which("weston"), which("Xvfb")) else {
-        println!("skipping proxy_clipboard_both_ways_and_null_selection: needs weston and Xvfb");
-        return;
-    };
+    let (weston_bin, xvfb) = (need("weston"), need("Xvfb"));
     let (_x, display) = start_xvfb(&xvfb);
     let weston = Weston::start_x11(&weston_bin, &display);
     let mut proxy = Proxy::start(&weston, &[]);

@@ -1,6 +1,6 @@
 //! End to end on the host: headless weston (desktop shell, pixman), qvm-wl-demo over
-//! `--transport socket`, weston-screenshooter, qvm-wl-check. Skipped (with a printed
-//! reason) when weston or weston-screenshooter is not on PATH.
+//! `--transport socket`, weston-screenshooter, qvm-wl-check. A missing weston or
+//! weston-screenshooter fails the test, naming the package.
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{start_xvfb, which, Reaper, Weston};
+use common::{need, start_xvfb, Reaper, Weston};
 
 fn check(png: &Path, w: u32, h: u32, frame: u32) -> Output {
     Command::new(env!("CARGO_BIN_EXE_qvm-wl-check"))
@@ -90,10 +90,7 @@ fn run_demo(weston: &Weston, shooter: &Path, w: u32, h: u32, frames: u32, extra:
 
 #[test]
 fn weston_screenshot_shows_every_pixel() {
-    let (Some(weston_bin), Some(shooter)) = (which("weston"), which("weston-screenshooter")) else {
-        println!("skipping weston_screenshot_shows_every_pixel: weston and weston-screenshooter are not both on PATH");
-        return;
-    };
+    let (weston_bin, shooter) = (need("weston"), need("weston-screenshooter"));
     let weston = Weston::start(&weston_bin);
     run_demo(&weston, &shooter, 320, 240, 12, &[]);
     run_demo(
@@ -111,10 +108,7 @@ fn weston_screenshot_shows_every_pixel() {
 /// A full run to the end: exit status 0 and the DONE line with the frame count.
 #[test]
 fn weston_demo_runs_to_completion() {
-    let Some(weston_bin) = which("weston") else {
-        println!("skipping weston_demo_runs_to_completion: weston is not on PATH");
-        return;
-    };
+    let weston_bin = need("weston");
     let weston = Weston::start(&weston_bin);
     let out = weston
         .client(Path::new(env!("CARGO_BIN_EXE_qvm-wl-demo")))
@@ -138,10 +132,7 @@ fn weston_demo_runs_to_completion() {
 /// Headless weston has no wl_seat: the clipboard options fail cleanly.
 #[test]
 fn headless_weston_has_no_seat_for_the_clipboard() {
-    let Some(weston_bin) = which("weston") else {
-        println!("skipping headless_weston_has_no_seat_for_the_clipboard: weston is not on PATH");
-        return;
-    };
+    let weston_bin = need("weston");
     let weston = Weston::start(&weston_bin);
     let out = weston
         .client(Path::new(env!("CARGO_BIN_EXE_qvm-wl-demo")))
@@ -156,10 +147,7 @@ fn headless_weston_has_no_seat_for_the_clipboard() {
 /// One demo owns the selection, a second one reads it through a pipe.
 #[test]
 fn clipboard_roundtrip_between_two_clients() {
-    let (Some(weston_bin), Some(xvfb)) = (which("weston"), which("Xvfb")) else {
-        println!("skipping clipboard_roundtrip_between_two_clients: needs weston and Xvfb (the headless backend has no wl_seat)");
-        return;
-    };
+    let (weston_bin, xvfb) = (need("weston"), need("Xvfb"));
     let (_x, display) = start_xvfb(&xvfb);
     let weston = Weston::start_x11(&weston_bin, &display);
     let demo = Path::new(env!("CARGO_BIN_EXE_qvm-wl-demo"));

@@ -20,6 +20,23 @@ pub fn which(prog: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// `prog` on PATH, or a failed test naming the Debian package to install: a test whose
+/// dependency is missing fails, it does not pass as skipped (scripts/install-deps.sh installs
+/// them all).
+pub fn need(prog: &str) -> PathBuf {
+    let package = match prog {
+        "Xvfb" => "xvfb",
+        "xdotool" => "xdotool",
+        "weston-debug" | "weston-screenshooter" | "weston-terminal" | "weston" => "weston",
+        _ => prog,
+    };
+    which(prog).unwrap_or_else(|| {
+        panic!(
+            "{prog} is not on PATH: install the Debian package {package} (scripts/install-deps.sh)"
+        )
+    })
+}
+
 /// Kills and reaps the child when dropped, also on panic.
 pub struct Reaper(pub Child);
 
@@ -124,6 +141,50 @@ impl Weston {
         std::fs::read_to_string(self.dir.path().join("weston.log")).unwrap_or_default()
     }
 
+    /// Starts `weston-debug proto` (weston runs with `--debug`): weston's protocol log, in
+    /// `proto.log` of its directory, until the returned child is dropped.
+    pub fn watch_protocol(&self) -> Reaper {
+        let log = std::fs::File::create(self.dir.path().join("proto.log")).unwrap();
+        let r = Reaper(
+            self.client(&need("weston-debug"))
+                .arg("proto")
+                .stdout(log)
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn weston-debug"),
+        );
+        // It logs from its bind on; a client started before that would be missed.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::metadata(self.dir.path().join("proto.log")).map_or(0, |m| m.len()) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "weston-debug proto logged nothing"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    /// Waits until weston has given keyboard focus to the client whose toplevel set the title
+    /// `title` (see [`keyboard_focused`]); needs [`Weston::watch_protocol`] running. Typing
+    /// before that loses keys to a window not yet mapped; after it, one try reaches the app.
+    pub fn wait_keyboard_focus(&self, title: &str, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        let path = self.dir.path().join("proto.log");
+        loop {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            if keyboard_focused(&log, title) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weston never gave keyboard focus to {title:?} within {patience:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn client(&self, prog: &Path) -> Command {
         let mut c = Command::new(prog);
         c.env("XDG_RUNTIME_DIR", self.dir.path())
@@ -181,4 +242,38 @@ pub fn start_xvfb(xvfb: &Path) -> (Reaper, String) {
         .unwrap();
     let n: u32 = line.trim().parse().expect("Xvfb -displayfd output");
     (child, format!(":{n}"))
+}
+
+/// Whether weston's protocol log shows keyboard focus given to the client that set the title
+/// `title`: `client 0x... rq xdg_toplevel@N.set_title("TITLE")` and, for the same client,
+/// `client 0x... ev wl_keyboard@M.enter(`.
+pub fn keyboard_focused(log: &str, title: &str) -> bool {
+    let set_title = format!(".set_title({title:?})");
+    let client = |l: &str| -> Option<String> {
+        let rest = l.split("] client ").nth(1)?;
+        Some(rest.split_whitespace().next()?.to_string())
+    };
+    let Some(c) = log
+        .lines()
+        .find(|l| l.contains(" rq ") && l.contains(&set_title))
+        .and_then(client)
+    else {
+        return false;
+    };
+    let enter = format!("client {c} ev wl_keyboard@");
+    log.lines()
+        .any(|l| l.contains(&enter) && l.contains(".enter("))
+}
+
+#[test]
+fn keyboard_focus_is_read_from_weston_s_protocol_log() {
+    let log = r#"[12:13:50.404][proto] client 0x55aa rq xdg_toplevel@17.set_title("Wayland Terminal")
+[12:13:50.405][proto] client 0x77bb ev wl_keyboard@9.enter(2, wl_surface@3, array)
+[12:13:50.427][proto] client 0x55aa ev wl_keyboard@19.keymap(1, fd 28, 64434)"#;
+    assert!(!keyboard_focused(log, "Wayland Terminal"));
+    let log = format!(
+        "{log}\n[12:13:50.427][proto] client 0x55aa ev wl_keyboard@19.enter(3, wl_surface@15, array)"
+    );
+    assert!(keyboard_focused(&log, "Wayland Terminal"));
+    assert!(!keyboard_focused(&log, "Other"));
 }
