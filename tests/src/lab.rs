@@ -221,9 +221,25 @@ pub fn lab_share_dir() -> PathBuf {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Runs `script` with `sh` (cwd: a scratch directory; env `QVM_LAB_SHARE` = [`lab_share_dir`])
-/// in the lab or directly, see [`mode`]. Boots the shared L1 on first use. Thread-safe;
-/// concurrent calls run concurrently. On timeout the script's process group is killed.
+/// in the lab or directly, see [`mode`]. Boots the shared L1 on first use. On timeout the
+/// script's process group is killed.
+///
+/// In the lab, one script runs at a time: L1 has one vCPU (TCG), so two tests booting guests
+/// side by side take no less time together, and each takes twice as long as its timings
+/// assume, which is how a busy run starved tests into time-outs. Concurrent calls (libtest
+/// runs tests on several threads) wait their turn; `timeout` counts from the script's start.
 pub fn run(script: &str, timeout: Duration) -> Result<CmdOutput, LabError> {
+    static TURN: Mutex<()> = Mutex::new(());
+    let _turn = match mode() {
+        Mode::Lab => Some(TURN.lock().unwrap_or_else(|e| e.into_inner())),
+        Mode::Direct => None,
+    };
+    run_concurrent(script, timeout)
+}
+
+/// [`run`] without waiting for the other scripts: for the harness's own test of concurrent
+/// runs, and for short commands that must overlap a running script.
+pub fn run_concurrent(script: &str, timeout: Duration) -> Result<CmdOutput, LabError> {
     let id = format!("c{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
     let cmd_dir = base_dir().join("cmd");
     let sh = cmd_dir.join(format!("{id}.sh"));

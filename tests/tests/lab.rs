@@ -65,7 +65,12 @@ fn share_dir_both_ways() {
 fn concurrent_runs_complete() {
     let start = Instant::now();
     let handles: Vec<_> = (0..2)
-        .map(|i| std::thread::spawn(move || run(&format!("sleep 2; echo done {i}"))))
+        .map(|i| {
+            std::thread::spawn(move || {
+                lab::run_concurrent(&format!("sleep 2; echo done {i}"), T)
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+        })
         .collect();
     for (i, h) in handles.into_iter().enumerate() {
         let out = h.join().unwrap();
