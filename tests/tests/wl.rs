@@ -12,7 +12,7 @@ use qvm_tests::fixtures::{
 };
 use qvm_tests::lab;
 use qvm_tests::util::{field, share_dir, WAITFOR_IN_LOG};
-use qvm_tests::wayland::{start_weston, start_weston_on, start_weston_x11};
+use qvm_tests::wayland::{start_weston, start_weston_x11};
 
 const TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -87,22 +87,29 @@ echo "--- weston log"; tail -n 20 $rt/weston.log
     assert_eq!(field(out, "VMM-EXIT "), "143", "{out}");
 }
 
-/// The clipboard crosses the VM boundary both ways through virtio-wl pipes: a guest client sets
-/// the selection and a host client reads it, then a host client sets one and a guest client
-/// reads it. weston's x11 backend (under Xvfb) is used because the headless one has no seat.
+/// The clipboard crosses the VM boundary both ways through virtio-wl pipes, one step at a
+/// time: the host owns a selection before the VM starts and a guest client reads it; then a
+/// guest client owns one and a host client reads it. weston's x11 backend (under Xvfb) is used
+/// because the headless one has no seat.
+///
+/// Only one reader is ever up: weston answers a receive only on the newest offer of a source
+/// (`data_offer_receive`: `offer == offer->source->offer`, else it closes the fd), and every
+/// client that takes keyboard focus gets a new offer. A reader whose window appeared while
+/// another was between its offer and its receive made that one read EOF and nothing: the
+/// empty host read the earlier version of this test saw, with guest readers polling beside it.
 #[test]
 fn clipboard_both_ways_over_pipes() {
     let d = share_dir("wl-clip");
     let script_img = d.join("script.img");
     script_disk(
         &script_img,
-        r#"qvm-wl-demo --frames 1 --hold 300 --title guest-owner --set-selection guest-to-host-42 &
-i=0
-while [ $i -lt 60 ]; do
-  i=$((i+1)); sleep 2
-  out=$(timeout 20 qvm-wl-demo --frames 1 --title guest-reader --get-selection 2>&1 | grep QVM-WL-SELECTION)
-  case "$out" in *host-to-guest-7*) echo "GUEST-GOT $out"; break ;; esac
-done
+        r#"# The host's selection was set before the VM started.
+out=$(qvm-wl-demo --frames 1 --title guest-reader --get-selection --wait 300 2>&1)
+rc=$?
+echo "GUEST-GOT $(echo "$out" | grep QVM-WL-SELECTION) rc=$rc"
+[ $rc = 0 ] || echo "GUEST-READER-LOG $out"
+# Now the guest owns one; the host reads it after QVM-WL-SELECTION-SET.
+qvm-wl-demo --frames 1 --hold 900 --title guest-owner --set-selection guest-to-host-42 &
 while :; do sleep 1000; done
 "#,
     );
@@ -128,62 +135,52 @@ while :; do sleep 1000; done
         r#"set -u
 rt={rt}
 rm -rf $rt; mkdir -p $rt; chmod 700 $rt
-Xvfb -displayfd 1 -nolisten tcp -screen 0 1024x768x24 >$rt/xdisplay 2>$rt/xvfb.log &
-xvfb=$!
-i=0; until [ -s $rt/xdisplay ]; do i=$((i+1)); [ $i -gt 600 ] && {{ echo "XVFB did not start"; cat $rt/xvfb.log; break; }}; sleep 0.1; done
-export DISPLAY=:$(cat $rt/xdisplay)
 {weston}
-unset DISPLAY
+export WAYLAND_DISPLAY=wl-qvm
+{demo} --transport socket --frames 1 --hold 900 --title host-owner --set-selection host-to-guest-7 >$rt/owner.log 2>&1 &
+owner=$!
+i=0; until grep -q QVM-WL-SELECTION-SET $rt/owner.log; do
+  i=$((i+1)); [ $i -gt 600 ] && {{ echo "HOST-OWNER did not set its selection"; cat $rt/owner.log; break; }}
+  sleep 0.2
+done
 log=$rt/vmm.log
-timeout 800 {vmm} --config {cfg} </dev/null >$log 2>&1 &
+timeout 900 {vmm} --config {cfg} </dev/null >$log 2>&1 &
 vmm=$!
 waitfor() {{
   i=0; until grep -q "$1" $log; do
-    i=$((i+1)); [ $i -gt 1500 ] && {{ echo "TIMEOUT waiting for $1"; return 1; }}
+    i=$((i+1)); [ $i -gt 3000 ] && {{ echo "TIMEOUT waiting for $1"; return 1; }}
     kill -0 $vmm 2>/dev/null || {{ echo "VMM died waiting for $1"; return 1; }}
     grep -q "qvm-wl-demo: error" $log && {{ echo "GUEST-ERROR waiting for $1"; return 1; }}
     sleep 0.2
   done
 }}
-export WAYLAND_DISPLAY=wl-qvm
-if waitfor QVM-WL-SELECTION-SET; then
-  # Retried like the guest's side below: once (CI, 5 lab tests at once) a first read got an
-  # empty selection (EOF before data) although the guest owned it; see the stop-15 note.
-  i=0
-  while [ $i -lt 10 ]; do
-    i=$((i+1))
-    got=$(timeout 60 {demo} --transport socket --frames 1 --title host-reader --get-selection 2>&1 | grep QVM-WL-SELECTION)
-    case "$got" in *guest-to-host-42*) break ;; esac
-    echo "HOST-TRY $i got '$got'"
-    sleep 2
-  done
-  echo "HOST-GOT $got"
-  {demo} --transport socket --frames 1 --hold 300 --title host-owner --set-selection host-to-guest-7 >$rt/owner.log 2>&1 &
-  owner=$!
-  waitfor GUEST-GOT
-  kill $owner 2>/dev/null
+if waitfor GUEST-GOT && waitfor QVM-WL-SELECTION-SET; then
+  echo "HOST-GOT $(timeout 400 {demo} --transport socket --frames 1 --title host-reader --get-selection --wait 300 2>&1 | grep QVM-WL-SELECTION)"
 fi
 kill $vmm 2>/dev/null; wait $vmm
 echo "VMM-EXIT $?"
-kill $weston $xvfb 2>/dev/null
+kill $owner $weston $xvfb 2>/dev/null
 cat $log
+echo "--- owner"; cat $rt/owner.log
 echo "--- weston log"; tail -n 20 $rt/weston.log
 "#,
-        weston = start_weston_on("--backend=x11-backend.so", 800, 600),
+        weston = start_weston_x11(800, 600),
         vmm = vmm_binary().display(),
         cfg = cfg.display(),
         demo = qvm_wl_demo_binary().display(),
     );
-    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    // Above the sum of the script's own bounds (2 + 10 + 10 + 7 minutes), so a stuck step
+    // still ends the script and prints the logs.
+    let r = lab::run(&script, Duration::from_secs(2400)).unwrap_or_else(|e| panic!("{e}"));
     let out = &r.output;
     assert_eq!(
-        field(out, "HOST-GOT "),
-        "QVM-WL-SELECTION guest-to-host-42",
+        field(out, "GUEST-GOT "),
+        "QVM-WL-SELECTION host-to-guest-7 rc=0",
         "{out}"
     );
     assert_eq!(
-        field(out, "GUEST-GOT "),
-        "QVM-WL-SELECTION host-to-guest-7",
+        field(out, "HOST-GOT "),
+        "QVM-WL-SELECTION guest-to-host-42",
         "{out}"
     );
     assert_eq!(field(out, "VMM-EXIT "), "143", "{out}");
@@ -400,7 +397,9 @@ echo "--- weston log"; tail -n 20 $rt/weston.log
 
 /// The host clipboard reaches the guest only after `allow_paste`, once: the guest reads
 /// nothing while the host owns a selection (it is told the selection is empty), then the
-/// text after `qvm-vmm ctl action allow_paste`, then nothing again.
+/// text after `qvm-vmm ctl action allow_paste`, then nothing again. The guest waits for the
+/// host's go on its serial console (the VMM's stdin) between the first and the second read,
+/// so no step depends on how long the other side takes.
 #[test]
 fn clipboard_is_gated_until_the_host_allows_a_paste() {
     let d = share_dir("wl-gate");
@@ -408,14 +407,15 @@ fn clipboard_is_gated_until_the_host_allows_a_paste() {
     script_disk(
         &script_img,
         r#"get() {
-  out=$(timeout 30 qvm-wl-demo --frames 1 --title guest-reader --get-selection 2>&1 | tr '\n' ' ')
+  out=$(timeout 300 qvm-wl-demo --frames 1 --title guest-reader --get-selection --wait 240 2>&1 | tr '\n' ' ')
   case "$out" in *host-secret-9*) echo "GUEST-$1 got" ;; *) echo "GUEST-$1 none: $out" ;; esac
 }
-# The host owns its selection before the VMM starts; the host allows the paste when it
-# sees GUEST-ASK-PASTE and the guest asks again a few seconds later.
+# The host owns its selection before the VMM starts; when it sees GUEST-ASK-PASTE it allows
+# the paste and then writes a line to this console.
 get FIRST
 echo "GUEST-ASK-PASTE"
-sleep 6
+read -r go
+echo "GUEST-GO $go"
 get SECOND
 get THIRD
 echo "GUEST-DONE"
@@ -442,11 +442,18 @@ rt={rt}
 rm -rf $rt; mkdir -p $rt; chmod 700 $rt
 {weston}
 export WAYLAND_DISPLAY=wl-qvm
-{demo} --transport socket --frames 1 --hold 300 --title host-owner --set-selection host-secret-9 >$rt/owner.log 2>&1 &
+{demo} --transport socket --frames 1 --hold 900 --title host-owner --set-selection host-secret-9 >$rt/owner.log 2>&1 &
 owner=$!
+i=0; until grep -q QVM-WL-SELECTION-SET $rt/owner.log; do
+  i=$((i+1)); [ $i -gt 600 ] && {{ echo "HOST-OWNER did not set its selection"; cat $rt/owner.log; break; }}
+  sleep 0.2
+done
 log=$rt/vmm.log
-timeout 600 {vmm} --config {cfg} --api-sock $rt/api.sock </dev/null >$log 2>&1 &
+# The guest's console input: the host's go after allow_paste (kept open on fd 3).
+mkfifo $rt/in.fifo
+timeout 900 {vmm} --config {cfg} --api-sock $rt/api.sock <$rt/in.fifo >$log 2>&1 &
 vmm=$!
+exec 3>$rt/in.fifo
 waitfor() {{
   i=0; until grep -q "$1" $log; do
     i=$((i+1)); [ $i -gt 1500 ] && {{ echo "TIMEOUT waiting for $1"; return 1; }}
@@ -456,6 +463,7 @@ waitfor() {{
 }}
 if waitfor GUEST-ASK-PASTE; then
   echo "ALLOW $({vmm} ctl --api-sock $rt/api.sock action allow_paste 2>&1 | tr -d '\n')"
+  echo allowed >&3
   waitfor GUEST-DONE
   echo "METRICS $({vmm} ctl --api-sock $rt/api.sock get /metrics | tr -d ' \n')"
 fi

@@ -24,6 +24,8 @@ pub struct Options {
     pub ctx_name: Option<String>,
     pub set_selection: Option<String>,
     pub get_selection: bool,
+    /// How long `--get-selection` waits for a selection and its data, in seconds.
+    pub wait: f64,
     /// Print the registry's globals (`QVM-WL-GLOBAL <interface> <version> <name>`) and exit.
     pub list_globals: bool,
     /// Bind global name N as `interface` (default `weston_screenshooter`), version 1, then
@@ -64,6 +66,7 @@ impl Default for Options {
             ctx_name: None,
             set_selection: None,
             get_selection: false,
+            wait: 10.0,
             list_globals: false,
             bind_name: None,
             scene: Scene::Pattern,
@@ -74,7 +77,7 @@ impl Default for Options {
 
 pub const USAGE: &str = "usage: qvm-wl-demo [--width W] [--height H] [--frames N] [--title T] \
 [--hold SECS] [--copy-path] [--transport wl0|socket|socket+wl0] [--ctx-name NAME] \
-[--set-selection TEXT] [--get-selection] [--list-globals] [--bind-name N[:INTERFACE]] \
+[--set-selection TEXT] [--get-selection] [--wait SECS] [--list-globals] [--bind-name N[:INTERFACE]] \
 [--scene pattern|blink|scroll] [--warmup K]";
 
 impl Options {
@@ -112,6 +115,7 @@ impl Options {
                     }
                 }
                 "--get-selection" => o.get_selection = true,
+                "--wait" => o.wait = num(value()?, &flag)?,
                 "--list-globals" => o.list_globals = true,
                 "--bind-name" => {
                     let v = value()?;
@@ -130,6 +134,9 @@ impl Options {
         }
         if o.frames == 0 {
             return Err("--frames must be at least 1".into());
+        }
+        if !(o.wait >= 0.0 && o.wait.is_finite()) {
+            return Err("--wait must be a non-negative number of seconds".into());
         }
         if !(o.hold >= 0.0 && o.hold.is_finite()) {
             return Err("--hold must be a non-negative number of seconds".into());
@@ -820,9 +827,15 @@ pub fn run_with(t: Box<dyn Transport>, opts: &Options) -> Result<Report, Error> 
     }
     let hold_until = Instant::now() + Duration::from_secs_f64(opts.hold);
     if opts.get_selection {
-        let deadline = hold_until.max(Instant::now() + Duration::from_secs(10));
-        let text = get_selection(&mut c, deadline)?;
-        let _ = writeln!(out.lock(), "QVM-WL-SELECTION {text}");
+        let deadline = hold_until.max(Instant::now() + Duration::from_secs_f64(opts.wait));
+        match get_selection(&mut c, deadline)? {
+            Some(text) => {
+                let _ = writeln!(out.lock(), "QVM-WL-SELECTION {text}");
+            }
+            None => {
+                let _ = writeln!(out.lock(), "QVM-WL-SELECTION-NONE");
+            }
+        }
     }
     while !c.closed {
         let now = Instant::now();
@@ -900,19 +913,26 @@ fn registry_only(c: &mut Client, opts: &Options) -> Result<Report, Error> {
     })
 }
 
-/// Wait for a selection offer with a text type and read it through a pipe.
-fn get_selection(c: &mut Client, deadline: Instant) -> Result<String, Error> {
+/// Waits for the selection the compositor announces when this client gets keyboard focus
+/// (exactly one `wl_data_device.selection`), and reads it through a pipe if it offers text.
+/// None: the compositor said there is no selection (`selection(null)`; a gated VM is told so
+/// too), which ends the wait at once instead of at the deadline.
+fn get_selection(c: &mut Client, deadline: Instant) -> Result<Option<String>, Error> {
     let (offer, mime) = loop {
-        if let Some(Some(offer)) = c.selection {
-            let mimes = c.offers.get(&offer).cloned().unwrap_or_default();
-            match TEXT_MIMES.iter().find(|m| mimes.iter().any(|x| x == *m)) {
-                Some(m) => break (offer, *m),
-                None => {
-                    return Err(Error::Other(format!(
-                        "the selection offers no text type (offers {mimes:?})"
-                    )))
+        match c.selection {
+            Some(Some(offer)) => {
+                let mimes = c.offers.get(&offer).cloned().unwrap_or_default();
+                match TEXT_MIMES.iter().find(|m| mimes.iter().any(|x| x == *m)) {
+                    Some(m) => break (offer, *m),
+                    None => {
+                        return Err(Error::Other(format!(
+                            "the selection offers no text type (offers {mimes:?})"
+                        )))
+                    }
                 }
             }
+            Some(None) => return Ok(None),
+            None => {}
         }
         let now = Instant::now();
         if now >= deadline {
@@ -980,7 +1000,7 @@ fn get_selection(c: &mut Client, deadline: Instant) -> Result<String, Error> {
         }
     }
     c.send(Message::new(offer, wl_data_offer::req::DESTROY))?;
-    Ok(String::from_utf8_lossy(&data).into_owned())
+    Ok(Some(String::from_utf8_lossy(&data).into_owned()))
 }
 
 #[cfg(test)]
@@ -1013,5 +1033,7 @@ mod tests {
         assert_eq!(o.bind_name, Some((7, "wl_shm".into())));
         assert!(parse("--bind-name x").is_err());
         assert!(parse("--bind-name 7:").is_err());
+        assert_eq!(parse("--get-selection --wait 90").unwrap().wait, 90.0);
+        assert!(parse("--wait -1").is_err());
     }
 }
