@@ -7,6 +7,8 @@
 //!
 //! The deterministic form of the seccomp kill is `vmm/tests/seccomp_process.rs`; this test is
 //! the proof on real guests that no other start-up path of the VMM trips a filter.
+//! `QVM_BOOT_REPEAT_VMM=PATH` runs it against another qvm-vmm build (an older one, to see the
+//! kill it catches).
 
 use std::time::Duration;
 
@@ -70,7 +72,10 @@ echo "BOOTS-DONE $i"
 kill $weston 2>/dev/null
 "#,
         weston = start_weston(640, 480),
-        vmm = vmm_binary().display(),
+        vmm = std::env::var_os("QVM_BOOT_REPEAT_VMM")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(vmm_binary)
+            .display(),
         virtiofsd = virtiofsd_binary().display(),
         qvm = qvm_cli_binary().display(),
         domains = domains_path.display(),
