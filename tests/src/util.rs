@@ -22,12 +22,34 @@ pub fn field<'a>(out: &'a str, key: &str) -> &'a str {
         .trim()
 }
 
-/// Shell that defines `waitfor PATTERN`: polls `$log` for `PATTERN` every 0.2 s, giving up
+/// Shell that runs `cmd` (a qvm-vmm command line, in the foreground) with the guest's console
+/// on stdout and qvm-vmm's own messages (its stderr) kept in a file of their own, printed after
+/// it under a `--- qvm-vmm` line; the script then exits with the VMM's status.
+///
+/// The two must never share a file: the UART writes the guest's console one byte per write(2)
+/// and qvm-vmm prints a message in several writes, so a message could land inside a guest's
+/// line (seen: `virtio-wl: NEW_CTX_NAMED: no socket named QVM-WL-HOSTILE huge-alloc err=12`)
+/// and the test would not find that line.
+pub fn vmm_apart(cmd: &str) -> String {
+    format!(
+        r#"vmm_err=$(mktemp)
+{cmd} 2>"$vmm_err"
+rc=$?
+echo "--- qvm-vmm"
+cat "$vmm_err"
+rm -f "$vmm_err"
+exit $rc
+"#
+    )
+}
+
+/// Shell that defines `waitfor PATTERN`: polls `$log` (the guest's console) and `$log.vmm`
+/// (qvm-vmm's own messages, kept apart as [`vmm_apart`] explains) for `PATTERN` every 0.2 s, giving up
 /// (printing `TIMEOUT waiting for ...`, status 1) after 3000 tries, or at once (`VMM died
 /// waiting for ...`) when the process `$vmm` is gone. Put it in a script with `{WAITFOR_IN_LOG}`
 /// after `$log` and `$vmm` are set.
 pub const WAITFOR_IN_LOG: &str = r#"waitfor() {
-  i=0; until grep -q "$1" $log; do
+  i=0; until grep -q "$1" $log $log.vmm 2>/dev/null; do
     i=$((i+1)); [ $i -gt 3000 ] && { echo "TIMEOUT waiting for $1"; return 1; }
     kill -0 $vmm 2>/dev/null || { echo "VMM died waiting for $1"; return 1; }
     sleep 0.2

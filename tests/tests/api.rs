@@ -48,7 +48,7 @@ while :; do echo "TICK $(cut -d' ' -f1 /proc/uptime)"; sleep 0.25; done
 t={t}
 rm -rf $t; mkdir -p $t
 sock=$t/api.sock
-timeout 800 {vmm} --api-sock $sock </dev/null >$t/vmm.log 2>&1 &
+timeout 800 {vmm} --api-sock $sock </dev/null >$t/vmm.log 2>$t/vmm.log.vmm &
 vmm=$!
 ctl() {{ {vmm} ctl --api-sock $sock "$@"; }}
 i=0; until [ -S $sock ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
@@ -86,6 +86,7 @@ fi
 wait $vmm
 echo "VMM-EXIT $?"
 cat $t/vmm.log
+echo "--- qvm-vmm"; cat $t/vmm.log.vmm
 head -c 3000 $t/console
 "#,
         vmm = vmm_binary().display(),

@@ -10,7 +10,7 @@ use qvm_tests::fixtures::{
     vmm_binary,
 };
 use qvm_tests::lab::{self, shell_quote};
-use qvm_tests::util::share_dir;
+use qvm_tests::util::{share_dir, vmm_apart};
 
 const TIMEOUT: Duration = Duration::from_secs(900);
 const CMDLINE: &str =
@@ -37,11 +37,11 @@ fn vm(dir: &Path, script: &str, disks: &[(PathBuf, bool, Option<&str>)]) -> Path
 }
 
 fn run_vm(cfg: &Path) -> lab::CmdOutput {
-    let script = format!(
-        "exec timeout 800 {} --config {} </dev/null 2>&1",
+    let script = vmm_apart(&format!(
+        "timeout 800 {} --config {} </dev/null",
         vmm_binary().display(),
         cfg.display()
-    );
+    ));
     lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -129,11 +129,11 @@ sleep 100000
     );
     let script = format!(
         r#"log=$(mktemp)
-{vmm} --config {cfg} </dev/null >"$log" 2>&1 &
+{vmm} --config {cfg} </dev/null >"$log" 2>"$log.vmm" &
 pid=$!
 i=0; while ! grep -q FSYNCED "$log"; do
-  i=$((i+1)); [ $i -gt 2400 ] && {{ cat "$log"; exit 90; }}
-  kill -0 $pid 2>/dev/null || {{ cat "$log"; exit 91; }}
+  i=$((i+1)); [ $i -gt 2400 ] && {{ cat "$log" "$log.vmm"; exit 90; }}
+  kill -0 $pid 2>/dev/null || {{ cat "$log" "$log.vmm"; exit 91; }}
   sleep 0.25
 done
 kill -9 $pid; wait $pid
@@ -141,7 +141,7 @@ echo "KILLED $?"
 grep FSYNCED "$log"
 debugfs -R 'dump /durable /tmp/durable' {img} >/dev/null 2>&1
 echo "HOST $(sha256sum /tmp/durable | cut -d' ' -f1)"
-rm -f /tmp/durable "$log"
+rm -f /tmp/durable "$log" "$log.vmm"
 "#,
         vmm = vmm_binary().display(),
         cfg = cfg.display(),
@@ -236,8 +236,9 @@ echo "WROTE $(sha256sum /tmp/w | cut -d' ' -f1)"
     let script = format!(
         r#"dd if=/dev/urandom of={img} bs=1M count=8 2>/dev/null
 echo "HOST-BEFORE $(dd if={img} bs=1M skip=1 count=1 2>/dev/null | sha256sum | cut -d' ' -f1)"
-timeout 800 {vmm} --config {cfg} </dev/null 2>&1
+timeout 800 {vmm} --config {cfg} </dev/null 2>/tmp/blk-discard.vmm
 echo "VMM-EXIT $?"
+echo "--- qvm-vmm"; cat /tmp/blk-discard.vmm; rm -f /tmp/blk-discard.vmm
 echo "HOST-HOLE-NONZERO $(dd if={img} bs=1M count=1 2>/dev/null | tr -d '\000' | wc -c)"
 echo "HOST-AFTER $(dd if={img} bs=1M skip=1 count=1 2>/dev/null | sha256sum | cut -d' ' -f1)"
 echo "HOST-WROTE $(dd if={img} bs=4k skip=512 count=16 2>/dev/null | sha256sum | cut -d' ' -f1)"

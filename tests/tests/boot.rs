@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use qvm_tests::fixtures::{guest_initramfs, guest_kernel, vm_toml, vmm_binary, USERSPACE_MARKER};
 use qvm_tests::lab::{self, CmdOutput};
+use qvm_tests::util::vmm_apart;
 
 /// Nested KVM under TCG is slow and the host is shared: generous, but bounded.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -46,11 +47,11 @@ fn config(name: &str, k: Kernel, vcpus: u8, mode: &str, extra: &str) -> PathBuf 
 /// Boots a VM in the lab with stdin from /dev/null; returns everything it printed and its code.
 fn boot(name: &str, k: Kernel, vcpus: u8, mode: &str) -> CmdOutput {
     let cfg = config(name, k, vcpus, mode, "");
-    let script = format!(
-        "exec timeout 500 {} --config {} </dev/null 2>&1",
+    let script = vmm_apart(&format!(
+        "timeout 500 {} --config {} </dev/null",
         vmm_binary().display(),
         cfg.display()
-    );
+    ));
     lab::run(&script, BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
@@ -178,16 +179,17 @@ fn serial_input_reaches_the_guest_shell() {
         r#"set -u
 # FIFOs cannot live on the 9p share: use the lab's (or host's) /tmp.
 dir=$(mktemp -d) && cd "$dir" && mkfifo in.fifo
-timeout 500 {vmm} --config {cfg} < in.fifo > out.log 2>&1 &
+timeout 500 {vmm} --config {cfg} < in.fifo > out.log 2>vmm.log &
 pid=$!
 exec 3> in.fifo
 wait_for() {{ i=0; while [ $i -lt 1200 ]; do grep -q "$1" out.log && return 0; kill -0 $pid 2>/dev/null || return 1; sleep 0.25; i=$((i+1)); done; return 1; }}
-wait_for 'qvm guest shell' || {{ echo "NO SHELL"; cat out.log; exit 90; }}
+wait_for 'qvm guest shell' || {{ echo "NO SHELL"; cat out.log vmm.log; exit 90; }}
 echo 'echo "typed-$((6*7))-ok"' >&3
-wait_for 'typed-42-ok' || {{ echo "NO ANSWER"; cat out.log; exit 91; }}
+wait_for 'typed-42-ok' || {{ echo "NO ANSWER"; cat out.log vmm.log; exit 91; }}
 echo 'poweroff -f' >&3
 wait $pid; rc=$?
 cat out.log
+echo "--- qvm-vmm"; cat vmm.log
 rm -rf "$dir"
 exit $rc
 "#,

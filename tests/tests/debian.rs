@@ -11,7 +11,7 @@ use qvm_tests::fixtures::{
     debian_rootfs, disk_toml, guest_initramfs, guest_kernel, script_disk, vm_toml, vmm_binary,
 };
 use qvm_tests::lab;
-use qvm_tests::util::{field, share_dir};
+use qvm_tests::util::{field, share_dir, vmm_apart};
 
 const TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -87,11 +87,11 @@ fn weston_terminal_and_zenity_run_in_the_debian_image() {
     std::fs::write(&cfg, text).unwrap();
     let started = Instant::now();
     let r = lab::run(
-        &format!(
-            "exec timeout 800 {} --config {} </dev/null 2>&1",
+        &vmm_apart(&format!(
+            "timeout 800 {} --config {} </dev/null",
             vmm_binary().display(),
             cfg.display()
-        ),
+        )),
         TIMEOUT,
     )
     .unwrap_or_else(|e| panic!("{e}"));

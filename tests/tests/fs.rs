@@ -78,7 +78,7 @@ rm -rf $t; mkdir -p $t/share $t/ro
 echo from-the-host > $t/share/hostfile
 echo read-me > $t/ro/readme
 log=$t/log
-timeout 1000 {vmm} --config {cfg} </dev/null >$log 2>&1 &
+timeout 1000 {vmm} --config {cfg} </dev/null >$log 2>$log.vmm &
 vmm=$!
 {WAITFOR_IN_LOG}
 waitfor GUEST-WAITING && echo "changed-later" > $t/share/host-late
@@ -107,6 +107,7 @@ echo "VMM-EXIT $?"
 echo "HOST-SAW-GUEST-WRITE $(cat $t/share/from-guest-2 2>/dev/null)"
 cat $t/virtiofsd2.log 2>/dev/null
 cat $log
+echo "--- qvm-vmm"; cat $log.vmm
 "#,
         vmm = vmm_binary().display(),
         cfg = cfg.display(),

@@ -59,8 +59,9 @@ srv=$!
 (i=0; until busybox ping -c 1 -W 1 10.77.0.2 >/dev/null 2>&1; do i=$((i+1)); [ $i -ge 600 ] && exit 1; sleep 0.1; done
  busybox ping -c 3 -W 5 10.77.0.2 >/dev/null && echo "HOST-PING ok") &
 pinger=$!
-timeout 1000 {vmm} --config {cfg} </dev/null 2>&1
+timeout 1000 {vmm} --config {cfg} </dev/null 2>/tmp/net.vmm
 echo "VMM-EXIT $?"
+echo "--- qvm-vmm"; cat /tmp/net.vmm
 kill $pinger 2>/dev/null; wait $pinger 2>/dev/null
 kill $srv
 '

@@ -175,7 +175,7 @@ fn device_threads_cannot_exec() {
     let cfg = d.join("vm.toml");
     std::fs::write(&cfg, text).unwrap();
     let sh = format!(
-        "QVM_TEST_FORBIDDEN=device:execve timeout 300 {} --config {} </dev/null 2>&1; echo \"VMM-EXIT $?\"",
+        "QVM_TEST_FORBIDDEN=device:execve timeout 300 {} --config {} </dev/null 2>/tmp/seccomp.vmm; echo \"VMM-EXIT $?\"; cat /tmp/seccomp.vmm",
         vmm_binary().display(),
         cfg.display()
     );

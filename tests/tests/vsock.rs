@@ -55,7 +55,7 @@ rm -rf /tmp/qvm-vsock-test; mkdir -p /tmp/qvm-vsock-test
 log=/tmp/qvm-vsock-test/log
 {tool} serve unix:${{sock}}_6000 >/dev/null 2>&1 &
 srv=$!
-timeout 1000 {vmm} --config {cfg} </dev/null >$log 2>&1 &
+timeout 1000 {vmm} --config {cfg} </dev/null >$log 2>$log.vmm &
 vmm=$!
 {WAITFOR_IN_LOG}
 if waitfor GUEST-READY; then
@@ -78,6 +78,7 @@ wait $vmm
 echo "VMM-EXIT $?"
 kill $srv 2>/dev/null
 cat $log
+echo "--- qvm-vmm"; cat $log.vmm
 "#,
         tool = qvm_vsock_binary().display(),
         run = qvm_run_binary().display(),

@@ -53,7 +53,7 @@ rt={rt}
 rm -rf $rt; mkdir -p $rt; chmod 700 $rt
 log=$rt/vmm.log
 {weston}
-timeout 800 {vmm} --config {cfg} </dev/null >$log 2>&1 &
+timeout 800 {vmm} --config {cfg} </dev/null >$log 2>$log.vmm &
 vmm=$!
 {WAITFOR_IN_LOG}
 if waitfor QVM-WL-HOLD; then
@@ -66,6 +66,7 @@ kill $vmm 2>/dev/null; wait $vmm
 echo "VMM-EXIT $?"
 kill $weston 2>/dev/null
 cat $log
+echo "--- qvm-vmm"; cat $log.vmm
 echo "--- weston log"; tail -n 20 $rt/weston.log
 "#,
         weston = start_weston(640, 480),
@@ -144,7 +145,7 @@ i=0; until grep -q QVM-WL-SELECTION-SET $rt/owner.log; do
   sleep 0.2
 done
 log=$rt/vmm.log
-timeout 900 {vmm} --config {cfg} </dev/null >$log 2>&1 &
+timeout 900 {vmm} --config {cfg} </dev/null >$log 2>$log.vmm &
 vmm=$!
 waitfor() {{
   i=0; until grep -q "$1" $log; do
@@ -161,6 +162,7 @@ kill $vmm 2>/dev/null; wait $vmm
 echo "VMM-EXIT $?"
 kill $owner $weston $xvfb 2>/dev/null
 cat $log
+echo "--- qvm-vmm"; cat $log.vmm
 echo "--- owner"; cat $rt/owner.log
 echo "--- weston log"; tail -n 20 $rt/weston.log
 "#,
@@ -223,10 +225,11 @@ echo "AFTER-EXIT $? $(grep QVM-WL-DONE /tmp/after)"
 rt={rt}
 rm -rf $rt; mkdir -p $rt; chmod 700 $rt
 {weston}
-timeout 600 {vmm} --config {cfg} </dev/null >$rt/vmm.log 2>&1
+timeout 600 {vmm} --config {cfg} </dev/null >$rt/vmm.log 2>$rt/vmm.log.vmm
 echo "VMM-EXIT $?"
 kill $weston 2>/dev/null
 cat $rt/vmm.log
+echo "--- qvm-vmm"; cat $rt/vmm.log.vmm
 "#,
         weston = start_weston(640, 480),
         vmm = vmm_binary().display(),
@@ -310,7 +313,7 @@ echo "HOST-SCREENSHOOTER-NAME $n"
 # The guest learns the name from its kernel command line.
 sed "s|qvm.script=/dev/vda|qvm.script=/dev/vda qvmwlbind=$n|" {template} >$rt/work.toml
 log=$rt/vmm.log
-timeout 600 {vmm} --config $rt/work.toml --api-sock $rt/api.sock </dev/null >$log 2>&1 &
+timeout 600 {vmm} --config $rt/work.toml --api-sock $rt/api.sock </dev/null >$log 2>$log.vmm &
 vmm=$!
 i=0; until grep -q GUEST-DONE $log; do
   i=$((i+1)); [ $i -gt 1500 ] && {{ echo "TIMEOUT waiting for the guest"; break; }}
@@ -324,6 +327,7 @@ echo "VMM-EXIT $?"
 kill $proto $weston $xvfb 2>/dev/null
 grep -o 'set_title("[^"]*")\|set_app_id("[^"]*")' $rt/proto.log | sed 's/^/PROTO /'
 cat $log
+echo "--- qvm-vmm"; cat $log.vmm
 echo "--- weston log"; tail -n 20 $rt/weston.log
 "#,
         weston = start_weston_x11(800, 600),
@@ -451,7 +455,7 @@ done
 log=$rt/vmm.log
 # The guest's console input: the host's go after allow_paste (kept open on fd 3).
 mkfifo $rt/in.fifo
-timeout 900 {vmm} --config {cfg} --api-sock $rt/api.sock <$rt/in.fifo >$log 2>&1 &
+timeout 900 {vmm} --config {cfg} --api-sock $rt/api.sock <$rt/in.fifo >$log 2>$log.vmm &
 vmm=$!
 exec 3>$rt/in.fifo
 waitfor() {{
@@ -471,6 +475,7 @@ kill $vmm 2>/dev/null; wait $vmm
 echo "VMM-EXIT $?"
 kill $owner $weston $xvfb 2>/dev/null
 cat $log
+echo "--- qvm-vmm"; cat $log.vmm
 echo "--- owner"; cat $rt/owner.log
 echo "--- weston log"; tail -n 20 $rt/weston.log
 "#,

@@ -97,7 +97,7 @@ timeout 1100 weston-debug proto >$rt/proto.log 2>&1 &
 proto=$!
 xd=:$(cat $rt/xdisplay)
 log=$rt/vmm.log
-timeout 1100 {vmm} --config {cfg} </dev/null >$log 2>&1 &
+timeout 1100 {vmm} --config {cfg} </dev/null >$log 2>$log.vmm &
 vmm=$!
 {WAITFOR_IN_LOG}
 {WAIT_FOCUS}
@@ -121,6 +121,7 @@ echo "TITLE-ZENITY $(grep -c 'set_title(\"\[work\] qvm-zenity\")' $rt/proto.log)
 echo "APPID-ZENITY $(grep -c 'set_app_id(\"qvm.work.' $rt/proto.log)"
 kill $weston $xvfb 2>/dev/null
 cat $log
+echo "--- qvm-vmm"; cat $log.vmm
 echo "--- weston log"; tail -n 20 $rt/weston.log
 "#,
         weston = start_weston_x11(800, 600),
@@ -186,7 +187,7 @@ rm -rf $rt; mkdir -p $rt; chmod 700 $rt
 export WAYLAND_DISPLAY=wl-qvm
 timeout 600 weston-debug proto >$rt/proto.log 2>&1 &
 proto=$!
-timeout 600 {vmm} --config {cfg} </dev/null >$rt/vmm.log 2>&1 &
+timeout 600 {vmm} --config {cfg} </dev/null >$rt/vmm.log 2>$rt/vmm.log.vmm &
 vmm=$!
 run() {{ timeout 120 {qvm_run} --vsock $rt/vsock.sock -- "$@"; }}
 i=0; until run true 2>/dev/null; do
@@ -206,6 +207,7 @@ kill $proto 2>/dev/null
 echo "TITLE $(grep -c 'set_title(\"\[apps\] via-qvm-run\")' $rt/proto.log)"
 kill $weston 2>/dev/null
 tail -n 20 $rt/vmm.log
+echo "--- qvm-vmm"; tail -n 20 $rt/vmm.log.vmm
 "#,
         weston = start_weston(640, 480),
         vmm = vmm_binary().display(),
