@@ -48,14 +48,14 @@ rt={rt}
 rm -rf $rt; mkdir -p $rt; chmod 700 $rt
 {weston}
 export WAYLAND_DISPLAY=wl-qvm QVM_VMM={vmm} QVM_VIRTIOFSD={virtiofsd} QVM_RUNTIME_DIR=$rt/qvm
-q="timeout 600 {qvm} --domains {domains}"
+q="timeout 900 {qvm} --domains {domains}"
 vm=$rt/qvm/work
 i=0
 while [ $i -lt {n} ]; do
   i=$((i+1))
   [ $((i % 2)) = 1 ] && rm -rf $rt/homes
   t0=$(date +%s%N)
-  out=$($q run work -- sh -c 'echo "ran-$((6*7)) $(cat /etc/debian_version)"' 2>&1)
+  out=$($q run --timeout 600 work -- sh -c 'echo "ran-$((6*7)) $(cat /etc/debian_version)"' 2>&1)
   rc=$?
   t1=$(date +%s%N)
   echo "BOOT $i rc=$rc ms=$(( (t1 - t0) / 1000000 )) $(echo "$out" | tr '\n' ' ' | head -c 600)"

@@ -258,14 +258,14 @@ rm -rf $rt; mkdir -p $rt; chmod 700 $rt
 export WAYLAND_DISPLAY=wl-qvm QVM_VMM={vmm} QVM_VIRTIOFSD={virtiofsd}
 timeout 900 weston-debug proto >$rt/proto.log 2>&1 &
 proto=$!
-q="timeout 300 {qvm} --domains {domains}"
-$q run work -- sh -c 'echo "kept-$((6*7))" > ~/note; echo "HOME=$HOME $(cat /etc/debian_version)"' \
+q="timeout 900 {qvm} --domains {domains}"
+$q run --timeout 600 work -- sh -c 'echo "kept-$((6*7))" > ~/note; echo "HOME=$HOME $(cat /etc/debian_version)"' \
   | sed 's/^/RUN1 /'
-echo "DEMO $($q run work -- qvm-wl-demo --transport socket --frames 3 --title from-domains 2>&1 | tail -n 1)"
+echo "DEMO $($q run --timeout 600 work -- qvm-wl-demo --transport socket --frames 3 --title from-domains 2>&1 | tail -n 1)"
 $q stop work; echo "STOP1 $?"
 echo "HOST-NOTE $(cat $rt/homes/work/note 2>&1)"
 echo "HOST-MODE $(stat -c %a $rt/homes/work)"
-echo "RUN2 $($q run work -- cat /root/note)"
+echo "RUN2 $($q run --timeout 600 work -- cat /root/note)"
 $q stop work; echo "STOP2 $?"
 kill $proto 2>/dev/null
 echo "TITLE $(grep -c 'set_title(\"\[work\] from-domains\")' $rt/proto.log)"
