@@ -162,3 +162,69 @@ for v in a b c; do echo "== $v console"; tail -n 5 $rt/$v/console.log; echo "== 
     assert_eq!(field(out, "SOCKETS "), "0", "{out}");
     eprintln!("desktop scenario: {} s in L1", field(out, "ELAPSED "));
 }
+
+/// `qvm run` tells "the agent will never come" from "the guest is still booting": a domain
+/// whose apps image is not a filesystem boots, its init cannot set the image up and says so
+/// on the console (`QVM-AGENT-FAILED`), and `qvm run` fails at once (not after its 600 s
+/// timeout) with the guest's reason; a guest that powers off without ever starting an agent
+/// (`qvm.mode=hello`) ends the wait as soon as its VMM exits, quoting the VMM's log.
+#[test]
+fn qvm_run_says_why_an_agent_will_not_come() {
+    let d = share_dir("desktop-noagent");
+    // 4 MiB of zeros: no ext4 on it, so qvm-enter-rootfs cannot mount it.
+    let bad_image = d.join("not-an-image.ext4");
+    std::fs::write(&bad_image, vec![0u8; 4 << 20]).unwrap();
+    let domains = format!(
+        "[[vm]]\nname = \"broken\"\nmemory_mib = 192\nkernel = {kernel:?}\ninitrd = {initrd:?}\n\
+         cmdline = \"console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=agent\"\n\
+         apps = {{ image = {image:?} }}\n\n\
+         [[vm]]\nname = \"gone\"\nmemory_mib = 192\nkernel = {kernel:?}\ninitrd = {initrd:?}\n\
+         cmdline = \"console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=hello\"\n",
+        kernel = guest_kernel().vmlinux.display().to_string(),
+        initrd = guest_initramfs().display().to_string(),
+        image = bad_image.display().to_string(),
+    );
+    let domains_path = d.join("domains.toml");
+    std::fs::write(&domains_path, domains).unwrap();
+    let script = format!(
+        r#"set -u
+export QVM_RUNTIME_DIR=/tmp/qvm-noagent-rt QVM_VMM={vmm}
+rm -rf $QVM_RUNTIME_DIR
+q="timeout 900 {qvm} --domains {domains}"
+t0=$(date +%s)
+out=$($q run --timeout 600 broken -- true 2>&1); rc=$?
+echo "BROKEN rc=$rc secs=$(( $(date +%s) - t0 )) $(echo "$out" | tr '\n' ' ')"
+$q stop broken >/dev/null 2>&1
+t0=$(date +%s)
+out=$($q run --timeout 600 gone -- true 2>&1); rc=$?
+echo "GONE rc=$rc secs=$(( $(date +%s) - t0 )) $(echo "$out" | tr '\n' ' ')"
+"#,
+        vmm = vmm_binary().display(),
+        qvm = qvm_cli_binary().display(),
+        domains = domains_path.display(),
+    );
+    let r = lab::run(&script, Duration::from_secs(1500)).unwrap_or_else(|e| panic!("{e}"));
+    let out = &r.output;
+    eprintln!("{out}");
+    let broken = field(out, "BROKEN ");
+    assert!(broken.starts_with("rc=1 "), "{out}");
+    assert!(
+        broken.contains("the guest agent of broken will not start"),
+        "{out}"
+    );
+    assert!(broken.contains("cannot set up the apps image"), "{out}");
+    // Well before the 600 s the wait was allowed.
+    let secs: u64 = broken
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("secs="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(secs < 300, "{out}");
+    let gone = field(out, "GONE ");
+    assert!(gone.starts_with("rc=1 "), "{out}");
+    assert!(
+        gone.contains("gone stopped after") && gone.contains("before its agent answered"),
+        "{out}"
+    );
+    assert!(gone.contains("qvm-vmm: guest powered off"), "{out}");
+}
