@@ -2,7 +2,9 @@
 
 pub mod api;
 pub mod boot;
-pub mod config;
+/// The VM config lives in its own crate (`qvm-config`), which the jailer and `qvm` use without
+/// linking the VMM; this keeps `crate::config::…` and `qvm_vmm::config::…` working.
+pub use qvm_config as config;
 pub mod console;
 pub mod control;
 pub mod landlock;

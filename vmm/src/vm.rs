@@ -723,4 +723,37 @@ mod tests {
         assert!(e.is_config_error());
         assert!(e.to_string().contains("drop acpi=off"), "{e}");
     }
+
+    /// qvm-config keeps its own copy of the Wayland VM-name rule (so it needs no device crate);
+    /// the device's rule and the config's must accept the same names.
+    #[test]
+    fn config_and_device_agree_on_wayland_vm_names() {
+        let e32 = "\u{e9}".repeat(32);
+        let e33 = "\u{e9}".repeat(33);
+        let x32 = "x".repeat(32);
+        let x33 = "x".repeat(33);
+        for name in [
+            "",
+            "vm",
+            "work vm",
+            "a]b",
+            "]",
+            "[a",
+            "a\nb",
+            "tab\t",
+            "\u{7f}",
+            "\u{85}",
+            &x32,
+            &x33,
+            &e32,
+            &e33,
+            "\u{1f600}",
+        ] {
+            assert_eq!(
+                crate::config::valid_wl_vm_name(name),
+                qvm_virtio_wl::WlPolicy::valid_name(name),
+                "{name:?}"
+            );
+        }
+    }
 }

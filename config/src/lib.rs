@@ -1,4 +1,5 @@
-//! `vm.toml`: what one VM is made of.
+//! qvm-config: what one VM is made of, as `vm.toml` (TOML) and as the REST API's bodies
+//! (the same types in JSON).
 //!
 //! Parsing is strict (unknown keys are errors) and every check produces one line that names the
 //! key and says how to fix it; `qvm-vmm` prints it and exits with code 2.
@@ -89,8 +90,12 @@ pub const DEFAULT_WL_VM_NAME: &str = "vm";
 pub const MAX_WL_GLOBAL_LEN: usize = 64;
 
 /// Whether `name` can label a VM's windows (1 to 32 printable characters, no `]`).
+///
+/// The same rule as `qvm_virtio_wl::WlPolicy::valid_name`, copied so that this crate does not
+/// depend on a device crate; qvm-vmm links both and has a test that they agree.
 pub fn valid_wl_vm_name(name: &str) -> bool {
-    qvm_virtio_wl::WlPolicy::valid_name(name)
+    let n = name.chars().count();
+    (1..=32).contains(&n) && !name.contains(']') && !name.chars().any(char::is_control)
 }
 
 /// Whether `g` looks like a Wayland interface name (a C identifier).
