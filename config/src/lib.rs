@@ -4,6 +4,8 @@
 //! Parsing is strict (unknown keys are errors) and every check produces one line that names the
 //! key and says how to fix it; `qvm-vmm` prints it and exits with code 2.
 
+pub mod boot;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
