@@ -31,6 +31,8 @@ check() {
 echo "== cargo fmt / clippy"
 check fmt cargo fmt --all -- --check
 check clippy cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== dependency hygiene"
+check deps scripts/check-deps.sh
 
 secs=${QVM_FUZZ_SECS:-30}
 # A fixed seed makes the gate replay the same mutations on every run (from the same committed
