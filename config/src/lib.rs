@@ -115,11 +115,16 @@ pub struct NamedWaylandSocket {
     pub socket: PathBuf,
 }
 
+/// `[wayland] max_buffer_mib` when not set.
+pub const DEFAULT_WL_BUFFER_MIB: u64 = 512;
+/// `[wayland] max_vfds` when not set.
+pub const DEFAULT_WL_VFDS: u32 = 256;
+
 fn default_wl_buffer_mib() -> u64 {
-    512
+    DEFAULT_WL_BUFFER_MIB
 }
 fn default_wl_vfds() -> u32 {
-    256
+    DEFAULT_WL_VFDS
 }
 pub const MAX_WL_BUFFER_MIB: u64 = 64 << 10;
 pub const MAX_WL_VFDS: u32 = 4096;
@@ -328,6 +333,9 @@ pub enum ConfigError {
     BadVsock { key: String, reason: String },
     #[error("[wayland] {key}: {reason}")]
     BadWayland { key: String, reason: String },
+    /// [`VmConfig::to_toml`] failed (a path that is not UTF-8); the serializer's message.
+    #[error("{0}")]
+    Serialize(String),
 }
 
 impl VmConfig {
@@ -405,6 +413,12 @@ impl VmConfig {
             }
         }
         Ok(cfg)
+    }
+
+    /// The config as `vm.toml` text, which [`VmConfig::parse`] reads back unchanged (its
+    /// relative paths have been resolved, so resolving them again changes nothing).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::Serialize(e.to_string()))
     }
 
     /// [`VmConfig::validate`] against this host's memory.

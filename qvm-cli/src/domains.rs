@@ -23,9 +23,10 @@
 
 use std::path::{Path, PathBuf};
 
-use qvm_vmm::config::{
+use qvm_config::{
     BootConfig, ConfigError, ConsoleConfig, DiskConfig, FsConfig, MachineConfig, NetConfig,
-    VmConfig, VsockConfig, WaylandClipboard, WaylandConfig, DEFAULT_CMDLINE,
+    VmConfig, VsockConfig, WaylandClipboard, WaylandConfig, DEFAULT_CMDLINE, DEFAULT_WL_BUFFER_MIB,
+    DEFAULT_WL_VFDS,
 };
 use serde::Deserialize;
 
@@ -416,8 +417,8 @@ impl Domain {
             wayland: self.wayland.as_ref().map(|w| WaylandConfig {
                 socket: Some(resolve_wl_socket(&w.socket)),
                 named: Vec::new(),
-                max_buffer_mib: 512,
-                max_vfds: 256,
+                max_buffer_mib: DEFAULT_WL_BUFFER_MIB,
+                max_vfds: DEFAULT_WL_VFDS,
                 name: Some(self.name.clone()),
                 allow_globals: w.allow_globals.clone(),
                 clipboard: w.clipboard,
@@ -451,6 +452,8 @@ fn resolve_wl_socket(p: &Path) -> PathBuf {
 
 /// The text of a derived `vm.toml`.
 pub fn to_toml(cfg: &VmConfig) -> String {
-    let body = toml::to_string(cfg).unwrap_or_else(|e| format!("# cannot serialize: {e}\n"));
+    let body = cfg
+        .to_toml()
+        .unwrap_or_else(|e| format!("# cannot serialize: {e}\n"));
     format!("# Derived by `qvm` from the domains file; edit that file, not this one.\n{body}")
 }
