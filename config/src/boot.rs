@@ -1,10 +1,59 @@
-//! What kind of kernel image `[boot] kernel` names, judged by its magic numbers: the one
-//! config check that reads the file's contents. qvm-vmm makes it before it touches KVM, the
-//! API at start, and qvm-jailer before it builds the jail.
+//! `[boot]`: the kernel, its initrd and command line. The files must exist and be readable
+//! ([`check_file`]); what kind of kernel image `kernel` names is judged by its magic numbers
+//! ([`detect_format`]), the one config check that reads a file's contents. qvm-vmm makes that
+//! one before it touches KVM, the API at start, and qvm-jailer before it builds the jail.
 
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+/// Linux's x86 COMMAND_LINE_SIZE.
+pub const MAX_CMDLINE_LEN: usize = 2048;
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    /// An ELF `vmlinux` (PVH entry if it has one, else the 64-bit entry) or a `bzImage`.
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+}
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_string()
+}
+
+/// Checks that `path` (`[boot] key`) is a readable, non-empty regular file.
+pub(crate) fn check_file(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let bad = |reason: String| ConfigError::BadFile {
+        key,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| {
+        bad(match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "no such file; fix the path (relative paths are relative to the config file)"
+                    .to_string()
+            }
+            _ => format!("cannot access it: {e}"),
+        })
+    })?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".to_string()));
+    }
+    if meta.len() == 0 {
+        return Err(bad("the file is empty".to_string()));
+    }
+    std::fs::File::open(path).map_err(|e| bad(format!("cannot open it: {e}")))?;
+    Ok(())
+}
 
 /// What the kernel image is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
