@@ -1,5 +1,5 @@
 //! `[boot]`: the kernel, its initrd and command line. The files must exist and be readable
-//! ([`check_file`]); what kind of kernel image `kernel` names is judged by its magic numbers
+//! ([`BootConfig::check_files`]); what kind of kernel image `kernel` names is judged by its magic numbers
 //! ([`detect_format`]), the one config check that reads a file's contents. qvm-vmm makes that
 //! one before it touches KVM, the API at start, and qvm-jailer before it builds the jail.
 
@@ -29,8 +29,30 @@ fn default_cmdline() -> String {
     DEFAULT_CMDLINE.to_string()
 }
 
+impl BootConfig {
+    /// The command line (its length and characters); no files.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cmdline.len() >= MAX_CMDLINE_LEN {
+            return Err(ConfigError::CmdlineTooLong(self.cmdline.len()));
+        }
+        if !self.cmdline.bytes().all(|b| b.is_ascii() && b != 0) {
+            return Err(ConfigError::CmdlineNotAscii);
+        }
+        Ok(())
+    }
+
+    /// The kernel and the initrd are readable, non-empty regular files (on this host).
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        check_file("kernel", &self.kernel)?;
+        if let Some(initrd) = &self.initrd {
+            check_file("initrd", initrd)?;
+        }
+        Ok(())
+    }
+}
+
 /// Checks that `path` (`[boot] key`) is a readable, non-empty regular file.
-pub(crate) fn check_file(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+fn check_file(key: &'static str, path: &Path) -> Result<(), ConfigError> {
     let bad = |reason: String| ConfigError::BadFile {
         key,
         path: path.to_path_buf(),

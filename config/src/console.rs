@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ConfigError;
+
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ConsoleMode {
@@ -22,4 +24,17 @@ pub struct ConsoleConfig {
     #[serde(default)]
     pub mode: ConsoleMode,
     pub path: Option<PathBuf>,
+}
+
+impl ConsoleConfig {
+    /// `path` is given with `mode = "file"`, and only then.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match (self.mode, &self.path) {
+            (ConsoleMode::File, None) => Err(ConfigError::ConsoleFileWithoutPath),
+            (ConsoleMode::Stdio | ConsoleMode::Off, Some(_)) => {
+                Err(ConfigError::ConsolePathWithoutFile)
+            }
+            _ => Ok(()),
+        }
+    }
 }

@@ -1,5 +1,9 @@
 //! [`ConfigError`]: every way a config can be wrong, each one line that names the key and says
-//! how to fix it.
+//! how to fix it, and the [`Section`] it is about.
+//!
+//! The message is written for `vm.toml` (`[[disk]] #2 id = ...`). The REST API, where a section
+//! is its own resource, shows the same message without that header
+//! ([`ConfigError::detail`]) after its own name for the section ([`Section::api_name`]).
 
 use std::path::PathBuf;
 
@@ -68,7 +72,210 @@ pub enum ConfigError {
     BadVsock { key: String, reason: String },
     #[error("[wayland] {key}: {reason}")]
     BadWayland { key: String, reason: String },
-    /// [`VmConfig::to_toml`] failed (a path that is not UTF-8); the serializer's message.
+    /// [`crate::VmConfig::to_toml`] failed (a path that is not UTF-8); the serializer's message.
     #[error("{0}")]
     Serialize(String),
+}
+
+/// The part of a config an error is about; `index` counts list entries from 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    Machine,
+    Boot,
+    Console,
+    Disk(usize),
+    Net(usize),
+    Vsock,
+    Fs(usize),
+    Wayland,
+}
+
+impl Section {
+    /// How a `vm.toml` message starts: `[machine] `, `[[disk]] #2 `, `[[net]] #2: `, ...
+    pub fn file_header(&self) -> String {
+        match self {
+            Section::Machine => "[machine] ".into(),
+            Section::Boot => "[boot] ".into(),
+            Section::Console => "[console] ".into(),
+            Section::Disk(i) => format!("[[disk]] #{} ", i + 1),
+            Section::Net(i) => format!("[[net]] #{}: ", i + 1),
+            Section::Vsock => "[vsock] ".into(),
+            Section::Fs(i) => format!("[[fs]] #{}: ", i + 1),
+            Section::Wayland => "[wayland] ".into(),
+        }
+    }
+
+    /// The section's name in API messages: `machine`, `disk #2`, `net #2`, `wayland`, ...
+    pub fn api_name(&self) -> String {
+        match self {
+            Section::Machine => "machine".into(),
+            Section::Boot => "boot".into(),
+            Section::Console => "console".into(),
+            Section::Disk(i) => format!("disk #{}", i + 1),
+            Section::Net(i) => format!("net #{}", i + 1),
+            Section::Vsock => "vsock".into(),
+            Section::Fs(i) => format!("fs #{}", i + 1),
+            Section::Wayland => "wayland".into(),
+        }
+    }
+}
+
+impl ConfigError {
+    /// The section the error is about; None for errors about the file or the config as a
+    /// whole (reading, syntax, list lengths, the device total).
+    pub fn section(&self) -> Option<Section> {
+        use ConfigError as E;
+        match self {
+            E::Read { .. }
+            | E::Parse { .. }
+            | E::Serialize(_)
+            | E::TooManyDisks(_)
+            | E::TooManyNets(_)
+            | E::TooManyDevices(_) => None,
+            E::MemoryTooSmall(_)
+            | E::MemoryTooLarge { .. }
+            | E::NoVcpus
+            | E::TooManyVcpus { .. } => Some(Section::Machine),
+            E::BadFile { .. } | E::CmdlineTooLong(_) | E::CmdlineNotAscii => Some(Section::Boot),
+            E::ConsoleFileWithoutPath | E::ConsolePathWithoutFile => Some(Section::Console),
+            E::BadDisk { index, .. } | E::BadDiskId { index, .. } => Some(Section::Disk(*index)),
+            E::BadNet { index, .. } => Some(Section::Net(*index)),
+            E::BadFs { index, .. } => Some(Section::Fs(*index)),
+            E::BadVsock { .. } => Some(Section::Vsock),
+            E::BadWayland { .. } => Some(Section::Wayland),
+        }
+    }
+
+    /// The message without its `vm.toml` section header (`memory_mib = 8: too small, ...`
+    /// rather than `[machine] memory_mib = 8: ...`); the whole message when it has none.
+    pub fn detail(&self) -> String {
+        let message = self.to_string();
+        match self.section() {
+            Some(section) => match message.strip_prefix(&section.file_header()) {
+                Some(rest) => rest.to_string(),
+                None => message,
+            },
+            None => message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One error of every variant. The match below has no `_` arm, so a new variant does not
+    /// compile until it is added here (and so checked by the test).
+    fn every_variant() -> Vec<ConfigError> {
+        use ConfigError as E;
+        let all = vec![
+            E::Read {
+                path: "vm.toml".into(),
+                source: std::io::ErrorKind::NotFound.into(),
+            },
+            E::Parse {
+                path: "vm.toml".into(),
+                line: 3,
+                message: "unknown field".into(),
+            },
+            E::MemoryTooSmall(8),
+            E::MemoryTooLarge { got: 9, host: 8 },
+            E::NoVcpus,
+            E::TooManyVcpus { got: 300, max: 254 },
+            E::BadFile {
+                key: "kernel",
+                path: "k".into(),
+                reason: "no such file".into(),
+            },
+            E::CmdlineTooLong(4000),
+            E::CmdlineNotAscii,
+            E::ConsoleFileWithoutPath,
+            E::ConsolePathWithoutFile,
+            E::BadDisk {
+                index: 1,
+                path: "d".into(),
+                reason: "r".into(),
+            },
+            E::BadDiskId {
+                index: 1,
+                id: "i".into(),
+                reason: "r".into(),
+            },
+            E::TooManyDisks(17),
+            E::TooManyNets(9),
+            E::TooManyDevices(20),
+            E::BadNet {
+                index: 1,
+                reason: "r".into(),
+            },
+            E::BadFs {
+                index: 1,
+                reason: "r".into(),
+            },
+            E::BadVsock {
+                key: "k".into(),
+                reason: "r".into(),
+            },
+            E::BadWayland {
+                key: "k".into(),
+                reason: "r".into(),
+            },
+            E::Serialize("s".into()),
+        ];
+        for e in &all {
+            match e {
+                E::Read { .. }
+                | E::Parse { .. }
+                | E::MemoryTooSmall(_)
+                | E::MemoryTooLarge { .. }
+                | E::NoVcpus
+                | E::TooManyVcpus { .. }
+                | E::BadFile { .. }
+                | E::CmdlineTooLong(_)
+                | E::CmdlineNotAscii
+                | E::ConsoleFileWithoutPath
+                | E::ConsolePathWithoutFile
+                | E::BadDisk { .. }
+                | E::BadDiskId { .. }
+                | E::TooManyDisks(_)
+                | E::TooManyNets(_)
+                | E::TooManyDevices(_)
+                | E::BadNet { .. }
+                | E::BadFs { .. }
+                | E::BadVsock { .. }
+                | E::BadWayland { .. }
+                | E::Serialize(_) => {}
+            }
+        }
+        all
+    }
+
+    /// detail() strips the header by text: every message of a section must start with it.
+    #[test]
+    fn every_section_message_starts_with_its_header() {
+        for e in every_variant() {
+            let message = e.to_string();
+            match e.section() {
+                Some(s) => {
+                    assert!(message.starts_with(&s.file_header()), "{e:?}: {message}");
+                    assert_eq!(format!("{}{}", s.file_header(), e.detail()), message);
+                    assert!(!e.detail().is_empty(), "{e:?}");
+                }
+                None => assert_eq!(e.detail(), message),
+            }
+        }
+    }
+
+    #[test]
+    fn api_names_follow_the_resource_names() {
+        assert_eq!(Section::Disk(1).api_name(), "disk #2");
+        assert_eq!(Section::Net(0).api_name(), "net #1");
+        assert_eq!(Section::Fs(2).api_name(), "fs #3");
+        assert_eq!(Section::Wayland.api_name(), "wayland");
+        let e = ConfigError::BadWayland {
+            key: "max_vfds = 0".into(),
+            reason: "must be 1 to 4096".into(),
+        };
+        assert_eq!(e.detail(), "max_vfds = 0: must be 1 to 4096");
+    }
 }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use boot::{BootConfig, DEFAULT_CMDLINE, MAX_CMDLINE_LEN};
 pub use console::{ConsoleConfig, ConsoleMode};
 pub use disk::{DiskConfig, MAX_DISKS, MAX_DISK_ID_LEN};
-pub use error::ConfigError;
+pub use error::{ConfigError, Section};
 pub use fs::{FsConfig, MAX_FS_TAG_LEN};
 pub use machine::{MachineConfig, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 pub use net::{NetConfig, MAX_NETS, MAX_TAP_NAME_LEN};
@@ -32,7 +32,6 @@ pub use wayland::{
     MAX_WL_GLOBAL_LEN, MAX_WL_NAME_LEN, MAX_WL_VFDS,
 };
 
-use boot::check_file;
 use machine::host_memory_mib;
 
 /// One VM: the root of `vm.toml` and the body of `PUT /vm/config`. Each field is a section,
@@ -151,58 +150,27 @@ impl VmConfig {
     }
 
     /// Checks values and referenced files. `host_mib` bounds guest memory (None: unknown host).
+    ///
+    /// Each section's own `validate()` (values) and `check_host()`/`check_files()` (what it
+    /// names on this host), and the rules that span entries (no image, tap, MAC, tag or socket
+    /// twice; the device total), in one fixed order, so a config with several faults always
+    /// reports the same one first.
     pub fn validate(&self, host_mib: Option<u64>) -> Result<(), ConfigError> {
-        let m = &self.machine;
-        if m.vcpus == 0 {
-            return Err(ConfigError::NoVcpus);
-        }
-        if m.vcpus > u64::from(MAX_VCPUS) {
-            return Err(ConfigError::TooManyVcpus {
-                got: m.vcpus,
-                max: u64::from(MAX_VCPUS),
-            });
-        }
-        if m.memory_mib < MIN_MEMORY_MIB {
-            return Err(ConfigError::MemoryTooSmall(m.memory_mib));
-        }
-        if let Some(host) = host_mib
-            .or(Some(MAX_MEMORY_MIB))
-            .map(|h| h.min(MAX_MEMORY_MIB))
-        {
-            if m.memory_mib > host {
-                return Err(ConfigError::MemoryTooLarge {
-                    got: m.memory_mib,
-                    host,
-                });
-            }
-        }
-        check_file("kernel", &self.boot.kernel)?;
-        if let Some(initrd) = &self.boot.initrd {
-            check_file("initrd", initrd)?;
-        }
-        if self.boot.cmdline.len() >= MAX_CMDLINE_LEN {
-            return Err(ConfigError::CmdlineTooLong(self.boot.cmdline.len()));
-        }
-        if !self.boot.cmdline.bytes().all(|b| b.is_ascii() && b != 0) {
-            return Err(ConfigError::CmdlineNotAscii);
-        }
+        self.machine.validate(host_mib)?;
+        self.boot.check_files()?;
+        self.boot.validate()?;
         self.validate_disks()?;
         self.validate_nets()?;
         self.validate_vsock()?;
         self.validate_fs()?;
-        self.validate_wayland()?;
+        if let Some(w) = &self.wayland {
+            w.validate()?;
+        }
         let devices = self.virtio_device_count();
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }
-        match (self.console.mode, &self.console.path) {
-            (ConsoleMode::File, None) => return Err(ConfigError::ConsoleFileWithoutPath),
-            (ConsoleMode::Stdio | ConsoleMode::Off, Some(_)) => {
-                return Err(ConfigError::ConsolePathWithoutFile)
-            }
-            _ => {}
-        }
-        Ok(())
+        self.console.validate()
     }
 
     /// Number of virtio devices (their mmio slots are 0..n): disks, nets, vsock, fs, wayland.

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ConfigError;
+
 /// Smallest guest RAM we accept: the kernel is loaded at 16 MiB and needs room above it.
 pub const MIN_MEMORY_MIB: u64 = 32;
 /// 1 TiB: beyond this the e820 map and our page-table set-up are untested.
@@ -19,6 +21,33 @@ pub struct MachineConfig {
 
 fn default_vcpus() -> u64 {
     1
+}
+
+impl MachineConfig {
+    /// The vCPU count and the memory size. `host_mib` bounds memory (None: a host of unknown
+    /// size, bounded by [`MAX_MEMORY_MIB`] alone); this reads nothing from the host.
+    pub fn validate(&self, host_mib: Option<u64>) -> Result<(), ConfigError> {
+        if self.vcpus == 0 {
+            return Err(ConfigError::NoVcpus);
+        }
+        if self.vcpus > u64::from(MAX_VCPUS) {
+            return Err(ConfigError::TooManyVcpus {
+                got: self.vcpus,
+                max: u64::from(MAX_VCPUS),
+            });
+        }
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(ConfigError::MemoryTooSmall(self.memory_mib));
+        }
+        let host = host_mib.map_or(MAX_MEMORY_MIB, |h| h.min(MAX_MEMORY_MIB));
+        if self.memory_mib > host {
+            return Err(ConfigError::MemoryTooLarge {
+                got: self.memory_mib,
+                host,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// This host's RAM in MiB, from /proc/meminfo (None if it cannot be read).

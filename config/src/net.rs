@@ -24,9 +24,84 @@ impl NetConfig {
     pub fn mac_bytes(&self) -> Option<[u8; 6]> {
         self.mac.as_deref().and_then(|m| parse_mac(m).ok())
     }
+
+    /// Exactly one of `tap` (a valid interface name) and `fd` (3 or more), and a `mac` written
+    /// like a MAC address. `index` (from 0) numbers the entry in the message. Whether the fd is
+    /// open is [`NetConfig::check_host`]'s; whether the MAC is unicast and not all zeros is
+    /// checked with the whole config.
+    pub fn validate(&self, index: usize) -> Result<(), ConfigError> {
+        self.validate_backend(index)?;
+        self.validate_mac_syntax(index)
+    }
+
+    /// `fd`, if given, is open in this process.
+    pub fn check_host(&self, index: usize) -> Result<(), ConfigError> {
+        if let Some(fd) = self.fd {
+            // SAFETY: F_GETFD only reads the descriptor's flags.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(bad_fd(index, fd));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_backend(&self, index: usize) -> Result<(), ConfigError> {
+        let bad = |reason: String| ConfigError::BadNet { index, reason };
+        match (&self.tap, self.fd) {
+            (Some(_), Some(_)) | (None, None) => Err(bad(
+                "set exactly one of tap = \"<name>\" (a tap device created beforehand) \
+                 or fd = <n> (an inherited tap descriptor)"
+                    .into(),
+            )),
+            (Some(name), None) => {
+                if name.is_empty()
+                    || name.len() > MAX_TAP_NAME_LEN
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    return Err(bad(format!(
+                        "tap = {name:?}: not an interface name (1-{MAX_TAP_NAME_LEN} letters, \
+                         digits, '-', '_' or '.')"
+                    )));
+                }
+                Ok(())
+            }
+            (None, Some(fd)) if fd < 3 => Err(bad_fd(index, fd)),
+            (None, Some(_)) => Ok(()),
+        }
+    }
+
+    fn validate_mac_syntax(&self, index: usize) -> Result<(), ConfigError> {
+        match &self.mac {
+            Some(mac) => mac_syntax(mac)
+                .map(|_| ())
+                .map_err(|r| mac_error(index, mac, r)),
+            None => Ok(()),
+        }
+    }
 }
 
-fn parse_mac(s: &str) -> Result<[u8; 6], &'static str> {
+/// One message for an fd below 3 and an fd that is not open.
+fn bad_fd(index: usize, fd: i32) -> ConfigError {
+    ConfigError::BadNet {
+        index,
+        reason: format!(
+            "fd = {fd}: not an open file descriptor this process inherited \
+             (stdio 0-2 are not allowed)"
+        ),
+    }
+}
+
+fn mac_error(index: usize, mac: &str, reason: &str) -> ConfigError {
+    ConfigError::BadNet {
+        index,
+        reason: format!("mac = {mac:?}: {reason}"),
+    }
+}
+
+/// Six two-digit hex bytes separated by colons.
+fn mac_syntax(s: &str) -> Result<[u8; 6], &'static str> {
     let parts: Vec<&str> = s.split(':').collect();
     let mut mac = [0u8; 6];
     if parts.len() != 6 {
@@ -38,6 +113,12 @@ fn parse_mac(s: &str) -> Result<[u8; 6], &'static str> {
         }
         *b = u8::from_str_radix(p, 16).map_err(|_| "not a MAC address like 52:54:00:12:34:56")?;
     }
+    Ok(mac)
+}
+
+/// [`mac_syntax`], and an address a NIC can have (unicast, not all zeros).
+fn parse_mac(s: &str) -> Result<[u8; 6], &'static str> {
+    let mac = mac_syntax(s)?;
     if mac[0] & 1 != 0 {
         return Err("a multicast address; the first byte must be even (e.g. 52:54:00:...)");
     }
@@ -48,61 +129,38 @@ fn parse_mac(s: &str) -> Result<[u8; 6], &'static str> {
 }
 
 impl VmConfig {
+    /// The list: its length and each entry, in the order a single entry's faults were always
+    /// reported (tap or fd, the same tap twice, fd open, MAC written right, MAC usable, the
+    /// same MAC twice).
     pub(crate) fn validate_nets(&self) -> Result<(), ConfigError> {
         if self.nets.len() > MAX_NETS {
             return Err(ConfigError::TooManyNets(self.nets.len()));
         }
         for (index, n) in self.nets.iter().enumerate() {
-            let bad = |reason: String| ConfigError::BadNet { index, reason };
-            match (&n.tap, n.fd) {
-                (Some(_), Some(_)) | (None, None) => {
-                    return Err(bad(
-                        "set exactly one of tap = \"<name>\" (a tap device created beforehand) \
-                         or fd = <n> (an inherited tap descriptor)"
-                            .into(),
-                    ))
-                }
-                (Some(name), None) => {
-                    if name.is_empty()
-                        || name.len() > MAX_TAP_NAME_LEN
-                        || !name
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-                    {
-                        return Err(bad(format!(
-                            "tap = {name:?}: not an interface name (1-{MAX_TAP_NAME_LEN} letters, \
-                             digits, '-', '_' or '.')"
-                        )));
-                    }
-                    if let Some(dup) = self.nets[..index]
-                        .iter()
-                        .position(|o| o.tap.as_deref() == Some(name.as_str()))
-                    {
-                        return Err(bad(format!(
+            n.validate_backend(index)?;
+            if let Some(name) = &n.tap {
+                if let Some(dup) = self.nets[..index]
+                    .iter()
+                    .position(|o| o.tap.as_deref() == Some(name.as_str()))
+                {
+                    return Err(ConfigError::BadNet {
+                        index,
+                        reason: format!(
                             "tap = {name:?}: [[net]] #{} uses it already; give each interface its own tap",
                             dup + 1
-                        )));
-                    }
-                }
-                (None, Some(fd)) => {
-                    // SAFETY: F_GETFD only reads the descriptor's flags.
-                    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-                        return Err(bad(format!(
-                            "fd = {fd}: not an open file descriptor this process inherited \
-                             (stdio 0-2 are not allowed)"
-                        )));
-                    }
+                        ),
+                    });
                 }
             }
+            n.check_host(index)?;
             if let Some(mac) = &n.mac {
-                parse_mac(mac).map_err(|r| bad(format!("mac = {mac:?}: {r}")))?;
+                n.validate_mac_syntax(index)?;
+                parse_mac(mac).map_err(|r| mac_error(index, mac, r))?;
                 if self.nets[..index]
                     .iter()
                     .any(|o| o.mac_bytes() == n.mac_bytes())
                 {
-                    return Err(bad(format!(
-                        "mac = {mac:?}: another interface has the same MAC"
-                    )));
+                    return Err(mac_error(index, mac, "another interface has the same MAC"));
                 }
             }
         }

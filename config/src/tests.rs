@@ -166,3 +166,98 @@ fn wayland_policy_keys_and_the_name_default() {
         assert!(at("vm.toml", bad).is_err(), "{bad}");
     }
 }
+
+/// An entry with two faults reports the one it always reported first: the host checks and the
+/// checks across entries did not move behind the section's value checks.
+#[test]
+fn the_first_of_two_faults_is_the_same_as_before_the_split() {
+    let e = with("[[net]]\ntap = \"t0\"\n[[net]]\ntap = \"t0\"\nmac = \"52:54\"\n").unwrap_err();
+    assert!(
+        e.starts_with("[[net]] #2: tap = \"t0\": [[net]] #1 uses it"),
+        "{e}"
+    );
+    let e = with("[[net]]\nfd = 1000\nmac = \"52:54\"\n").unwrap_err();
+    assert!(e.contains("fd = 1000: not an open file descriptor"), "{e}");
+    let long = format!("/nonexistent/{}", "v".repeat(100));
+    let e = with(&format!("[vsock]\nguest_cid = 3\nsocket = \"{long}\"\n")).unwrap_err();
+    assert!(
+        e.contains("the directory /nonexistent does not exist"),
+        "{e}"
+    );
+    let e = with("[[disk]]\npath = \"/nonexistent/d.img\"\nid = \"a b\"\n").unwrap_err();
+    assert!(e.contains("no such file"), "{e}");
+    let e = with("[[fs]]\ntag = \"a\"\nsocket = \"/nonexistent/x.sock\"\nread_only = true\n")
+        .unwrap_err();
+    assert!(e.contains("read_only and virtiofsd only apply"), "{e}");
+}
+
+/// The sections' own validate() looks at values only: no files, no fds, no other entries.
+#[test]
+fn section_checks_are_value_checks() {
+    let m = MachineConfig {
+        vcpus: 1,
+        memory_mib: 4096,
+    };
+    assert!(m.validate(None).is_ok());
+    assert!(matches!(
+        m.validate(Some(1024)),
+        Err(ConfigError::MemoryTooLarge { host: 1024, .. })
+    ));
+    let b = BootConfig {
+        kernel: "/nonexistent/vmlinux".into(),
+        initrd: None,
+        cmdline: DEFAULT_CMDLINE.into(),
+    };
+    assert!(b.validate().is_ok());
+    assert!(b.check_files().is_err());
+    let d = DiskConfig {
+        path: "/nonexistent/d.img".into(),
+        read_only: false,
+        id: Some("a b".into()),
+        direct_io: false,
+    };
+    let e = d.validate(1).unwrap_err();
+    assert_eq!(e.section(), Some(Section::Disk(1)));
+    assert_eq!(
+        e.detail(),
+        "id = \"a b\": use printable ASCII without spaces"
+    );
+    assert!(d
+        .check_host(1)
+        .unwrap_err()
+        .to_string()
+        .contains("no such file"));
+    let n = NetConfig {
+        tap: None,
+        fd: Some(1000),
+        mac: Some("53:54:00:12:34:56".into()),
+    };
+    // fd 1000 is not open and the MAC is multicast, but both are the whole config's checks.
+    assert!(n.validate(0).is_ok());
+    assert!(n.check_host(0).is_err());
+    let n = NetConfig { fd: Some(2), ..n };
+    assert!(n.validate(0).unwrap_err().to_string().contains("fd = 2"));
+    let v = VsockConfig {
+        guest_cid: 3,
+        socket: "/nonexistent/dir/v.sock".into(),
+    };
+    assert!(v.validate().is_ok());
+    assert!(v.check_host().is_err());
+    let f = FsConfig {
+        tag: "home".into(),
+        socket: "/nonexistent/x.sock".into(),
+        shared_dir: None,
+        read_only: true,
+        virtiofsd: None,
+    };
+    assert!(f.validate(0).is_ok());
+    assert!(f.check_host(0).is_err());
+    let c = ConsoleConfig {
+        mode: ConsoleMode::Off,
+        path: Some("/c".into()),
+    };
+    assert!(matches!(
+        c.validate(),
+        Err(ConfigError::ConsolePathWithoutFile)
+    ));
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ConfigError, VmConfig};
+use crate::ConfigError;
 
 /// Named Wayland contexts (NEW_CTX_NAMED) are named by at most 31 bytes (a 32-byte C string).
 pub const MAX_WL_NAME_LEN: usize = 31;
@@ -94,11 +94,11 @@ fn default_wl_vfds() -> u32 {
 pub const MAX_WL_BUFFER_MIB: u64 = 64 << 10;
 pub const MAX_WL_VFDS: u32 = 4096;
 
-impl VmConfig {
-    pub(crate) fn validate_wayland(&self) -> Result<(), ConfigError> {
-        let Some(w) = &self.wayland else {
-            return Ok(());
-        };
+impl WaylandConfig {
+    /// Every rule of the section (none of them looks at the host): the limits, the socket
+    /// paths' length, the VM name, the globals, the named sockets, and at least one socket.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let w = self;
         let bad = |key: String, reason: &str| ConfigError::BadWayland {
             key,
             reason: reason.to_string(),
