@@ -75,6 +75,13 @@ pub enum ConfigError {
     /// [`crate::VmConfig::to_toml`] failed (a path that is not UTF-8); the serializer's message.
     #[error("{0}")]
     Serialize(String),
+    /// A JSON body does not fit the schema (`crate::from_json`); serde_json's message.
+    #[error("{0}")]
+    Json(String),
+    /// More `[[fs]]` entries than there are virtio devices: what `PUT /vm/config` refuses
+    /// ([`crate::VmConfig::validate_values`]); a file gets [`ConfigError::TooManyDevices`].
+    #[error("{0} [[fs]] entries; qvm supports at most {MAX_VIRTIO_DEVICES} virtio devices in all")]
+    TooManyFs(usize),
 }
 
 /// The part of a config an error is about; `index` counts list entries from 0.
@@ -122,13 +129,15 @@ impl Section {
 
 impl ConfigError {
     /// The section the error is about; None for errors about the file or the config as a
-    /// whole (reading, syntax, list lengths, the device total).
+    /// whole (reading, syntax, JSON, list lengths, the device total).
     pub fn section(&self) -> Option<Section> {
         use ConfigError as E;
         match self {
             E::Read { .. }
             | E::Parse { .. }
             | E::Serialize(_)
+            | E::Json(_)
+            | E::TooManyFs(_)
             | E::TooManyDisks(_)
             | E::TooManyNets(_)
             | E::TooManyDevices(_) => None,
@@ -221,6 +230,8 @@ mod tests {
                 reason: "r".into(),
             },
             E::Serialize("s".into()),
+            E::Json("j".into()),
+            E::TooManyFs(20),
         ];
         for e in &all {
             match e {
@@ -244,7 +255,9 @@ mod tests {
                 | E::BadFs { .. }
                 | E::BadVsock { .. }
                 | E::BadWayland { .. }
-                | E::Serialize(_) => {}
+                | E::Serialize(_)
+                | E::Json(_)
+                | E::TooManyFs(_) => {}
             }
         }
         all

@@ -144,6 +144,42 @@ impl VmConfig {
         toml::to_string(self).map_err(|e| ConfigError::Serialize(e.to_string()))
     }
 
+    /// The checks `PUT /vm/config` makes: every section's own `validate()` and the list
+    /// lengths, nothing that looks at the host (files, fds, its RAM: memory is bounded by
+    /// [`MAX_MEMORY_MIB`] alone) and nothing that spans entries (duplicates, the device
+    /// total); [`VmConfig::validate`] makes those at start. The order is the API's: machine,
+    /// boot, console, list lengths, disks, nets, vsock, fs, wayland.
+    pub fn validate_values(&self) -> Result<(), ConfigError> {
+        self.machine.validate(None)?;
+        self.boot.validate()?;
+        self.console.validate()?;
+        if self.disks.len() > MAX_DISKS {
+            return Err(ConfigError::TooManyDisks(self.disks.len()));
+        }
+        if self.nets.len() > MAX_NETS {
+            return Err(ConfigError::TooManyNets(self.nets.len()));
+        }
+        if self.filesystems.len() > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyFs(self.filesystems.len()));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            d.validate(i)?;
+        }
+        for (i, n) in self.nets.iter().enumerate() {
+            n.validate(i)?;
+        }
+        if let Some(v) = &self.vsock {
+            v.validate()?;
+        }
+        for (i, f) in self.filesystems.iter().enumerate() {
+            f.validate(i)?;
+        }
+        if let Some(w) = &self.wayland {
+            w.validate()?;
+        }
+        Ok(())
+    }
+
     /// [`VmConfig::validate`] against this host's memory.
     pub fn validate_here(&self) -> Result<(), ConfigError> {
         self.validate(host_memory_mib())
@@ -190,6 +226,15 @@ impl VmConfig {
     pub fn memory_bytes(&self) -> u64 {
         self.machine.memory_mib << 20
     }
+}
+
+/// A config type (the whole [`VmConfig`] or one section) from a JSON value, as the REST API
+/// receives it. Paths are taken as they are: nothing is resolved against a base directory.
+#[cfg(feature = "json")]
+pub fn from_json<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> Result<T, ConfigError> {
+    serde_json::from_value(value).map_err(|e| ConfigError::Json(e.to_string()))
 }
 
 #[cfg(test)]
