@@ -11,6 +11,7 @@ mod error;
 pub mod fs;
 pub mod machine;
 pub mod net;
+pub mod paths;
 pub mod vsock;
 pub mod wayland;
 
@@ -33,6 +34,7 @@ pub use wayland::{
 };
 
 use machine::host_memory_mib;
+use paths::{resolve_relative, xdg_runtime_dir};
 
 /// One VM: the root of `vm.toml` and the body of `PUT /vm/config`. Each field is a section,
 /// defined (with its limits and checks) in the module of the same name.
@@ -85,11 +87,7 @@ impl VmConfig {
                 .unwrap_or(1),
             message: e.message().trim().replace('\n', " "),
         })?;
-        let resolve = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
+        let resolve = |p: &mut PathBuf| resolve_relative(p, base);
         resolve(&mut cfg.boot.kernel);
         if let Some(p) = cfg.boot.initrd.as_mut() {
             resolve(p);
@@ -104,17 +102,7 @@ impl VmConfig {
             resolve(&mut v.socket);
         }
         if let Some(w) = cfg.wayland.as_mut() {
-            let runtime = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
-            let wl_resolve = |p: &mut PathBuf| match &runtime {
-                Some(dir) if p.components().count() == 1 && p.is_relative() => *p = dir.join(&*p),
-                _ => resolve(p),
-            };
-            if let Some(s) = w.socket.as_mut() {
-                wl_resolve(s);
-            }
-            for n in &mut w.named {
-                wl_resolve(&mut n.socket);
-            }
+            w.resolve_sockets(xdg_runtime_dir().as_deref(), Some(base));
             if w.name.is_none() {
                 // vm.toml's own name labels the VM's windows (when it is a valid label).
                 w.name = name
@@ -130,6 +118,7 @@ impl VmConfig {
                 resolve(d);
             }
             if let Some(b) = f.virtiofsd.as_mut() {
+                // A bare program name is looked up on PATH, not next to the config.
                 if b.components().count() > 1 {
                     resolve(b);
                 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::paths::{resolve_bare_socket, resolve_relative};
 use crate::ConfigError;
 
 /// Named Wayland contexts (NEW_CTX_NAMED) are named by at most 31 bytes (a 32-byte C string).
@@ -95,6 +96,29 @@ pub const MAX_WL_BUFFER_MIB: u64 = 64 << 10;
 pub const MAX_WL_VFDS: u32 = 4096;
 
 impl WaylandConfig {
+    /// Makes the socket paths (`socket` and each named one) the ones that will be used: a bare
+    /// name goes in `runtime` (`$XDG_RUNTIME_DIR`) when there is one; any other relative path
+    /// (and a bare name without `runtime`) is taken relative to `base` (the config file's
+    /// directory) when there is one, else left as it is.
+    pub fn resolve_sockets(&mut self, runtime: Option<&Path>, base: Option<&Path>) {
+        let resolve = |p: &mut PathBuf| {
+            if let Some(dir) = runtime {
+                if resolve_bare_socket(p, dir) {
+                    return;
+                }
+            }
+            if let Some(base) = base {
+                resolve_relative(p, base);
+            }
+        };
+        if let Some(s) = self.socket.as_mut() {
+            resolve(s);
+        }
+        for n in &mut self.named {
+            resolve(&mut n.socket);
+        }
+    }
+
     /// Every rule of the section (none of them looks at the host): the limits, the socket
     /// paths' length, the VM name, the globals, the named sockets, and at least one socket.
     pub fn validate(&self) -> Result<(), ConfigError> {

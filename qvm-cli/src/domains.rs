@@ -24,7 +24,7 @@
 use std::path::{Path, PathBuf};
 
 use qvm_config::{
-    BootConfig, ConfigError, ConsoleConfig, DiskConfig, FsConfig, MachineConfig, NetConfig,
+    paths, BootConfig, ConfigError, ConsoleConfig, DiskConfig, FsConfig, MachineConfig, NetConfig,
     VmConfig, VsockConfig, WaylandClipboard, WaylandConfig, DEFAULT_CMDLINE, DEFAULT_WL_BUFFER_MIB,
     DEFAULT_WL_VFDS,
 };
@@ -236,11 +236,7 @@ impl Domains {
             });
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
+        let resolve = |p: &mut PathBuf| paths::resolve_relative(p, base);
         let mut vms = parsed.vm;
         let mut cids: Vec<(u64, String)> = Vec::new();
         for (i, d) in vms.iter_mut().enumerate() {
@@ -442,12 +438,14 @@ impl Domain {
     }
 }
 
-/// A bare socket name is taken in `$XDG_RUNTIME_DIR`, as `WAYLAND_DISPLAY` is.
+/// A bare socket name is taken in `$XDG_RUNTIME_DIR`, as `WAYLAND_DISPLAY` is (and as
+/// qvm-vmm takes it in a vm.toml).
 fn resolve_wl_socket(p: &Path) -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if p.is_relative() && p.components().count() == 1 => Path::new(&dir).join(p),
-        _ => p.to_path_buf(),
+    let mut p = p.to_path_buf();
+    if let Some(dir) = paths::xdg_runtime_dir() {
+        paths::resolve_bare_socket(&mut p, &dir);
     }
+    p
 }
 
 /// The text of a derived `vm.toml`.

@@ -511,27 +511,13 @@ fn config_message(e: &ConfigError) -> String {
 
 /// The VMM's `$XDG_RUNTIME_DIR`, if set and not empty.
 fn runtime_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
+    crate::config::paths::xdg_runtime_dir().filter(|d| !d.as_os_str().is_empty())
 }
 
 /// Takes bare socket names (one relative component) in `runtime`, as `VmConfig::parse` does;
-/// other paths, and all of them without `runtime`, stay as they are. Resolving twice changes
-/// nothing (a resolved path is absolute, or was left alone).
+/// other paths, and all of them without `runtime`, stay as they are (no base: see above).
 fn resolve_wayland(w: &mut WaylandConfig, runtime: Option<&Path>) {
-    let Some(dir) = runtime else { return };
-    let resolve = |p: &mut PathBuf| {
-        if p.is_relative() && p.components().count() == 1 {
-            *p = dir.join(&*p);
-        }
-    };
-    if let Some(s) = w.socket.as_mut() {
-        resolve(s);
-    }
-    for n in &mut w.named {
-        resolve(&mut n.socket);
-    }
+    w.resolve_sockets(runtime, None);
 }
 
 fn resolve_wayland_here(w: &mut WaylandConfig) {
