@@ -14,12 +14,12 @@ use qvm_api::{ApiReply, ApiRequest, Handler, Method, Route};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use crate::config::{
+use crate::control::{Command, ControlError, ControlSender};
+use qvm_config::{
     BootConfig, ConfigError, ConsoleConfig, DiskConfig, FsConfig, MachineConfig, NetConfig,
     VmConfig, VsockConfig, WaylandConfig, MAX_DISKS, MAX_DISK_ID_LEN, MAX_FS_TAG_LEN, MAX_NETS,
     MAX_VIRTIO_DEVICES,
 };
-use crate::control::{Command, ControlError, ControlSender};
 
 /// How long an API call waits for the event loop.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -386,7 +386,7 @@ impl VmmApi {
         if let Err(e) = cfg.validate_here() {
             return error(400, e);
         }
-        if let Err(e) = crate::boot::detect_format(&cfg.boot.kernel) {
+        if let Err(e) = qvm_config::boot::detect_format(&cfg.boot.kernel) {
             return error(400, e);
         }
         let Some(tx) = st.start.take() else {
@@ -487,7 +487,7 @@ fn checked_resolved<T: DeserializeOwned>(
     resolve: fn(&mut T),
     check: fn(&T) -> Result<(), String>,
 ) -> Result<T, ApiReply> {
-    let mut v: T = crate::config::from_json(required(what, body)?)
+    let mut v: T = qvm_config::from_json(required(what, body)?)
         .map_err(|e| error(400, format!("{what}: {}", config_message(&e))))?;
     resolve(&mut v);
     check(&v).map_err(|e| error(400, format!("{what}: {e}")))?;
@@ -511,7 +511,7 @@ fn config_message(e: &ConfigError) -> String {
 
 /// The VMM's `$XDG_RUNTIME_DIR`, if set and not empty.
 fn runtime_dir() -> Option<PathBuf> {
-    crate::config::paths::xdg_runtime_dir().filter(|d| !d.as_os_str().is_empty())
+    qvm_config::paths::xdg_runtime_dir().filter(|d| !d.as_os_str().is_empty())
 }
 
 /// Takes bare socket names (one relative component) in `runtime`, as `VmConfig::parse` does;
@@ -609,7 +609,7 @@ impl Handler for VmmApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{MAX_CMDLINE_LEN, MAX_WL_BUFFER_MIB, MAX_WL_NAME_LEN, MAX_WL_VFDS};
+    use qvm_config::{MAX_CMDLINE_LEN, MAX_WL_BUFFER_MIB, MAX_WL_NAME_LEN, MAX_WL_VFDS};
 
     fn body(v: Value) -> Option<Value> {
         Some(v)

@@ -17,9 +17,9 @@ use linux_loader::loader::KernelLoader;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use params::{BootInfo, InitrdInfo};
-/// The kernel-format check is a config check (the jailer makes it too), so it lives in
-/// qvm-config; re-exported here, where the loader uses it.
-pub use qvm_config::boot::{detect_format, KernelFormat, KernelFormatError};
+// The kernel-format check is a config check (the jailer makes it too), so it lives in
+// qvm-config; the loader makes it again before loading.
+use qvm_config::boot::{detect_format, KernelFormat, KernelFormatError};
 pub use regs::EntryMode;
 
 #[derive(Debug, thiserror::Error)]
