@@ -31,6 +31,8 @@ check() {
 echo "== cargo fmt / clippy"
 check fmt cargo fmt --all -- --check
 check clippy cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== dependency hygiene"
+check deps scripts/check-deps.sh
 
 secs=${QVM_FUZZ_SECS:-30}
 # A fixed seed makes the gate replay the same mutations on every run (from the same committed
@@ -40,11 +42,10 @@ seed=${QVM_FUZZ_SEED:-20261127}
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain take them. A crash
 # makes cargo fuzz exit non-zero and leaves the input in devices/fuzz/artifacts/. A target starts
 # from corpus/<target> (its committed seed-* inputs) and replays regressions/<target>/ if there
-# is one. vm_config_toml needs the qvm-vmm crate (--features vmm: a few minutes' build, once).
+# is one.
 fuzz() {
     local target=$1 fuzzlog args
     args=("$target")
-    if [ "$target" = vm_config_toml ]; then args=(--features vmm "$target"); fi
     if [ -d "devices/fuzz/regressions/$target" ]; then
         mkdir -p "devices/fuzz/corpus/$target"
         args+=("corpus/$target" "regressions/$target")

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use qvm_vmm::config::ConfigError;
+use qvm_config::ConfigError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {

@@ -1,7 +1,7 @@
 //! Argument parsing and the limits a VM gets: `--id`, `--memory-max`, `--pids-max`,
 //! `--cpu-max`, `--rlimit-nofile`, with their defaults derived from the VM's config.
 
-use qvm_vmm::config::VmConfig;
+use qvm_config::VmConfig;
 
 use crate::error::JailError;
 

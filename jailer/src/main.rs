@@ -11,12 +11,12 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use clap::Parser;
+use qvm_config::VmConfig;
 use qvm_jailer::cgroup::{Cgroup, Limits};
 use qvm_jailer::jail::{self, Rlimits};
 use qvm_jailer::limits;
 use qvm_jailer::paths::{self, Plan};
 use qvm_jailer::JailError;
-use qvm_vmm::config::VmConfig;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -121,7 +121,7 @@ fn check(cli: Cli) -> Result<Checked, JailError> {
         reason: e.to_string(),
     })?;
     let cfg = VmConfig::from_file(&config)?;
-    qvm_vmm::boot::detect_format(&cfg.boot.kernel).map_err(|e| JailError::BadPath {
+    qvm_config::boot::detect_format(&cfg.boot.kernel).map_err(|e| JailError::BadPath {
         what: "[boot] kernel".into(),
         path: cfg.boot.kernel.clone(),
         reason: e.to_string(),

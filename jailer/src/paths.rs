@@ -13,7 +13,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-use qvm_vmm::config::{ConsoleMode, VmConfig};
+use qvm_config::{ConsoleMode, VmConfig};
 
 use crate::error::JailError;
 

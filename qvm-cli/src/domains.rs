@@ -23,9 +23,10 @@
 
 use std::path::{Path, PathBuf};
 
-use qvm_vmm::config::{
-    BootConfig, ConfigError, ConsoleConfig, DiskConfig, FsConfig, MachineConfig, NetConfig,
-    VmConfig, VsockConfig, WaylandClipboard, WaylandConfig, DEFAULT_CMDLINE,
+use qvm_config::{
+    paths, BootConfig, ConfigError, ConsoleConfig, DiskConfig, FsConfig, MachineConfig, NetConfig,
+    VmConfig, VsockConfig, WaylandClipboard, WaylandConfig, DEFAULT_CMDLINE, DEFAULT_WL_BUFFER_MIB,
+    DEFAULT_WL_VFDS,
 };
 use serde::Deserialize;
 
@@ -235,11 +236,7 @@ impl Domains {
             });
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
+        let resolve = |p: &mut PathBuf| paths::resolve_relative(p, base);
         let mut vms = parsed.vm;
         let mut cids: Vec<(u64, String)> = Vec::new();
         for (i, d) in vms.iter_mut().enumerate() {
@@ -416,8 +413,8 @@ impl Domain {
             wayland: self.wayland.as_ref().map(|w| WaylandConfig {
                 socket: Some(resolve_wl_socket(&w.socket)),
                 named: Vec::new(),
-                max_buffer_mib: 512,
-                max_vfds: 256,
+                max_buffer_mib: DEFAULT_WL_BUFFER_MIB,
+                max_vfds: DEFAULT_WL_VFDS,
                 name: Some(self.name.clone()),
                 allow_globals: w.allow_globals.clone(),
                 clipboard: w.clipboard,
@@ -441,16 +438,20 @@ impl Domain {
     }
 }
 
-/// A bare socket name is taken in `$XDG_RUNTIME_DIR`, as `WAYLAND_DISPLAY` is.
+/// A bare socket name is taken in `$XDG_RUNTIME_DIR`, as `WAYLAND_DISPLAY` is (and as
+/// qvm-vmm takes it in a vm.toml).
 fn resolve_wl_socket(p: &Path) -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if p.is_relative() && p.components().count() == 1 => Path::new(&dir).join(p),
-        _ => p.to_path_buf(),
+    let mut p = p.to_path_buf();
+    if let Some(dir) = paths::xdg_runtime_dir() {
+        paths::resolve_bare_socket(&mut p, &dir);
     }
+    p
 }
 
 /// The text of a derived `vm.toml`.
 pub fn to_toml(cfg: &VmConfig) -> String {
-    let body = toml::to_string(cfg).unwrap_or_else(|e| format!("# cannot serialize: {e}\n"));
+    let body = cfg
+        .to_toml()
+        .unwrap_or_else(|e| format!("# cannot serialize: {e}\n"));
     format!("# Derived by `qvm` from the domains file; edit that file, not this one.\n{body}")
 }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use qvm_vmm::config::VmConfig;
+use qvm_config::VmConfig;
 
 use crate::domains::{valid_name, Domains, DomainsError, APPS_DISK_ID, APPS_HOME_TAG};
 use crate::runtime::VmPaths;

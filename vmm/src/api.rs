@@ -14,14 +14,12 @@ use qvm_api::{ApiReply, ApiRequest, Handler, Method, Route};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use crate::config::{
-    valid_wl_global, valid_wl_vm_name, BootConfig, ConsoleConfig, ConsoleMode, DiskConfig,
-    FsConfig, MachineConfig, NetConfig, VmConfig, VsockConfig, WaylandConfig, MAX_CMDLINE_LEN,
-    MAX_DISKS, MAX_DISK_ID_LEN, MAX_FS_TAG_LEN, MAX_MEMORY_MIB, MAX_NETS, MAX_TAP_NAME_LEN,
-    MAX_VCPUS, MAX_VIRTIO_DEVICES, MAX_WL_BUFFER_MIB, MAX_WL_GLOBAL_LEN, MAX_WL_NAME_LEN,
-    MAX_WL_VFDS, MIN_MEMORY_MIB,
-};
 use crate::control::{Command, ControlError, ControlSender};
+use qvm_config::{
+    BootConfig, ConfigError, ConsoleConfig, DiskConfig, FsConfig, MachineConfig, NetConfig,
+    VmConfig, VsockConfig, WaylandConfig, MAX_DISKS, MAX_DISK_ID_LEN, MAX_FS_TAG_LEN, MAX_NETS,
+    MAX_VIRTIO_DEVICES,
+};
 
 /// How long an API call waits for the event loop.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -171,9 +169,13 @@ fn error(status: u16, msg: impl std::fmt::Display) -> ApiReply {
     reply(status, json!({ "error": msg.to_string() }))
 }
 
+/// The body, or a 400 that names `what`.
+fn required(what: &str, body: Option<Value>) -> Result<Value, ApiReply> {
+    body.ok_or_else(|| error(400, format!("{what}: a JSON body is required")))
+}
+
 fn parse<T: DeserializeOwned>(what: &str, body: Option<Value>) -> Result<T, ApiReply> {
-    let body = body.ok_or_else(|| error(400, format!("{what}: a JSON body is required")))?;
-    serde_json::from_value(body).map_err(|e| error(400, format!("{what}: {e}")))
+    serde_json::from_value(required(what, body)?).map_err(|e| error(400, format!("{what}: {e}")))
 }
 
 fn control_error(e: ControlError) -> ApiReply {
@@ -384,7 +386,7 @@ impl VmmApi {
         if let Err(e) = cfg.validate_here() {
             return error(400, e);
         }
-        if let Err(e) = crate::boot::detect_format(&cfg.boot.kernel) {
+        if let Err(e) = qvm_config::boot::detect_format(&cfg.boot.kernel) {
             return error(400, e);
         }
         let Some(tx) = st.start.take() else {
@@ -461,10 +463,12 @@ fn upsert_within<T>(
     Ok(())
 }
 
-// Checks of values alone, made on PUT: the constraints api/openapi.yaml's schemas state, so that
-// a draft (and GET /vm) never holds a value the document rules out. What needs the host (files,
-// tap devices, inherited fds, its RAM) and what spans entries (duplicates, the device total) is
-// checked at start, by VmConfig::validate.
+// Checks of values alone, made on PUT: each section's own validate() in qvm-config (the
+// constraints api/openapi.yaml's schemas state), so that a draft (and GET /vm) never holds a
+// value the document rules out. What needs the host (files, tap devices, inherited fds, its RAM)
+// and what spans entries (duplicates, the device total) is checked at start, by
+// VmConfig::validate. A ConfigError is a 400 whose body names the resource, then says what
+// vm.toml would say without its section header (ConfigError::detail).
 
 /// Parses a body and checks its values; either failure is a 400 that names `what`.
 fn checked<T: DeserializeOwned>(
@@ -483,10 +487,20 @@ fn checked_resolved<T: DeserializeOwned>(
     resolve: fn(&mut T),
     check: fn(&T) -> Result<(), String>,
 ) -> Result<T, ApiReply> {
-    let mut v = parse::<T>(what, body)?;
+    let mut v: T = qvm_config::from_json(required(what, body)?)
+        .map_err(|e| error(400, format!("{what}: {}", config_message(&e))))?;
     resolve(&mut v);
     check(&v).map_err(|e| error(400, format!("{what}: {e}")))?;
     Ok(v)
+}
+
+/// A whole config's error as PUT /vm/config words it: `wayland: max_vfds = 0: ...`,
+/// `disk #2: id = ...`, or the message itself when no one section is at fault.
+fn config_message(e: &ConfigError) -> String {
+    match e.section() {
+        Some(s) => format!("{}: {}", s.api_name(), e.detail()),
+        None => e.to_string(),
+    }
 }
 
 // Paths in bodies are used as the VMM process sees them (relative ones from its working
@@ -497,27 +511,13 @@ fn checked_resolved<T: DeserializeOwned>(
 
 /// The VMM's `$XDG_RUNTIME_DIR`, if set and not empty.
 fn runtime_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
+    qvm_config::paths::xdg_runtime_dir().filter(|d| !d.as_os_str().is_empty())
 }
 
 /// Takes bare socket names (one relative component) in `runtime`, as `VmConfig::parse` does;
-/// other paths, and all of them without `runtime`, stay as they are. Resolving twice changes
-/// nothing (a resolved path is absolute, or was left alone).
+/// other paths, and all of them without `runtime`, stay as they are (no base: see above).
 fn resolve_wayland(w: &mut WaylandConfig, runtime: Option<&Path>) {
-    let Some(dir) = runtime else { return };
-    let resolve = |p: &mut PathBuf| {
-        if p.is_relative() && p.components().count() == 1 {
-            *p = dir.join(&*p);
-        }
-    };
-    if let Some(s) = w.socket.as_mut() {
-        resolve(s);
-    }
-    for n in &mut w.named {
-        resolve(&mut n.socket);
-    }
+    w.resolve_sockets(runtime, None);
 }
 
 fn resolve_wayland_here(w: &mut WaylandConfig) {
@@ -530,215 +530,43 @@ fn resolve_config(c: &mut VmConfig) {
     }
 }
 
+// One line each: the PUT of one resource checks that section's values; list entries are
+// numbered by the path's id, not by position, so their header ("[[disk]] #1 ") is dropped.
+
 fn check_config(c: &VmConfig) -> Result<(), String> {
-    check_machine(&c.machine).map_err(|e| format!("machine: {e}"))?;
-    check_boot(&c.boot).map_err(|e| format!("boot: {e}"))?;
-    check_console(&c.console).map_err(|e| format!("console: {e}"))?;
-    let most = |n: usize, max: usize, key: &str| match n > max {
-        true => Err(format!("{n} {key} entries; a VM takes at most {max}")),
-        false => Ok(()),
-    };
-    most(c.disks.len(), MAX_DISKS, "disk")?;
-    most(c.nets.len(), MAX_NETS, "net")?;
-    most(c.filesystems.len(), MAX_VIRTIO_DEVICES, "fs")?;
-    for (i, d) in c.disks.iter().enumerate() {
-        check_disk(d).map_err(|e| format!("disk #{}: {e}", i + 1))?;
-    }
-    for (i, n) in c.nets.iter().enumerate() {
-        check_net(n).map_err(|e| format!("net #{}: {e}", i + 1))?;
-    }
-    if let Some(v) = &c.vsock {
-        check_vsock(v).map_err(|e| format!("vsock: {e}"))?;
-    }
-    for (i, f) in c.filesystems.iter().enumerate() {
-        check_fs(f).map_err(|e| format!("fs #{}: {e}", i + 1))?;
-    }
-    if let Some(w) = &c.wayland {
-        check_wayland(w).map_err(|e| format!("wayland: {e}"))?;
-    }
-    Ok(())
+    c.validate_values().map_err(|e| config_message(&e))
 }
 
 fn check_machine(m: &MachineConfig) -> Result<(), String> {
-    if !(1..=u64::from(MAX_VCPUS)).contains(&m.vcpus) {
-        return Err(format!("vcpus = {}: use 1 to {MAX_VCPUS}", m.vcpus));
-    }
-    if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&m.memory_mib) {
-        return Err(format!(
-            "memory_mib = {}: use {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} (and no more than the host has)",
-            m.memory_mib
-        ));
-    }
-    Ok(())
+    m.validate(None).map_err(|e| e.detail())
 }
 
 fn check_boot(b: &BootConfig) -> Result<(), String> {
-    if b.cmdline.len() >= MAX_CMDLINE_LEN {
-        return Err(format!(
-            "cmdline is {} bytes; Linux takes at most {}, shorten it",
-            b.cmdline.len(),
-            MAX_CMDLINE_LEN - 1
-        ));
-    }
-    if !b.cmdline.bytes().all(|c| c.is_ascii() && c != 0) {
-        return Err("cmdline contains a NUL or non-ASCII character; use plain ASCII".into());
-    }
-    Ok(())
+    b.validate().map_err(|e| e.detail())
 }
 
 fn check_console(c: &ConsoleConfig) -> Result<(), String> {
-    match (c.mode, &c.path) {
-        (ConsoleMode::File, None) => {
-            Err("mode \"file\" needs a path for the guest's output".into())
-        }
-        (ConsoleMode::Stdio | ConsoleMode::Off, Some(_)) => {
-            Err("path is only used with mode \"file\"; drop it or set mode \"file\"".into())
-        }
-        _ => Ok(()),
-    }
+    c.validate().map_err(|e| e.detail())
 }
 
 fn check_disk(d: &DiskConfig) -> Result<(), String> {
-    match &d.id {
-        Some(id) if id.len() > MAX_DISK_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) => {
-            Err(format!(
-                "id = {id:?}: use at most {MAX_DISK_ID_LEN} bytes of printable ASCII without spaces"
-            ))
-        }
-        _ => Ok(()),
-    }
+    d.validate(0).map_err(|e| e.detail())
 }
 
 fn check_net(n: &NetConfig) -> Result<(), String> {
-    match (&n.tap, n.fd) {
-        (Some(_), Some(_)) | (None, None) => {
-            return Err(
-                "set exactly one of tap (a tap device's name) or fd (an inherited tap descriptor)"
-                    .into(),
-            )
-        }
-        (Some(tap), None) => {
-            if tap.is_empty()
-                || tap.len() > MAX_TAP_NAME_LEN
-                || !tap
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            {
-                return Err(format!(
-                    "tap = {tap:?}: not an interface name (1-{MAX_TAP_NAME_LEN} letters, digits, '-', '_' or '.')"
-                ));
-            }
-        }
-        (None, Some(fd)) if fd < 3 => {
-            return Err(format!("fd = {fd}: use an inherited descriptor, 3 or more"))
-        }
-        (None, Some(_)) => {}
-    }
-    if let Some(mac) = &n.mac {
-        let bytes: Vec<Option<u8>> = mac
-            .split(':')
-            .map(|p| match p.len() {
-                2 => u8::from_str_radix(p, 16).ok(),
-                _ => None,
-            })
-            .collect();
-        if bytes.len() != 6 || bytes.iter().any(Option::is_none) {
-            return Err(format!(
-                "mac = {mac:?}: not a MAC address like 52:54:00:12:34:56"
-            ));
-        }
-    }
-    Ok(())
+    n.validate(0).map_err(|e| e.detail())
 }
 
 fn check_vsock(v: &VsockConfig) -> Result<(), String> {
-    if v.guest_cid < 3 || v.guest_cid >= u64::from(u32::MAX) {
-        return Err(format!(
-            "guest_cid = {}: CIDs 0-2 and 4294967295 are reserved; use 3 to 4294967294",
-            v.guest_cid
-        ));
-    }
-    // sockaddr_un.sun_path is 108 bytes; guest->host sockets add "_<port>" (up to 11).
-    if v.socket.as_os_str().len() > 96 {
-        return Err(format!(
-            "socket = {:?}: too long for a unix socket path (at most 96 bytes); use a shorter path",
-            v.socket
-        ));
-    }
-    Ok(())
+    v.validate().map_err(|e| e.detail())
 }
 
 fn check_fs(f: &FsConfig) -> Result<(), String> {
-    if f.tag.is_empty() || f.tag.len() > MAX_FS_TAG_LEN || f.tag.contains('\0') {
-        return Err(format!(
-            "tag = {:?}: use 1 to {MAX_FS_TAG_LEN} bytes (it is what the guest mounts)",
-            f.tag
-        ));
-    }
-    Ok(())
+    f.validate(0).map_err(|e| e.detail())
 }
 
-/// The value checks of `VmConfig::validate_wayland` (all of them: it looks at no files).
 fn check_wayland(w: &WaylandConfig) -> Result<(), String> {
-    if !(1..=MAX_WL_BUFFER_MIB).contains(&w.max_buffer_mib) {
-        return Err(format!(
-            "max_buffer_mib = {}: use 1 to {MAX_WL_BUFFER_MIB}",
-            w.max_buffer_mib
-        ));
-    }
-    if !(1..=MAX_WL_VFDS).contains(&w.max_vfds) {
-        return Err(format!("max_vfds = {}: use 1 to {MAX_WL_VFDS}", w.max_vfds));
-    }
-    // sockaddr_un.sun_path is 108 bytes with the NUL.
-    let check_socket = |key: String, p: &Path| match p.as_os_str().len() > 107 {
-        true => Err(format!(
-            "{key}: too long for a unix socket path (at most 107 bytes); use a shorter path"
-        )),
-        false => Ok(()),
-    };
-    if let Some(s) = &w.socket {
-        check_socket(format!("socket = {s:?}"), s)?;
-    }
-    for (i, n) in w.named.iter().enumerate() {
-        let key = format!("named #{} name = {:?}", i + 1, n.name);
-        if n.name.is_empty()
-            || n.name.len() > MAX_WL_NAME_LEN
-            || !n.name.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(format!(
-                "{key}: use 1 to {MAX_WL_NAME_LEN} bytes of printable ASCII without spaces"
-            ));
-        }
-        if w.named[..i].iter().any(|o| o.name == n.name) {
-            return Err(format!(
-                "{key}: named twice; each named socket needs its own name"
-            ));
-        }
-        check_socket(
-            format!("named #{} socket = {:?}", i + 1, n.socket),
-            &n.socket,
-        )?;
-    }
-    if let Some(n) = &w.name {
-        if !valid_wl_vm_name(n) {
-            return Err(format!(
-                "name = {n:?}: use 1 to 32 printable characters without ']'"
-            ));
-        }
-    }
-    for g in &w.allow_globals {
-        if !valid_wl_global(g) {
-            return Err(format!(
-                "allow_globals = [{g:?}]: not a Wayland interface name (letters, digits and _, at most {MAX_WL_GLOBAL_LEN})"
-            ));
-        }
-    }
-    if w.socket.is_none() && w.named.is_empty() {
-        return Err(
-            "no compositor socket: set socket (e.g. \"wayland-0\") or give named entries".into(),
-        );
-    }
-    Ok(())
+    w.validate().map_err(|e| e.detail())
 }
 
 fn found(yes: bool, what: &str, id: &str) -> Result<(), ApiReply> {
@@ -781,6 +609,7 @@ impl Handler for VmmApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qvm_config::{MAX_CMDLINE_LEN, MAX_WL_BUFFER_MIB, MAX_WL_NAME_LEN, MAX_WL_VFDS};
 
     fn body(v: Value) -> Option<Value> {
         Some(v)
@@ -861,6 +690,42 @@ mod tests {
         let disks: Vec<Value> = (0..17).map(|i| json!({"path": format!("/d{i}")})).collect();
         let cfg = json!({"machine": {"memory_mib": 64}, "boot": {"kernel": "/k"}, "disk": disks});
         assert!(checked("config", body(cfg), check_config).is_err());
+    }
+
+    /// A refused PUT says what vm.toml would say, after the API's name for the section.
+    #[test]
+    fn put_errors_use_the_config_file_wording() {
+        let msg = |r: Result<MachineConfig, ApiReply>| r.unwrap_err().body["error"].to_string();
+        assert_eq!(
+            msg(checked(
+                "machine",
+                body(json!({"vcpus": 0, "memory_mib": 64})),
+                check_machine
+            )),
+            json!("machine: vcpus = 0: a VM needs at least one vCPU; set vcpus = 1 or more")
+                .to_string()
+        );
+        let cfg = json!({"machine": {"memory_mib": 64}, "boot": {"kernel": "/k"},
+                         "disk": [{"path": "/a"}, {"path": "/b", "id": "a b"}]});
+        let r = checked("config", body(cfg), check_config).unwrap_err();
+        assert_eq!(
+            r.body["error"],
+            "config: disk #2: id = \"a b\": use printable ASCII without spaces"
+        );
+        // A body that does not parse keeps serde's message.
+        let r = checked("machine", body(json!({"memory_mib": "x"})), check_machine).unwrap_err();
+        assert_eq!(
+            r.body["error"],
+            "machine: invalid type: string \"x\", expected u64"
+        );
+        // A list longer than the API takes, in vm.toml's words.
+        let disks: Vec<Value> = (0..17).map(|i| json!({"path": format!("/d{i}")})).collect();
+        let cfg = json!({"machine": {"memory_mib": 64}, "boot": {"kernel": "/k"}, "disk": disks});
+        let r = checked("config", body(cfg), check_config).unwrap_err();
+        assert_eq!(
+            r.body["error"],
+            "config: 17 [[disk]] entries; qvm supports at most 16"
+        );
     }
 
     fn wl(v: Value) -> WaylandConfig {

@@ -1,8 +1,8 @@
-//! qvm's KVM monitor: one VM per process, built from a `vm.toml`.
+//! qvm's KVM monitor: one VM per process, built from a `vm.toml` (read and checked by the
+//! `qvm-config` crate).
 
 pub mod api;
 pub mod boot;
-pub mod config;
 pub mod console;
 pub mod control;
 pub mod landlock;

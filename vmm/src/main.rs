@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use qvm_api::{client, ApiServer, Method, ServerConfig};
+use qvm_config::VmConfig;
 use qvm_devices::GuestExit;
 use qvm_vmm::api::VmmApi;
-use qvm_vmm::config::VmConfig;
 use qvm_vmm::control;
 use qvm_vmm::landlock::{self, LandlockMode};
 use qvm_vmm::seccomp::{self, SeccompLevel, ThreadKind};
@@ -254,7 +254,7 @@ fn load(path: &std::path::Path) -> Result<VmConfig, ExitCode> {
         ExitCode::from(2)
     })?;
     // A wrong kernel file is a config mistake: say so before touching KVM.
-    if let Err(e) = qvm_vmm::boot::detect_format(&cfg.boot.kernel) {
+    if let Err(e) = qvm_config::boot::detect_format(&cfg.boot.kernel) {
         eprintln!("qvm-vmm: error: {e}");
         return Err(ExitCode::from(2));
     }

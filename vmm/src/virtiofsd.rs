@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::FsConfig;
+use qvm_config::FsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VirtiofsdError {

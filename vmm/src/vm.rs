@@ -26,10 +26,10 @@ use vm_memory::{
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, acpi, layout, regs, Entry, EntryMode};
-use crate::config::{ConsoleMode, VmConfig};
 use crate::console::{ConsoleInput, RawTerminal, StopCause, StopWatcher};
 use crate::control::{ControlChannel, Controller};
 use crate::vcpu::{self, ExitCounters, PauseGate, VcpuShared};
+use qvm_config::{ConsoleMode, VmConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -55,7 +55,7 @@ pub enum VmError {
     #[error(
         "[boot] cmdline with acpi=off needs {len} bytes once the {devices} virtio_mmio.device= \
          entries are added; Linux takes at most {max}: shorten it or drop acpi=off",
-        max = crate::config::MAX_CMDLINE_LEN - 1
+        max = qvm_config::MAX_CMDLINE_LEN - 1
     )]
     CmdlineWithDevices { len: usize, devices: usize },
     #[error("[[net]] #{0}: {1}")]
@@ -245,7 +245,7 @@ fn virtio_devices(cfg: &VmConfig, kvm: &Kvm, vm: &Arc<VmFd>) -> Result<Vec<Named
 /// The virtio-wl device, its buffers mapped by KVM memory slots in a window above RAM.
 fn wayland_device(
     cfg: &VmConfig,
-    w: &crate::config::WaylandConfig,
+    w: &qvm_config::WaylandConfig,
     kvm: &Kvm,
     vm: &Arc<VmFd>,
 ) -> Result<Box<dyn VirtioDevice>, VmError> {
@@ -279,11 +279,11 @@ fn wayland_device(
                 name: w
                     .name
                     .clone()
-                    .unwrap_or_else(|| crate::config::DEFAULT_WL_VM_NAME.into()),
+                    .unwrap_or_else(|| qvm_config::DEFAULT_WL_VM_NAME.into()),
                 allow_globals: w.allow_globals.clone(),
                 clipboard: match w.clipboard {
-                    crate::config::WaylandClipboard::Gated => qvm_virtio_wl::Clipboard::Gated,
-                    crate::config::WaylandClipboard::Open => qvm_virtio_wl::Clipboard::Open,
+                    qvm_config::WaylandClipboard::Gated => qvm_virtio_wl::Clipboard::Gated,
+                    qvm_config::WaylandClipboard::Open => qvm_virtio_wl::Clipboard::Open,
                 },
                 paste: qvm_virtio_wl::PasteGate::default(),
             }),
@@ -398,7 +398,7 @@ fn guest_cmdline(user: &str, virtio_devices: usize) -> Result<String, VmError> {
         Some(at) => format!("{} {devices}{}", &user[..at], &user[at..]),
         None => format!("{} {devices}", user.trim_end()),
     };
-    if full.len() >= crate::config::MAX_CMDLINE_LEN {
+    if full.len() >= qvm_config::MAX_CMDLINE_LEN {
         return Err(VmError::CmdlineWithDevices {
             len: full.len(),
             devices: virtio_devices,
@@ -722,5 +722,38 @@ mod tests {
         let e = guest_cmdline(&long, 16).unwrap_err();
         assert!(e.is_config_error());
         assert!(e.to_string().contains("drop acpi=off"), "{e}");
+    }
+
+    /// qvm-config keeps its own copy of the Wayland VM-name rule (so it needs no device crate);
+    /// the device's rule and the config's must accept the same names.
+    #[test]
+    fn config_and_device_agree_on_wayland_vm_names() {
+        let e32 = "\u{e9}".repeat(32);
+        let e33 = "\u{e9}".repeat(33);
+        let x32 = "x".repeat(32);
+        let x33 = "x".repeat(33);
+        for name in [
+            "",
+            "vm",
+            "work vm",
+            "a]b",
+            "]",
+            "[a",
+            "a\nb",
+            "tab\t",
+            "\u{7f}",
+            "\u{85}",
+            &x32,
+            &x33,
+            &e32,
+            &e33,
+            "\u{1f600}",
+        ] {
+            assert_eq!(
+                qvm_config::valid_wl_vm_name(name),
+                qvm_virtio_wl::WlPolicy::valid_name(name),
+                "{name:?}"
+            );
+        }
     }
 }

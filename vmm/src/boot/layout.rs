@@ -189,7 +189,7 @@ mod slot_tests {
     fn virtio_slots_stay_in_the_gap_and_below_the_ioapic_pins() {
         let (a0, g0) = virtio_mmio_slot(0);
         assert_eq!((a0, g0), (0xd000_0000, 5));
-        let (a, g) = virtio_mmio_slot(crate::config::MAX_VIRTIO_DEVICES - 1);
+        let (a, g) = virtio_mmio_slot(qvm_config::MAX_VIRTIO_DEVICES - 1);
         assert!(a + VIRTIO_MMIO_SIZE <= u64::from(IOAPIC_ADDR));
         assert!(a >= MMIO_GAP_START);
         assert!(g < 24);

@@ -8,7 +8,7 @@ pub mod params;
 pub mod regs;
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bzimage::BzImage;
@@ -17,14 +17,18 @@ use linux_loader::loader::KernelLoader;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use params::{BootInfo, InitrdInfo};
+// The kernel-format check is a config check (the jailer makes it too), so it lives in
+// qvm-config; the loader makes it again before loading.
+use qvm_config::boot::{detect_format, KernelFormat, KernelFormatError};
 pub use regs::EntryMode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     #[error("[boot] kernel = {0:?}: cannot read it: {1}")]
     ReadKernel(PathBuf, std::io::Error),
-    #[error("[boot] kernel = {0:?}: neither an ELF vmlinux nor a bzImage; point it at arch/x86/boot/bzImage or vmlinux")]
-    NotAKernel(PathBuf),
+    /// `[boot] kernel` cannot be read or is not an ELF vmlinux or a bzImage.
+    #[error(transparent)]
+    Kernel(#[from] KernelFormatError),
     #[error(
         "[boot] kernel = {path:?}: cannot load it ({reason}); is memory_mib large enough for it?"
     )]
@@ -58,37 +62,6 @@ pub enum BootError {
 pub struct Entry {
     pub mode: EntryMode,
     pub addr: u64,
-}
-
-/// What the kernel image is, judged by its magic numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KernelFormat {
-    Elf,
-    BzImage,
-}
-
-pub fn detect_format(path: &Path) -> Result<KernelFormat, BootError> {
-    let mut f = File::open(path).map_err(|e| BootError::ReadKernel(path.into(), e))?;
-    let mut head = [0u8; 0x206];
-    let n = read_up_to(&mut f, &mut head).map_err(|e| BootError::ReadKernel(path.into(), e))?;
-    if n >= 4 && &head[..4] == b"\x7fELF" {
-        Ok(KernelFormat::Elf)
-    } else if n >= 0x206 && &head[0x202..0x206] == b"HdrS" {
-        Ok(KernelFormat::BzImage)
-    } else {
-        Err(BootError::NotAKernel(path.into()))
-    }
-}
-
-fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 pub struct BootSpec<'a> {
