@@ -24,10 +24,15 @@ pub enum ConfigError {
     },
     #[error("[machine] memory_mib = {0}: too small, a guest needs at least {MIN_MEMORY_MIB}; set memory_mib = {MIN_MEMORY_MIB} or more")]
     MemoryTooSmall(u64),
-    #[error(
-        "[machine] memory_mib = {got}: more than this host's {host} MiB of RAM; lower memory_mib"
-    )]
-    MemoryTooLarge { got: u64, host: u64 },
+    #[error("[machine] memory_mib = {got}: more than {}; lower memory_mib", memory_bound(*.host, *.of_host))]
+    MemoryTooLarge {
+        got: u64,
+        /// The bound in MiB: this host's RAM, or qvm's own limit ([`crate::MAX_MEMORY_MIB`]).
+        host: u64,
+        /// Whether `host` is this host's RAM (the API, which does not look at the host, and
+        /// hosts with more RAM than qvm supports are bounded by qvm's limit instead).
+        of_host: bool,
+    },
     #[error("[machine] vcpus = 0: a VM needs at least one vCPU; set vcpus = 1 or more")]
     NoVcpus,
     #[error("[machine] vcpus = {got}: more than the {max} vCPUs qvm supports; lower vcpus")]
@@ -38,7 +43,7 @@ pub enum ConfigError {
         path: PathBuf,
         reason: String,
     },
-    #[error("[boot] cmdline is {0} bytes; Linux takes at most {MAX_CMDLINE_LEN}, shorten it")]
+    #[error("[boot] cmdline is {0} bytes; Linux takes at most {max}, shorten it", max = MAX_CMDLINE_LEN - 1)]
     CmdlineTooLong(usize),
     #[error("[boot] cmdline contains a NUL or non-ASCII character; use plain ASCII")]
     CmdlineNotAscii,
@@ -169,6 +174,15 @@ impl ConfigError {
     }
 }
 
+/// What bounds guest memory, for [`ConfigError::MemoryTooLarge`].
+fn memory_bound(mib: u64, of_host: bool) -> String {
+    if of_host {
+        format!("this host's {mib} MiB of RAM")
+    } else {
+        format!("the {mib} MiB qvm supports")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,7 +202,11 @@ mod tests {
                 message: "unknown field".into(),
             },
             E::MemoryTooSmall(8),
-            E::MemoryTooLarge { got: 9, host: 8 },
+            E::MemoryTooLarge {
+                got: 9,
+                host: 8,
+                of_host: true,
+            },
             E::NoVcpus,
             E::TooManyVcpus { got: 300, max: 254 },
             E::BadFile {

@@ -39,11 +39,15 @@ impl MachineConfig {
         if self.memory_mib < MIN_MEMORY_MIB {
             return Err(ConfigError::MemoryTooSmall(self.memory_mib));
         }
-        let host = host_mib.map_or(MAX_MEMORY_MIB, |h| h.min(MAX_MEMORY_MIB));
+        let (host, of_host) = match host_mib {
+            Some(h) if h <= MAX_MEMORY_MIB => (h, true),
+            _ => (MAX_MEMORY_MIB, false),
+        };
         if self.memory_mib > host {
             return Err(ConfigError::MemoryTooLarge {
                 got: self.memory_mib,
                 host,
+                of_host,
             });
         }
         Ok(())

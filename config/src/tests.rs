@@ -261,3 +261,24 @@ fn section_checks_are_value_checks() {
         Err(ConfigError::ConsolePathWithoutFile)
     ));
 }
+
+#[test]
+fn limits_are_named_for_what_they_are() {
+    // The cmdline limit leaves room for the terminating NUL: 2047 bytes pass, 2048 do not,
+    // and the message names the largest that passes.
+    let mut c = parse("[machine]\nmemory_mib = 128\n[boot]\nkernel = \"/bin/sh\"\n").unwrap();
+    c.boot.cmdline = "x".repeat(MAX_CMDLINE_LEN - 1);
+    c.validate(Some(1024)).unwrap();
+    c.boot.cmdline.push('x');
+    let e = c.validate(Some(1024)).unwrap_err().to_string();
+    assert!(e.contains("Linux takes at most 2047,"), "{e}");
+    // Above qvm's own limit, without knowing the host (the API): not "this host's RAM".
+    let m = MachineConfig {
+        vcpus: 1,
+        memory_mib: MAX_MEMORY_MIB + 1,
+    };
+    let e = m.validate(None).unwrap_err().to_string();
+    assert!(e.contains("more than the 1048576 MiB qvm supports"), "{e}");
+    let e = m.validate(Some(4096)).unwrap_err().to_string();
+    assert!(e.contains("more than this host's 4096 MiB of RAM"), "{e}");
+}
