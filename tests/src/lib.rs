@@ -2,4 +2,5 @@
 pub mod fixtures;
 pub mod lab;
 pub mod util;
+pub mod vm;
 pub mod wayland;

@@ -7,11 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use qvm_tests::fixtures::{
-    debian_rootfs, disk_toml, guest_initramfs, guest_kernel, script_disk, vm_toml, vmm_binary,
-};
+use qvm_tests::fixtures::{debian_rootfs, vmm_binary};
 use qvm_tests::lab;
-use qvm_tests::util::{field, share_dir, vmm_apart};
+use qvm_tests::util::{field, vmm_apart};
+use qvm_tests::vm::ScriptVm;
 
 const TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -61,30 +60,17 @@ wait $w
 
 #[test]
 fn weston_terminal_and_zenity_run_in_the_debian_image() {
-    let d = share_dir("debian");
-    let image = debian_rootfs();
-    let script_img = d.join("script.img");
-    script_disk(
-        &script_img,
+    let cfg = ScriptVm::new(
+        "debian",
         &format!(
             "qvm-enter-rootfs /dev/vdb -- sh -c '{IN_DEBIAN}'\necho \"ENTER-EXIT $?\"\n\
              echo \"REENTER $(qvm-enter-rootfs /dev/vdb -- cat /etc/debian_version)\"\n\
              echo \"BUSYBOX-ROOT $(awk '$2 == \"/rootfs\" {{print $1, $4}}' /proc/mounts | cut -d, -f1)\"\n"
         ),
-    );
-    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet \
-                   qvm.mode=run qvm.script=/dev/vda";
-    let mut text = vm_toml(
-        &guest_kernel().vmlinux,
-        Some(guest_initramfs()),
-        1,
-        512,
-        cmdline,
-    );
-    text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
-    text.push_str(&disk_toml(image, true, Some("qvm-debian")));
-    let cfg = d.join("vm.toml");
-    std::fs::write(&cfg, text).unwrap();
+    )
+    .memory_mib(512)
+    .disk(debian_rootfs(), true, Some("qvm-debian"))
+    .write();
     let started = Instant::now();
     let r = lab::run(
         &vmm_apart(&format!(

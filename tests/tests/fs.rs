@@ -5,23 +5,17 @@
 
 use std::time::Duration;
 
-use qvm_tests::fixtures::{
-    disk_toml, guest_kernel, guest_rootfs, private_copy, script_disk, virtiofsd_binary, vm_toml,
-    vmm_binary,
-};
+use qvm_tests::fixtures::virtiofsd_binary;
 use qvm_tests::lab;
-use qvm_tests::util::{field, share_dir, WAITFOR_IN_LOG};
+use qvm_tests::util::field;
+use qvm_tests::vm::{start_vmm, ScriptVm};
 
 const TIMEOUT: Duration = Duration::from_secs(1200);
 
 #[test]
 fn virtiofs_files_host_changes_read_only_share_and_backend_death() {
-    let d = share_dir("fs");
-    let root = d.join("root.ext4");
-    private_copy(guest_rootfs(), &root);
-    let script_img = d.join("script.img");
-    script_disk(
-        &script_img,
+    let vm = ScriptVm::on_root_disk(
+        "fs",
         r#"mkdir -p /mnt/s /mnt/ro
 mount -t virtiofs share /mnt/s || echo "MOUNT failed"
 mount -t virtiofs ro /mnt/ro || echo "MOUNT-RO failed"
@@ -57,31 +51,21 @@ stty "$(stty -g)" 2>/dev/null
 poweroff -n -f
 "#,
     );
-    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet root=/dev/vda rw \
-                   init=/init qvm.mode=run qvm.script=/dev/vdb";
-    let mut text = vm_toml(&guest_kernel().vmlinux, None, 1, 256, cmdline);
-    text.push_str(&disk_toml(&root, false, Some("qvm-root")));
-    text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
     let t = "/tmp/qvm-fs-test";
-    text.push_str(&format!(
+    let cfg = vm.toml(&format!(
         "\n[[fs]]\ntag = \"share\"\nsocket = \"{t}/share.sock\"\nshared_dir = \"{t}/share\"\nvirtiofsd = {:?}\n\
          \n[[fs]]\ntag = \"ro\"\nsocket = \"{t}/ro.sock\"\nshared_dir = \"{t}/ro\"\nread_only = true\nvirtiofsd = {:?}\n",
         virtiofsd_binary().display().to_string(),
         virtiofsd_binary().display().to_string()
-    ));
-    let cfg = d.join("vm.toml");
-    std::fs::write(&cfg, text).unwrap();
+    ))
+    .write();
     let script = format!(
         r#"set -u
 t={t}
 rm -rf $t; mkdir -p $t/share $t/ro
 echo from-the-host > $t/share/hostfile
 echo read-me > $t/ro/readme
-log=$t/log
-timeout 1000 {vmm} --config {cfg} </dev/null >$log 2>$log.vmm &
-vmm=$!
-{WAITFOR_IN_LOG}
-waitfor GUEST-WAITING && echo "changed-later" > $t/share/host-late
+{start_vmm}waitfor GUEST-WAITING && echo "changed-later" > $t/share/host-late
 echo "HOST-BIG $(sha256sum $t/share/big 2>/dev/null | cut -d' ' -f1)"
 echo "HOST-RO-UNCHANGED $(ls $t/ro | tr '\n' ' ')"
 if waitfor READ-LOOP; then
@@ -109,8 +93,7 @@ cat $t/virtiofsd2.log 2>/dev/null
 cat $log
 echo "--- qvm-vmm"; cat $log.vmm
 "#,
-        vmm = vmm_binary().display(),
-        cfg = cfg.display(),
+        start_vmm = start_vmm(&cfg, "$t/log", 1000, "", "/dev/null"),
         virtiofsd = virtiofsd_binary().display(),
     );
     let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));

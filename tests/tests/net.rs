@@ -4,24 +4,18 @@
 
 use std::time::Duration;
 
-use qvm_tests::fixtures::{
-    disk_toml, guest_kernel, guest_rootfs, private_copy, qvm_vsock_binary, script_disk, vm_toml,
-    vmm_binary,
-};
+use qvm_tests::fixtures::{qvm_vsock_binary, vmm_binary};
 use qvm_tests::lab;
-use qvm_tests::util::{field, share_dir};
+use qvm_tests::util::field;
+use qvm_tests::vm::ScriptVm;
 
 const TIMEOUT: Duration = Duration::from_secs(1200);
 const MIB100: u64 = 100 << 20;
 
 #[test]
 fn tap_ping_both_ways_and_100mib_tcp_both_ways() {
-    let d = share_dir("net-tap");
-    let root = d.join("root.ext4");
-    private_copy(guest_rootfs(), &root);
-    let script_img = d.join("script.img");
-    script_disk(
-        &script_img,
+    let cfg = ScriptVm::on_root_disk(
+        "net-tap",
         &format!(
             r#"ip link set lo up
 ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up
@@ -34,15 +28,9 @@ qvm-vsock client tcp:10.77.0.1:7000 recv {MIB100} 12
 sleep 1
 "#
         ),
-    );
-    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet root=/dev/vda rw \
-                   init=/init qvm.mode=run qvm.script=/dev/vdb";
-    let mut text = vm_toml(&guest_kernel().vmlinux, None, 1, 256, cmdline);
-    text.push_str(&disk_toml(&root, false, Some("qvm-root")));
-    text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
-    text.push_str("\n[[net]]\ntap = \"qvmtap0\"\nmac = \"52:54:00:aa:bb:01\"\n");
-    let cfg = d.join("vm.toml");
-    std::fs::write(&cfg, text).unwrap();
+    )
+    .toml("\n[[net]]\ntap = \"qvmtap0\"\nmac = \"52:54:00:aa:bb:01\"\n")
+    .write();
     let script = format!(
         r#"set -u
 ns=qvmnet$$

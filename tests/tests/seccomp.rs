@@ -9,11 +9,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use qvm_tests::fixtures::{
-    disk_toml, guest_initramfs, guest_kernel, script_disk, tiny_elf, vm_toml, vmm_binary,
-};
+use qvm_tests::fixtures::{tiny_elf, vm_toml, vmm_binary};
 use qvm_tests::lab;
-use qvm_tests::util::share_dir;
+use qvm_tests::vm::ScriptVm;
 
 /// `out 0x80, al; jmp -4`.
 const IO_LOOP: [u8; 4] = [0xe6, 0x80, 0xeb, 0xfc];
@@ -159,21 +157,7 @@ fn with_seccomp_off_the_hook_goes_through() {
 
 #[test]
 fn device_threads_cannot_exec() {
-    let d = share_dir("seccomp");
-    let script = d.join("script.img");
-    script_disk(&script, "echo GUEST-UP\nsleep 30\n");
-    let cmdline =
-        "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=run qvm.script=/dev/vda";
-    let mut text = vm_toml(
-        &guest_kernel().vmlinux,
-        Some(guest_initramfs()),
-        1,
-        256,
-        cmdline,
-    );
-    text.push_str(&disk_toml(&script, true, None));
-    let cfg = d.join("vm.toml");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = ScriptVm::new("seccomp", "echo GUEST-UP\nsleep 30\n").write();
     let sh = format!(
         "QVM_TEST_FORBIDDEN=device:execve timeout 300 {} --config {} </dev/null 2>/tmp/seccomp.vmm; echo \"VMM-EXIT $?\"; cat /tmp/seccomp.vmm",
         vmm_binary().display(),

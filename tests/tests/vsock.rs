@@ -6,24 +6,18 @@
 
 use std::time::Duration;
 
-use qvm_tests::fixtures::{
-    disk_toml, guest_kernel, guest_rootfs, private_copy, qvm_run_binary, qvm_vsock_binary,
-    script_disk, vm_toml, vmm_binary,
-};
+use qvm_tests::fixtures::{qvm_run_binary, qvm_vsock_binary};
 use qvm_tests::lab;
-use qvm_tests::util::{field, share_dir, WAITFOR_IN_LOG};
+use qvm_tests::util::field;
+use qvm_tests::vm::{start_vmm, ScriptVm};
 
 const TIMEOUT: Duration = Duration::from_secs(1200);
 const MIB64: u64 = 64 << 20;
 
 #[test]
 fn vsock_both_ways_parallel_peer_death_and_qvm_run() {
-    let d = share_dir("vsock");
-    let root = d.join("root.ext4");
-    private_copy(guest_rootfs(), &root);
-    let script_img = d.join("script.img");
-    script_disk(
-        &script_img,
+    let vm = ScriptVm::on_root_disk(
+        "vsock",
         &format!(
             r#"qvm-agent 2>/dev/null &
 qvm-vsock serve vsock:5001 >/tmp/srv.out 2>&1 &
@@ -39,26 +33,17 @@ while :; do sleep 1000; done
         ),
     );
     // The vsock socket lives in L1's /tmp: unix sockets on the 9p share do not work.
-    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet root=/dev/vda rw \
-                   init=/init qvm.mode=run qvm.script=/dev/vdb";
     let sock = "/tmp/qvm-vsock-test/vm.vsock";
-    let mut text = vm_toml(&guest_kernel().vmlinux, None, 1, 256, cmdline);
-    text.push_str(&disk_toml(&root, false, Some("qvm-root")));
-    text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
-    text.push_str(&format!("\n[vsock]\nguest_cid = 3\nsocket = \"{sock}\"\n"));
-    let cfg = d.join("vm.toml");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = vm
+        .toml(&format!("\n[vsock]\nguest_cid = 3\nsocket = \"{sock}\"\n"))
+        .write();
     let script = format!(
         r#"set -u
 sock={sock}
 rm -rf /tmp/qvm-vsock-test; mkdir -p /tmp/qvm-vsock-test
-log=/tmp/qvm-vsock-test/log
 {tool} serve unix:${{sock}}_6000 >/dev/null 2>&1 &
 srv=$!
-timeout 1000 {vmm} --config {cfg} </dev/null >$log 2>$log.vmm &
-vmm=$!
-{WAITFOR_IN_LOG}
-if waitfor GUEST-READY; then
+{start_vmm}if waitfor GUEST-READY; then
   echo "H2G-SEND $({tool} client vmm:$sock:5001 send {MIB64} 21)"
   echo "H2G-RECV $({tool} client vmm:$sock:5001 recv {MIB64} 22)"
   echo "H2G-PARALLEL $({tool} client vmm:$sock:5001 parallel 50 65536)"
@@ -82,8 +67,7 @@ echo "--- qvm-vmm"; cat $log.vmm
 "#,
         tool = qvm_vsock_binary().display(),
         run = qvm_run_binary().display(),
-        vmm = vmm_binary().display(),
-        cfg = cfg.display(),
+        start_vmm = start_vmm(&cfg, "/tmp/qvm-vsock-test/log", 1000, "", "/dev/null"),
     );
     let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let out = &r.output;

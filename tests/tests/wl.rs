@@ -4,14 +4,13 @@
 //! takes a screenshot from weston and checks every pixel of the guest's window against the
 //! pattern: the compositor read the guest's pixels from the very memfds the guest drew into.
 
+use std::path::Path;
 use std::time::Duration;
 
-use qvm_tests::fixtures::{
-    disk_toml, guest_initramfs, guest_kernel, qvm_wl_check_binary, qvm_wl_demo_binary, script_disk,
-    vm_toml, vmm_binary,
-};
+use qvm_tests::fixtures::{qvm_wl_check_binary, qvm_wl_demo_binary, vmm_binary};
 use qvm_tests::lab;
-use qvm_tests::util::{field, share_dir, WAITFOR_IN_LOG};
+use qvm_tests::util::field;
+use qvm_tests::vm::{start_vmm, ScriptVm, STOP_VMM_AND_SHOW_LOGS, WAIT_VMM_AND_SHOW_LOGS};
 use qvm_tests::wayland::{start_weston, start_weston_x11};
 
 const TIMEOUT: Duration = Duration::from_secs(900);
@@ -19,59 +18,39 @@ const TIMEOUT: Duration = Duration::from_secs(900);
 #[test]
 fn guest_window_reaches_weston_pixel_exact() {
     let (w, h, frames) = (320u32, 240u32, 12u32);
-    let d = share_dir("wl");
-    let script_img = d.join("script.img");
-    script_disk(
-        &script_img,
+    let rt = "/tmp/qvm-wl-test";
+    let vm = ScriptVm::new(
+        "wl",
         &format!(
             r#"if [ -e /dev/wl0 ]; then echo "WL-DEV present"; else echo "WL-DEV missing"; fi
 qvm-wl-demo --width {w} --height {h} --frames {frames} --hold 600 &
 while :; do sleep 1000; done
 "#
         ),
-    );
-    let rt = "/tmp/qvm-wl-test";
-    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet \
-                   qvm.mode=run qvm.script=/dev/vda";
-    let mut text = vm_toml(
-        &guest_kernel().vmlinux,
-        Some(guest_initramfs()),
-        1,
-        256,
-        cmdline,
-    );
-    text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
-    text.push_str(&format!("\n[wayland]\nsocket = \"{rt}/wl-qvm\"\n"));
-    let cfg = d.join("vm.toml");
-    std::fs::write(&cfg, text).unwrap();
-    let shots = d.join("shots");
+    )
+    .toml(&format!("\n[wayland]\nsocket = \"{rt}/wl-qvm\"\n"));
+    let shots = vm.dir().join("shots");
+    let cfg = vm.write();
     let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).unwrap();
     let script = format!(
         r#"set -u
 rt={rt}
 rm -rf $rt; mkdir -p $rt; chmod 700 $rt
-log=$rt/vmm.log
 {weston}
-timeout 800 {vmm} --config {cfg} </dev/null >$log 2>$log.vmm &
-vmm=$!
-{WAITFOR_IN_LOG}
+{vmm}
 if waitfor QVM-WL-HOLD; then
-  cd {shots} && WAYLAND_DISPLAY=wl-qvm timeout 60 weston-screenshooter
+  cd {shots} && WAYLAND_DISPLAY=wl-qvm timeout 180 weston-screenshooter
   png=$(ls {shots}/*.png | head -n1)
   echo "CHECK $({check} "$png" --width {w} --height {h} --frame {last} 2>&1 | tail -n 3 | tr '\n' ' ')"
-  grep -i "virtio-wl\|wl0" $log | head -n 5
+  grep -i "virtio-wl\|wl0" $log $log.vmm | head -n 5
 fi
-kill $vmm 2>/dev/null; wait $vmm
-echo "VMM-EXIT $?"
+{STOP_VMM_AND_SHOW_LOGS}
 kill $weston 2>/dev/null
-cat $log
-echo "--- qvm-vmm"; cat $log.vmm
 echo "--- weston log"; tail -n 20 $rt/weston.log
 "#,
         weston = start_weston(640, 480),
-        vmm = vmm_binary().display(),
-        cfg = cfg.display(),
+        vmm = start_vmm(&cfg, "$rt/console.log", 800, "", "/dev/null"),
         check = qvm_wl_check_binary().display(),
         shots = shots.display(),
         last = frames - 1,
@@ -100,10 +79,9 @@ echo "--- weston log"; tail -n 20 $rt/weston.log
 /// empty host read the earlier version of this test saw, with guest readers polling beside it.
 #[test]
 fn clipboard_both_ways_over_pipes() {
-    let d = share_dir("wl-clip");
-    let script_img = d.join("script.img");
-    script_disk(
-        &script_img,
+    let rt = "/tmp/qvm-wl-clip";
+    let cfg = ScriptVm::new(
+        "wl-clip",
         r#"# The host's selection was set before the VM started.
 out=$(qvm-wl-demo --frames 1 --title guest-reader --get-selection --wait 300 2>&1)
 rc=$?
@@ -113,25 +91,13 @@ echo "GUEST-GOT $(echo "$out" | grep QVM-WL-SELECTION) rc=$rc"
 qvm-wl-demo --frames 1 --hold 900 --title guest-owner --set-selection guest-to-host-42 &
 while :; do sleep 1000; done
 "#,
-    );
-    let rt = "/tmp/qvm-wl-clip";
-    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet \
-                   qvm.mode=run qvm.script=/dev/vda";
-    let mut text = vm_toml(
-        &guest_kernel().vmlinux,
-        Some(guest_initramfs()),
-        1,
-        256,
-        cmdline,
-    );
-    text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
+    )
     // The host -> guest direction needs an open clipboard (gated is the default; see
     // clipboard_is_gated_until_the_host_allows_a_paste).
-    text.push_str(&format!(
+    .toml(&format!(
         "\n[wayland]\nsocket = \"{rt}/wl-qvm\"\nclipboard = \"open\"\n"
-    ));
-    let cfg = d.join("vm.toml");
-    std::fs::write(&cfg, text).unwrap();
+    ))
+    .write();
     let script = format!(
         r#"set -u
 rt={rt}
@@ -144,9 +110,8 @@ i=0; until grep -q QVM-WL-SELECTION-SET $rt/owner.log; do
   i=$((i+1)); [ $i -gt 600 ] && {{ echo "HOST-OWNER did not set its selection"; cat $rt/owner.log; break; }}
   sleep 0.2
 done
-log=$rt/vmm.log
-timeout 900 {vmm} --config {cfg} </dev/null >$log 2>$log.vmm &
-vmm=$!
+{vmm}
+# waitfor that also gives up on a guest client's error.
 waitfor() {{
   i=0; until grep -q "$1" $log; do
     i=$((i+1)); [ $i -gt 3000 ] && {{ echo "TIMEOUT waiting for $1"; return 1; }}
@@ -158,17 +123,13 @@ waitfor() {{
 if waitfor GUEST-GOT && waitfor QVM-WL-SELECTION-SET; then
   echo "HOST-GOT $(timeout 400 {demo} --transport socket --frames 1 --title host-reader --get-selection --wait 300 2>&1 | grep QVM-WL-SELECTION)"
 fi
-kill $vmm 2>/dev/null; wait $vmm
-echo "VMM-EXIT $?"
+{STOP_VMM_AND_SHOW_LOGS}
 kill $owner $weston $xvfb 2>/dev/null
-cat $log
-echo "--- qvm-vmm"; cat $log.vmm
 echo "--- owner"; cat $rt/owner.log
 echo "--- weston log"; tail -n 20 $rt/weston.log
 "#,
         weston = start_weston_x11(800, 600),
-        vmm = vmm_binary().display(),
-        cfg = cfg.display(),
+        vmm = start_vmm(&cfg, "$rt/console.log", 900, "", "/dev/null"),
         demo = qvm_wl_demo_binary().display(),
     );
     // Above the sum of the script's own bounds (2 + 10 + 10 + 7 minutes), so a stuck step
@@ -194,46 +155,30 @@ echo "--- weston log"; tail -n 20 $rt/weston.log
 /// answer, not the host), and the VMM then still serves a normal client.
 #[test]
 fn hostile_guest_gets_errors_and_the_vmm_lives() {
-    let d = share_dir("wl-hostile");
-    let script_img = d.join("script.img");
-    script_disk(
-        &script_img,
+    let rt = "/tmp/qvm-wl-hostile";
+    let cfg = ScriptVm::new(
+        "wl-hostile",
         r#"qvm-wl-demo --hostile
 echo "HOSTILE-EXIT $?"
 qvm-wl-demo --width 64 --height 64 --frames 3 >/tmp/after 2>&1
 echo "AFTER-EXIT $? $(grep QVM-WL-DONE /tmp/after)"
 "#,
-    );
-    let rt = "/tmp/qvm-wl-hostile";
-    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet \
-                   qvm.mode=run qvm.script=/dev/vda";
-    let mut text = vm_toml(
-        &guest_kernel().vmlinux,
-        Some(guest_initramfs()),
-        1,
-        256,
-        cmdline,
-    );
-    text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
-    text.push_str(&format!(
+    )
+    .toml(&format!(
         "\n[wayland]\nsocket = \"{rt}/wl-qvm\"\nmax_vfds = 40\nmax_buffer_mib = 16\n"
-    ));
-    let cfg = d.join("vm.toml");
-    std::fs::write(&cfg, text).unwrap();
+    ))
+    .write();
     let script = format!(
         r#"set -u
 rt={rt}
 rm -rf $rt; mkdir -p $rt; chmod 700 $rt
 {weston}
-timeout 600 {vmm} --config {cfg} </dev/null >$rt/vmm.log 2>$rt/vmm.log.vmm
-echo "VMM-EXIT $?"
+{vmm}
+{WAIT_VMM_AND_SHOW_LOGS}
 kill $weston 2>/dev/null
-cat $rt/vmm.log
-echo "--- qvm-vmm"; cat $rt/vmm.log.vmm
 "#,
         weston = start_weston(640, 480),
-        vmm = vmm_binary().display(),
-        cfg = cfg.display(),
+        vmm = start_vmm(&cfg, "$rt/console.log", 600, "", "/dev/null"),
     );
     let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let out = &r.output;
@@ -267,10 +212,10 @@ echo "--- qvm-vmm"; cat $rt/vmm.log.vmm
 /// metrics, and the VMM serves the next client.
 #[test]
 fn policy_tags_titles_hides_globals_and_refuses_hidden_binds() {
-    let d = share_dir("wl-policy");
-    let script_img = d.join("script.img");
-    script_disk(
-        &script_img,
+    let rt = "/tmp/qvm-wl-policy";
+    // The VM's label comes from the file name: the test copies this one to work.toml.
+    let template = ScriptVm::new(
+        "wl-policy",
         r#"qvm-wl-demo --list-globals >/tmp/g 2>&1
 echo "LIST-EXIT $?"
 sed -n 's/^QVM-WL-GLOBAL /GUEST-GLOBAL /p' /tmp/g
@@ -282,22 +227,9 @@ echo "TITLE-EXIT $? $(grep QVM-WL-DONE /tmp/t)"
 echo "GUEST-DONE"
 while :; do sleep 1000; done
 "#,
-    );
-    let rt = "/tmp/qvm-wl-policy";
-    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet \
-                   qvm.mode=run qvm.script=/dev/vda";
-    let mut text = vm_toml(
-        &guest_kernel().vmlinux,
-        Some(guest_initramfs()),
-        1,
-        256,
-        cmdline,
-    );
-    text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
-    text.push_str(&format!("\n[wayland]\nsocket = \"{rt}/wl-qvm\"\n"));
-    // The VM's label comes from the file name.
-    let template = d.join("template.toml");
-    std::fs::write(&template, text).unwrap();
+    )
+    .toml(&format!("\n[wayland]\nsocket = \"{rt}/wl-qvm\"\n"))
+    .write();
     let script = format!(
         r#"set -u
 rt={rt}
@@ -312,25 +244,23 @@ n=$(awk '$2 == "weston_screenshooter" {{print $4}}' $rt/host-globals)
 echo "HOST-SCREENSHOOTER-NAME $n"
 # The guest learns the name from its kernel command line.
 sed "s|qvm.script=/dev/vda|qvm.script=/dev/vda qvmwlbind=$n|" {template} >$rt/work.toml
-log=$rt/vmm.log
-timeout 600 {vmm} --config $rt/work.toml --api-sock $rt/api.sock </dev/null >$log 2>$log.vmm &
-vmm=$!
-i=0; until grep -q GUEST-DONE $log; do
-  i=$((i+1)); [ $i -gt 1500 ] && {{ echo "TIMEOUT waiting for the guest"; break; }}
-  kill -0 $vmm 2>/dev/null || {{ echo "VMM died"; break; }}
-  sleep 0.2
-done
+{start_vmm}
+waitfor GUEST-DONE
 echo "METRICS $({vmm} ctl --api-sock $rt/api.sock get /metrics | tr -d ' \n')"
 sleep 1
-kill $vmm 2>/dev/null; wait $vmm
-echo "VMM-EXIT $?"
+{STOP_VMM_AND_SHOW_LOGS}
 kill $proto $weston $xvfb 2>/dev/null
 grep -o 'set_title("[^"]*")\|set_app_id("[^"]*")' $rt/proto.log | sed 's/^/PROTO /'
-cat $log
-echo "--- qvm-vmm"; cat $log.vmm
 echo "--- weston log"; tail -n 20 $rt/weston.log
 "#,
         weston = start_weston_x11(800, 600),
+        start_vmm = start_vmm(
+            Path::new("$rt/work.toml"),
+            "$rt/console.log",
+            600,
+            "--api-sock $rt/api.sock",
+            "/dev/null"
+        ),
         vmm = vmm_binary().display(),
         template = template.display(),
         demo = qvm_wl_demo_binary().display(),
@@ -406,10 +336,9 @@ echo "--- weston log"; tail -n 20 $rt/weston.log
 /// so no step depends on how long the other side takes.
 #[test]
 fn clipboard_is_gated_until_the_host_allows_a_paste() {
-    let d = share_dir("wl-gate");
-    let script_img = d.join("script.img");
-    script_disk(
-        &script_img,
+    let rt = "/tmp/qvm-wl-gate";
+    let cfg = ScriptVm::new(
+        "wl-gate",
         r#"get() {
   out=$(timeout 300 qvm-wl-demo --frames 1 --title guest-reader --get-selection --wait 240 2>&1 | tr '\n' ' ')
   case "$out" in *host-secret-9*) echo "GUEST-$1 got" ;; *) echo "GUEST-$1 none: $out" ;; esac
@@ -425,21 +354,9 @@ get THIRD
 echo "GUEST-DONE"
 while :; do sleep 1000; done
 "#,
-    );
-    let rt = "/tmp/qvm-wl-gate";
-    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet \
-                   qvm.mode=run qvm.script=/dev/vda";
-    let mut text = vm_toml(
-        &guest_kernel().vmlinux,
-        Some(guest_initramfs()),
-        1,
-        256,
-        cmdline,
-    );
-    text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
-    text.push_str(&format!("\n[wayland]\nsocket = \"{rt}/wl-qvm\"\n"));
-    let cfg = d.join("vm.toml");
-    std::fs::write(&cfg, text).unwrap();
+    )
+    .toml(&format!("\n[wayland]\nsocket = \"{rt}/wl-qvm\"\n"))
+    .write();
     let script = format!(
         r#"set -u
 rt={rt}
@@ -452,36 +369,30 @@ i=0; until grep -q QVM-WL-SELECTION-SET $rt/owner.log; do
   i=$((i+1)); [ $i -gt 600 ] && {{ echo "HOST-OWNER did not set its selection"; cat $rt/owner.log; break; }}
   sleep 0.2
 done
-log=$rt/vmm.log
 # The guest's console input: the host's go after allow_paste (kept open on fd 3).
 mkfifo $rt/in.fifo
-timeout 900 {vmm} --config {cfg} --api-sock $rt/api.sock <$rt/in.fifo >$log 2>$log.vmm &
-vmm=$!
+{start_vmm}
 exec 3>$rt/in.fifo
-waitfor() {{
-  i=0; until grep -q "$1" $log; do
-    i=$((i+1)); [ $i -gt 1500 ] && {{ echo "TIMEOUT waiting for $1"; return 1; }}
-    kill -0 $vmm 2>/dev/null || {{ echo "VMM died waiting for $1"; return 1; }}
-    sleep 0.2
-  done
-}}
 if waitfor GUEST-ASK-PASTE; then
   echo "ALLOW $({vmm} ctl --api-sock $rt/api.sock action allow_paste 2>&1 | tr -d '\n')"
   echo allowed >&3
   waitfor GUEST-DONE
   echo "METRICS $({vmm} ctl --api-sock $rt/api.sock get /metrics | tr -d ' \n')"
 fi
-kill $vmm 2>/dev/null; wait $vmm
-echo "VMM-EXIT $?"
+{STOP_VMM_AND_SHOW_LOGS}
 kill $owner $weston $xvfb 2>/dev/null
-cat $log
-echo "--- qvm-vmm"; cat $log.vmm
 echo "--- owner"; cat $rt/owner.log
 echo "--- weston log"; tail -n 20 $rt/weston.log
 "#,
         weston = start_weston_x11(800, 600),
+        start_vmm = start_vmm(
+            &cfg,
+            "$rt/console.log",
+            900,
+            "--api-sock $rt/api.sock",
+            "$rt/in.fifo"
+        ),
         vmm = vmm_binary().display(),
-        cfg = cfg.display(),
         demo = qvm_wl_demo_binary().display(),
     );
     let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));

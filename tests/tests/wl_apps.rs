@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use qvm_tests::fixtures::{
     debian_rootfs, disk_toml, guest_initramfs, guest_kernel, qvm_cli_binary, qvm_run_binary,
-    script_disk, virtiofsd_binary, vm_toml, vmm_binary,
+    virtiofsd_binary, vm_toml, vmm_binary,
 };
 use qvm_tests::lab;
-use qvm_tests::util::{field, share_dir, WAITFOR_IN_LOG};
+use qvm_tests::util::{field, share_dir};
+use qvm_tests::vm::{start_vmm, ScriptVm, STOP_VMM_AND_SHOW_LOGS};
 use qvm_tests::wayland::{start_weston, start_weston_x11, WAIT_FOCUS};
 
 const TIMEOUT: Duration = Duration::from_secs(1200);
@@ -61,32 +62,20 @@ echo "--- proxy log"; cat /tmp/proxy.log
 
 #[test]
 fn debian_apps_show_on_the_host_and_take_typed_text() {
-    let d = share_dir("wl-apps");
-    let script_img = d.join("script.img");
-    script_disk(
-        &script_img,
+    let rt = "/tmp/qvm-wl-apps";
+    let cfg = ScriptVm::new(
+        "wl-apps",
         &format!(
             "qvm-enter-rootfs /dev/vdb -- sh -c '{}'\necho \"GUEST-APPS-EXIT $?\"\n",
             GUEST_APPS.replace('\'', "'\\''")
         ),
-    );
-    let rt = "/tmp/qvm-wl-apps";
-    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet \
-                   qvm.mode=run qvm.script=/dev/vda";
-    let mut text = vm_toml(
-        &guest_kernel().vmlinux,
-        Some(guest_initramfs()),
-        1,
-        768,
-        cmdline,
-    );
-    text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
-    text.push_str(&disk_toml(debian_rootfs(), true, Some("debian")));
-    text.push_str(&format!(
+    )
+    .memory_mib(768)
+    .disk(debian_rootfs(), true, Some("debian"))
+    .toml(&format!(
         "\n[wayland]\nsocket = \"{rt}/wl-qvm\"\nname = \"work\"\n"
-    ));
-    let cfg = d.join("vm.toml");
-    std::fs::write(&cfg, text).unwrap();
+    ))
+    .write();
     let script = format!(
         r#"set -u
 rt={rt}
@@ -96,10 +85,7 @@ export WAYLAND_DISPLAY=wl-qvm
 timeout 1100 weston-debug proto >$rt/proto.log 2>&1 &
 proto=$!
 xd=:$(cat $rt/xdisplay)
-log=$rt/vmm.log
-timeout 1100 {vmm} --config {cfg} </dev/null >$log 2>$log.vmm &
-vmm=$!
-{WAITFOR_IN_LOG}
+{vmm}
 {WAIT_FOCUS}
 # The pointer into weston's X window (Xvfb has no window manager: X keyboard focus follows
 # it); each app gets its text typed once, after weston gave it keyboard focus.
@@ -113,20 +99,16 @@ if waitfor GUEST-ZENITY-STARTED && wait_focus "[work] qvm-zenity"; then
   DISPLAY=$xd xdotool key Return
 fi
 waitfor GUEST-APPS-EXIT
-kill $vmm 2>/dev/null; wait $vmm
-echo "VMM-EXIT $?"
+{STOP_VMM_AND_SHOW_LOGS}
 kill $proto 2>/dev/null
 echo "TITLE-TERM $(grep -c 'set_title(\"\[work\] Wayland Terminal\")' $rt/proto.log)"
 echo "TITLE-ZENITY $(grep -c 'set_title(\"\[work\] qvm-zenity\")' $rt/proto.log)"
 echo "APPID-ZENITY $(grep -c 'set_app_id(\"qvm.work.' $rt/proto.log)"
 kill $weston $xvfb 2>/dev/null
-cat $log
-echo "--- qvm-vmm"; cat $log.vmm
 echo "--- weston log"; tail -n 20 $rt/weston.log
 "#,
         weston = start_weston_x11(800, 600),
-        vmm = vmm_binary().display(),
-        cfg = cfg.display(),
+        vmm = start_vmm(&cfg, "$rt/console.log", 1100, "", "/dev/null"),
     );
     let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let out = &r.output;

@@ -1,0 +1,167 @@
+//! The VMs lab tests boot, built in one place: [`ScriptVm`] writes a `vm.toml` for a guest that
+//! runs a shell script as its init's job (`qvm.mode=run`), and [`start_vmm`] /
+//! [`STOP_VMM_AND_SHOW_LOGS`] are the host side that runs it in a lab script.
+
+use std::path::{Path, PathBuf};
+
+use crate::fixtures::{
+    disk_toml, guest_initramfs, guest_kernel, guest_rootfs, private_copy, script_disk, vm_toml,
+    vmm_binary,
+};
+use crate::util::{share_dir, WAITFOR_IN_LOG};
+
+/// The kernel command line every test guest starts from: the console on the first UART only,
+/// quiet, and a panic or a reboot ends the VMM.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet";
+
+/// Where the guest's userspace comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Root {
+    /// Our initramfs; the script disk is /dev/vda.
+    Initramfs,
+    /// A private copy of the project's ext4 root filesystem on /dev/vda (read-write, serial
+    /// `qvm-root`), our `/init` on it; the script disk is /dev/vdb.
+    Disk,
+}
+
+/// A lab test VM whose guest runs `script` (our `/init`, `qvm.mode=run`: it prints
+/// `QVM-SCRIPT-EXIT <code>` and powers off when the script ends). The script is on a small
+/// read-only disk with serial `qvm-script`; more disks and config tables follow it.
+#[derive(Debug, Clone)]
+pub struct ScriptVm {
+    dir: PathBuf,
+    script: String,
+    root: Root,
+    vcpus: u8,
+    memory_mib: u32,
+    cmdline: String,
+    disks: Vec<(PathBuf, bool, Option<String>)>,
+    tables: String,
+}
+
+impl ScriptVm {
+    /// A guest on our kernel and initramfs, 1 vCPU and 256 MiB, its files in the test's share
+    /// directory `name` (see [`share_dir`]).
+    pub fn new(name: &str, script: &str) -> Self {
+        ScriptVm {
+            dir: share_dir(name),
+            script: script.to_string(),
+            root: Root::Initramfs,
+            vcpus: 1,
+            memory_mib: 256,
+            cmdline: String::new(),
+            disks: Vec::new(),
+            tables: String::new(),
+        }
+    }
+
+    /// Like [`ScriptVm::new`], but booting from a private copy of the project's ext4 root
+    /// filesystem (for tests that need a real disk root, e.g. to write files that outlive a
+    /// read of them).
+    pub fn on_root_disk(name: &str, script: &str) -> Self {
+        ScriptVm {
+            root: Root::Disk,
+            ..ScriptVm::new(name, script)
+        }
+    }
+
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    pub fn vcpus(mut self, n: u8) -> Self {
+        self.vcpus = n;
+        self
+    }
+
+    /// More kernel command line (before `qvm.mode=run`).
+    pub fn cmdline(mut self, extra: &str) -> Self {
+        self.cmdline.push(' ');
+        self.cmdline.push_str(extra);
+        self
+    }
+
+    /// A disk after the script disk (`/dev/vdb` for the first with the initramfs).
+    pub fn disk(mut self, path: &Path, read_only: bool, id: Option<&str>) -> Self {
+        self.disks
+            .push((path.to_path_buf(), read_only, id.map(str::to_string)));
+        self
+    }
+
+    /// More config text, appended as it is (`[vsock]`, `[wayland]`, `[[fs]]` ...).
+    pub fn toml(mut self, text: &str) -> Self {
+        self.tables.push_str(text);
+        self
+    }
+
+    /// The test's share directory (the same path on the host and in L1).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `script.img` (and `root.ext4`) and `vm.toml` into the share directory; returns
+    /// the config's path.
+    pub fn write(self) -> PathBuf {
+        let script_img = self.dir.join("script.img");
+        script_disk(&script_img, &self.script);
+        let (initrd, root_args, script_dev) = match self.root {
+            Root::Initramfs => (Some(guest_initramfs()), "", "/dev/vda"),
+            Root::Disk => (None, " root=/dev/vda rw init=/init", "/dev/vdb"),
+        };
+        let cmdline = format!(
+            "{BASE_CMDLINE}{root_args}{} qvm.mode=run qvm.script={script_dev}",
+            self.cmdline
+        );
+        let mut text = vm_toml(
+            &guest_kernel().vmlinux,
+            initrd,
+            self.vcpus,
+            self.memory_mib,
+            &cmdline,
+        );
+        if self.root == Root::Disk {
+            let root = self.dir.join("root.ext4");
+            private_copy(guest_rootfs(), &root);
+            text.push_str(&disk_toml(&root, false, Some("qvm-root")));
+        }
+        text.push_str(&disk_toml(&script_img, true, Some("qvm-script")));
+        for (path, read_only, id) in &self.disks {
+            text.push_str(&disk_toml(path, *read_only, id.as_deref()));
+        }
+        text.push_str(&self.tables);
+        let cfg = self.dir.join("vm.toml");
+        std::fs::write(&cfg, text).expect("write vm.toml");
+        cfg
+    }
+}
+
+/// Shell that starts qvm-vmm on `cfg` in the background under `timeout secs`, with `args`
+/// after `--config` and stdin from `stdin` (`/dev/null`, or a fifo for console input): the
+/// guest's console goes to `$log` (set to `log` here), qvm-vmm's own messages to `$log.vmm`
+/// (never the same file: see [`crate::util::vmm_apart`]). Sets `$vmm` and defines `waitfor`.
+pub fn start_vmm(cfg: &Path, log: &str, secs: u32, args: &str, stdin: &str) -> String {
+    format!(
+        "log={log}\ntimeout {secs} {vmm} --config {cfg} {args} <{stdin} >$log 2>$log.vmm &\n\
+         vmm=$!\n{WAITFOR_IN_LOG}\n",
+        vmm = vmm_binary().display(),
+        cfg = cfg.display(),
+    )
+}
+
+/// Shell that stops the VMM [`start_vmm`] started (SIGTERM; `VMM-EXIT 143` unless it had
+/// ended by itself), then prints the guest's console and, after `--- qvm-vmm`, the VMM's own
+/// messages.
+pub const STOP_VMM_AND_SHOW_LOGS: &str = r#"kill $vmm 2>/dev/null; wait $vmm
+echo "VMM-EXIT $?"
+cat $log
+echo "--- qvm-vmm"; cat $log.vmm
+"#;
+
+/// Shell that waits for the VMM [`start_vmm`] started to end by itself (the guest powered off),
+/// then prints `VMM-EXIT` and both logs as [`STOP_VMM_AND_SHOW_LOGS`] does.
+pub const WAIT_VMM_AND_SHOW_LOGS: &str = r#"wait $vmm
+echo "VMM-EXIT $?"
+cat $log
+echo "--- qvm-vmm"; cat $log.vmm
+"#;
