@@ -6,9 +6,11 @@
 //! - `qvm-vsock` moves data for tests and benches.
 //!
 //! The host reaches a guest port through the VMM's unix socket (`CONNECT <port>\n`, answered
-//! `OK <hostport>\n`); a guest reaches host port P at `<socket>_<P>`. Everything here is
-//! dependency-free so the guest binaries link statically.
+//! `OK <hostport>\n`); a guest reaches host port P at `<socket>_<P>`. [`client`] is the one host
+//! client of the agent protocol (qvm-run and `qvm run`). Only libc and thiserror (compile time
+//! only), so the guest binaries link statically.
 
+pub mod client;
 pub mod frame;
 pub mod pattern;
 pub mod stream;

@@ -255,7 +255,7 @@ fn copy_cmd(
                 )
                 .map_err(|source| CliError::Agent {
                     vm: v.to_string(),
-                    source: Box::new(source),
+                    source: Box::new(source.into()),
                 })?;
             if code != 0 {
                 return Err(CliError::ReadFailed {
@@ -282,7 +282,7 @@ fn copy_cmd(
         )
         .map_err(|source| CliError::Agent {
             vm: target.to_string(),
-            source: Box::new(source),
+            source: Box::new(source.into()),
         })?;
     if code != 0 {
         return Err(CliError::StoreFailed {
@@ -351,7 +351,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, CliError> {
                 )
                 .map_err(|source| CliError::Agent {
                     vm: name,
-                    source: Box::new(source),
+                    source: Box::new(source.into()),
                 })?;
             let _ = std::io::stdout().flush();
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)));

@@ -171,12 +171,7 @@ timeout 600 weston-debug proto >$rt/proto.log 2>&1 &
 proto=$!
 timeout 600 {vmm} --config {cfg} </dev/null >$rt/vmm.log 2>$rt/vmm.log.vmm &
 vmm=$!
-run() {{ timeout 120 {qvm_run} --vsock $rt/vsock.sock -- "$@"; }}
-i=0; until run true 2>/dev/null; do
-  i=$((i+1)); [ $i -gt 300 ] && {{ echo "TIMEOUT waiting for the agent"; break; }}
-  kill -0 $vmm 2>/dev/null || {{ echo "VMM died"; break; }}
-  sleep 1
-done
+run() {{ timeout 700 {qvm_run} --vsock $rt/vsock.sock --wait 600 -- "$@"; }}
 echo "DEBIAN $(run cat /etc/debian_version)"
 echo "ENV $(run sh -c 'echo $XDG_RUNTIME_DIR $GDK_BACKEND')"
 echo "DEMO $(run qvm-wl-demo --transport socket --frames 3 --title via-qvm-run 2>&1 | tail -n 1)"

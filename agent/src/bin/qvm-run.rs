@@ -3,17 +3,20 @@
 //! stderr, and exits with the command's exit status (127: it could not be started, 255: the
 //! connection to the agent was lost).
 //!
-//! `--cid CID` instead of `--vsock` connects over the host's AF_VSOCK to (CID, port), for a VM
-//! whose vsock is the kernel's vhost-vsock (QEMU's `vhost-vsock-device`, in the benches).
+//! `--wait SECS` retries the connection that long while the guest still boots. `--cid CID`
+//! instead of `--vsock` connects over the host's AF_VSOCK to (CID, port), for a VM whose vsock
+//! is the kernel's vhost-vsock (QEMU's `vhost-vsock-device`, in the benches). The protocol is
+//! `qvm_agent::client`, which `qvm run` uses too.
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::time::Duration;
 
-use qvm_agent::frame::{self, read_frame, write_frame};
-use qvm_agent::stream::{connect_through_vmm, VsockStream};
+use qvm_agent::client::{ClientError, Input, Session, AGENT_PORT};
 
 fn usage() -> ! {
-    eprintln!("usage: qvm-run --vsock VM_SOCKET | --cid CID [--port N] -- COMMAND [ARG...]");
+    eprintln!(
+        "usage: qvm-run --vsock VM_SOCKET [--wait SECS] | --cid CID [--port N] -- COMMAND [ARG...]"
+    );
     std::process::exit(2);
 }
 
@@ -21,23 +24,18 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut uds: Option<PathBuf> = None;
     let mut cid: Option<u32> = None;
-    let mut port = 5000u32;
+    let mut port = AGENT_PORT;
+    let mut wait = Duration::ZERO;
     let mut i = 0;
     while i < args.len() {
+        let value = || args.get(i + 1).cloned().unwrap_or_else(|| usage());
         match args[i].as_str() {
-            "--vsock" => uds = args.get(i + 1).map(PathBuf::from),
-            "--cid" => {
-                cid = Some(
-                    args.get(i + 1)
-                        .and_then(|c| c.parse().ok())
-                        .unwrap_or_else(|| usage()),
-                )
-            }
-            "--port" => {
-                port = args
-                    .get(i + 1)
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or_else(|| usage())
+            "--vsock" => uds = Some(PathBuf::from(value())),
+            "--cid" => cid = Some(value().parse().unwrap_or_else(|_| usage())),
+            "--port" => port = value().parse().unwrap_or_else(|_| usage()),
+            "--wait" => {
+                let secs: f64 = value().parse().unwrap_or_else(|_| usage());
+                wait = Duration::try_from_secs_f64(secs).unwrap_or_else(|_| usage());
             }
             "--" => break,
             _ => usage(),
@@ -48,72 +46,30 @@ fn main() {
     if command.is_empty() {
         usage()
     }
-    type Conn = (Box<dyn Read + Send>, Box<dyn Write + Send>);
-    let conn: std::io::Result<Conn> = match (uds, cid) {
-        (Some(uds), None) => connect_through_vmm(&uds, port)
-            .map(|(r, w)| (Box::new(r) as Box<dyn Read + Send>, Box::new(w) as _)),
-        (None, Some(cid)) => VsockStream::connect(cid, port).and_then(|s| {
-            Ok((
-                Box::new(s.try_clone()?) as Box<dyn Read + Send>,
-                Box::new(s) as _,
-            ))
-        }),
+    let session = match (uds, cid) {
+        (Some(uds), None) => Session::through_vmm_waiting(&uds, port, wait),
+        (None, Some(cid)) => Session::over_vsock(cid, port),
         _ => usage(),
     };
-    let (mut reader, mut writer) = match conn {
-        Ok(c) => c,
+    let session = session.unwrap_or_else(|e| {
+        eprintln!("qvm-run: {e}");
+        std::process::exit(255);
+    });
+    let code = session.exec(
+        command,
+        Input::Inherit,
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+        None,
+    );
+    match code {
+        Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("qvm-run: {e}");
-            std::process::exit(255);
-        }
-    };
-    let sent = command
-        .iter()
-        .try_for_each(|a| write_frame(&mut writer, frame::ARG, a.as_bytes()))
-        .and_then(|_| write_frame(&mut writer, frame::END_ARGS, b""));
-    if let Err(e) = sent {
-        eprintln!("qvm-run: sending the command: {e}");
-        std::process::exit(255);
-    }
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 << 10];
-        let mut stdin = std::io::stdin().lock();
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if write_frame(&mut writer, frame::STDIN, &buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-        let _ = write_frame(&mut writer, frame::STDIN_CLOSED, b"");
-    });
-    loop {
-        match read_frame(&mut reader) {
-            Ok(Some((frame::STDOUT, d))) => {
-                let mut o = std::io::stdout().lock();
-                let _ = o.write_all(&d).and_then(|_| o.flush());
-            }
-            Ok(Some((frame::STDERR, d))) => {
-                let _ = std::io::stderr().write_all(&d);
-            }
-            Ok(Some((frame::EXIT, d))) if d.len() == 4 => {
-                std::process::exit(i32::from_le_bytes([d[0], d[1], d[2], d[3]]));
-            }
-            Ok(Some((frame::FAILED, d))) => {
-                eprintln!("qvm-run: {}", String::from_utf8_lossy(&d));
-                std::process::exit(127);
-            }
-            Ok(Some(_)) => {
-                eprintln!("qvm-run: the agent sent a frame this qvm-run does not know");
-                std::process::exit(255);
-            }
-            Ok(None) | Err(_) => {
-                eprintln!("qvm-run: the connection to the guest agent was lost");
-                std::process::exit(255);
-            }
+            std::process::exit(match e {
+                ClientError::Failed(_) => 127,
+                _ => 255,
+            });
         }
     }
 }

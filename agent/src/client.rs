@@ -1,0 +1,249 @@
+//! The host's side of the agent protocol, one client for `qvm-run` and `qvm run`: a
+//! [`Session`] sends one command (its arguments as `ARG` frames, then `END_ARGS`), relays stdin
+//! (`STDIN`, `STDIN_CLOSED`), stdout and stderr, and returns the command's exit status.
+//!
+//! Everything the guest sends is hostile: frames are bounded by [`frame::read_frame`], an
+//! unknown frame or a malformed exit status ends the session with an error, and the stdout a
+//! caller keeps in memory can be bounded (`limit`).
+
+use std::io::{BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::frame::{self, read_frame, write_frame};
+use crate::stream::{connect_through_vmm, VsockStream};
+
+/// The guest agent's usual vsock port.
+pub const AGENT_PORT: u32 = 5000;
+
+/// Why a session failed. Each message says what happened from the host's point of view.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("sending the command to the guest agent: {0}")]
+    Send(#[source] std::io::Error),
+    #[error("the guest could not start the command: {0}")]
+    Failed(String),
+    #[error("the connection to the guest agent was lost")]
+    Lost,
+    #[error("the guest agent sent a frame this client does not know ({0:#x})")]
+    Protocol(u8),
+    #[error("the guest's output is larger than {limit} bytes; copy smaller files")]
+    TooLarge { limit: usize },
+    #[error("writing the command's output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+/// Where the command's stdin comes from.
+pub enum Input {
+    /// This process's stdin, relayed until it ends.
+    Inherit,
+    /// These bytes, then end of input.
+    Bytes(Vec<u8>),
+}
+
+/// A connection to a guest agent, ready for one command.
+pub struct Session {
+    reader: Box<dyn Read + Send>,
+    writer: Box<dyn Write + Send>,
+}
+
+impl Session {
+    /// Connects to guest port `port` through the VMM's vsock unix socket `uds`.
+    pub fn through_vmm(uds: &Path, port: u32) -> std::io::Result<Session> {
+        let (reader, writer): (BufReader<UnixStream>, UnixStream) = connect_through_vmm(uds, port)?;
+        Ok(Session {
+            reader: Box::new(reader),
+            writer: Box::new(writer),
+        })
+    }
+
+    /// Connects to (`cid`, `port`) over the host's AF_VSOCK (a VM on the kernel's vhost-vsock).
+    pub fn over_vsock(cid: u32, port: u32) -> std::io::Result<Session> {
+        let s = VsockStream::connect(cid, port)?;
+        Ok(Session {
+            reader: Box::new(s.try_clone()?),
+            writer: Box::new(s),
+        })
+    }
+
+    /// [`Session::through_vmm`], retried every 200 ms until it succeeds or `wait` has passed
+    /// (a guest that is still booting refuses the port); the last error otherwise.
+    pub fn through_vmm_waiting(uds: &Path, port: u32, wait: Duration) -> std::io::Result<Session> {
+        let start = Instant::now();
+        loop {
+            match Session::through_vmm(uds, port) {
+                Ok(s) => return Ok(s),
+                Err(e) if start.elapsed() >= wait => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// Runs `argv` in the guest; stdout and stderr go to `out` and `err`. Returns the command's
+    /// exit status. `limit` bounds the stdout bytes accepted (None: unbounded).
+    pub fn exec(
+        mut self,
+        argv: &[String],
+        input: Input,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+        limit: Option<usize>,
+    ) -> Result<i32, ClientError> {
+        argv.iter()
+            .try_for_each(|a| write_frame(&mut self.writer, frame::ARG, a.as_bytes()))
+            .and_then(|_| write_frame(&mut self.writer, frame::END_ARGS, b""))
+            .map_err(ClientError::Send)?;
+        let mut writer = self.writer;
+        // From a thread: the guest may fill its stdout before it reads all of stdin.
+        std::thread::spawn(move || {
+            let send = |writer: &mut Box<dyn Write + Send>, data: &[u8]| {
+                write_frame(writer, frame::STDIN, data).is_ok()
+            };
+            match input {
+                Input::Bytes(data) => {
+                    for chunk in data.chunks(frame::MAX_PAYLOAD / 2) {
+                        if !send(&mut writer, chunk) {
+                            return;
+                        }
+                    }
+                }
+                Input::Inherit => {
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut stdin = std::io::stdin().lock();
+                    loop {
+                        match stdin.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if !send(&mut writer, &buf[..n]) {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let _ = write_frame(&mut writer, frame::STDIN_CLOSED, b"");
+        });
+        let mut got = 0usize;
+        loop {
+            match read_frame(&mut self.reader) {
+                Ok(Some((frame::STDOUT, d))) => {
+                    got += d.len();
+                    if let Some(limit) = limit {
+                        if got > limit {
+                            return Err(ClientError::TooLarge { limit });
+                        }
+                    }
+                    out.write_all(&d)
+                        .and_then(|_| out.flush())
+                        .map_err(ClientError::Output)?;
+                }
+                Ok(Some((frame::STDERR, d))) => {
+                    let _ = err.write_all(&d);
+                }
+                Ok(Some((frame::EXIT, d))) => {
+                    let code: [u8; 4] = d.as_slice().try_into().map_err(|_| ClientError::Lost)?;
+                    return Ok(i32::from_le_bytes(code));
+                }
+                Ok(Some((frame::FAILED, d))) => {
+                    return Err(ClientError::Failed(
+                        String::from_utf8_lossy(&d).into_owned(),
+                    ))
+                }
+                Ok(Some((kind, _))) => return Err(ClientError::Protocol(kind)),
+                Ok(None) | Err(_) => return Err(ClientError::Lost),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// A session whose agent is `agent`, run on a thread against the other end of a socket
+    /// pair; it gets the frames the client sent before `END_ARGS`.
+    fn against(agent: impl FnOnce(&mut UnixStream, Vec<Vec<u8>>) + Send + 'static) -> Session {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            let mut args = Vec::new();
+            while let Ok(Some((kind, data))) = read_frame(&mut theirs) {
+                if kind == frame::END_ARGS {
+                    break;
+                }
+                args.push(data);
+            }
+            agent(&mut theirs, args);
+        });
+        Session {
+            reader: Box::new(ours.try_clone().unwrap()),
+            writer: Box::new(ours),
+        }
+    }
+
+    fn run(s: Session, limit: Option<usize>) -> (Result<i32, ClientError>, Vec<u8>, Vec<u8>) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let argv = vec!["echo".to_string(), "hi".to_string()];
+        let r = s.exec(
+            &argv,
+            Input::Bytes(b"in".to_vec()),
+            &mut out,
+            &mut err,
+            limit,
+        );
+        (r, out, err)
+    }
+
+    #[test]
+    fn a_command_s_output_and_status_come_back() {
+        let s = against(|a, args| {
+            assert_eq!(args, vec![b"echo".to_vec(), b"hi".to_vec()]);
+            write_frame(a, frame::STDOUT, b"hi\n").unwrap();
+            write_frame(a, frame::STDERR, b"warn\n").unwrap();
+            write_frame(a, frame::EXIT, &3i32.to_le_bytes()).unwrap();
+        });
+        let (r, out, err) = run(s, None);
+        assert_eq!(r.unwrap(), 3);
+        assert_eq!(
+            (out.as_slice(), err.as_slice()),
+            (&b"hi\n"[..], &b"warn\n"[..])
+        );
+    }
+
+    #[test]
+    fn a_hostile_agent_gets_an_error_not_a_hang_or_a_panic() {
+        let cases: Vec<(u8, Vec<u8>, &str)> = vec![
+            (
+                frame::FAILED,
+                b"no such program".to_vec(),
+                "could not start",
+            ),
+            (b'?', b"x".to_vec(), "does not know (0x3f)"),
+            (frame::EXIT, vec![1, 2], "was lost"),
+        ];
+        for (kind, data, want) in cases {
+            let s = against(move |a, _| {
+                write_frame(a, kind, &data).unwrap();
+            });
+            let e = run(s, None).0.unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        // The agent goes away mid-command.
+        let s = against(|a, _| {
+            write_frame(a, frame::STDOUT, b"partial").unwrap();
+        });
+        assert!(matches!(run(s, None).0, Err(ClientError::Lost)));
+        // More stdout than the caller keeps.
+        let s = against(|a, _| {
+            for _ in 0..4 {
+                write_frame(a, frame::STDOUT, &[b'x'; 1000]).unwrap();
+            }
+            let _ = write_frame(a, frame::EXIT, &0i32.to_le_bytes());
+        });
+        let (r, out, _) = run(s, Some(2500));
+        assert!(matches!(r, Err(ClientError::TooLarge { limit: 2500 })));
+        assert!(out.len() <= 2500);
+    }
+}
