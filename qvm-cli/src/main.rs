@@ -15,7 +15,7 @@ use qvm_cli::copy::{self, ConfirmError, HOST_SOURCE, MAX_COPY_BYTES};
 use qvm_cli::domains::{Domain, Domains, DomainsError};
 use qvm_cli::runtime::{runtime_root, VmPaths};
 use qvm_cli::units;
-use qvm_cli::vm::{self, State, VmError};
+use qvm_cli::vm::{self, LifecycleError, State};
 
 #[derive(Parser, Debug)]
 #[command(name = "qvm", version, about = "Run the desktop's VMs from the host")]
@@ -91,7 +91,7 @@ enum CliError {
     #[error(transparent)]
     Domains(#[from] DomainsError),
     #[error(transparent)]
-    Vm(#[from] VmError),
+    Lifecycle(#[from] LifecycleError),
     #[error("{vm}: {source}")]
     Agent {
         vm: String,
@@ -408,7 +408,9 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("qvm: error: {e}");
             match e {
-                CliError::Domains(_) | CliError::Vm(VmError::Domains(_)) => ExitCode::from(2),
+                CliError::Domains(_) | CliError::Lifecycle(LifecycleError::Domains(_)) => {
+                    ExitCode::from(2)
+                }
                 _ => ExitCode::from(1),
             }
         }

@@ -1,5 +1,5 @@
-//! Starting, stopping and asking after one VM: one detached `qvm-vmm` per VM, its API socket
-//! and pid file in the VM's runtime directory.
+//! A VM's lifecycle: starting, stopping and asking after one VM, one detached `qvm-vmm` per VM
+//! with its API socket and pid file in the VM's runtime directory.
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
@@ -15,7 +15,7 @@ use crate::domains::{to_toml, Domain, DomainsError};
 use crate::runtime::{alive, VmPaths};
 
 #[derive(Debug, thiserror::Error)]
-pub enum VmError {
+pub enum LifecycleError {
     #[error(transparent)]
     Domains(#[from] DomainsError),
     #[error("{path}: {source}")]
@@ -47,8 +47,8 @@ pub enum VmError {
     WontDie { vm: String, pid: i32 },
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
-    move |source| VmError::Io {
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LifecycleError + '_ {
+    move |source| LifecycleError::Io {
         path: path.to_path_buf(),
         source,
     }
@@ -177,7 +177,7 @@ pub fn vmm_command(
 
 /// Last `n` lines of a file.
 /// Writes the VM's derived `vm.toml` (after qvm-vmm's validation) and returns its path.
-pub fn write_config(d: &Domain, paths: &VmPaths) -> Result<PathBuf, VmError> {
+pub fn write_config(d: &Domain, paths: &VmPaths) -> Result<PathBuf, LifecycleError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -210,7 +210,7 @@ pub fn write_config(d: &Domain, paths: &VmPaths) -> Result<PathBuf, VmError> {
 
 /// Serializes `qvm start`/`stop` of one VM (two `qvm run` on a stopped VM boot it once): an
 /// exclusive flock on `<root>/.<vm>.lock`, outside the VM's directory (a jailed VM owns that).
-fn lock(paths: &VmPaths) -> Result<std::fs::File, VmError> {
+fn lock(paths: &VmPaths) -> Result<std::fs::File, LifecycleError> {
     let root = paths.dir.parent().unwrap_or(Path::new("/"));
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -232,7 +232,7 @@ fn lock(paths: &VmPaths) -> Result<std::fs::File, VmError> {
         .map_err(io(&path))?;
     // SAFETY: flock(2) on a descriptor we own; released when the file is dropped.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(VmError::Io {
+        return Err(LifecycleError::Io {
             path,
             source: std::io::Error::last_os_error(),
         });
@@ -242,7 +242,11 @@ fn lock(paths: &VmPaths) -> Result<std::fs::File, VmError> {
 
 /// Starts the VM unless it runs; waits until its API answers. Returns the VMM's pid and
 /// whether this call started it.
-pub fn start(d: &Domain, paths: &VmPaths, timeout: Duration) -> Result<(i32, bool), VmError> {
+pub fn start(
+    d: &Domain,
+    paths: &VmPaths,
+    timeout: Duration,
+) -> Result<(i32, bool), LifecycleError> {
     let _lock = lock(paths)?;
     match status(paths) {
         State::Running { pid, .. } => return Ok((pid, false)),
@@ -279,7 +283,7 @@ pub fn start(d: &Domain, paths: &VmPaths, timeout: Duration) -> Result<(i32, boo
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|source| VmError::Spawn {
+    let mut child = cmd.spawn().map_err(|source| LifecycleError::Spawn {
         vmm: vmm.clone(),
         source,
     })?;
@@ -294,12 +298,17 @@ pub fn start(d: &Domain, paths: &VmPaths, timeout: Duration) -> Result<(i32, boo
     Ok((pid, true))
 }
 
-fn wait_api(d: &Domain, paths: &VmPaths, pid: i32, timeout: Duration) -> Result<(), VmError> {
+fn wait_api(
+    d: &Domain,
+    paths: &VmPaths,
+    pid: i32,
+    timeout: Duration,
+) -> Result<(), LifecycleError> {
     let start = Instant::now();
     loop {
         if !alive(pid) {
             paths.clean_stale();
-            return Err(VmError::StartFailed {
+            return Err(LifecycleError::StartFailed {
                 vm: d.name.clone(),
                 vmm_log: paths.vmm_log(),
                 tail: crate::logs::tail(&paths.vmm_log(), 10),
@@ -309,7 +318,7 @@ fn wait_api(d: &Domain, paths: &VmPaths, pid: i32, timeout: Duration) -> Result<
             return Ok(());
         }
         if start.elapsed() >= timeout {
-            return Err(VmError::StartTimeout {
+            return Err(LifecycleError::StartTimeout {
                 vm: d.name.clone(),
                 sock: paths.api_sock(),
                 secs: timeout.as_secs(),
@@ -344,7 +353,7 @@ fn action(paths: &VmPaths, body: &str) {
 /// Stops the VM: `shutdown` (ACPI power button; the VMM stops the VM itself after `grace`),
 /// then `stop`, then SIGKILL; waits for the VMM to exit and removes its sockets. Returns
 /// false if it was not running.
-pub fn stop(d: &Domain, paths: &VmPaths, grace: Duration) -> Result<bool, VmError> {
+pub fn stop(d: &Domain, paths: &VmPaths, grace: Duration) -> Result<bool, LifecycleError> {
     let _lock = lock(paths)?;
     let Some(pid) = paths.live_pid() else {
         paths.clean_stale();
@@ -360,7 +369,7 @@ pub fn stop(d: &Domain, paths: &VmPaths, grace: Duration) -> Result<bool, VmErro
             // SAFETY: kill(2) of the VMM whose command line names this VM's API socket.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             if !wait_exit(pid, Duration::from_secs(5)) {
-                return Err(VmError::WontDie {
+                return Err(LifecycleError::WontDie {
                     vm: d.name.clone(),
                     pid,
                 });
