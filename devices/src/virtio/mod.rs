@@ -11,10 +11,18 @@
 //! until activation; it is the only [`crate::BusDevice`] the vCPUs see.
 
 pub mod block;
+pub mod common;
 pub mod mmio;
 pub mod net;
 pub mod vhost_user;
 pub mod vsock;
+pub mod worker;
+
+pub use common::{split_queues, QueueCheck, VirtioCommon, VirtioDeviceBase};
+pub use worker::{
+    run_epoll_loop, run_event_loop, signal_used, EmWorker, EpollWorker, StopFd, WorkerStop,
+    WorkerThread,
+};
 
 use std::sync::Arc;
 
