@@ -234,6 +234,7 @@ pub fn split_queues<const N: usize>(
 /// and stops, and gets [`VirtioDevice`] from the blanket implementation. The method names
 /// differ from [`VirtioDevice`]'s, so calls stay unambiguous with both traits in scope.
 pub trait VirtioDeviceBase: Send {
+    /// The device's [`VirtioCommon`] (both accessors: [`crate::virtio_common_accessors!`]).
     fn common(&self) -> &VirtioCommon;
     fn common_mut(&mut self) -> &mut VirtioCommon;
 
@@ -253,6 +254,21 @@ pub trait VirtioDeviceBase: Send {
 
     /// A config write from the driver. Default: ignored (every qvm config space is read-only).
     fn write_config_bytes(&mut self, _offset: u64, _data: &[u8]) {}
+}
+
+/// Implements [`VirtioDeviceBase::common`] and [`VirtioDeviceBase::common_mut`] over the named
+/// field, inside an `impl VirtioDeviceBase for ...` block: `virtio_common_accessors!(common);`.
+#[macro_export]
+macro_rules! virtio_common_accessors {
+    ($field:ident) => {
+        fn common(&self) -> &$crate::virtio::VirtioCommon {
+            &self.$field
+        }
+
+        fn common_mut(&mut self) -> &mut $crate::virtio::VirtioCommon {
+            &mut self.$field
+        }
+    };
 }
 
 impl<T: VirtioDeviceBase> VirtioDevice for T {
@@ -380,12 +396,8 @@ mod tests {
     }
 
     impl VirtioDeviceBase for Fake {
-        fn common(&self) -> &VirtioCommon {
-            &self.common
-        }
-        fn common_mut(&mut self) -> &mut VirtioCommon {
-            &mut self.common
-        }
+        crate::virtio_common_accessors!(common);
+
         fn start(
             &mut self,
             _mem: GuestMemoryMmap,
