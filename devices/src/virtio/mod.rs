@@ -144,7 +144,9 @@ pub trait DeviceMetrics: Send + Sync {
     fn counters(&self) -> Vec<(&'static str, u64)>;
 }
 
-/// Implements [`DeviceMetrics`] for a struct of `AtomicU64` counters, naming each by its field.
+/// Implements [`DeviceMetrics`] for a struct of `AtomicU64` counters, naming each by its field
+/// (in the order given). Exported for devices in other crates (virtio-wl).
+#[macro_export]
 macro_rules! atomic_counters {
     ($ty:ty { $($field:ident),* $(,)? }) => {
         impl $crate::virtio::DeviceMetrics for $ty {
@@ -154,4 +156,4 @@ macro_rules! atomic_counters {
         }
     };
 }
-pub(crate) use atomic_counters;
+pub use crate::atomic_counters;
