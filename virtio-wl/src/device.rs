@@ -1,17 +1,19 @@
-//! The [`VirtioDevice`] (through [`VirtioDeviceBase`]) and its worker thread.
+//! The [`qvm_devices::virtio::VirtioDevice`] (through [`VirtioDeviceBase`]) and its worker
+//! thread.
 //!
 //! The worker owns a fresh [`WlState`] per activation and waits on one epoll, the state's
 //! ([`run_epoll_loop`]): the two queue notify eventfds, a stop eventfd, and the host fds of
 //! the vfds (sockets, pipes). Reset stops and joins it; the state is dropped in the worker
-//! thread on its way out, so every vfd is closed and every buffer unmapped when reset returns.
+//! thread on its way out, so every vfd is closed and every buffer unmapped when reset returns
+//! (or the device is dropped).
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use qvm_devices::virtio::{
-    run_epoll_loop, signal_used, split_queues, ActivateError, ActiveQueue, EpollWorker,
-    GuestMemoryMmap, Interrupt, ShmRegion, VirtioCommon, VirtioDevice, VirtioDeviceBase,
-    WorkerStop, WorkerThread, TYPE_WL, VIRTIO_F_VERSION_1,
+    run_epoll_loop, signal_used, split_queues, ActivateError, Activation, EpollWorker,
+    GuestMemoryMmap, Interrupt, ShmRegion, VirtioCommon, VirtioDeviceBase, WorkerStop,
+    WorkerThread, TYPE_WL, VIRTIO_F_VERSION_1,
 };
 use virtio_queue::Queue;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -35,6 +37,7 @@ pub struct VirtioWl {
     cfg: Arc<WlConfig>,
     mapper: Arc<dyn GuestMapper>,
     metrics: Arc<WlMetrics>,
+    /// Stopped and joined by a reset, or when the device is dropped (WorkerThread's Drop).
     worker: Option<WorkerThread<()>>,
 }
 
@@ -127,13 +130,15 @@ impl VirtioWl {
 impl VirtioDeviceBase for VirtioWl {
     qvm_devices::virtio_common_accessors!(common);
 
-    fn start(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn Interrupt>,
-        queues: Vec<ActiveQueue>,
-    ) -> Result<(), ActivateError> {
-        let ([inq, outq], notify) = split_queues(queues)?;
+    fn stop(&mut self) {
+        // The worker drops its state on the way out: every vfd closed, every buffer unmapped.
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+    }
+
+    fn start(&mut self, act: Activation) -> Result<(), ActivateError> {
+        let ([inq, outq], notify) = split_queues(act.queues)?;
         let stop = WorkerStop::new().map_err(ActivateError::Worker)?;
         let mut state = WlState::new(
             self.cfg.clone(),
@@ -161,11 +166,11 @@ impl VirtioDeviceBase for VirtioWl {
         }
         let mut worker = Worker {
             state,
-            mem,
+            mem: act.mem,
             inq,
             outq,
             notify,
-            interrupt,
+            interrupt: act.interrupt,
             out: false,
             ready: Vec::with_capacity(64),
         };
@@ -178,19 +183,6 @@ impl VirtioDeviceBase for VirtioWl {
             .map_err(ActivateError::Worker)?;
         self.worker = Some(thread);
         Ok(())
-    }
-
-    fn stop(&mut self) {
-        // The worker drops its state on the way out: every vfd closed, every buffer unmapped.
-        if let Some(worker) = self.worker.take() {
-            worker.stop();
-        }
-    }
-}
-
-impl Drop for VirtioWl {
-    fn drop(&mut self) {
-        self.reset();
     }
 }
 

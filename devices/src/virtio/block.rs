@@ -7,9 +7,9 @@
 //!   [`RequestError`] that says whether a status byte can still be written);
 //! - [`Disk`] executes requests against the image with positional I/O straight between the
 //!   file and guest memory ([`Disk::process_chain`]), and [`process_queue`] drains a queue;
-//! - [`Block`] is the [`VirtioDevice`] (through [`VirtioDeviceBase`]): feature bits, config
-//!   space, and the worker thread that runs an `event_manager::EventManager` watching the
-//!   queue's notify eventfd ([`super::worker::run_event_loop`]).
+//! - [`Block`] is the [`super::VirtioDevice`] (through [`VirtioDeviceBase`]): feature bits,
+//!   config space, and the worker thread that runs an `event_manager::EventManager` watching
+//!   the queue's notify eventfd ([`super::worker::run_event_loop`]).
 //!
 //! Hostile guests: every descriptor is checked (direction, length, inside guest memory), a chain
 //! that does not end (loop, longer than the queue, broken indirect table) is returned with used
@@ -41,9 +41,8 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    run_event_loop, signal_used, split_queues, ActivateError, ActiveQueue, EmWorker,
-    GuestMemoryMmap, Interrupt, VirtioCommon, VirtioDevice, VirtioDeviceBase, WorkerStop,
-    WorkerThread, TYPE_BLOCK, VIRTIO_F_VERSION_1,
+    signal_used, split_queues, ActivateError, Activation, EmWorker, GuestMemoryMmap, Interrupt,
+    VirtioCommon, VirtioDeviceBase, WorkerStop, WorkerThread, TYPE_BLOCK, VIRTIO_F_VERSION_1,
 };
 
 /// Sector size of the virtio-blk protocol (and the block size we report).
@@ -922,6 +921,7 @@ pub struct Block {
     /// Parked here while no worker runs; the worker owns it while active.
     disk: Option<Disk>,
     stats: Arc<BlockStats>,
+    /// Stopped and joined by a reset, or when the device is dropped (WorkerThread's Drop).
     worker: Option<WorkerThread<Option<Disk>>>,
 }
 
@@ -1026,13 +1026,14 @@ fn build_config(nsectors: u64) -> [u8; CONFIG_SIZE] {
 impl VirtioDeviceBase for Block {
     crate::virtio_common_accessors!(common);
 
-    fn start(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn Interrupt>,
-        queues: Vec<ActiveQueue>,
-    ) -> Result<(), ActivateError> {
-        let ([queue], [notify]) = split_queues(queues)?;
+    fn stop(&mut self) {
+        if let Some(disk) = self.worker.take().and_then(WorkerThread::stop) {
+            self.disk = disk;
+        }
+    }
+
+    fn start(&mut self, act: Activation) -> Result<(), ActivateError> {
+        let ([queue], [notify]) = split_queues(act.queues)?;
         let Some(disk) = self.disk.take() else {
             return Err(ActivateError::Other(format!(
                 "{}: the disk was lost when an earlier worker died",
@@ -1049,31 +1050,17 @@ impl VirtioDeviceBase for Block {
         let worker = Worker {
             disk,
             queue,
-            mem,
+            mem: act.mem,
             notify,
-            interrupt,
+            interrupt: act.interrupt,
             name: self.common.name().to_string(),
         };
         // The disk comes back through the join handle; if spawning fails the closure (and the
         // disk in it) is dropped, so reopening would be needed: spawning only fails when the
         // host is out of threads.
-        let thread = stop
-            .spawn(self.common.name(), move |stop| run_event_loop(worker, stop))
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some(thread);
+        let thread = stop.spawn_event_loop(self.common.name(), worker);
+        self.worker = Some(thread.map_err(ActivateError::Worker)?);
         Ok(())
-    }
-
-    fn stop(&mut self) {
-        if let Some(disk) = self.worker.take().and_then(WorkerThread::stop) {
-            self.disk = disk;
-        }
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        self.reset();
     }
 }
 
@@ -1250,7 +1237,7 @@ pub fn fuzz_blk_request(disk: &mut Disk, mem: &GuestMemoryMmap, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::InterruptKind;
+    use crate::virtio::{ActiveQueue, InterruptKind, VirtioDevice};
     use std::io::{Read, Write};
     use std::os::unix::fs::MetadataExt;
     use std::time::{Duration, Instant};

@@ -230,6 +230,17 @@ pub fn split_queues<const N: usize>(
     }
 }
 
+/// What [`VirtioDeviceBase::start`] is given: [`VirtioDevice::activate`]'s arguments, once the
+/// queues passed [`VirtioCommon::check_activation`].
+pub struct Activation {
+    /// Guest memory (cheap to clone: the regions are shared).
+    pub mem: GuestMemoryMmap,
+    /// How the device signals the driver.
+    pub interrupt: Arc<dyn Interrupt>,
+    /// One per entry of the device's queue sizes, in order.
+    pub queues: Vec<ActiveQueue>,
+}
+
 /// The device side of [`VirtioDevice`]: a device holds a [`VirtioCommon`], says how it starts
 /// and stops, and gets [`VirtioDevice`] from the blanket implementation. The method names
 /// differ from [`VirtioDevice`]'s, so calls stay unambiguous with both traits in scope.
@@ -238,19 +249,14 @@ pub trait VirtioDeviceBase: Send {
     fn common(&self) -> &VirtioCommon;
     fn common_mut(&mut self) -> &mut VirtioCommon;
 
-    /// Starts the device with queues that passed [`VirtioCommon::check_activation`]. On error
-    /// the device must be as it was (or say in its error what it lost), and nothing may fail
-    /// after its worker thread is spawned: spawning is the last fallible step.
-    fn start(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn Interrupt>,
-        queues: Vec<ActiveQueue>,
-    ) -> Result<(), ActivateError>;
-
     /// Stops the device: stops and joins its worker, then keeps what the worker gives back for
     /// the next activation. Only called while active.
     fn stop(&mut self);
+
+    /// Starts the device. On error the device must be as it was (or say in its error what it
+    /// lost), and nothing may fail after its worker thread is spawned: spawning is the last
+    /// fallible step.
+    fn start(&mut self, act: Activation) -> Result<(), ActivateError>;
 
     /// A config write from the driver. Default: ignored (every qvm config space is read-only).
     fn write_config_bytes(&mut self, _offset: u64, _data: &[u8]) {}
@@ -303,7 +309,11 @@ impl<T: VirtioDeviceBase> VirtioDevice for T {
         mut queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
         self.common().check_activation(&mem, &mut queues)?;
-        self.start(mem, interrupt, queues)?;
+        self.start(Activation {
+            mem,
+            interrupt,
+            queues,
+        })?;
         self.common_mut().active = true;
         Ok(())
     }
@@ -398,21 +408,18 @@ mod tests {
     impl VirtioDeviceBase for Fake {
         crate::virtio_common_accessors!(common);
 
-        fn start(
-            &mut self,
-            _mem: GuestMemoryMmap,
-            _interrupt: Arc<dyn Interrupt>,
-            queues: Vec<ActiveQueue>,
-        ) -> Result<(), ActivateError> {
+        fn stop(&mut self) {
+            self.stops += 1;
+        }
+
+        fn start(&mut self, act: Activation) -> Result<(), ActivateError> {
             if self.fail_start {
                 return Err(ActivateError::Other("told to fail".into()));
             }
-            self.event_idx = queues.iter().map(|q| q.queue.event_idx_enabled()).collect();
+            let queues = act.queues.iter();
+            self.event_idx = queues.map(|q| q.queue.event_idx_enabled()).collect();
             self.counters.starts.fetch_add(1, Ordering::Relaxed);
             Ok(())
-        }
-        fn stop(&mut self) {
-            self.stops += 1;
         }
     }
 

@@ -18,7 +18,7 @@ pub mod vhost_user;
 pub mod vsock;
 pub mod worker;
 
-pub use common::{split_queues, QueueCheck, VirtioCommon, VirtioDeviceBase};
+pub use common::{split_queues, Activation, QueueCheck, VirtioCommon, VirtioDeviceBase};
 pub use worker::{
     run_epoll_loop, run_event_loop, signal_used, EmWorker, EpollWorker, StopFd, WorkerStop,
     WorkerThread,

@@ -95,6 +95,15 @@ impl WorkerStop {
             thread: Some(thread),
         })
     }
+
+    /// Spawns thread `name` running `worker` in [`run_event_loop`].
+    pub fn spawn_event_loop<W: EmWorker>(
+        self,
+        name: &str,
+        worker: W,
+    ) -> io::Result<WorkerThread<Option<W::Output>>> {
+        self.spawn(name, move |stop| run_event_loop(worker, stop))
+    }
 }
 
 /// A running worker thread returning `R`.
@@ -132,7 +141,9 @@ impl<R> WorkerThread<R> {
 }
 
 impl<R> Drop for WorkerThread<R> {
-    /// A safety net: a worker is never left running (devices call [`WorkerThread::stop`]).
+    /// Stops and joins the thread as [`WorkerThread::stop`] does, dropping what it returned: a
+    /// device dropped while active stops its worker this way (a device that must do more on
+    /// drop, e.g. clear its tap's offloads, implements Drop and resets itself).
     fn drop(&mut self) {
         let _ = self.stop_and_join();
     }

@@ -58,9 +58,9 @@ pub use tap::{
 };
 
 use super::{
-    run_event_loop, signal_used, split_queues, ActivateError, ActiveQueue, EmWorker,
-    GuestMemoryMmap, Interrupt, VirtioCommon, VirtioDevice, VirtioDeviceBase, WorkerStop,
-    WorkerThread, TYPE_NET, VIRTIO_F_VERSION_1,
+    signal_used, split_queues, ActivateError, Activation, EmWorker, GuestMemoryMmap, Interrupt,
+    VirtioCommon, VirtioDevice, VirtioDeviceBase, WorkerStop, WorkerThread, TYPE_NET,
+    VIRTIO_F_VERSION_1,
 };
 
 /// Size (and maximum size) of each queue.
@@ -842,13 +842,18 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
 impl<T: TapIo + AsRawFd + Send + 'static> VirtioDeviceBase for Net<T> {
     crate::virtio_common_accessors!(common);
 
-    fn start(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn Interrupt>,
-        queues: Vec<ActiveQueue>,
-    ) -> Result<(), ActivateError> {
-        let ([rx, tx], [rx_notify, tx_notify]) = split_queues(queues)?;
+    fn stop(&mut self) {
+        let worker = self.worker.take();
+        if let Some(mut backend) = worker.and_then(WorkerThread::stop).flatten() {
+            backend.reset_queues();
+            // Until the next driver says what it accepts: plain frames only.
+            let _ = backend.tap_mut().set_offloads(0);
+            self.backend = Some(backend);
+        }
+    }
+
+    fn start(&mut self, act: Activation) -> Result<(), ActivateError> {
+        let ([rx, tx], [rx_notify, tx_notify]) = split_queues(act.queues)?;
         let Some(mut backend) = self.backend.take() else {
             return Err(ActivateError::Other(format!(
                 "{}: the tap was lost when an earlier worker died",
@@ -878,10 +883,10 @@ impl<T: TapIo + AsRawFd + Send + 'static> VirtioDeviceBase for Net<T> {
             backend,
             rx,
             tx,
-            mem,
+            mem: act.mem,
             rx_notify,
             tx_notify,
-            interrupt,
+            interrupt: act.interrupt,
             tap_events: EventSet::empty(),
             rx_paused: false,
             tx_blocked: false,
@@ -890,21 +895,9 @@ impl<T: TapIo + AsRawFd + Send + 'static> VirtioDeviceBase for Net<T> {
         };
         // The tap comes back through the join handle; if spawning fails the closure (and the
         // tap in it) is dropped: spawning only fails when the host is out of threads.
-        let thread = stop
-            .spawn(self.common.name(), move |stop| run_event_loop(worker, stop))
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some(thread);
+        let thread = stop.spawn_event_loop(self.common.name(), worker);
+        self.worker = Some(thread.map_err(ActivateError::Worker)?);
         Ok(())
-    }
-
-    fn stop(&mut self) {
-        let worker = self.worker.take();
-        if let Some(mut backend) = worker.and_then(WorkerThread::stop).flatten() {
-            backend.reset_queues();
-            // Until the next driver says what it accepts: plain frames only.
-            let _ = backend.tap_mut().set_offloads(0);
-            self.backend = Some(backend);
-        }
     }
 }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::virtio::InterruptKind;
+use crate::virtio::{ActiveQueue, InterruptKind};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Mutex;

@@ -19,8 +19,8 @@ use vm_memory::Bytes;
 
 use super::{FrontendConfig, FrontendError, StandbyResponder, VhostUserHandle, VhostUserStats};
 use crate::virtio::{
-    ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, QueueCheck, VirtioCommon,
-    VirtioDeviceBase, TYPE_FS, VIRTIO_F_VERSION_1,
+    ActivateError, Activation, GuestMemoryMmap, QueueCheck, VirtioCommon, VirtioDeviceBase,
+    TYPE_FS, VIRTIO_F_VERSION_1,
 };
 
 /// Longest tag (virtio 1.2, 5.11.4: 36 bytes, NUL padded, not NUL terminated when full).
@@ -181,19 +181,15 @@ pub fn config_space(tag: &str, num_request_queues: u16) -> Result<[u8; CONFIG_SI
 impl VirtioDeviceBase for VhostUserFs {
     crate::virtio_common_accessors!(common);
 
-    fn start(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn Interrupt>,
-        queues: Vec<ActiveQueue>,
-    ) -> Result<(), ActivateError> {
-        let acked = self.common.acked_features();
-        self.handle
-            .activate(&mem, acked, interrupt, queues, Arc::new(FuseStandby))
-    }
-
     fn stop(&mut self) {
         self.handle.reset();
+    }
+
+    fn start(&mut self, act: Activation) -> Result<(), ActivateError> {
+        let acked = self.common.acked_features();
+        let responder = Arc::new(FuseStandby);
+        self.handle
+            .activate(&act.mem, acked, act.interrupt, act.queues, responder)
     }
 }
 

@@ -49,9 +49,9 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use self::muxer::{Muxer, Watcher, LISTENER_TOKEN};
 use super::{
-    run_event_loop, signal_used, split_queues, ActivateError, ActiveQueue, EmWorker,
-    GuestMemoryMmap, Interrupt, VirtioCommon, VirtioDevice, VirtioDeviceBase, WorkerStop,
-    WorkerThread, TYPE_VSOCK, VIRTIO_F_VERSION_1,
+    signal_used, split_queues, ActivateError, Activation, EmWorker, GuestMemoryMmap, Interrupt,
+    VirtioCommon, VirtioDevice, VirtioDeviceBase, WorkerStop, WorkerThread, TYPE_VSOCK,
+    VIRTIO_F_VERSION_1,
 };
 
 /// Size (and maximum) of each queue.
@@ -248,42 +248,6 @@ impl Vsock {
 impl VirtioDeviceBase for Vsock {
     crate::virtio_common_accessors!(common);
 
-    fn start(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn Interrupt>,
-        queues: Vec<ActiveQueue>,
-    ) -> Result<(), ActivateError> {
-        let ([rxq, txq, evq], notify) = split_queues(queues)?;
-        let stop = WorkerStop::new().map_err(ActivateError::Worker)?;
-        let timer = TimerFd::new().map_err(|e| ActivateError::Worker(e.into()))?;
-        let Some(muxer) = self.muxer.take() else {
-            return Err(ActivateError::Other(format!(
-                "{}: the connection state was lost when an earlier worker died; recreate the device",
-                self.common.name()
-            )));
-        };
-        let worker = Worker {
-            muxer,
-            mem,
-            rxq,
-            txq,
-            _evq: evq,
-            notify,
-            timer,
-            timer_armed_for: None,
-            interrupt,
-            name: self.common.name().to_string(),
-        };
-        // If spawning fails the muxer (and the listener) is lost: only when the host is out
-        // of threads.
-        let thread = stop
-            .spawn(self.common.name(), move |stop| run_event_loop(worker, stop))
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some(thread);
-        Ok(())
-    }
-
     fn stop(&mut self) {
         let Some(worker) = self.worker.take() else {
             return;
@@ -298,6 +262,35 @@ impl VirtioDeviceBase for Vsock {
             // A panic, logged by WorkerThread::stop.
             None => {}
         }
+    }
+
+    fn start(&mut self, act: Activation) -> Result<(), ActivateError> {
+        let ([rxq, txq, evq], notify) = split_queues(act.queues)?;
+        let stop = WorkerStop::new().map_err(ActivateError::Worker)?;
+        let timer = TimerFd::new().map_err(|e| ActivateError::Worker(e.into()))?;
+        let Some(muxer) = self.muxer.take() else {
+            return Err(ActivateError::Other(format!(
+                "{}: the connection state was lost when an earlier worker died; recreate the device",
+                self.common.name()
+            )));
+        };
+        let worker = Worker {
+            muxer,
+            mem: act.mem,
+            rxq,
+            txq,
+            _evq: evq,
+            notify,
+            timer,
+            timer_armed_for: None,
+            interrupt: act.interrupt,
+            name: self.common.name().to_string(),
+        };
+        // If spawning fails the muxer (and the listener) is lost: only when the host is out
+        // of threads.
+        let thread = stop.spawn_event_loop(self.common.name(), worker);
+        self.worker = Some(thread.map_err(ActivateError::Worker)?);
+        Ok(())
     }
 }
 
