@@ -41,8 +41,9 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    signal_used, split_queues, ActivateError, Activation, EmWorker, GuestMemoryMmap, Interrupt,
-    VirtioCommon, VirtioDeviceBase, WorkerStop, WorkerThread, TYPE_BLOCK, VIRTIO_F_VERSION_1,
+    drain_queue, signal_used, split_queues, ActivateError, Activation, EmWorker, GuestMemoryMmap,
+    Interrupt, Round, VirtioCommon, VirtioDeviceBase, WorkerStop, WorkerThread, TYPE_BLOCK,
+    VIRTIO_F_VERSION_1,
 };
 
 /// Sector size of the virtio-blk protocol (and the block size we report).
@@ -1079,26 +1080,11 @@ impl Worker {
     /// Processes the queue until it is empty with notifications enabled, then interrupts the
     /// driver if it asked for it.
     fn handle_queue(&mut self) {
-        let mut used = false;
-        let mut idle_rounds = 0;
-        loop {
-            let _ = self.queue.disable_notification(&self.mem);
-            let before = self.queue.next_avail();
-            used |= process_queue(&mut self.disk, &mut self.queue, &self.mem);
-            let progressed = self.queue.next_avail() != before;
-            match self.queue.enable_notification(&self.mem) {
-                Ok(true) => {
-                    // More arrived. A broken avail index makes this true forever without
-                    // anything to pop: give up after a round without progress.
-                    idle_rounds = if progressed { 0 } else { idle_rounds + 1 };
-                    if idle_rounds >= 2 {
-                        break;
-                    }
-                }
-                _ => break,
-            }
-        }
-        if used && self.queue.needs_notification(&self.mem).unwrap_or(true) {
+        let (disk, mem) = (&mut self.disk, &self.mem);
+        let drain = drain_queue(&mut self.queue, mem, usize::MAX, |q| {
+            Round::used(process_queue(disk, q, mem))
+        });
+        if drain.used && self.queue.needs_notification(&self.mem).unwrap_or(true) {
             signal_used(self.interrupt.as_ref(), &self.name);
         }
     }

@@ -20,8 +20,8 @@ pub mod worker;
 
 pub use common::{split_queues, Activation, QueueCheck, VirtioCommon, VirtioDeviceBase};
 pub use worker::{
-    run_epoll_loop, run_event_loop, signal_used, EmWorker, EpollWorker, StopFd, WorkerStop,
-    WorkerThread,
+    drain_queue, run_epoll_loop, run_event_loop, signal_used, Drain, DrainEnd, EmWorker,
+    EpollWorker, Round, StopFd, WorkerStop, WorkerThread,
 };
 
 use std::sync::Arc;

@@ -12,6 +12,8 @@
 //!   on an epoll an [`EpollWorker`] owns (virtio-wl, whose state owns the epoll; the
 //!   vhost-user supervisor, which needs a timeout). Both stop at their stop token and drop the
 //!   worker inside the thread.
+//! - [`drain_queue`] serves a queue until it is empty with notifications on, and gives up on an
+//!   avail index that keeps saying "more" without anything to pop (block, vsock tx, net tx).
 //!
 //! Nothing here spawns from inside a worker: the device seccomp filter has no thread creation.
 
@@ -21,10 +23,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::{Epoll, EpollEvent};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{Interrupt, InterruptKind};
+use super::{GuestMemoryMmap, Interrupt, InterruptKind};
 
 /// The stop eventfd of a worker about to start (both ends non-blocking: a full counter still
 /// wakes the worker).
@@ -154,6 +157,93 @@ impl<R> Drop for WorkerThread<R> {
 pub fn signal_used(interrupt: &dyn Interrupt, name: &str) {
     if let Err(e) = interrupt.trigger(InterruptKind::Queue) {
         eprintln!("{name}: cannot raise the queue interrupt: {e}");
+    }
+}
+
+/// What one round of [`drain_queue`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Round {
+    /// Used entries were added.
+    pub used: bool,
+    /// The device cannot go on now (net: the tap would block): the drain ends and leaves
+    /// notifications off, the device resumes on its own event.
+    pub blocked: bool,
+}
+
+impl Round {
+    /// A round that was not blocked; `used` says whether it added used entries.
+    pub fn used(used: bool) -> Round {
+        Round {
+            used,
+            blocked: false,
+        }
+    }
+}
+
+/// How [`drain_queue`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainEnd {
+    /// Empty with notifications on: the next kick resumes.
+    Empty,
+    /// Two rounds in a row popped nothing while notifications said more was there: a broken
+    /// (hostile) avail index says that forever, so the drain gives up until the next kick.
+    Idle,
+    /// A round was blocked; notifications stay off.
+    Blocked,
+    /// `max_rounds` rounds found more every time: the caller lets other events have a turn
+    /// (and kicks itself to come back).
+    Budget,
+}
+
+/// What [`drain_queue`] did: whether any round added used entries, and how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    pub used: bool,
+    pub end: DrainEnd,
+}
+
+/// Serves `queue` round by round until it is empty with notifications enabled. Each round
+/// disables notifications, lets `round` pop and serve what is available, then enables them
+/// again (which also says whether more arrived meanwhile). The guard every device needs
+/// against a guest: an avail index that makes "more arrived" true without anything to pop
+/// ends the drain at the second such round in a row ([`DrainEnd::Idle`]).
+pub fn drain_queue(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    max_rounds: usize,
+    mut round: impl FnMut(&mut Queue) -> Round,
+) -> Drain {
+    let mut used = false;
+    let mut idle_rounds = 0;
+    let mut rounds = 0;
+    loop {
+        let _ = queue.disable_notification(mem);
+        let before = queue.next_avail();
+        let r = round(queue);
+        used |= r.used;
+        if r.blocked {
+            return Drain {
+                used,
+                end: DrainEnd::Blocked,
+            };
+        }
+        let progressed = queue.next_avail() != before;
+        let end = match queue.enable_notification(mem) {
+            Ok(true) => {
+                // More arrived (or the avail index is broken).
+                idle_rounds = if progressed { 0 } else { idle_rounds + 1 };
+                rounds += 1;
+                if idle_rounds >= 2 {
+                    DrainEnd::Idle
+                } else if rounds >= max_rounds {
+                    DrainEnd::Budget
+                } else {
+                    continue;
+                }
+            }
+            _ => DrainEnd::Empty,
+        };
+        return Drain { used, end };
     }
 }
 
@@ -541,6 +631,91 @@ mod tests {
         wait_until("a timeout round", || !log.lock().unwrap().is_empty());
         assert_eq!(t.stop(), Some(()));
         assert_eq!(*log.lock().unwrap(), ["after"]);
+    }
+
+    /// Runs [`drain_queue`] over a 16-entry queue in fresh memory whose avail index is
+    /// `avail_idx`. No descriptors: `round(call, queue, set_avail_idx)` moves `next_avail`
+    /// itself (only the avail index matters to the drain). Returns the result, the number of
+    /// rounds, the queue and the memory.
+    fn drain_with(
+        avail_idx: u16,
+        max_rounds: usize,
+        mut round: impl FnMut(usize, &mut Queue, &dyn Fn(u16)) -> Round,
+    ) -> (Drain, usize, Queue, GuestMemoryMmap) {
+        use virtio_queue::mock::MockSplitQueue;
+        use vm_memory::{Bytes, GuestAddress};
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let (mut q, avail) = {
+            let mock = MockSplitQueue::new(&mem, 16);
+            (mock.create_queue::<Queue>().unwrap(), mock.avail_addr())
+        };
+        let set_avail = |idx: u16| {
+            let at = GuestAddress(avail.0 + 2);
+            mem.write_obj(idx.to_le(), at).unwrap();
+        };
+        set_avail(avail_idx);
+        let mut calls = 0;
+        let d = drain_queue(&mut q, &mem, max_rounds, |q| {
+            calls += 1;
+            round(calls, q, &set_avail)
+        });
+        (d, calls, q, mem)
+    }
+
+    #[test]
+    fn drain_queue_serves_until_empty_also_what_arrives_meanwhile() {
+        let (d, calls, _, _) = drain_with(3, usize::MAX, |call, q, set_avail| {
+            if call == 1 {
+                // The driver posts two more while the first three are served.
+                set_avail(5);
+            }
+            q.set_next_avail(if call == 1 { 3 } else { 5 });
+            Round::used(true)
+        });
+        assert_eq!(calls, 2);
+        assert_eq!(
+            d,
+            Drain {
+                used: true,
+                end: DrainEnd::Empty
+            }
+        );
+    }
+
+    #[test]
+    fn drain_queue_gives_up_on_an_avail_index_that_pops_nothing() {
+        // Far more than a ring ahead: nothing can be popped, and "more" is always true.
+        let (d, calls, _, _) = drain_with(1000, usize::MAX, |_, _, _| Round::used(false));
+        assert_eq!((calls, d.end, d.used), (2, DrainEnd::Idle, false));
+
+        // Progress resets the count: idle, progress, idle, idle.
+        let (d, calls, _, _) = drain_with(1000, usize::MAX, |call, q, _| {
+            if call == 2 {
+                q.set_next_avail(1);
+            }
+            Round::used(call == 2)
+        });
+        assert_eq!((calls, d.end, d.used), (4, DrainEnd::Idle, true));
+    }
+
+    #[test]
+    fn drain_queue_stops_when_blocked_or_out_of_rounds() {
+        use vm_memory::{Bytes, GuestAddress};
+        let blocked = Round {
+            used: true,
+            blocked: true,
+        };
+        let (d, calls, q, mem) = drain_with(10, usize::MAX, |_, _, _| blocked);
+        assert_eq!((calls, d.end, d.used), (1, DrainEnd::Blocked, true));
+        // Notifications stay off (VRING_USED_F_NO_NOTIFY in the used ring's flags).
+        let flags: u16 = mem.read_obj(GuestAddress(q.used_ring())).unwrap();
+        assert_eq!(u16::from_le(flags) & 1, 1);
+
+        let (d, calls, q, _) = drain_with(10, 3, |_, q, _| {
+            q.set_next_avail(q.next_avail() + 1);
+            Round::used(true)
+        });
+        assert_eq!((calls, d.end, q.next_avail()), (3, DrainEnd::Budget, 3));
     }
 
     #[test]

@@ -58,9 +58,9 @@ pub use tap::{
 };
 
 use super::{
-    signal_used, split_queues, ActivateError, Activation, EmWorker, GuestMemoryMmap, Interrupt,
-    VirtioCommon, VirtioDevice, VirtioDeviceBase, WorkerStop, WorkerThread, TYPE_NET,
-    VIRTIO_F_VERSION_1,
+    drain_queue, signal_used, split_queues, ActivateError, Activation, DrainEnd, EmWorker,
+    GuestMemoryMmap, Interrupt, Round, VirtioCommon, VirtioDevice, VirtioDeviceBase, WorkerStop,
+    WorkerThread, TYPE_NET, VIRTIO_F_VERSION_1,
 };
 
 /// Size (and maximum size) of each queue.
@@ -943,40 +943,21 @@ impl<T: TapIo + AsRawFd> Worker<T> {
     }
 
     fn handle_tx(&mut self, ops: &mut EventOps) {
-        let backend = &mut self.backend;
-        let mut used = false;
-        let mut idle_rounds = 0;
-        let mut rounds = 0;
-        loop {
-            let _ = self.tx.disable_notification(&self.mem);
-            let before = self.tx.next_avail();
-            let out = backend.process_tx(&mut self.tx, &self.mem);
-            used |= out.used;
-            self.tx_blocked = out.blocked;
-            if out.blocked {
-                // Notifications stay off: the tap becoming writable resumes us.
-                break;
+        let (backend, mem) = (&mut self.backend, &self.mem);
+        let drain = drain_queue(&mut self.tx, mem, TX_ROUNDS, |q| {
+            let out = backend.process_tx(q, mem);
+            Round {
+                used: out.used,
+                blocked: out.blocked,
             }
-            let progressed = self.tx.next_avail() != before;
-            match self.tx.enable_notification(&self.mem) {
-                Ok(true) => {
-                    // More arrived. A broken avail index makes this true forever without
-                    // anything to pop: give up after a round without progress.
-                    idle_rounds = if progressed { 0 } else { idle_rounds + 1 };
-                    rounds += 1;
-                    if idle_rounds >= 2 {
-                        break;
-                    }
-                    if rounds >= TX_ROUNDS {
-                        // Let rx and the stop event have a turn; kick ourselves to come back.
-                        let _ = self.tx_notify.write(1);
-                        break;
-                    }
-                }
-                _ => break,
-            }
+        });
+        // Blocked: notifications stay off, the tap becoming writable resumes us.
+        self.tx_blocked = drain.end == DrainEnd::Blocked;
+        if drain.end == DrainEnd::Budget {
+            // Let rx and the stop event have a turn; kick ourselves to come back.
+            let _ = self.tx_notify.write(1);
         }
-        if used {
+        if drain.used {
             self.signal(false);
         }
         self.update_tap_interest(ops);

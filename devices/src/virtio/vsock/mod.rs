@@ -49,9 +49,9 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use self::muxer::{Muxer, Watcher, LISTENER_TOKEN};
 use super::{
-    signal_used, split_queues, ActivateError, Activation, EmWorker, GuestMemoryMmap, Interrupt,
-    VirtioCommon, VirtioDevice, VirtioDeviceBase, WorkerStop, WorkerThread, TYPE_VSOCK,
-    VIRTIO_F_VERSION_1,
+    drain_queue, signal_used, split_queues, ActivateError, Activation, EmWorker, GuestMemoryMmap,
+    Interrupt, Round, VirtioCommon, VirtioDevice, VirtioDeviceBase, WorkerStop, WorkerThread,
+    TYPE_VSOCK, VIRTIO_F_VERSION_1,
 };
 
 /// Size (and maximum) of each queue.
@@ -361,26 +361,11 @@ struct Worker {
 impl Worker {
     /// Processes the tx queue until it is empty with notifications enabled.
     fn handle_tx(&mut self, now: Instant) -> bool {
-        let mut used = false;
-        let mut idle_rounds = 0;
-        loop {
-            let _ = self.txq.disable_notification(&self.mem);
-            let before = self.txq.next_avail();
-            used |= self.muxer.process_tx(&mut self.txq, &self.mem, now);
-            let progressed = self.txq.next_avail() != before;
-            match self.txq.enable_notification(&self.mem) {
-                Ok(true) => {
-                    // A broken avail index makes this true forever: give up after a round
-                    // without progress.
-                    idle_rounds = if progressed { 0 } else { idle_rounds + 1 };
-                    if idle_rounds >= 2 {
-                        break;
-                    }
-                }
-                _ => break,
-            }
-        }
-        used
+        let (muxer, mem) = (&mut self.muxer, &self.mem);
+        let drain = drain_queue(&mut self.txq, mem, usize::MAX, |q| {
+            Round::used(muxer.process_tx(q, mem, now))
+        });
+        drain.used
     }
 
     /// After any event: deliver what is pending, update the watched sockets and the timer,
