@@ -1,20 +1,23 @@
-//! The [`VirtioDevice`] and its worker thread.
+//! The [`qvm_devices::virtio::VirtioDevice`] (through [`VirtioDeviceBase`]) and its worker
+//! thread.
 //!
-//! The worker owns a fresh [`WlState`] per activation and waits on one epoll: the two queue
-//! notify eventfds, a stop eventfd, and the host fds of the vfds (sockets, pipes). Reset stops
-//! and joins it; dropping the state closes every vfd and unmaps every buffer.
+//! The worker owns a fresh [`WlState`] per activation and waits on one epoll, the state's
+//! ([`run_epoll_loop`]): the two queue notify eventfds, a stop eventfd, and the host fds of
+//! the vfds (sockets, pipes). Reset stops and joins it; the state is dropped in the worker
+//! thread on its way out, so every vfd is closed and every buffer unmapped when reset returns
+//! (or the device is dropped).
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use qvm_devices::virtio::{
-    ActivateError, ActiveQueue, DeviceMetrics, GuestMemoryMmap, Interrupt, InterruptKind,
-    ShmRegion, VirtioDevice, TYPE_WL, VIRTIO_F_VERSION_1,
+    run_epoll_loop, signal_used, split_queues, ActivateError, Activation, EpollWorker,
+    GuestMemoryMmap, Interrupt, ShmRegion, VirtioCommon, VirtioDeviceBase, WorkerStop,
+    WorkerThread, TYPE_WL, VIRTIO_F_VERSION_1,
 };
-use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use virtio_queue::Queue;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::mapper::GuestMapper;
 use crate::protocol::{F_SEND_FENCES, F_TRANS_FLAGS, F_USE_SHMEM, NAME_LEN, PAGE_SIZE};
@@ -24,21 +27,18 @@ use crate::{WlConfig, WlError, WlMetrics, IN_QUEUE, NUM_QUEUES, OUT_QUEUE, QUEUE
 const TOKEN_IN: u64 = 0;
 const TOKEN_OUT: u64 = 1;
 const TOKEN_STOP: u64 = 2;
-
-struct WorkerHandle {
-    stop: EventFd,
-    thread: JoinHandle<()>,
-}
+/// The worker thread's name, and the prefix of its log lines.
+const NAME: &str = "virtio-wl";
 
 /// The virtio-wl device.
 pub struct VirtioWl {
+    /// No config space (reads are zeros, writes ignored); shm region 0 is the mapper's window.
+    common: VirtioCommon,
     cfg: Arc<WlConfig>,
     mapper: Arc<dyn GuestMapper>,
     metrics: Arc<WlMetrics>,
-    features: u64,
-    acked: u64,
-    queue_sizes: [u16; NUM_QUEUES],
-    worker: Option<WorkerHandle>,
+    /// Stopped and joined by a reset, or when the device is dropped (WorkerThread's Drop).
+    worker: Option<WorkerThread<()>>,
 }
 
 impl std::fmt::Debug for VirtioWl {
@@ -46,7 +46,7 @@ impl std::fmt::Debug for VirtioWl {
         f.debug_struct("VirtioWl")
             .field("cfg", &self.cfg)
             .field("window", &self.mapper.window())
-            .field("active", &self.worker.is_some())
+            .field("active", &self.common.is_active())
             .finish()
     }
 }
@@ -90,13 +90,24 @@ impl VirtioWl {
         {
             return Err(WlError::Window { base, len });
         }
+        let metrics = Arc::new(WlMetrics::default());
+        let common = VirtioCommon::new(
+            NAME,
+            TYPE_WL,
+            VIRTIO_F_VERSION_1 | F_TRANS_FLAGS | F_SEND_FENCES | F_USE_SHMEM,
+            &[QUEUE_SIZE; NUM_QUEUES],
+        )
+        .with_shm(vec![ShmRegion {
+            id: 0,
+            addr: base,
+            len,
+        }])
+        .with_metrics(metrics.clone());
         Ok(VirtioWl {
+            common,
             cfg: Arc::new(cfg),
             mapper,
-            metrics: Arc::new(WlMetrics::default()),
-            features: VIRTIO_F_VERSION_1 | F_TRANS_FLAGS | F_SEND_FENCES | F_USE_SHMEM,
-            acked: 0,
-            queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
+            metrics,
             worker: None,
         })
     }
@@ -112,80 +123,37 @@ impl VirtioWl {
     }
 
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.common.is_active()
     }
 }
 
-impl VirtioDevice for VirtioWl {
-    fn device_type(&self) -> u32 {
-        TYPE_WL
-    }
+impl VirtioDeviceBase for VirtioWl {
+    qvm_devices::virtio_common_accessors!(common);
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
-    }
-
-    fn features(&self) -> u64 {
-        self.features
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked = features & self.features;
-    }
-
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn Interrupt>,
-        queues: Vec<ActiveQueue>,
-    ) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::Other("virtio-wl is already active".into()));
+    fn stop(&mut self) {
+        // The worker drops its state on the way out: every vfd closed, every buffer unmapped.
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
         }
-        if queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: NUM_QUEUES,
-            });
-        }
-        let mut qs = Vec::with_capacity(NUM_QUEUES);
-        let mut notify = Vec::with_capacity(NUM_QUEUES);
-        for (i, q) in queues.into_iter().enumerate() {
-            if !q.queue.is_valid(&mem) {
-                return Err(ActivateError::BadQueue(i));
-            }
-            qs.push(q.queue);
-            notify.push(q.notify);
-        }
-        let (Ok([inq, outq]), Ok(notify)) = (
-            <[Queue; NUM_QUEUES]>::try_from(qs),
-            <[EventFd; NUM_QUEUES]>::try_from(notify),
-        ) else {
-            return Err(ActivateError::QueueCount {
-                got: 0,
-                want: NUM_QUEUES,
-            });
-        };
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-        let stop_worker = stop.try_clone().map_err(ActivateError::Worker)?;
+    }
+
+    fn start(&mut self, act: Activation) -> Result<(), ActivateError> {
+        let ([inq, outq], notify) = split_queues(act.queues)?;
+        let stop = WorkerStop::new().map_err(ActivateError::Worker)?;
         let mut state = WlState::new(
             self.cfg.clone(),
             self.mapper.clone(),
             self.metrics.clone(),
-            self.acked,
+            self.common.acked_features(),
         )
         .map_err(ActivateError::Worker)?;
-        state.set_stop_fd(Some(stop_worker.as_raw_fd()));
+        // The worker's end of the stop eventfd lives until the state is dropped (see
+        // run_epoll_loop), so the state's bounded waits may poll its number.
+        state.set_stop_fd(Some(stop.worker_fd().as_raw_fd()));
         for (fd, token) in [
             (notify[IN_QUEUE].as_raw_fd(), TOKEN_IN),
             (notify[OUT_QUEUE].as_raw_fd(), TOKEN_OUT),
-            (stop_worker.as_raw_fd(), TOKEN_STOP),
+            (stop.worker_fd().as_raw_fd(), TOKEN_STOP),
         ] {
             state
                 .epoll()
@@ -196,53 +164,25 @@ impl VirtioDevice for VirtioWl {
                 )
                 .map_err(ActivateError::Worker)?;
         }
-        let worker = Worker {
+        let mut worker = Worker {
             state,
-            mem,
+            mem: act.mem,
             inq,
             outq,
             notify,
-            stop: stop_worker,
-            interrupt,
+            interrupt: act.interrupt,
+            out: false,
+            ready: Vec::with_capacity(64),
         };
-        let thread = std::thread::Builder::new()
-            .name("virtio-wl".into())
-            .spawn(move || {
-                qvm_devices::sandbox::worker_started();
-                worker.run();
+        let thread = stop
+            .spawn(NAME, move |stop| {
+                // Chains made available before activation (or a kick that raced it).
+                worker.round(true, &[]);
+                run_epoll_loop(worker, stop);
             })
             .map_err(ActivateError::Worker)?;
-        self.worker = Some(WorkerHandle { stop, thread });
+        self.worker = Some(thread);
         Ok(())
-    }
-
-    fn reset(&mut self) -> bool {
-        let Some(w) = self.worker.take() else {
-            return false;
-        };
-        // A full non-blocking eventfd still wakes the worker; ignore the error.
-        let _ = w.stop.write(1);
-        if w.thread.join().is_err() {
-            eprintln!("virtio-wl: worker thread panicked");
-        }
-        // The worker dropped its state on the way out: every vfd closed, every buffer unmapped.
-        self.acked = 0;
-        true
-    }
-
-    fn shm_regions(&self) -> Vec<ShmRegion> {
-        let (addr, len) = self.mapper.window();
-        vec![ShmRegion { id: 0, addr, len }]
-    }
-
-    fn metrics(&self) -> Option<Arc<dyn DeviceMetrics>> {
-        Some(self.metrics.clone())
-    }
-}
-
-impl Drop for VirtioWl {
-    fn drop(&mut self) {
-        self.reset();
     }
 }
 
@@ -252,48 +192,44 @@ struct Worker {
     inq: Queue,
     outq: Queue,
     notify: [EventFd; NUM_QUEUES],
-    /// Held so the fd the state polls in bounded waits stays open.
-    #[allow(dead_code)]
-    stop: EventFd,
     interrupt: Arc<dyn Interrupt>,
+    /// Events of the current wait: the out queue was kicked; vfds whose host fd is ready.
+    out: bool,
+    ready: Vec<u32>,
 }
 
-impl Worker {
-    fn run(mut self) {
-        // Chains made available before activation (or a kick that raced it).
-        self.round(true, &[]);
-        let mut events = vec![EpollEvent::default(); 64];
-        let mut ready = Vec::with_capacity(64);
-        loop {
-            let n = match self.state.epoll().wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    eprintln!("virtio-wl: epoll_wait failed, stopping: {e}");
-                    return;
-                }
-            };
-            let mut out = false;
-            ready.clear();
-            for ev in &events[..n] {
-                match ev.data() {
-                    TOKEN_STOP => return,
-                    TOKEN_IN => {
-                        // More in buffers: delivered below. (EAGAIN is fine.)
-                        let _ = self.notify[IN_QUEUE].read();
-                    }
-                    TOKEN_OUT => {
-                        let _ = self.notify[OUT_QUEUE].read();
-                        out = true;
-                    }
-                    t if t & VFD_TOKEN != 0 => ready.push(t as u32),
-                    _ => {}
-                }
+impl EpollWorker for Worker {
+    const STOP_TOKEN: u64 = TOKEN_STOP;
+
+    fn epoll(&self) -> &Epoll {
+        self.state.epoll()
+    }
+
+    fn event(&mut self, ev: &EpollEvent) {
+        match ev.data() {
+            TOKEN_IN => {
+                // More in buffers: delivered by the round. (EAGAIN is fine.)
+                let _ = self.notify[IN_QUEUE].read();
             }
-            self.round(out, &ready);
+            TOKEN_OUT => {
+                let _ = self.notify[OUT_QUEUE].read();
+                self.out = true;
+            }
+            t if t & VFD_TOKEN != 0 => self.ready.push(t as u32),
+            _ => {}
         }
     }
 
+    fn after_events(&mut self) {
+        let ready = std::mem::take(&mut self.ready);
+        let out = std::mem::replace(&mut self.out, false);
+        self.round(out, &ready);
+        self.ready = ready;
+        self.ready.clear();
+    }
+}
+
+impl Worker {
     /// One pass: requests, then host fds that are ready (while the guest keeps up), then
     /// delivery, backpressure, and the interrupt.
     fn round(&mut self, out: bool, ready: &[u32]) {
@@ -314,9 +250,7 @@ impl Worker {
         let read = self.state.may_read(&self.inq, &self.mem);
         self.state.sync_interest(read);
         if used {
-            if let Err(e) = self.interrupt.trigger(InterruptKind::Queue) {
-                eprintln!("virtio-wl: cannot raise the queue interrupt: {e}");
-            }
+            signal_used(self.interrupt.as_ref(), NAME);
         }
     }
 }

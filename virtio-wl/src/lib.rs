@@ -53,7 +53,7 @@ mod tests;
 pub mod vfd;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 pub use device::VirtioWl;
 pub use mapper::{FakeMapper, GuestMapper, MapError};
@@ -145,27 +145,22 @@ pub struct WlMetrics {
     pub pastes_allowed: AtomicU64,
 }
 
-impl qvm_devices::virtio::DeviceMetrics for WlMetrics {
-    fn counters(&self) -> Vec<(&'static str, u64)> {
-        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
-            ("requests", l(&self.requests)),
-            ("errors", l(&self.errors)),
-            ("malformed", l(&self.malformed)),
-            ("bytes_sent", l(&self.bytes_sent)),
-            ("fds_sent", l(&self.fds_sent)),
-            ("bytes_received", l(&self.bytes_received)),
-            ("fds_received", l(&self.fds_received)),
-            ("in_messages", l(&self.in_messages)),
-            ("in_queue_stalls", l(&self.in_queue_stalls)),
-            ("vfds_open", l(&self.vfds_open)),
-            ("mapped_bytes", l(&self.mapped_bytes)),
-            ("policy_hangups", l(&self.policy_hangups)),
-            ("binds_refused", l(&self.binds_refused)),
-            ("globals_hidden", l(&self.globals_hidden)),
-            ("titles_tagged", l(&self.titles_tagged)),
-            ("selections_gated", l(&self.selections_gated)),
-            ("pastes_allowed", l(&self.pastes_allowed)),
-        ]
-    }
-}
+qvm_devices::virtio::atomic_counters!(WlMetrics {
+    requests,
+    errors,
+    malformed,
+    bytes_sent,
+    fds_sent,
+    bytes_received,
+    fds_received,
+    in_messages,
+    in_queue_stalls,
+    vfds_open,
+    mapped_bytes,
+    policy_hangups,
+    binds_refused,
+    globals_hidden,
+    titles_tagged,
+    selections_gated,
+    pastes_allowed,
+});

@@ -7,8 +7,9 @@
 //!   [`RequestError`] that says whether a status byte can still be written);
 //! - [`Disk`] executes requests against the image with positional I/O straight between the
 //!   file and guest memory ([`Disk::process_chain`]), and [`process_queue`] drains a queue;
-//! - [`Block`] is the [`VirtioDevice`]: feature bits, config space, and the worker thread that
-//!   runs an `event_manager::EventManager` watching the queue's notify eventfd.
+//! - [`Block`] is the [`super::VirtioDevice`] (through [`VirtioDeviceBase`]): feature bits,
+//!   config space, and the worker thread that runs an `event_manager::EventManager` watching
+//!   the queue's notify eventfd ([`super::worker::run_event_loop`]).
 //!
 //! Hostile guests: every descriptor is checked (direction, length, inside guest memory), a chain
 //! that does not end (loop, longer than the queue, broken indirect table) is returned with used
@@ -29,20 +30,20 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventOps, EventSet, Events};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, InterruptKind, VirtioDevice,
-    TYPE_BLOCK, VIRTIO_F_VERSION_1,
+    drain_queue, signal_used, split_queues, ActivateError, Activation, EmWorker, GuestMemoryMmap,
+    Interrupt, Round, VirtioCommon, VirtioDeviceBase, WorkerStop, WorkerThread, TYPE_BLOCK,
+    VIRTIO_F_VERSION_1,
 };
 
 /// Sector size of the virtio-blk protocol (and the block size we report).
@@ -914,29 +915,26 @@ pub fn process_queue(disk: &mut Disk, queue: &mut Queue, mem: &GuestMemoryMmap) 
 
 static NEXT_INDEX: AtomicUsize = AtomicUsize::new(0);
 
-struct WorkerHandle {
-    stop: EventFd,
-    thread: JoinHandle<Option<Disk>>,
-}
-
 /// The virtio-blk device.
 pub struct Block {
+    /// Named `virtio-blk-<id or index>`, also the worker thread's name.
+    common: VirtioCommon,
+    /// Parked here while no worker runs; the worker owns it while active.
     disk: Option<Disk>,
     stats: Arc<BlockStats>,
-    config: [u8; CONFIG_SIZE],
-    features: u64,
-    acked: u64,
-    queue_sizes: [u16; 1],
-    name: String,
-    worker: Option<WorkerHandle>,
+    /// Stopped and joined by a reset, or when the device is dropped (WorkerThread's Drop).
+    worker: Option<WorkerThread<Option<Disk>>>,
 }
 
 impl std::fmt::Debug for Block {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Block")
-            .field("name", &self.name)
-            .field("features", &format_args!("{:#x}", self.features))
-            .field("active", &self.worker.is_some())
+            .field("name", &self.common.name())
+            .field(
+                "features",
+                &format_args!("{:#x}", self.common.avail_features()),
+            )
+            .field("active", &self.common.is_active())
             .finish()
     }
 }
@@ -968,14 +966,19 @@ impl Block {
             features |= bit(VIRTIO_BLK_F_DISCARD) | bit(VIRTIO_BLK_F_WRITE_ZEROES);
         }
 
+        // Nothing in the config space is writable (CONFIG_WCE is not offered).
+        let common = VirtioCommon::new(
+            format!("virtio-blk-{suffix}"),
+            TYPE_BLOCK,
+            features,
+            &[QUEUE_SIZE],
+        )
+        .with_config(&build_config(disk.nsectors))
+        .with_metrics(stats.clone());
         Ok(Block {
-            config: build_config(disk.nsectors),
+            common,
             disk: Some(disk),
             stats,
-            features,
-            acked: 0,
-            queue_sizes: [QUEUE_SIZE],
-            name: format!("virtio-blk-{suffix}"),
             worker: None,
         })
     }
@@ -987,16 +990,17 @@ impl Block {
 
     /// Capacity in 512-byte sectors.
     pub fn capacity_sectors(&self) -> u64 {
-        u64::from_le_bytes(self.config[0..8].try_into().unwrap_or_default())
+        let capacity = self.common.config().get(0..8);
+        u64::from_le_bytes(capacity.and_then(|b| b.try_into().ok()).unwrap_or_default())
     }
 
     /// The worker thread's name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.common.name()
     }
 
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.common.is_active()
     }
 }
 
@@ -1020,222 +1024,94 @@ fn build_config(nsectors: u64) -> [u8; CONFIG_SIZE] {
     c
 }
 
-impl VirtioDevice for Block {
-    fn metrics(&self) -> Option<Arc<dyn crate::virtio::DeviceMetrics>> {
-        Some(self.stats.clone())
-    }
+impl VirtioDeviceBase for Block {
+    crate::virtio_common_accessors!(common);
 
-    fn device_type(&self) -> u32 {
-        TYPE_BLOCK
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
-    }
-
-    fn features(&self) -> u64 {
-        self.features
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked = features & self.features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| self.config.get(o).copied())
-                .unwrap_or(0);
+    fn stop(&mut self) {
+        if let Some(disk) = self.worker.take().and_then(WorkerThread::stop) {
+            self.disk = disk;
         }
     }
 
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
-        // Nothing is writable (CONFIG_WCE is not offered).
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn Interrupt>,
-        queues: Vec<ActiveQueue>,
-    ) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::Other(format!(
-                "{} is already active",
-                self.name
-            )));
-        }
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: 1,
-            });
-        }
-        let Some(ActiveQueue { mut queue, notify }) = queues.into_iter().next() else {
-            return Err(ActivateError::QueueCount { got: 0, want: 1 });
-        };
-        if !queue.is_valid(&mem) {
-            return Err(ActivateError::BadQueue(0));
-        }
-        queue.set_event_idx(self.acked & VIRTIO_RING_F_EVENT_IDX_BIT != 0);
+    fn start(&mut self, act: Activation) -> Result<(), ActivateError> {
+        let ([queue], [notify]) = split_queues(act.queues)?;
         let Some(disk) = self.disk.take() else {
             return Err(ActivateError::Other(format!(
                 "{}: the disk was lost when an earlier worker died",
-                self.name
+                self.common.name()
             )));
         };
-        let stop = match EventFd::new(EFD_NONBLOCK).and_then(|s| Ok((s.try_clone()?, s))) {
-            Ok(pair) => pair,
+        let stop = match WorkerStop::new() {
+            Ok(stop) => stop,
             Err(e) => {
                 self.disk = Some(disk);
                 return Err(ActivateError::Worker(e));
             }
         };
-        let (stop_worker, stop_handle) = stop;
         let worker = Worker {
-            disk: Some(disk),
+            disk,
             queue,
-            mem,
+            mem: act.mem,
             notify,
-            stop: stop_worker,
-            interrupt,
-            stopping: false,
+            interrupt: act.interrupt,
+            name: self.common.name().to_string(),
         };
         // The disk comes back through the join handle; if spawning fails the closure (and the
         // disk in it) is dropped, so reopening would be needed: spawning only fails when the
         // host is out of threads.
-        let thread = std::thread::Builder::new()
-            .name(self.name.clone())
-            .spawn(move || {
-                crate::sandbox::worker_started();
-                worker.run()
-            })
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some(WorkerHandle {
-            stop: stop_handle,
-            thread,
-        });
+        let thread = stop.spawn_event_loop(self.common.name(), worker);
+        self.worker = Some(thread.map_err(ActivateError::Worker)?);
         Ok(())
-    }
-
-    fn reset(&mut self) -> bool {
-        let Some(w) = self.worker.take() else {
-            return false;
-        };
-        // A full non-blocking eventfd still wakes the worker; ignore the error.
-        let _ = w.stop.write(1);
-        match w.thread.join() {
-            Ok(disk) => self.disk = disk,
-            Err(_) => eprintln!("{}: worker thread panicked", self.name),
-        }
-        self.acked = 0;
-        true
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        self.reset();
     }
 }
 
 const TOKEN_NOTIFY: u32 = 0;
-const TOKEN_STOP: u32 = 1;
 
 struct Worker {
-    disk: Option<Disk>,
+    disk: Disk,
     queue: Queue,
     mem: GuestMemoryMmap,
     notify: EventFd,
-    stop: EventFd,
     interrupt: Arc<dyn Interrupt>,
-    stopping: bool,
+    name: String,
 }
 
 impl Worker {
-    /// The worker thread: returns the disk so a later activation can use it again.
-    fn run(mut self) -> Option<Disk> {
-        let mut em = match EventManager::<Worker>::new() {
-            Ok(em) => em,
-            Err(e) => {
-                eprintln!("virtio-blk: cannot create the event manager: {e}");
-                return self.disk.take();
-            }
-        };
-        // Chains made available before activation (or a kick that raced it).
-        self.handle_queue();
-        let id = em.add_subscriber(self);
-        loop {
-            match em.subscriber_mut(id) {
-                Ok(w) if !w.stopping => {}
-                _ => break,
-            }
-            if let Err(e) = em.run() {
-                eprintln!("virtio-blk: event loop failed: {e}");
-                break;
-            }
-        }
-        em.remove_subscriber(id)
-            .ok()
-            .and_then(|mut w| w.disk.take())
-    }
-
     /// Processes the queue until it is empty with notifications enabled, then interrupts the
     /// driver if it asked for it.
     fn handle_queue(&mut self) {
-        let Some(disk) = self.disk.as_mut() else {
-            return;
-        };
-        let mut used = false;
-        let mut idle_rounds = 0;
-        loop {
-            let _ = self.queue.disable_notification(&self.mem);
-            let before = self.queue.next_avail();
-            used |= process_queue(disk, &mut self.queue, &self.mem);
-            let progressed = self.queue.next_avail() != before;
-            match self.queue.enable_notification(&self.mem) {
-                Ok(true) => {
-                    // More arrived. A broken avail index makes this true forever without
-                    // anything to pop: give up after a round without progress.
-                    idle_rounds = if progressed { 0 } else { idle_rounds + 1 };
-                    if idle_rounds >= 2 {
-                        break;
-                    }
-                }
-                _ => break,
-            }
-        }
-        if used && self.queue.needs_notification(&self.mem).unwrap_or(true) {
-            if let Err(e) = self.interrupt.trigger(InterruptKind::Queue) {
-                eprintln!("virtio-blk: cannot raise the queue interrupt: {e}");
-            }
+        let (disk, mem) = (&mut self.disk, &self.mem);
+        let drain = drain_queue(&mut self.queue, mem, usize::MAX, |q| {
+            Round::used(process_queue(disk, q, mem))
+        });
+        if drain.used && self.queue.needs_notification(&self.mem).unwrap_or(true) {
+            signal_used(self.interrupt.as_ref(), &self.name);
         }
     }
 }
 
-impl MutEventSubscriber for Worker {
-    fn init(&mut self, ops: &mut EventOps) {
-        let notify = Events::with_data(&self.notify, TOKEN_NOTIFY, EventSet::IN);
-        let stop = Events::with_data(&self.stop, TOKEN_STOP, EventSet::IN);
-        if let Err(e) = ops.add(notify).and_then(|_| ops.add(stop)) {
-            eprintln!("virtio-blk: cannot watch the queue eventfds: {e}");
-            // Without the stop eventfd nobody could stop us: stop now.
-            self.stopping = true;
-        }
+/// The worker thread's loop: returns the disk so a later activation can use it again.
+impl EmWorker for Worker {
+    type Output = Disk;
+    const STOP_TOKEN: u32 = 1;
+
+    fn init(&mut self, ops: &mut EventOps) -> Result<(), event_manager::Error> {
+        // Chains made available before activation (or a kick that raced it), served before
+        // the notify eventfd is watched.
+        self.handle_queue();
+        ops.add(Events::with_data(&self.notify, TOKEN_NOTIFY, EventSet::IN))
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        match events.data() {
-            TOKEN_STOP => self.stopping = true,
-            TOKEN_NOTIFY => {
-                // Drain the counter (a non-blocking ioeventfd may read EAGAIN: fine).
-                let _ = self.notify.read();
-                self.handle_queue();
-            }
-            _ => {}
+        if events.data() == TOKEN_NOTIFY {
+            // Drain the counter (a non-blocking ioeventfd may read EAGAIN: fine).
+            let _ = self.notify.read();
+            self.handle_queue();
         }
+    }
+
+    fn finish(self) -> Disk {
+        self.disk
     }
 }
 
@@ -1347,6 +1223,7 @@ pub fn fuzz_blk_request(disk: &mut Disk, mem: &GuestMemoryMmap, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::{ActiveQueue, InterruptKind, VirtioDevice};
     use std::io::{Read, Write};
     use std::os::unix::fs::MetadataExt;
     use std::time::{Duration, Instant};
@@ -1355,6 +1232,7 @@ mod tests {
     };
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     const MEM_SIZE: usize = 8 << 20;
     const DISK_SIZE: u64 = 4 << 20;

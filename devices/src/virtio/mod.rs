@@ -1,20 +1,36 @@
 //! Virtio devices and the virtio-mmio transport.
 //!
-//! A device implements [`VirtioDevice`]: it says what it offers (type, features, queue sizes,
-//! config space) and, once the driver has set it up, is [`VirtioDevice::activate`]d with the
-//! guest memory, its queues with their notification eventfds, and an [`Interrupt`] to signal
-//! the driver. Activation starts the device's own worker thread (event-manager); the vCPU
-//! threads never do device work. [`VirtioDevice::reset`] stops that thread and hands the queue
-//! eventfds back, so a driver reload can activate the device again.
+//! A device is a [`VirtioDevice`] to the transport: it says what it offers (type, features,
+//! queue sizes, config space) and, once the driver has set it up, is
+//! [`VirtioDevice::activate`]d with the guest memory, its queues with their notification
+//! eventfds (clones: the transport keeps the originals), and an [`Interrupt`] to signal the
+//! driver. Activation starts the device's own worker thread; the vCPU threads never do device
+//! work. [`VirtioDevice::reset`] stops and joins that thread and drops the queues, so a driver
+//! reload can activate the device again.
+//!
+//! Every device here (and virtio-wl, in its own crate) gets [`VirtioDevice`] from one place:
+//! it holds a [`VirtioCommon`] (features, config bytes, activation checks, active or not) and
+//! implements the small [`VirtioDeviceBase`] ([`common`]). Its thread is started by
+//! [`WorkerStop::spawn`], the only place that starts device threads (it installs their seccomp
+//! filter first), and runs one of two loops ([`worker`]): an `event_manager::EventManager`
+//! (block, net, vsock) or a plain epoll the worker owns (virtio-wl, the vhost-user supervisor).
 //!
 //! The transport ([`mmio::MmioTransport`]) owns the register state machine and the queues
 //! until activation; it is the only [`crate::BusDevice`] the vCPUs see.
 
 pub mod block;
+pub mod common;
 pub mod mmio;
 pub mod net;
 pub mod vhost_user;
 pub mod vsock;
+pub mod worker;
+
+pub use common::{split_queues, Activation, QueueCheck, VirtioCommon, VirtioDeviceBase};
+pub use worker::{
+    drain_queue, run_epoll_loop, run_event_loop, signal_used, Drain, DrainEnd, EmWorker,
+    EpollWorker, Round, StopFd, WorkerStop, WorkerThread,
+};
 
 use std::sync::Arc;
 
@@ -136,7 +152,9 @@ pub trait DeviceMetrics: Send + Sync {
     fn counters(&self) -> Vec<(&'static str, u64)>;
 }
 
-/// Implements [`DeviceMetrics`] for a struct of `AtomicU64` counters, naming each by its field.
+/// Implements [`DeviceMetrics`] for a struct of `AtomicU64` counters, naming each by its field
+/// (in the order given). Exported for devices in other crates (virtio-wl).
+#[macro_export]
 macro_rules! atomic_counters {
     ($ty:ty { $($field:ident),* $(,)? }) => {
         impl $crate::virtio::DeviceMetrics for $ty {
@@ -146,4 +164,4 @@ macro_rules! atomic_counters {
         }
     };
 }
-pub(crate) use atomic_counters;
+pub use crate::atomic_counters;

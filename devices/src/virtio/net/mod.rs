@@ -7,8 +7,10 @@
 //!   [`NetBackend::process_tx`] and [`NetBackend::process_rx`] run over `&mut Queue` and guest
 //!   memory and say what to wait for next;
 //! - [`Tap`] (in [`tap`]) is the real tap (by name or inherited descriptor, offload probe);
-//! - [`Net`] is the [`VirtioDevice`]: features, config space, and a worker thread running an
-//!   `event_manager::EventManager` over the two queue eventfds, a stop eventfd and the tap.
+//! - [`Net`] is the [`VirtioDevice`] (through [`VirtioDeviceBase`]): features, config
+//!   space, and a worker thread running an `event_manager::EventManager`
+//!   ([`super::worker::run_event_loop`]) over the two queue eventfds, a stop eventfd and the
+//!   tap.
 //!
 //! Queues: receive (0) and transmit (1), 256 entries each; no control queue, no multiqueue.
 //! Every frame carries a 12-byte `struct virtio_net_hdr_v1` (VERSION_1 drivers always use it).
@@ -42,23 +44,23 @@ use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventOps, EventSet, Events};
 use virtio_bindings::virtio_net::*;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 pub use tap::{
     FakeTap, Tap, TapIo, TapSource, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO,
 };
 
 use super::{
-    ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, InterruptKind, VirtioDevice, TYPE_NET,
-    VIRTIO_F_VERSION_1,
+    drain_queue, signal_used, split_queues, ActivateError, Activation, DrainEnd, EmWorker,
+    GuestMemoryMmap, Interrupt, Round, VirtioCommon, VirtioDevice, VirtioDeviceBase, WorkerStop,
+    WorkerThread, TYPE_NET, VIRTIO_F_VERSION_1,
 };
 
 /// Size (and maximum size) of each queue.
@@ -721,32 +723,28 @@ pub fn features_for(tun: u32, mac: bool) -> u64 {
     f
 }
 
-struct WorkerHandle<T: TapIo> {
-    stop: EventFd,
-    thread: JoinHandle<Option<NetBackend<T>>>,
-}
-
 /// The virtio-net device. `T` is the tap; [`Net::new`] opens a real one.
 pub struct Net<T: TapIo + AsRawFd + Send + 'static = Tap> {
+    /// Named `virtio-net-<tap>`, also the worker thread's name.
+    common: VirtioCommon,
+    /// Parked here while no worker runs; the worker owns it while active.
     backend: Option<NetBackend<T>>,
     stats: Arc<NetStats>,
     mac: Option<[u8; 6]>,
-    config: [u8; CONFIG_SIZE],
     offloads: u32,
-    features: u64,
-    acked: u64,
-    queue_sizes: [u16; 2],
     tap_name: String,
-    name: String,
-    worker: Option<WorkerHandle<T>>,
+    worker: Option<WorkerThread<Option<NetBackend<T>>>>,
 }
 
 impl<T: TapIo + AsRawFd + Send + 'static> std::fmt::Debug for Net<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Net")
-            .field("name", &self.name)
-            .field("features", &format_args!("{:#x}", self.features))
-            .field("active", &self.worker.is_some())
+            .field("name", &self.common.name())
+            .field(
+                "features",
+                &format_args!("{:#x}", self.common.avail_features()),
+            )
+            .field("active", &self.common.is_active())
             .finish()
     }
 }
@@ -786,16 +784,22 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
         }
         config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
         config[8..10].copy_from_slice(&1u16.to_le_bytes());
+        let stats = backend.stats.clone();
+        // The mac is read-only for VERSION_1 drivers; nothing else is writable.
+        let common = VirtioCommon::new(
+            format!("virtio-net-{tap_name}"),
+            TYPE_NET,
+            features_for(offloads, mac.is_some()),
+            &[QUEUE_SIZE, QUEUE_SIZE],
+        )
+        .with_config(&config)
+        .with_metrics(stats.clone());
         Ok(Net {
-            stats: backend.stats.clone(),
+            common,
             backend: Some(backend),
+            stats,
             mac,
-            config,
             offloads,
-            features: features_for(offloads, mac.is_some()),
-            acked: 0,
-            queue_sizes: [QUEUE_SIZE, QUEUE_SIZE],
-            name: format!("virtio-net-{tap_name}"),
             tap_name,
             worker: None,
         })
@@ -808,7 +812,7 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
 
     /// The worker thread's name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.common.name()
     }
 
     /// The tap interface's name.
@@ -827,153 +831,73 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
 
     /// The features the driver accepted (0 before FEATURES_OK and after a reset).
     pub fn acked_features(&self) -> u64 {
-        self.acked
+        self.common.acked_features()
     }
 
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.common.is_active()
     }
 }
 
-impl<T: TapIo + AsRawFd + Send + 'static> VirtioDevice for Net<T> {
-    fn metrics(&self) -> Option<Arc<dyn crate::virtio::DeviceMetrics>> {
-        Some(self.stats.clone())
-    }
+impl<T: TapIo + AsRawFd + Send + 'static> VirtioDeviceBase for Net<T> {
+    crate::virtio_common_accessors!(common);
 
-    fn device_type(&self) -> u32 {
-        TYPE_NET
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
-    }
-
-    fn features(&self) -> u64 {
-        self.features
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked = features & self.features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| self.config.get(o).copied())
-                .unwrap_or(0);
+    fn stop(&mut self) {
+        let worker = self.worker.take();
+        if let Some(mut backend) = worker.and_then(WorkerThread::stop).flatten() {
+            backend.reset_queues();
+            // Until the next driver says what it accepts: plain frames only.
+            let _ = backend.tap_mut().set_offloads(0);
+            self.backend = Some(backend);
         }
     }
 
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
-        // The mac is read-only for VERSION_1 drivers; nothing else is writable.
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn Interrupt>,
-        queues: Vec<ActiveQueue>,
-    ) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::Other(format!(
-                "{} is already active",
-                self.name
-            )));
-        }
-        if queues.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: 2,
-            });
-        }
-        let mut queues = queues.into_iter();
-        let (Some(mut rx), Some(mut tx)) = (queues.next(), queues.next()) else {
-            return Err(ActivateError::QueueCount { got: 0, want: 2 });
-        };
-        let event_idx = self.acked & features::RING_EVENT_IDX != 0;
-        for (i, q) in [(RX_QUEUE, &mut rx.queue), (TX_QUEUE, &mut tx.queue)] {
-            if !q.is_valid(&mem) {
-                return Err(ActivateError::BadQueue(i));
-            }
-            q.set_event_idx(event_idx);
-        }
+    fn start(&mut self, act: Activation) -> Result<(), ActivateError> {
+        let ([rx, tx], [rx_notify, tx_notify]) = split_queues(act.queues)?;
         let Some(mut backend) = self.backend.take() else {
             return Err(ActivateError::Other(format!(
                 "{}: the tap was lost when an earlier worker died",
-                self.name
+                self.common.name()
             )));
         };
+        let acked = self.common.acked_features();
         backend.reset_queues();
-        backend.set_mrg_rxbuf(self.acked & features::MRG_RXBUF != 0);
-        let tun = tun_offloads_for(self.acked);
+        backend.set_mrg_rxbuf(acked & features::MRG_RXBUF != 0);
+        let tun = tun_offloads_for(acked);
         if let Err(e) = backend.tap_mut().set_offloads(tun) {
             self.backend = Some(backend);
             return Err(ActivateError::Other(format!(
                 "{}: tap {:?} refused the offloads the driver accepted (TUNSETOFFLOAD {tun:#x}): {e}",
-                self.name, self.tap_name
+                self.common.name(), self.tap_name
             )));
         }
-        let (stop_worker, stop_handle) =
-            match EventFd::new(EFD_NONBLOCK).and_then(|s| Ok((s.try_clone()?, s))) {
-                Ok(pair) => pair,
-                Err(e) => {
-                    self.backend = Some(backend);
-                    return Err(ActivateError::Worker(e));
-                }
-            };
+        let stop = match WorkerStop::new() {
+            Ok(stop) => stop,
+            Err(e) => {
+                self.backend = Some(backend);
+                return Err(ActivateError::Worker(e));
+            }
+        };
         let worker = Worker {
             tap_fd: backend.tap().as_raw_fd(),
-            backend: Some(backend),
-            rx: rx.queue,
-            tx: tx.queue,
-            mem,
-            rx_notify: rx.notify,
-            tx_notify: tx.notify,
-            stop: stop_worker,
-            interrupt,
-            stopping: false,
+            backend,
+            rx,
+            tx,
+            mem: act.mem,
+            rx_notify,
+            tx_notify,
+            interrupt: act.interrupt,
             tap_events: EventSet::empty(),
             rx_paused: false,
             tx_blocked: false,
             tap_error: false,
-            name: self.name.clone(),
+            name: self.common.name().to_string(),
         };
         // The tap comes back through the join handle; if spawning fails the closure (and the
         // tap in it) is dropped: spawning only fails when the host is out of threads.
-        let thread = std::thread::Builder::new()
-            .name(self.name.clone())
-            .spawn(move || {
-                crate::sandbox::worker_started();
-                worker.run()
-            })
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some(WorkerHandle {
-            stop: stop_handle,
-            thread,
-        });
+        let thread = stop.spawn_event_loop(self.common.name(), worker);
+        self.worker = Some(thread.map_err(ActivateError::Worker)?);
         Ok(())
-    }
-
-    fn reset(&mut self) -> bool {
-        let Some(w) = self.worker.take() else {
-            return false;
-        };
-        // A full non-blocking eventfd still wakes the worker; ignore the error.
-        let _ = w.stop.write(1);
-        match w.thread.join() {
-            Ok(Some(mut backend)) => {
-                backend.reset_queues();
-                // Until the next driver says what it accepts: plain frames only.
-                let _ = backend.tap_mut().set_offloads(0);
-                self.backend = Some(backend);
-            }
-            Ok(None) => {}
-            Err(_) => eprintln!("{}: worker thread panicked", self.name),
-        }
-        self.acked = 0;
-        true
     }
 }
 
@@ -985,19 +909,18 @@ impl<T: TapIo + AsRawFd + Send + 'static> Drop for Net<T> {
 
 const TOKEN_RX_NOTIFY: u32 = 0;
 const TOKEN_TX_NOTIFY: u32 = 1;
+/// The stop fd's token ([`EmWorker::STOP_TOKEN`]).
 const TOKEN_STOP: u32 = 2;
 const TOKEN_TAP: u32 = 3;
 
 struct Worker<T: TapIo> {
-    backend: Option<NetBackend<T>>,
+    backend: NetBackend<T>,
     rx: Queue,
     tx: Queue,
     mem: GuestMemoryMmap,
     rx_notify: EventFd,
     tx_notify: EventFd,
-    stop: EventFd,
     interrupt: Arc<dyn Interrupt>,
-    stopping: bool,
     tap_fd: RawFd,
     /// What the tap is registered for in epoll (empty: not registered).
     tap_events: EventSet,
@@ -1012,87 +935,36 @@ struct Worker<T: TapIo> {
 }
 
 impl<T: TapIo + AsRawFd> Worker<T> {
-    /// The worker thread: returns the backend so a later activation can use the tap again.
-    fn run(mut self) -> Option<NetBackend<T>> {
-        let mut em = match EventManager::<Worker<T>>::new() {
-            Ok(em) => em,
-            Err(e) => {
-                eprintln!("{}: cannot create the event manager: {e}", self.name);
-                return self.backend.take();
-            }
-        };
-        // init() registers the eventfds and the tap and serves what is already queued.
-        let id = em.add_subscriber(self);
-        loop {
-            match em.subscriber_mut(id) {
-                Ok(w) if !w.stopping => {}
-                _ => break,
-            }
-            if let Err(e) = em.run() {
-                eprintln!("virtio-net: event loop failed: {e}");
-                break;
-            }
-        }
-        em.remove_subscriber(id)
-            .ok()
-            .and_then(|mut w| w.backend.take())
-    }
-
     fn signal(&mut self, rx: bool) {
         let q = if rx { &mut self.rx } else { &mut self.tx };
         if q.needs_notification(&self.mem).unwrap_or(true) {
-            if let Err(e) = self.interrupt.trigger(InterruptKind::Queue) {
-                eprintln!("{}: cannot raise the queue interrupt: {e}", self.name);
-            }
+            signal_used(self.interrupt.as_ref(), &self.name);
         }
     }
 
     fn handle_tx(&mut self, ops: &mut EventOps) {
-        let Some(backend) = self.backend.as_mut() else {
-            return;
-        };
-        let mut used = false;
-        let mut idle_rounds = 0;
-        let mut rounds = 0;
-        loop {
-            let _ = self.tx.disable_notification(&self.mem);
-            let before = self.tx.next_avail();
-            let out = backend.process_tx(&mut self.tx, &self.mem);
-            used |= out.used;
-            self.tx_blocked = out.blocked;
-            if out.blocked {
-                // Notifications stay off: the tap becoming writable resumes us.
-                break;
+        let (backend, mem) = (&mut self.backend, &self.mem);
+        let drain = drain_queue(&mut self.tx, mem, TX_ROUNDS, |q| {
+            let out = backend.process_tx(q, mem);
+            Round {
+                used: out.used,
+                blocked: out.blocked,
             }
-            let progressed = self.tx.next_avail() != before;
-            match self.tx.enable_notification(&self.mem) {
-                Ok(true) => {
-                    // More arrived. A broken avail index makes this true forever without
-                    // anything to pop: give up after a round without progress.
-                    idle_rounds = if progressed { 0 } else { idle_rounds + 1 };
-                    rounds += 1;
-                    if idle_rounds >= 2 {
-                        break;
-                    }
-                    if rounds >= TX_ROUNDS {
-                        // Let rx and the stop event have a turn; kick ourselves to come back.
-                        let _ = self.tx_notify.write(1);
-                        break;
-                    }
-                }
-                _ => break,
-            }
+        });
+        // Blocked: notifications stay off, the tap becoming writable resumes us.
+        self.tx_blocked = drain.end == DrainEnd::Blocked;
+        if drain.end == DrainEnd::Budget {
+            // Let rx and the stop event have a turn; kick ourselves to come back.
+            let _ = self.tx_notify.write(1);
         }
-        if used {
+        if drain.used {
             self.signal(false);
         }
         self.update_tap_interest(ops);
     }
 
     fn handle_rx(&mut self, ops: &mut EventOps) {
-        let Some(backend) = self.backend.as_mut() else {
-            return;
-        };
+        let backend = &mut self.backend;
         // Rx kicks are only needed while waiting for buffers.
         let _ = self.rx.disable_notification(&self.mem);
         let mut used = false;
@@ -1168,29 +1040,23 @@ impl<T: TapIo + AsRawFd> Worker<T> {
     }
 }
 
-impl<T: TapIo + AsRawFd> MutEventSubscriber for Worker<T> {
-    fn init(&mut self, ops: &mut EventOps) {
+/// The worker thread's loop: returns the backend so a later activation can use the tap again.
+impl<T: TapIo + AsRawFd + Send + 'static> EmWorker for Worker<T> {
+    type Output = NetBackend<T>;
+    const STOP_TOKEN: u32 = TOKEN_STOP;
+
+    fn init(&mut self, ops: &mut EventOps) -> Result<(), event_manager::Error> {
         let rx = Events::with_data(&self.rx_notify, TOKEN_RX_NOTIFY, EventSet::IN);
         let tx = Events::with_data(&self.tx_notify, TOKEN_TX_NOTIFY, EventSet::IN);
-        let stop = Events::with_data(&self.stop, TOKEN_STOP, EventSet::IN);
-        if let Err(e) = ops
-            .add(rx)
-            .and_then(|_| ops.add(tx))
-            .and_then(|_| ops.add(stop))
-        {
-            eprintln!("{}: cannot watch the queue eventfds: {e}", self.name);
-            // Without the stop eventfd nobody could stop us: stop now.
-            self.stopping = true;
-            return;
-        }
+        ops.add(rx).and_then(|()| ops.add(tx))?;
         // Chains made available before activation (or kicks that raced it), and the tap.
         self.handle_tx(ops);
         self.handle_rx(ops);
+        Ok(())
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
-            TOKEN_STOP => self.stopping = true,
             TOKEN_RX_NOTIFY => {
                 // Drain the counter (a non-blocking ioeventfd may read EAGAIN: fine).
                 let _ = self.rx_notify.read();
@@ -1224,6 +1090,10 @@ impl<T: TapIo + AsRawFd> MutEventSubscriber for Worker<T> {
             }
             _ => {}
         }
+    }
+
+    fn finish(self) -> NetBackend<T> {
+        self.backend
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::virtio::{ActiveQueue, InterruptKind};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Mutex;
@@ -7,6 +8,7 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRI
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::Address;
+use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
 const MEM_SIZE: usize = 8 << 20;
 const RX_RING: u64 = 0;

@@ -19,8 +19,8 @@ use vm_memory::Bytes;
 
 use super::{FrontendConfig, FrontendError, StandbyResponder, VhostUserHandle, VhostUserStats};
 use crate::virtio::{
-    ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, VirtioDevice, TYPE_FS,
-    VIRTIO_F_VERSION_1,
+    ActivateError, Activation, GuestMemoryMmap, QueueCheck, VirtioCommon, VirtioDeviceBase,
+    TYPE_FS, VIRTIO_F_VERSION_1,
 };
 
 /// Longest tag (virtio 1.2, 5.11.4: 36 bytes, NUL padded, not NUL terminated when full).
@@ -88,10 +88,12 @@ pub enum FsError {
 /// The virtio-fs device: config space here, everything else in the backend.
 #[derive(Debug)]
 pub struct VhostUserFs {
+    /// Named by the handle's label; offers the backend's features; config: tag and
+    /// num_request_queues (read-only). Queues are checked by count only: the handle checks
+    /// the memory table before the rings.
+    common: VirtioCommon,
     handle: VhostUserHandle,
     tag: String,
-    queue_sizes: Vec<u16>,
-    config: [u8; CONFIG_SIZE],
 }
 
 impl VhostUserFs {
@@ -124,11 +126,19 @@ impl VhostUserFs {
                 | VhostUserProtocolFeatures::REPLY_ACK
                 | VhostUserProtocolFeatures::CONFIG,
         })?;
+        let common = VirtioCommon::new(
+            handle.label(),
+            TYPE_FS,
+            handle.features(),
+            &vec![cfg.queue_size; num_queues],
+        )
+        .with_config(&config)
+        .with_metrics(handle.stats_arc())
+        .with_queue_check(QueueCheck::CountOnly);
         Ok(VhostUserFs {
+            common,
             handle,
             tag,
-            queue_sizes: vec![cfg.queue_size; num_queues],
-            config,
         })
     }
 
@@ -168,53 +178,18 @@ pub fn config_space(tag: &str, num_request_queues: u16) -> Result<[u8; CONFIG_SI
     Ok(config)
 }
 
-impl VirtioDevice for VhostUserFs {
-    fn metrics(&self) -> Option<Arc<dyn crate::virtio::DeviceMetrics>> {
-        Some(self.handle.stats_arc())
+impl VirtioDeviceBase for VhostUserFs {
+    crate::virtio_common_accessors!(common);
+
+    fn stop(&mut self) {
+        self.handle.reset();
     }
 
-    fn device_type(&self) -> u32 {
-        TYPE_FS
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
-    }
-
-    fn features(&self) -> u64 {
-        self.handle.features()
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.handle.ack_features(features);
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| self.config.get(o).copied())
-                .unwrap_or(0);
-        }
-    }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
-        // virtio-fs config space is read-only.
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn Interrupt>,
-        queues: Vec<ActiveQueue>,
-    ) -> Result<(), ActivateError> {
+    fn start(&mut self, act: Activation) -> Result<(), ActivateError> {
+        let acked = self.common.acked_features();
+        let responder = Arc::new(FuseStandby);
         self.handle
-            .activate(&mem, interrupt, queues, Arc::new(FuseStandby))
-    }
-
-    fn reset(&mut self) -> bool {
-        self.handle.reset()
+            .activate(&act.mem, acked, act.interrupt, act.queues, responder)
     }
 }
 

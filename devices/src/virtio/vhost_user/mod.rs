@@ -11,14 +11,16 @@
 //!   The virtio features offered to the driver are the backend's, minus
 //!   VHOST_USER_F_PROTOCOL_FEATURES, masked by what the device supports.
 //! - [`VhostUserHandle::activate`] hands the backend the guest memory (SET_MEM_TABLE; every
-//!   region must be file backed, e.g. memfd, so the backend can map it), the acked features
-//!   (SET_FEATURES) and each ring: SET_VRING_NUM/BASE/ADDR (addresses are *our* virtual
-//!   addresses, the backend translates them through the memory table), SET_VRING_KICK with the
-//!   queue's notify eventfd (KVM's ioeventfd then kicks the backend directly, we never see
-//!   queue notifications), SET_VRING_CALL with an eventfd of ours, and SET_VRING_ENABLE once
-//!   protocol features are acked (rings start disabled then). A supervisor thread (plain
-//!   epoll) turns the call eventfds into [`Interrupt::trigger`] and watches the socket for a
-//!   hang-up.
+//!   region must be file backed, e.g. memfd, so the backend can map it), the features the
+//!   driver acked (SET_FEATURES; the device on top keeps them in its [`super::VirtioCommon`],
+//!   which also checks "already active" and the queue count first) and each ring:
+//!   SET_VRING_NUM/BASE/ADDR (addresses are *our* virtual addresses, the backend translates
+//!   them through the memory table), SET_VRING_KICK with the queue's notify eventfd (KVM's
+//!   ioeventfd then kicks the backend directly, we never see queue notifications),
+//!   SET_VRING_CALL with an eventfd of ours, and SET_VRING_ENABLE once protocol features are
+//!   acked (rings start disabled then). A supervisor thread (plain epoll,
+//!   [`super::worker::run_epoll_loop`]) turns the call eventfds into [`Interrupt::trigger`]
+//!   and watches the socket for a hang-up.
 //! - [`VhostUserHandle::reset`] joins the supervisor, then disables and stops every ring
 //!   (SET_VRING_ENABLE 0, GET_VRING_BASE); activation works again afterwards.
 //!
@@ -48,7 +50,6 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::VhostUserHeaderFlag;
@@ -63,7 +64,10 @@ use vm_memory::{
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, InterruptKind};
+use super::{
+    run_epoll_loop, ActivateError, ActiveQueue, EpollWorker, GuestMemoryMmap, Interrupt,
+    InterruptKind, WorkerStop, WorkerThread,
+};
 
 /// How long the backend may take to answer one message before we give up on it (the vCPU
 /// that activates or resets the device waits that long at most per message).
@@ -247,8 +251,8 @@ pub struct VhostUserHandle {
     session: SharedSession,
     /// Offered to the driver; fixed at [`VhostUserHandle::new`].
     features: u64,
-    acked: u64,
-    active: Option<Supervisor>,
+    /// The supervisor thread, while active.
+    active: Option<WorkerThread<()>>,
     shared: Arc<Shared>,
 }
 
@@ -258,7 +262,6 @@ impl std::fmt::Debug for VhostUserHandle {
             .field("socket", &self.cfg.socket)
             .field("label", &self.cfg.label)
             .field("features", &format_args!("{:#x}", self.features))
-            .field("acked", &format_args!("{:#x}", self.acked))
             .field("connected", &self.is_connected())
             .field("active", &self.active.is_some())
             .finish()
@@ -289,7 +292,6 @@ impl VhostUserHandle {
             cfg,
             session: Arc::new(Mutex::new(Some(session))),
             features,
-            acked: 0,
             active: None,
             shared,
         })
@@ -300,13 +302,9 @@ impl VhostUserHandle {
         self.features
     }
 
-    /// Records the driver's features (masked by what we offered).
-    pub fn ack_features(&mut self, features: u64) {
-        self.acked = features & self.features;
-    }
-
-    pub fn acked_features(&self) -> u64 {
-        self.acked
+    /// Names the device in messages, e.g. `virtio-fs "share"`.
+    pub fn label(&self) -> &str {
+        &self.cfg.label
     }
 
     /// Protocol features acked with the current backend (empty when it has none, or is gone).
@@ -339,27 +337,23 @@ impl VhostUserHandle {
         self.shared.stats.clone()
     }
 
-    /// Hands memory, features and rings to the backend and starts the supervisor thread
-    /// (interrupt forwarding, hang-up watch). When no backend can be reached, the device is
-    /// activated anyway in standby: `responder` answers the guest's requests with errors and
-    /// the supervisor reconnects once a backend listens on the socket again.
+    /// Hands memory, the driver's features (`acked`) and rings to the backend and starts the
+    /// supervisor thread (interrupt forwarding, hang-up watch). When no backend can be reached,
+    /// the device is activated anyway in standby: `responder` answers the guest's requests with
+    /// errors and the supervisor reconnects once a backend listens on the socket again.
+    ///
+    /// The device on top has checked that it is not active and has `num_queues` queues
+    /// ([`super::VirtioCommon`] with [`super::QueueCheck::CountOnly`]); the memory table, then
+    /// each ring, are checked here, in that order.
     pub fn activate(
         &mut self,
         mem: &GuestMemoryMmap,
+        acked: u64,
         interrupt: Arc<dyn Interrupt>,
         queues: Vec<ActiveQueue>,
         responder: Arc<dyn StandbyResponder>,
     ) -> Result<(), ActivateError> {
         let label = self.cfg.label.clone();
-        if self.active.is_some() {
-            return Err(ActivateError::Other(format!("{label} is already active")));
-        }
-        if queues.len() != self.cfg.num_queues {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: self.cfg.num_queues,
-            });
-        }
         let regions = memory_table(mem, &label)?;
         let rings = queues
             .iter()
@@ -380,7 +374,7 @@ impl VhostUserHandle {
         let mut standby = false;
         let mut guard = lock(&self.session);
         if let Some(s) = guard.as_mut() {
-            match setup(s, self.acked, &regions, &rings, &bases, &kicks, &calls) {
+            match setup(s, acked, &regions, &rings, &bases, &kicks, &calls) {
                 Ok(()) => {}
                 Err((step, e)) if is_disconnect(&e) => {
                     self.shared
@@ -405,9 +399,7 @@ impl VhostUserHandle {
             }
         }
         if guard.is_none() {
-            match connect_and_setup(
-                &self.cfg, self.acked, &regions, &rings, &bases, &kicks, &calls,
-            ) {
+            match connect_and_setup(&self.cfg, acked, &regions, &rings, &bases, &kicks, &calls) {
                 Ok(s) => {
                     *guard = Some(s);
                     self.shared.lost.store(false, Ordering::SeqCst);
@@ -445,12 +437,12 @@ impl VhostUserHandle {
             session: self.session.clone(),
             shared: self.shared.clone(),
             cfg: self.cfg.clone(),
-            acked: self.acked,
+            acked,
             standby: false,
             next_try: Instant::now(),
             warned_reconnect: false,
         };
-        match Supervisor::start(state, standby) {
+        match start_supervisor(state, standby) {
             Ok(s) => self.active = Some(s),
             Err(e) => {
                 self.stop_rings();
@@ -461,14 +453,14 @@ impl VhostUserHandle {
         Ok(())
     }
 
-    /// Stops the supervisor and the rings. Returns false if the device was not active.
+    /// Stops the supervisor, then the rings (the supervisor may be handing them to a new
+    /// backend until it is joined). Returns false if the device was not active.
     pub fn reset(&mut self) -> bool {
         let Some(supervisor) = self.active.take() else {
             return false;
         };
         supervisor.stop();
         self.stop_rings();
-        self.acked = 0;
         true
     }
 
@@ -786,49 +778,30 @@ const TOKEN_KICK: u64 = 1 << 32;
 /// How often a standby device tries to reach its backend again.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The supervisor thread of an active device.
-struct Supervisor {
-    stop: EventFd,
-    thread: JoinHandle<()>,
-}
-
-impl Supervisor {
-    fn start(mut state: SupervisorLoop, standby: bool) -> io::Result<Self> {
-        let stop = EventFd::new(EFD_NONBLOCK)?;
+/// Starts the supervisor thread of an active device (thread `vhost-user <label>`), after
+/// registering everything it watches, and in standby after taking the rings over.
+fn start_supervisor(mut state: SupervisorLoop, standby: bool) -> io::Result<WorkerThread<()>> {
+    let stop = WorkerStop::new()?;
+    state.epoll.ctl(
+        ControlOperation::Add,
+        stop.worker_fd().as_raw_fd(),
+        EpollEvent::new(EventSet::IN, TOKEN_STOP),
+    )?;
+    for (i, call) in state.calls.iter().enumerate() {
         state.epoll.ctl(
             ControlOperation::Add,
-            stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_STOP),
+            call.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, i as u64),
         )?;
-        for (i, call) in state.calls.iter().enumerate() {
-            state.epoll.ctl(
-                ControlOperation::Add,
-                call.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, i as u64),
-            )?;
-        }
-        if let Some(sock) = &state.sock {
-            watch_hang_up(&state.epoll, sock)?;
-        }
-        if standby {
-            state.enter_standby()?;
-        }
-        let thread = std::thread::Builder::new()
-            .name(format!("vhost-user {}", state.shared.label))
-            .spawn(move || {
-                crate::sandbox::worker_started();
-                state.run()
-            })?;
-        Ok(Supervisor { stop, thread })
     }
-
-    fn stop(self) {
-        // A full non-blocking eventfd still wakes the thread; ignore the error.
-        let _ = self.stop.write(1);
-        if self.thread.join().is_err() {
-            eprintln!("vhost-user: supervisor thread panicked");
-        }
+    if let Some(sock) = &state.sock {
+        watch_hang_up(&state.epoll, sock)?;
     }
+    if standby {
+        state.enter_standby()?;
+    }
+    let name = format!("vhost-user {}", state.shared.label);
+    stop.spawn(&name, move |stop| run_epoll_loop(state, stop))
 }
 
 fn watch_hang_up(epoll: &Epoll, sock: &UnixStream) -> io::Result<()> {
@@ -865,57 +838,64 @@ struct SupervisorLoop {
     warned_reconnect: bool,
 }
 
-impl SupervisorLoop {
-    fn run(mut self) {
-        let mut events = vec![EpollEvent::default(); 2 * self.calls.len() + 2];
-        loop {
-            let timeout = if self.standby {
-                let left = self.next_try.saturating_duration_since(Instant::now());
-                i32::try_from(left.as_millis()).unwrap_or(i32::MAX)
-            } else {
-                -1
-            };
-            let n = match self.epoll.wait(timeout, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    eprintln!("{}: vhost-user supervisor failed: {e}", self.shared.label);
-                    return;
-                }
-            };
-            for ev in events.iter().take(n) {
-                match ev.data() {
-                    TOKEN_STOP => return,
-                    TOKEN_SOCKET => {
-                        self.shared.backend_lost(&"the socket hung up");
-                        if let Err(e) = self.enter_standby() {
-                            eprintln!(
-                                "{}: cannot serve the rings while the backend is gone: {e}",
-                                self.shared.label
-                            );
-                        }
-                    }
-                    t if t >= TOKEN_KICK => {
-                        if let Some(i) = usize::try_from(t - TOKEN_KICK)
-                            .ok()
-                            .filter(|&i| i < self.queues.len())
-                        {
-                            let _ = self.queues[i].1.read();
-                            if self.standby {
-                                self.fail_queue(i);
-                            }
-                        }
-                    }
-                    i => self.forward(i),
-                }
-            }
-            if self.standby && Instant::now() >= self.next_try {
-                self.try_reconnect();
-                self.next_try = Instant::now() + RECONNECT_INTERVAL;
-            }
+/// The supervisor thread's loop ([`run_epoll_loop`]; it stops at [`TOKEN_STOP`]).
+impl EpollWorker for SupervisorLoop {
+    const STOP_TOKEN: u64 = TOKEN_STOP;
+
+    fn epoll(&self) -> &Epoll {
+        &self.epoll
+    }
+
+    fn max_events(&self) -> usize {
+        2 * self.calls.len() + 2
+    }
+
+    /// In standby, until the next reconnect attempt.
+    fn timeout_ms(&self) -> i32 {
+        if self.standby {
+            let left = self.next_try.saturating_duration_since(Instant::now());
+            i32::try_from(left.as_millis()).unwrap_or(i32::MAX)
+        } else {
+            -1
         }
     }
 
+    fn event(&mut self, ev: &EpollEvent) {
+        match ev.data() {
+            TOKEN_SOCKET => {
+                self.shared.backend_lost(&"the socket hung up");
+                if let Err(e) = self.enter_standby() {
+                    eprintln!(
+                        "{}: cannot serve the rings while the backend is gone: {e}",
+                        self.shared.label
+                    );
+                }
+            }
+            t if t >= TOKEN_KICK => {
+                if let Some(i) = usize::try_from(t - TOKEN_KICK)
+                    .ok()
+                    .filter(|&i| i < self.queues.len())
+                {
+                    let _ = self.queues[i].1.read();
+                    if self.standby {
+                        self.fail_queue(i);
+                    }
+                }
+            }
+            i => self.forward(i),
+        }
+    }
+
+    /// After every wait, also one that timed out: time to try the socket again?
+    fn after_events(&mut self) {
+        if self.standby && Instant::now() >= self.next_try {
+            self.try_reconnect();
+            self.next_try = Instant::now() + RECONNECT_INTERVAL;
+        }
+    }
+}
+
+impl SupervisorLoop {
     fn forward(&self, index: u64) {
         let Some(call) = usize::try_from(index).ok().and_then(|i| self.calls.get(i)) else {
             return;

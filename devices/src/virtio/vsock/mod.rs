@@ -18,8 +18,9 @@
 //!
 //! Layers, as in virtio-blk: [`muxer::Muxer`] holds the connections and does all the protocol
 //! work, driven by plain calls (tests drive it without threads); [`Vsock`] is the
-//! [`VirtioDevice`] whose worker thread runs an `event_manager::EventManager` over the queue
-//! eventfds, a stop eventfd, a timer, the listener and every connection socket.
+//! [`VirtioDevice`] (through [`VirtioDeviceBase`]) whose worker thread runs an
+//! `event_manager::EventManager` ([`super::worker::run_event_loop`]) over the queue eventfds,
+//! a stop eventfd, a timer, the listener and every connection socket.
 //!
 //! Flow control: the device never sends the guest more than its advertised credit; host
 //! sockets whose guest side has no credit (or while the guest posts no rx buffers) are not
@@ -38,18 +39,18 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventOps, EventSet, Events};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use self::muxer::{Muxer, Watcher, LISTENER_TOKEN};
 use super::{
-    ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, InterruptKind, VirtioDevice,
+    drain_queue, signal_used, split_queues, ActivateError, Activation, EmWorker, GuestMemoryMmap,
+    Interrupt, Round, VirtioCommon, VirtioDevice, VirtioDeviceBase, WorkerStop, WorkerThread,
     TYPE_VSOCK, VIRTIO_F_VERSION_1,
 };
 
@@ -169,24 +170,18 @@ impl VsockStats {
 // The virtio device
 // ---------------------------------------------------------------------------------------------
 
-struct WorkerHandle {
-    stop: EventFd,
-    thread: JoinHandle<Option<Muxer>>,
-}
-
 /// The virtio-vsock device.
 pub struct Vsock {
+    /// Named `virtio-vsock-<cid>`, also the worker thread's name; config space: `guest_cid`.
+    common: VirtioCommon,
+    /// Parked here while no worker runs; the worker owns it while active.
     muxer: Option<Muxer>,
     stats: Arc<VsockStats>,
     guest_cid: u64,
     uds_path: PathBuf,
     /// (dev, inode) of the socket file we bound, to remove it on drop only if still ours.
     socket_id: Option<(u64, u64)>,
-    features: u64,
-    acked: u64,
-    queue_sizes: [u16; NUM_QUEUES],
-    name: String,
-    worker: Option<WorkerHandle>,
+    worker: Option<WorkerThread<Option<Muxer>>>,
 }
 
 impl std::fmt::Debug for Vsock {
@@ -194,7 +189,7 @@ impl std::fmt::Debug for Vsock {
         f.debug_struct("Vsock")
             .field("guest_cid", &self.guest_cid)
             .field("uds_path", &self.uds_path)
-            .field("active", &self.worker.is_some())
+            .field("active", &self.common.is_active())
             .finish()
     }
 }
@@ -207,16 +202,22 @@ impl Vsock {
         let socket_id = std::fs::symlink_metadata(&cfg.uds_path)
             .ok()
             .map(|m| (m.dev(), m.ino()));
+        // guest_cid is read-only: config writes are ignored.
+        let common = VirtioCommon::new(
+            format!("virtio-vsock-{}", cfg.guest_cid),
+            TYPE_VSOCK,
+            VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX_BIT,
+            &[QUEUE_SIZE; NUM_QUEUES],
+        )
+        .with_config(&cfg.guest_cid.to_le_bytes())
+        .with_metrics(stats.clone());
         Ok(Vsock {
+            common,
             muxer: Some(muxer),
             stats,
             guest_cid: cfg.guest_cid,
-            name: format!("virtio-vsock-{}", cfg.guest_cid),
             uds_path: cfg.uds_path,
             socket_id,
-            features: VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX_BIT,
-            acked: 0,
-            queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
             worker: None,
         })
     }
@@ -236,153 +237,60 @@ impl Vsock {
 
     /// The worker thread's name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.common.name()
     }
 
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.common.is_active()
     }
 }
 
-impl VirtioDevice for Vsock {
-    fn metrics(&self) -> Option<Arc<dyn crate::virtio::DeviceMetrics>> {
-        Some(self.stats.clone())
-    }
+impl VirtioDeviceBase for Vsock {
+    crate::virtio_common_accessors!(common);
 
-    fn device_type(&self) -> u32 {
-        TYPE_VSOCK
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
-    }
-
-    fn features(&self) -> u64 {
-        self.features
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked = features & self.features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.guest_cid.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| config.get(o).copied())
-                .unwrap_or(0);
-        }
-    }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
-        // guest_cid is read-only.
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn Interrupt>,
-        queues: Vec<ActiveQueue>,
-    ) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::Other(format!(
-                "{} is already active",
-                self.name
-            )));
-        }
-        if queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: NUM_QUEUES,
-            });
-        }
-        let event_idx = self.acked & VIRTIO_RING_F_EVENT_IDX_BIT != 0;
-        let mut qs = Vec::with_capacity(NUM_QUEUES);
-        let mut notify = Vec::with_capacity(NUM_QUEUES);
-        for (
-            i,
-            ActiveQueue {
-                mut queue,
-                notify: n,
-            },
-        ) in queues.into_iter().enumerate()
-        {
-            if !queue.is_valid(&mem) {
-                return Err(ActivateError::BadQueue(i));
-            }
-            queue.set_event_idx(event_idx);
-            qs.push(queue);
-            notify.push(n);
-        }
-        let (Ok([rxq, txq, evq]), Ok(notify)) = (
-            <[Queue; NUM_QUEUES]>::try_from(qs),
-            <[EventFd; NUM_QUEUES]>::try_from(notify),
-        ) else {
-            return Err(ActivateError::QueueCount {
-                got: 0,
-                want: NUM_QUEUES,
-            });
+    fn stop(&mut self) {
+        let Some(worker) = self.worker.take() else {
+            return;
         };
-        let stop = EventFd::new(EFD_NONBLOCK)
-            .and_then(|s| Ok((s.try_clone()?, s)))
-            .map_err(ActivateError::Worker)?;
-        let timer = TimerFd::new().map_err(|e| ActivateError::Worker(e.into()))?;
-        let Some(muxer) = self.muxer.take() else {
-            return Err(ActivateError::Other(format!(
-                "{}: the connection state was lost when an earlier worker died; recreate the device",
-                self.name
-            )));
-        };
-        let (stop_worker, stop_handle) = stop;
-        let worker = Worker {
-            muxer,
-            mem,
-            rxq,
-            txq,
-            _evq: evq,
-            notify,
-            stop: stop_worker,
-            timer,
-            timer_armed_for: None,
-            interrupt,
-            stopping: false,
-            name: self.name.clone(),
-        };
-        // If spawning fails the muxer (and the listener) is lost: only when the host is out
-        // of threads.
-        let thread = std::thread::Builder::new()
-            .name(self.name.clone())
-            .spawn(move || {
-                crate::sandbox::worker_started();
-                worker.run()
-            })
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some(WorkerHandle {
-            stop: stop_handle,
-            thread,
-        });
-        Ok(())
-    }
-
-    fn reset(&mut self) -> bool {
-        let Some(w) = self.worker.take() else {
-            return false;
-        };
-        // A full non-blocking eventfd still wakes the worker; ignore the error.
-        let _ = w.stop.write(1);
-        match w.thread.join() {
-            Ok(Some(mut muxer)) => {
+        match worker.stop() {
+            Some(Some(mut muxer)) => {
                 // A reloaded driver starts from scratch: drop every connection.
                 muxer.reset();
                 self.muxer = Some(muxer);
             }
-            Ok(None) => eprintln!("{}: the worker lost the connection state", self.name),
-            Err(_) => eprintln!("{}: worker thread panicked", self.name),
+            Some(None) => eprintln!("{}: the worker lost the connection state", self.name()),
+            // A panic, logged by WorkerThread::stop.
+            None => {}
         }
-        self.acked = 0;
-        true
+    }
+
+    fn start(&mut self, act: Activation) -> Result<(), ActivateError> {
+        let ([rxq, txq, evq], notify) = split_queues(act.queues)?;
+        let stop = WorkerStop::new().map_err(ActivateError::Worker)?;
+        let timer = TimerFd::new().map_err(|e| ActivateError::Worker(e.into()))?;
+        let Some(muxer) = self.muxer.take() else {
+            return Err(ActivateError::Other(format!(
+                "{}: the connection state was lost when an earlier worker died; recreate the device",
+                self.common.name()
+            )));
+        };
+        let worker = Worker {
+            muxer,
+            mem: act.mem,
+            rxq,
+            txq,
+            _evq: evq,
+            notify,
+            timer,
+            timer_armed_for: None,
+            interrupt: act.interrupt,
+            name: self.common.name().to_string(),
+        };
+        // If spawning fails the muxer (and the listener) is lost: only when the host is out
+        // of threads.
+        let thread = stop.spawn_event_loop(self.common.name(), worker);
+        self.worker = Some(thread.map_err(ActivateError::Worker)?);
+        Ok(())
     }
 }
 
@@ -407,6 +315,7 @@ impl Drop for Vsock {
 const TOKEN_RX: u32 = 0;
 const TOKEN_TX: u32 = 1;
 const TOKEN_EVENT: u32 = 2;
+/// The stop fd's token ([`EmWorker::STOP_TOKEN`]; the muxer owns 8 and 16 up).
 const TOKEN_STOP: u32 = 3;
 const TOKEN_TIMER: u32 = 4;
 
@@ -443,61 +352,20 @@ struct Worker {
     /// Held, not used: no event is ever sent.
     _evq: Queue,
     notify: [EventFd; NUM_QUEUES],
-    stop: EventFd,
     timer: TimerFd,
     timer_armed_for: Option<Instant>,
     interrupt: Arc<dyn Interrupt>,
-    stopping: bool,
     name: String,
 }
 
 impl Worker {
-    /// The worker thread: returns the muxer so a later activation can use it again.
-    fn run(self) -> Option<Muxer> {
-        let mut em = match EventManager::<Worker>::new() {
-            Ok(em) => em,
-            Err(e) => {
-                eprintln!("{}: cannot create the event manager: {e}", self.name);
-                return Some(self.muxer);
-            }
-        };
-        let name = self.name.clone();
-        let id = em.add_subscriber(self);
-        loop {
-            match em.subscriber_mut(id) {
-                Ok(w) if !w.stopping => {}
-                _ => break,
-            }
-            if let Err(e) = em.run() {
-                eprintln!("{name}: event loop failed: {e}");
-                break;
-            }
-        }
-        em.remove_subscriber(id).ok().map(|w| w.muxer)
-    }
-
     /// Processes the tx queue until it is empty with notifications enabled.
     fn handle_tx(&mut self, now: Instant) -> bool {
-        let mut used = false;
-        let mut idle_rounds = 0;
-        loop {
-            let _ = self.txq.disable_notification(&self.mem);
-            let before = self.txq.next_avail();
-            used |= self.muxer.process_tx(&mut self.txq, &self.mem, now);
-            let progressed = self.txq.next_avail() != before;
-            match self.txq.enable_notification(&self.mem) {
-                Ok(true) => {
-                    // A broken avail index makes this true forever: give up after a round
-                    // without progress.
-                    idle_rounds = if progressed { 0 } else { idle_rounds + 1 };
-                    if idle_rounds >= 2 {
-                        break;
-                    }
-                }
-                _ => break,
-            }
-        }
-        used
+        let (muxer, mem) = (&mut self.muxer, &self.mem);
+        let drain = drain_queue(&mut self.txq, mem, usize::MAX, |q| {
+            Round::used(muxer.process_tx(q, mem, now))
+        });
+        drain.used
     }
 
     /// After any event: deliver what is pending, update the watched sockets and the timer,
@@ -533,33 +401,30 @@ impl Worker {
             notify |= self.txq.needs_notification(&self.mem).unwrap_or(true);
         }
         if notify {
-            if let Err(e) = self.interrupt.trigger(InterruptKind::Queue) {
-                eprintln!("{}: cannot raise the queue interrupt: {e}", self.name);
-            }
+            signal_used(self.interrupt.as_ref(), &self.name);
         }
     }
 }
 
-impl MutEventSubscriber for Worker {
-    fn init(&mut self, ops: &mut EventOps) {
-        let fds: [(RawFd, u32); 5] = [
+/// The worker thread's loop: returns the muxer so a later activation can use it again.
+impl EmWorker for Worker {
+    type Output = Muxer;
+    const STOP_TOKEN: u32 = TOKEN_STOP;
+
+    fn init(&mut self, ops: &mut EventOps) -> Result<(), event_manager::Error> {
+        let fds: [(RawFd, u32); 4] = [
             (self.notify[RX_QUEUE].as_raw_fd(), TOKEN_RX),
             (self.notify[TX_QUEUE].as_raw_fd(), TOKEN_TX),
             (self.notify[EVENT_QUEUE].as_raw_fd(), TOKEN_EVENT),
-            (self.stop.as_raw_fd(), TOKEN_STOP),
             (self.timer.as_raw_fd(), TOKEN_TIMER),
         ];
         for (fd, token) in fds {
-            if let Err(e) = ops.add(Events::with_data_raw(fd, token, EventSet::IN)) {
-                eprintln!("{}: cannot watch the device eventfds: {e}", self.name);
-                // Without them nobody could stop us: stop now.
-                self.stopping = true;
-                return;
-            }
+            ops.add(Events::with_data_raw(fd, token, EventSet::IN))?;
         }
         // Chains made available before activation (or a kick that raced it).
         let used_tx = self.handle_tx(Instant::now());
         self.service(ops, used_tx, false);
+        Ok(())
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -567,10 +432,6 @@ impl MutEventSubscriber for Worker {
         let mut used_tx = false;
         let mut timer_fired = false;
         match events.data() {
-            TOKEN_STOP => {
-                self.stopping = true;
-                return;
-            }
             TOKEN_RX => {
                 // More rx buffers: delivered below. (A non-blocking read may see EAGAIN.)
                 let _ = self.notify[RX_QUEUE].read();
@@ -590,6 +451,10 @@ impl MutEventSubscriber for Worker {
             token => self.muxer.handle_conn_event(token, events.event_set(), now),
         }
         self.service(ops, used_tx, timer_fired);
+    }
+
+    fn finish(self) -> Muxer {
+        self.muxer
     }
 }
 

@@ -22,6 +22,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::muxer::*;
 use super::packet::*;
 use super::*;
+use crate::virtio::{ActiveQueue, InterruptKind};
 
 const CID: u64 = 3;
 const MEM_SIZE: usize = 0x500_0000;
