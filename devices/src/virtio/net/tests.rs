@@ -990,6 +990,11 @@ fn worker_stops_watching_a_broken_tap() {
     let (tap, _peer) = SocketTap::pair();
     let reads = tap.reads.clone();
     let sock = tap.sock.try_clone().unwrap();
+    // A shut-down socket is readable (EOF) and hung up forever, like a deleted tap is in
+    // error: level-triggered, the worker must not spin on it. Broken before activation, so
+    // the worker's first read is the failing one (shut down after it, the worker could read
+    // once more, with nothing to read, before seeing the hang-up: that raced the count).
+    sock.shutdown(std::net::Shutdown::Both).unwrap();
     let mut net = Net::with_tap(tap, None).unwrap();
     net.ack_features(net.features());
     let mem = memory();
@@ -1004,9 +1009,6 @@ fn worker_stops_watching_a_broken_tap() {
         active_queues(&rx, &tx, &rx_notify, &tx_notify),
     )
     .unwrap();
-    // A shut-down socket is readable (EOF) and hung up forever, like a deleted tap is in
-    // error: level-triggered, the worker must not spin on it.
-    sock.shutdown(std::net::Shutdown::Both).unwrap();
     wait_for("the failed read", || net.stats().snapshot().rx_errors == 1);
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(reads.load(Ordering::SeqCst), 1);
@@ -1019,7 +1021,7 @@ fn worker_stops_watching_a_broken_tap() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A real tap (root and /dev/net/tun needed; skipped otherwise)
+// A real tap (root and /dev/net/tun needed: without them the test fails, saying so)
 // ---------------------------------------------------------------------------------------------
 
 struct TapGuard(String);
@@ -1032,17 +1034,17 @@ impl Drop for TapGuard {
     }
 }
 
-fn create_tap(name: &str) -> Option<TapGuard> {
+fn create_tap(name: &str) -> TapGuard {
     match std::process::Command::new("ip")
         .args(["tuntap", "add", name, "mode", "tap"])
         .stderr(std::process::Stdio::null())
         .status()
     {
-        Ok(s) if s.success() => Some(TapGuard(name.to_string())),
-        other => {
-            eprintln!("skipping the real-tap test: `ip tuntap add {name} mode tap` failed: {other:?} (needs root and /dev/net/tun)");
-            None
-        }
+        Ok(s) if s.success() => TapGuard(name.to_string()),
+        other => panic!(
+            "`ip tuntap add {name} mode tap` failed: {other:?}; this test needs root and \
+             /dev/net/tun (tests/run.sh runs as root)"
+        ),
     }
 }
 
@@ -1131,16 +1133,9 @@ fn ether_frame(dst: [u8; 6], src: [u8; 6], len: usize, seed: u8) -> Vec<u8> {
 #[test]
 fn real_tap_offload_probe_errors_and_traffic() {
     let name = format!("qvmt{}", std::process::id() % 1_000_000);
-    let Some(_guard) = create_tap(&name) else {
-        return;
-    };
-    let tap = match Tap::open_named(&name) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("skipping the real-tap test: {e}");
-            return;
-        }
-    };
+    let _guard = create_tap(&name);
+    let tap = Tap::open_named(&name)
+        .unwrap_or_else(|e| panic!("opening the tap {name} we just created: {e}"));
     let offloads = tap.supported_offloads();
     eprintln!("tap {name}: offloads {}", describe_offloads(offloads));
     assert_ne!(offloads & TUN_F_CSUM, 0, "every tap does checksum offload");

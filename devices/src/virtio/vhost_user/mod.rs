@@ -593,6 +593,17 @@ fn setup(
                 .map_err(|e| ("SET_VRING_ENABLE", e))?;
         }
     }
+    // Without REPLY_ACK the messages above are fire-and-forget: the guest's first request,
+    // right after activation, could reach the backend before its SET_VRING_CALL, and the
+    // interrupt for it would be lost (a guest waiting on it hangs). GET_FEATURES is answered
+    // by every backend, after everything sent before it, so activation ends only once the
+    // backend has the rings (QEMU's enforce_reply does the same).
+    let reply_ack = s
+        .protocol
+        .is_some_and(|p| p.contains(VhostUserProtocolFeatures::REPLY_ACK));
+    if !reply_ack {
+        fe.get_features().map_err(|e| ("GET_FEATURES (sync)", e))?;
+    }
     Ok(())
 }
 

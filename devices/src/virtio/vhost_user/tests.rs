@@ -548,6 +548,87 @@ fn works_without_protocol_features() {
     backend.kill();
 }
 
+/// A backend without REPLY_ACK gets activation's messages fire-and-forget. The guest's first
+/// request follows activation at once; if the backend has not yet read SET_VRING_CALL, the
+/// interrupt for that request is lost. Activation must end only once the backend has read
+/// everything (a GET_FEATURES round trip). A hand-written backend that records what it reads
+/// and stalls before the activation messages shows it: when `activate` returns, both rings'
+/// SET_VRING_CALL must be in. (This also was the cause of works_without_protocol_features
+/// failing now and then.)
+#[test]
+fn activation_without_reply_ack_waits_until_the_backend_has_the_rings() {
+    use std::io::{Read, Write};
+    const GET_FEATURES: u32 = 1;
+    const SET_OWNER: u32 = 3;
+    const GET_VRING_BASE: u32 = 11;
+    const SET_VRING_CALL: u32 = 13;
+    let dir = TempDir::new("no-reply-ack");
+    let listener = std::os::unix::net::UnixListener::bind(dir.socket()).unwrap();
+    let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let backend = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut handshake_done = false;
+            loop {
+                let mut hdr = [0u8; 12];
+                if conn.read_exact(&mut hdr).is_err() {
+                    return;
+                }
+                let word = |i: usize| u32::from_le_bytes(hdr[i..i + 4].try_into().unwrap());
+                let (request, size) = (word(0), word(8) as usize);
+                let mut body = vec![0u8; size];
+                if conn.read_exact(&mut body).is_err() {
+                    return;
+                }
+                seen.lock().unwrap().push(request);
+                if request == GET_VRING_BASE {
+                    // Teardown asks for each ring's base: {index, num}.
+                    let mut reply = Vec::new();
+                    reply.extend_from_slice(&GET_VRING_BASE.to_le_bytes());
+                    reply.extend_from_slice(&0x5u32.to_le_bytes());
+                    reply.extend_from_slice(&8u32.to_le_bytes());
+                    reply.extend_from_slice(&body[..4]);
+                    reply.extend_from_slice(&0u32.to_le_bytes());
+                    conn.write_all(&reply).unwrap();
+                }
+                if request == GET_FEATURES {
+                    // Version 1, REPLY; no VHOST_USER_F_PROTOCOL_FEATURES.
+                    let features = BACKEND_FEATURES & !VHOST_USER_F_PROTOCOL_FEATURES;
+                    let mut reply = Vec::new();
+                    reply.extend_from_slice(&GET_FEATURES.to_le_bytes());
+                    reply.extend_from_slice(&0x5u32.to_le_bytes());
+                    reply.extend_from_slice(&8u32.to_le_bytes());
+                    reply.extend_from_slice(&features.to_le_bytes());
+                    conn.write_all(&reply).unwrap();
+                }
+                if request == SET_OWNER && !handshake_done {
+                    // The handshake is over; stall before reading what activation sends.
+                    handshake_done = true;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        })
+    };
+    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
+    fs.ack_features(fs.features());
+    let (active, _kicks) = queues(2);
+    fs.activate(memfd_memory(), new_interrupt(), active)
+        .unwrap();
+    let calls = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|&&r| r == SET_VRING_CALL)
+        .count();
+    assert_eq!(
+        calls, 2,
+        "activate returned before the backend had both rings' call fds"
+    );
+    drop(fs);
+    backend.join().unwrap();
+}
+
 #[test]
 fn a_backend_without_version_1_is_refused() {
     let dir = TempDir::new("legacy");
