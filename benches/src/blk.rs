@@ -3,16 +3,18 @@
 //! random 4 KiB reads and writes), qvm-vmm beside QEMU microvm's `virtio-blk-device` on the
 //! same fully allocated raw image, runs interleaved.
 
+use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
-use qvm_tests::fixtures::{self, guest_kernel, vm_toml, vmm_binary};
+use qvm_tests::fixtures::{self, guest_kernel};
 use qvm_tests::lab;
 
-use crate::common::median;
+use crate::common::{
+    initramfs_with_extra, interleaved, lab_config, median, script_cmdline, table, vmm_cmd, VMMS,
+};
 
 /// Builds the static in-guest disk benchmark and an initramfs holding it and the bench script.
-fn blk_bench_initramfs(secs: u32) -> Result<std::path::PathBuf, String> {
+fn blk_bench_initramfs(secs: u32) -> Result<PathBuf, String> {
     let ws = fixtures::workspace();
     let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(&ws)
@@ -46,20 +48,7 @@ fn blk_bench_initramfs(secs: u32) -> Result<std::path::PathBuf, String> {
          done\nexit 0\n"
     );
     std::fs::write(extra.join("blk-bench.sh"), script).map_err(|e| e.to_string())?;
-    let out = Command::new(ws.join("guest-kernel-config/build-initramfs.sh"))
-        .env("QVM_INITRAMFS_EXTRA", &extra)
-        .output()
-        .map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_dir_all(&extra);
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .into())
+    initramfs_with_extra(&extra)
 }
 
 /// In-guest disk throughput and IOPS (queue depth 1, O_DIRECT) on a virtio-blk disk backed by
@@ -81,59 +70,42 @@ pub fn bench(runs: usize) -> Result<(), String> {
     if !st.success() {
         return Err("fallocate failed".into());
     }
-    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=run qvm.script=/blk-bench.sh";
-    let cfg = share.join("blk-bench.toml");
-    let mut text = vm_toml(kernel, Some(&initrd), 1, 256, cmdline);
-    text.push_str(&fixtures::disk_toml(&img, false, None));
-    std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
-    let qvm = format!(
-        "{} --config {} </dev/null 2>&1",
-        vmm_binary().display(),
-        cfg.display()
-    );
+    let cmdline = script_cmdline("blk-bench.sh");
+    let disk = fixtures::disk_toml(&img, false, None);
+    let cfg = lab_config("blk-bench.toml", kernel, &initrd, 256, &cmdline, &disk)?;
+    let qvm = format!("timeout 600 {} </dev/null 2>&1", vmm_cmd(&cfg));
     let qemu = format!(
-        "{} -drive id=d0,file={},format=raw,if=none -device virtio-blk-device,drive=d0 2>&1",
-        lab::qemu_microvm_boot_cmd(kernel, &initrd, cmdline),
+        "timeout 600 {} -drive id=d0,file={},format=raw,if=none -device virtio-blk-device,drive=d0 2>&1",
+        lab::qemu_microvm_boot_cmd(kernel, &initrd, &cmdline),
         lab::shell_quote(&img.to_string_lossy())
     );
     let jobs = ["seqread", "seqwrite", "randread", "randwrite"];
     // results[vmm][job] = (MB/s samples, IOPS samples)
     let mut results: Vec<Vec<(Vec<f64>, Vec<f64>)>> = vec![vec![(Vec::new(), Vec::new()); 4]; 2];
     eprintln!("blk bench: {runs} runs per VMM, {SECS} s per job");
-    for run in 0..runs {
-        for (v, cmd) in [&qvm, &qemu].iter().enumerate() {
-            let out = lab::run(&format!("timeout 600 {cmd}"), Duration::from_secs(700))
-                .map_err(|e| e.to_string())?;
-            for line in out
-                .output
-                .lines()
-                .filter_map(|l| l.trim().strip_prefix("RESULT "))
-            {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                if let (Some(j), Some(mbs), Some(iops)) = (
-                    jobs.iter().position(|j| Some(j) == f.first()),
-                    f.get(2).and_then(|x| x.parse::<f64>().ok()),
-                    f.get(3).and_then(|x| x.parse::<f64>().ok()),
-                ) {
-                    results[v][j].0.push(mbs);
-                    results[v][j].1.push(iops);
-                }
+    interleaved(runs, [qvm, qemu], |run, v, out| {
+        for line in out.lines().filter_map(|l| l.trim().strip_prefix("RESULT ")) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if let (Some(j), Some(mbs), Some(iops)) = (
+                jobs.iter().position(|j| Some(j) == f.first()),
+                f.get(2).and_then(|x| x.parse::<f64>().ok()),
+                f.get(3).and_then(|x| x.parse::<f64>().ok()),
+            ) {
+                results[v][j].0.push(mbs);
+                results[v][j].1.push(iops);
             }
-            let got: usize = results[v].iter().map(|r| r.0.len()).sum();
-            if got != (run + 1) * jobs.len() {
-                return Err(format!(
-                    "run {}: missing RESULT lines from {}:\n{}",
-                    run + 1,
-                    ["qvm-vmm", "qemu"][v],
-                    out.output
-                ));
-            }
-            eprintln!("  run {}: {} done", run + 1, ["qvm-vmm", "qemu microvm"][v]);
         }
-    }
-    println!("\nIn-guest disk I/O on virtio-blk, 256 MiB raw image, O_DIRECT, queue depth 1, {SECS} s per job, median of {runs} runs");
-    println!("| job | qvm-vmm MB/s | qvm-vmm IOPS | QEMU microvm MB/s | QEMU microvm IOPS |");
-    println!("|---|---|---|---|---|");
+        let got: usize = results[v].iter().map(|r| r.0.len()).sum();
+        if got != (run + 1) * jobs.len() {
+            let vmm = ["qvm-vmm", "qemu"][v];
+            return Err(format!("missing RESULT lines from {vmm}:\n{out}"));
+        }
+        Ok(format!("{} done", VMMS[v]))
+    })?;
+    table(
+        &format!("In-guest disk I/O on virtio-blk, 256 MiB raw image, O_DIRECT, queue depth 1, {SECS} s per job, median of {runs} runs"),
+        "| job | qvm-vmm MB/s | qvm-vmm IOPS | QEMU microvm MB/s | QEMU microvm IOPS |",
+    );
     for (j, job) in jobs.iter().enumerate() {
         let bs = if job.starts_with("seq") {
             "1 MiB"

@@ -7,12 +7,10 @@
 
 use std::time::Duration;
 
-use qvm_tests::fixtures::{self, guest_initramfs, guest_kernel, vm_toml, vmm_binary};
+use qvm_tests::fixtures::{self, guest_initramfs, guest_kernel};
 use qvm_tests::lab;
 
-use crate::common::{median, minmax};
-
-const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=hello";
+use crate::common::{guest_cmdline, lab_config, lab_output, median, minmax, table, vmm_cmd};
 
 /// A bash script that runs `cmd`, and prints `MARK <ms since exec> <guest uptime>` when the
 /// guest's marker line appears and `RC <code>` at the end.
@@ -33,11 +31,13 @@ echo "RC ${{PIPESTATUS[0]}}"'"#,
     )
 }
 
+/// One boot: ms from exec to the marker, and the guest's uptime then.
 struct Sample {
     wall_ms: f64,
     uptime_s: f64,
 }
 
+/// The [`Sample`] of a [`timed_boot_script`]'s output, or why the boot failed.
 fn parse_sample(out: &str) -> Result<Sample, String> {
     let mark = out
         .lines()
@@ -53,29 +53,22 @@ fn parse_sample(out: &str) -> Result<Sample, String> {
     Ok(Sample { wall_ms, uptime_s })
 }
 
+/// Boots each row's VMM and kernel `runs` times, the rows interleaved in every run.
 pub fn bench(runs: usize) -> Result<(), String> {
     let k = guest_kernel();
     let initrd = guest_initramfs();
-    let vmm = vmm_binary();
-    let share = lab::lab_share_dir();
-    let mut rows: Vec<(String, Box<dyn Fn() -> String>)> = Vec::new();
+    let cmdline = guest_cmdline("hello");
+    // (label, the timed script that boots it)
+    let mut rows: Vec<(String, String)> = Vec::new();
     for (label, kernel) in [("vmlinux (PVH)", &k.vmlinux), ("bzImage", &k.bzimage)] {
-        let cfg = share.join(format!(
-            "bench-{}.toml",
-            label.split(' ').next().unwrap_or("k")
-        ));
-        std::fs::write(&cfg, vm_toml(kernel, Some(initrd), 1, 256, CMDLINE))
-            .map_err(|e| e.to_string())?;
-        let cmd = format!("{} --config {}", vmm.display(), cfg.display());
+        let name = format!("bench-{}.toml", label.split(' ').next().unwrap_or("k"));
+        let cfg = lab_config(&name, kernel, initrd, 256, &cmdline, "")?;
         rows.push((
             format!("qvm-vmm, {label}"),
-            Box::new(move || timed_boot_script(&cmd)),
+            timed_boot_script(&vmm_cmd(&cfg)),
         ));
-        let qemu = lab::qemu_microvm_boot_cmd(kernel, initrd, CMDLINE);
-        rows.push((
-            format!("qemu microvm, {label}"),
-            Box::new(move || timed_boot_script(&qemu)),
-        ));
+        let qemu = lab::qemu_microvm_boot_cmd(kernel, initrd, &cmdline);
+        rows.push((format!("qemu microvm, {label}"), timed_boot_script(&qemu)));
     }
     let where_ = match lab::mode() {
         lab::Mode::Lab => "nested KVM lab (L1 = QEMU TCG, L2 on kvm_amd)",
@@ -85,8 +78,8 @@ pub fn bench(runs: usize) -> Result<(), String> {
     let mut samples: Vec<Vec<Sample>> = rows.iter().map(|_| Vec::new()).collect();
     for run in 0..runs {
         for (i, (label, script)) in rows.iter().enumerate() {
-            let out = lab::run(&script(), Duration::from_secs(600)).map_err(|e| e.to_string())?;
-            let s = parse_sample(&out.output).map_err(|e| format!("{label}: {e}"))?;
+            let out = lab_output(script, Duration::from_secs(600))?;
+            let s = parse_sample(&out).map_err(|e| format!("{label}: {e}"))?;
             eprintln!(
                 "  run {}: {label}: {:.0} ms wall, guest uptime {:.2} s",
                 run + 1,
@@ -96,9 +89,10 @@ pub fn bench(runs: usize) -> Result<(), String> {
             samples[i].push(s);
         }
     }
-    println!("\nBoot to guest userspace marker ({where_}), 1 vCPU, 256 MiB, same kernel/initrd/cmdline, {runs} runs each, interleaved");
-    println!("| VMM, kernel | median wall ms (exec to marker) | min..max ms | median guest uptime at marker s |");
-    println!("|---|---|---|---|");
+    table(
+        &format!("Boot to guest userspace marker ({where_}), 1 vCPU, 256 MiB, same kernel/initrd/cmdline, {runs} runs each, interleaved"),
+        "| VMM, kernel | median wall ms (exec to marker) | min..max ms | median guest uptime at marker s |",
+    );
     for ((label, _), s) in rows.iter().zip(samples.iter_mut()) {
         let mut wall: Vec<f64> = s.iter().map(|x| x.wall_ms).collect();
         let mut up: Vec<f64> = s.iter().map(|x| x.uptime_s).collect();

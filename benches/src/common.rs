@@ -1,12 +1,17 @@
-//! Helpers several benches share: the median and range of samples, the project's initramfs
-//! with a bench script added, and a headless weston for the host-side Wayland benches.
+//! What several benches share, so each bench module holds only its own workload: sample
+//! statistics and Markdown tables; for the lab benches, the guest command line, the VM config,
+//! the project's initramfs with a bench script added and the interleaved qvm-vmm / QEMU runs;
+//! for the host benches, a headless weston.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use qvm_tests::fixtures;
+use qvm_tests::fixtures::{self, vm_toml, vmm_binary};
+use qvm_tests::lab;
 
+/// The median of `v` (sorted in place), NaN when it is empty.
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -19,6 +24,7 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The smallest and the largest of `v`.
 pub fn minmax(v: &[f64]) -> (f64, f64) {
     v.iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
@@ -26,27 +32,137 @@ pub fn minmax(v: &[f64]) -> (f64, f64) {
         })
 }
 
-/// The project's initramfs with `script` added as `/<name>` (cached by content like any
-/// initramfs), for a guest booted with `qvm.mode=run qvm.script=/<name>`.
-pub fn initramfs_with_script(name: &str, script: &str) -> Result<std::path::PathBuf, String> {
-    let extra = std::env::temp_dir().join(format!("qvm-bench-extra-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&extra).map_err(|e| e.to_string())?;
-    std::fs::write(extra.join(name), script).map_err(|e| e.to_string())?;
+/// Prints a blank line, `title`, then a Markdown table's `header` row and its `|---|` row.
+pub fn table(title: &str, header: &str) {
+    println!("\n{title}");
+    println!("{header}");
+    println!("{}", rule(header));
+}
+
+/// The `|---|` row under a Markdown `header` row: one `---` a column.
+fn rule(header: &str) -> String {
+    format!("{}|", "|---".repeat(header.matches('|').count() - 1))
+}
+
+/// One Markdown row per name: the median of qvm-vmm's samples (`results[0][row]`) beside
+/// QEMU's (`results[1][row]`), with `decimals(row)` decimals.
+pub fn vmm_rows(
+    names: &[impl Display],
+    results: &mut [Vec<Vec<f64>>],
+    decimals: impl Fn(usize) -> usize,
+) {
+    for (j, name) in names.iter().enumerate() {
+        let prec = decimals(j);
+        println!(
+            "| {name} | {:.prec$} | {:.prec$} |",
+            median(&mut results[0][j]),
+            median(&mut results[1][j])
+        );
+    }
+}
+
+/// The number after `key=` in a line of `key=value` words.
+pub fn kv(line: &str, key: &str) -> Option<f64> {
+    line.split(' ')
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+/// The kernel command line of a bench guest (one quiet serial console, reboot on panic) with
+/// the project's init in `mode`.
+pub fn guest_cmdline(mode: &str) -> String {
+    format!("console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode={mode}")
+}
+
+/// [`guest_cmdline`] for a guest that runs `/<script>` of its initramfs and powers off.
+pub fn script_cmdline(script: &str) -> String {
+    guest_cmdline(&format!("run qvm.script=/{script}"))
+}
+
+/// Writes a 1-vCPU VM config `name` into the lab share (kernel, initrd, memory, command line,
+/// then `extra` sections) and returns its path.
+pub fn lab_config(
+    name: &str,
+    kernel: &Path,
+    initrd: &Path,
+    mem_mib: u32,
+    cmdline: &str,
+    extra: &str,
+) -> Result<PathBuf, String> {
+    let cfg = lab::lab_share_dir().join(name);
+    let mut text = vm_toml(kernel, Some(initrd), 1, mem_mib, cmdline);
+    text.push_str(extra);
+    std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+
+/// The shell command that boots qvm-vmm on `cfg`.
+pub fn vmm_cmd(cfg: &Path) -> String {
+    format!("{} --config {}", vmm_binary().display(), cfg.display())
+}
+
+/// The lab's (or, on hardware KVM, this host's) output of `script`.
+pub fn lab_output(script: &str, timeout: Duration) -> Result<String, String> {
+    Ok(lab::run(script, timeout).map_err(|e| e.to_string())?.output)
+}
+
+/// The two VMMs a lab bench sets side by side, in the order of its columns.
+pub const VMMS: [&str; 2] = ["qvm-vmm", "qemu microvm"];
+
+/// Runs `scripts` (qvm-vmm's, then QEMU's) in the lab `runs` times, interleaved, each within
+/// 700 s (the scripts' own `timeout 600` and a margin), and hands each output to
+/// `take(run, vmm, output)`, `vmm` indexing [`VMMS`]. What `take` returns is printed as
+/// `  run N: <it>`; its error ends the bench as `run N: <error>`.
+pub fn interleaved(
+    runs: usize,
+    scripts: [String; 2],
+    mut take: impl FnMut(usize, usize, &str) -> Result<String, String>,
+) -> Result<(), String> {
+    for run in 0..runs {
+        for (v, script) in scripts.iter().enumerate() {
+            let out = lab_output(script, Duration::from_secs(700))?;
+            let progress = take(run, v, &out).map_err(|e| format!("run {}: {e}", run + 1))?;
+            eprintln!("  run {}: {progress}", run + 1);
+        }
+    }
+    Ok(())
+}
+
+/// The rest of the first `BENCH <job> ...` line a bench guest printed.
+pub fn bench_line<'a>(output: &'a str, job: &str) -> Option<&'a str> {
+    let prefix = format!("BENCH {job} ");
+    output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
+}
+
+/// The project's initramfs with the contents of the directory `extra` added to its root
+/// (cached by content like any initramfs); `extra` is removed afterwards.
+pub fn initramfs_with_extra(extra: &Path) -> Result<PathBuf, String> {
     let out = Command::new(fixtures::workspace().join("guest-kernel-config/build-initramfs.sh"))
-        .env("QVM_INITRAMFS_EXTRA", &extra)
+        .env("QVM_INITRAMFS_EXTRA", extra)
         .output()
         .map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_dir_all(&extra);
+    let _ = std::fs::remove_dir_all(extra);
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
-    Ok(std::path::PathBuf::from(
+    Ok(PathBuf::from(
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .last()
             .unwrap_or_default()
             .trim(),
     ))
+}
+
+/// The project's initramfs with `script` added as `/<name>`, for a guest booted with
+/// [`script_cmdline`]`(name)`.
+pub fn initramfs_with_script(name: &str, script: &str) -> Result<PathBuf, String> {
+    let extra = std::env::temp_dir().join(format!("qvm-bench-extra-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&extra).map_err(|e| e.to_string())?;
+    std::fs::write(extra.join(name), script).map_err(|e| e.to_string())?;
+    initramfs_with_extra(&extra)
 }
 
 /// A headless weston (pixman, animations off) on `rt/socket` for the host-side benches,
@@ -56,7 +172,7 @@ pub fn start_host_weston(
     socket: &str,
     width: u32,
     height: u32,
-) -> Result<std::process::Child, String> {
+) -> Result<Child, String> {
     std::fs::create_dir_all(rt).map_err(|e| format!("create {}: {e}", rt.display()))?;
     let _ = Command::new("chmod").arg("700").arg(rt).status();
     let ini = rt.join("weston.ini");
@@ -91,4 +207,50 @@ pub fn start_host_weston(
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(weston)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_has_one_dash_cell_per_column() {
+        assert_eq!(rule("| phase | median ms |"), "|---|---|");
+        assert_eq!(
+            rule("| | cold (VM stopped) | warm (VM running) |"),
+            "|---|---|---|"
+        );
+    }
+
+    #[test]
+    fn cmdlines_are_the_ones_the_benches_always_booted() {
+        assert_eq!(
+            guest_cmdline("hello"),
+            "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=hello"
+        );
+        assert_eq!(
+            script_cmdline("wl-bench.sh"),
+            "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=run \
+             qvm.script=/wl-bench.sh"
+        );
+    }
+
+    #[test]
+    fn kv_and_bench_line_read_the_guests_lines() {
+        let line = "QVM-WL-DONE frames=16 fps=12.5 cpu_us=900";
+        assert_eq!(kv(line, "fps"), Some(12.5));
+        assert_eq!(kv(line, "frames"), Some(16.0));
+        assert_eq!(kv(line, "busy_ms"), None);
+        let out = "noise\r\n  BENCH seq-read 33554432 1.00 3.00\nBENCH seq-read again\n";
+        assert_eq!(bench_line(out, "seq-read"), Some("33554432 1.00 3.00"));
+        assert_eq!(bench_line(out, "seq"), None);
+    }
+
+    #[test]
+    fn median_and_minmax() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&mut []).is_nan());
+        assert_eq!(minmax(&[2.0, -1.0, 5.0]), (-1.0, 5.0));
+    }
 }

@@ -11,7 +11,7 @@ use qvm_tests::fixtures::{
 };
 use qvm_tests::lab;
 
-use crate::common::{median, minmax};
+use crate::common::{guest_cmdline, lab_output, median, minmax, table};
 
 /// `qvm run a -- true` on a stopped VM (cold) and on the running VM (warm), beside the same
 /// with a QEMU script: microvm with `vhost-vsock-device` launched in the background, then
@@ -22,7 +22,7 @@ pub fn bench(runs: usize) -> Result<(), String> {
     const CID: u32 = 3;
     let kernel = &guest_kernel().vmlinux;
     let initrd = guest_initramfs();
-    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=agent";
+    let cmdline = guest_cmdline("agent");
     let d = lab::lab_share_dir().join("desktop-bench");
     std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
     let domains = d.join("domains.toml");
@@ -68,24 +68,23 @@ $q list
         qvm = qvm_cli_binary().display(),
         run = qvm_run_binary().display(),
         domains = domains.display(),
-        qemu = lab::qemu_microvm_boot_cmd(kernel, initrd, cmdline),
+        qemu = lab::qemu_microvm_boot_cmd(kernel, initrd, &cmdline),
         cid = CID,
     );
     // lab::run uses sh; $EPOCHREALTIME is bash's.
     let bash_script = d.join("bench.sh");
     std::fs::write(&bash_script, script).map_err(|e| e.to_string())?;
     eprintln!("desktop bench: {runs} runs each, interleaved, in one lab script");
-    let out = lab::run(
+    let out = lab_output(
         &format!(
             "exec bash {}",
             lab::shell_quote(&bash_script.to_string_lossy())
         ),
         Duration::from_secs(300 + 240 * runs as u64),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let keys = ["qvm-cold", "qvm-warm", "qemu-cold", "qemu-warm"];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); keys.len()];
-    for l in out.output.lines() {
+    for l in out.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
         if f.first() != Some(&"SAMPLE") || f.len() < 4 {
             continue;
@@ -94,33 +93,29 @@ $q list
             continue;
         };
         if f[2] != "0" {
-            return Err(format!("{} exited {}:\n{}", f[1], f[2], out.output));
+            return Err(format!("{} exited {}:\n{}", f[1], f[2], out));
         }
         samples[k].push(f[3].parse().map_err(|_| format!("bad line {l:?}"))?);
     }
     if samples.iter().any(|s| s.len() != runs) {
-        return Err(format!("missing samples:\n{}", out.output));
+        return Err(format!("missing samples:\n{}", out));
     }
-    eprintln!("{}", out.output);
+    eprintln!("{}", out);
     let cell = |v: &mut Vec<f64>| {
         let (lo, hi) = minmax(v);
         format!("{:.0} ({lo:.0}..{hi:.0})", median(v))
     };
-    println!(
-        "\n`run -- true` wall time in the lab, ms, median (min..max) of {runs}; {MEM_MIB} MiB, 1 vCPU, same kernel and initramfs"
+    table(
+        &format!("`run -- true` wall time in the lab, ms, median (min..max) of {runs}; {MEM_MIB} MiB, 1 vCPU, same kernel and initramfs"),
+        "| | cold (VM stopped) | warm (VM running) |",
     );
-    println!("| | cold (VM stopped) | warm (VM running) |");
-    println!("|---|---|---|");
-    let (qvm, qemu) = samples.split_at_mut(2);
-    println!(
-        "| qvm (`qvm run a -- true`) | {} | {} |",
-        cell(&mut qvm[0]),
-        cell(&mut qvm[1])
-    );
-    println!(
-        "| QEMU script (microvm + vhost-vsock, `qvm-run --cid`) | {} | {} |",
-        cell(&mut qemu[0]),
-        cell(&mut qemu[1])
-    );
+    let labels = [
+        "qvm (`qvm run a -- true`)",
+        "QEMU script (microvm + vhost-vsock, `qvm-run --cid`)",
+    ];
+    // samples: cold and warm of each, in the order of `keys`.
+    for (label, s) in labels.iter().zip(samples.chunks_mut(2)) {
+        println!("| {label} | {} | {} |", cell(&mut s[0]), cell(&mut s[1]));
+    }
     Ok(())
 }

@@ -3,12 +3,13 @@
 //! one virtiofsd binary started with the same options for both, qvm-vmm beside QEMU microvm's
 //! `vhost-user-fs-device` (memfd RAM), runs interleaved.
 
-use std::time::Duration;
-
-use qvm_tests::fixtures::{self, guest_kernel, vm_toml, vmm_binary};
+use qvm_tests::fixtures::{self, guest_kernel};
 use qvm_tests::lab;
 
-use crate::common::{initramfs_with_script, median};
+use crate::common::{
+    bench_line, initramfs_with_script, interleaved, lab_config, script_cmdline, table, vmm_cmd,
+    vmm_rows, VMMS,
+};
 
 /// In-guest virtio-fs throughput and metadata rate on a share served by one virtiofsd binary,
 /// started by the lab script with the same options for both VMMs (those qvm-vmm uses when it
@@ -63,26 +64,17 @@ exit 0
     let initrd = initramfs_with_script("fs-bench.sh", &script)?;
     let virtiofsd = fixtures::virtiofsd_binary().display().to_string();
     let kernel = &guest_kernel().vmlinux;
-    let share = lab::lab_share_dir();
-    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=run qvm.script=/fs-bench.sh";
-    let cfg = share.join("fs-bench.toml");
-    let mut text = vm_toml(kernel, Some(&initrd), 1, 256, cmdline);
-    text.push_str(&format!(
-        "\n[[fs]]\ntag = \"share\"\nsocket = \"{DIR}/share.sock\"\n"
-    ));
-    std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
-    let qvm = format!(
-        "{} --config {} </dev/null 2>&1",
-        vmm_binary().display(),
-        cfg.display()
-    );
+    let cmdline = script_cmdline("fs-bench.sh");
+    let fs = format!("\n[[fs]]\ntag = \"share\"\nsocket = \"{DIR}/share.sock\"\n");
+    let cfg = lab_config("fs-bench.toml", kernel, &initrd, 256, &cmdline, &fs)?;
+    let qvm = format!("{} </dev/null 2>&1", vmm_cmd(&cfg));
     // vhost-user needs the guest RAM in shared memory: a memfd backend of the -m size (the
     // second -machine merges with the helper's -M microvm).
     let qemu = format!(
         "{} -object memory-backend-memfd,id=mem,size=256M,share=on -machine memory-backend=mem \
          -chardev socket,id=fs0,path={DIR}/share.sock -device vhost-user-fs-device,chardev=fs0,tag=share \
          </dev/null 2>&1",
-        lab::qemu_microvm_boot_cmd(kernel, &initrd, cmdline),
+        lab::qemu_microvm_boot_cmd(kernel, &initrd, &cmdline),
     );
     // A fresh virtiofsd per boot (it exits when its frontend disconnects), with the options
     // vmm/src/virtiofsd.rs uses.
@@ -108,50 +100,44 @@ exit 0
     eprintln!(
         "virtio-fs bench: {runs} runs per VMM, {MIB} MiB sequential, {FILES} files ({virtiofsd})"
     );
-    for run in 0..runs {
-        for (v, cmd) in [&qvm, &qemu].iter().enumerate() {
-            let name = ["qvm-vmm", "qemu microvm"][v];
-            let out = lab::run(&wrap(cmd), Duration::from_secs(700)).map_err(|e| e.to_string())?;
-            let fail = |what: &str| format!("run {}: {name}: {what}:\n{}", run + 1, out.output);
-            if out.output.contains("BENCH-ERROR") || !out.output.contains("VMM-EXIT 0") {
-                return Err(fail("the guest or the VMM reported an error"));
-            }
-            let mut meta_secs = 0.0;
-            for (j, job) in jobs.iter().enumerate() {
-                let f: Vec<f64> = out
-                    .output
-                    .lines()
-                    .find_map(|l| l.trim().strip_prefix(&format!("BENCH {job} ")))
-                    .map(|l| {
-                        l.split_whitespace()
-                            .filter_map(|x| x.parse().ok())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let (amount, secs) = match f[..] {
-                    [amount, t0, t1] if t1 > t0 => (amount, t1 - t0),
-                    _ => return Err(fail(&format!("no good BENCH {job} line"))),
-                };
-                if j < 2 {
-                    results[v][j].push(amount / secs / 1e6);
-                } else {
-                    results[v][j].push(amount / secs);
-                    meta_secs += secs;
-                }
-            }
-            results[v][jobs.len()].push(FILES as f64 / meta_secs);
-            eprintln!(
-                "  run {}: {name}: write {:.1} MB/s, read {:.1} MB/s, create+stat+unlink {:.0} files/s",
-                run + 1,
-                results[v][0][run],
-                results[v][1][run],
-                results[v][jobs.len()][run]
-            );
+    interleaved(runs, [wrap(&qvm), wrap(&qemu)], |run, v, out| {
+        let name = VMMS[v];
+        let fail = |what: &str| format!("{name}: {what}:\n{out}");
+        if out.contains("BENCH-ERROR") || !out.contains("VMM-EXIT 0") {
+            return Err(fail("the guest or the VMM reported an error"));
         }
-    }
-    println!("\nIn-guest virtio-fs (same virtiofsd --cache=auto, host dir on L1 tmpfs), median of {runs} runs; guest clock /proc/uptime (10 ms)");
-    println!("| measure | qvm-vmm | QEMU microvm |");
-    println!("|---|---|---|");
+        let mut meta_secs = 0.0;
+        for (j, job) in jobs.iter().enumerate() {
+            let f: Vec<f64> = bench_line(out, job)
+                .map(|l| {
+                    l.split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let (amount, secs) = match f[..] {
+                [amount, t0, t1] if t1 > t0 => (amount, t1 - t0),
+                _ => return Err(fail(&format!("no good BENCH {job} line"))),
+            };
+            if j < 2 {
+                results[v][j].push(amount / secs / 1e6);
+            } else {
+                results[v][j].push(amount / secs);
+                meta_secs += secs;
+            }
+        }
+        results[v][jobs.len()].push(FILES as f64 / meta_secs);
+        Ok(format!(
+            "{name}: write {:.1} MB/s, read {:.1} MB/s, create+stat+unlink {:.0} files/s",
+            results[v][0][run],
+            results[v][1][run],
+            results[v][jobs.len()][run]
+        ))
+    })?;
+    table(
+        &format!("In-guest virtio-fs (same virtiofsd --cache=auto, host dir on L1 tmpfs), median of {runs} runs; guest clock /proc/uptime (10 ms)"),
+        "| measure | qvm-vmm | QEMU microvm |",
+    );
     let names = [
         format!("sequential write, dd {MIB} MiB bs=1M conv=fsync, MB/s"),
         format!("sequential read, dd {MIB} MiB bs=1M after drop_caches, MB/s"),
@@ -160,13 +146,7 @@ exit 0
         format!("unlink {FILES} files (one rm: readdir, lstat + unlink), files/s"),
         format!("create + stat + unlink {FILES} files, files/s"),
     ];
-    for (j, name) in names.iter().enumerate() {
-        let prec = if j < 2 { 1 } else { 0 };
-        println!(
-            "| {name} | {:.prec$} | {:.prec$} |",
-            median(&mut results[0][j]),
-            median(&mut results[1][j])
-        );
-    }
+    // MB/s with one decimal, files/s with none.
+    vmm_rows(&names, &mut results, |j| if j < 2 { 1 } else { 0 });
     Ok(())
 }

@@ -3,12 +3,13 @@
 //! checked transfers; qvm-vmm beside QEMU microvm (`-netdev tap` userspace virtio-net,
 //! `vhost-vsock-device`), runs interleaved.
 
-use std::time::Duration;
-
-use qvm_tests::fixtures::{self, guest_kernel, vm_toml, vmm_binary};
+use qvm_tests::fixtures::{self, guest_kernel};
 use qvm_tests::lab;
 
-use crate::common::{initramfs_with_script, median};
+use crate::common::{
+    bench_line, initramfs_with_script, interleaved, lab_config, script_cmdline, table, vmm_cmd,
+    vmm_rows, VMMS,
+};
 
 /// Guest<->host throughput over virtio-net (TCP through a tap in a network namespace) and
 /// vsock, measured in the guest with qvm-vsock's checked transfers, qvm-vmm beside QEMU microvm.
@@ -26,24 +27,24 @@ pub fn bench(runs: usize) -> Result<(), String> {
     let initrd = initramfs_with_script("net-bench.sh", &script)?;
     let kernel = &guest_kernel().vmlinux;
     let tool = fixtures::qvm_vsock_binary();
-    let share = lab::lab_share_dir();
-    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=run qvm.script=/net-bench.sh";
-    let cfg = share.join("net-bench.toml");
-    let mut text = vm_toml(kernel, Some(&initrd), 1, 256, cmdline);
-    text.push_str(
+    let cmdline = script_cmdline("net-bench.sh");
+    let cfg = lab_config(
+        "net-bench.toml",
+        kernel,
+        &initrd,
+        256,
+        &cmdline,
         "\n[[net]]\ntap = \"qvmtap0\"\nmac = \"52:54:00:aa:bb:02\"\n\n[vsock]\nguest_cid = 3\nsocket = \"/tmp/qvm-net-bench/v.sock\"\n",
-    );
-    std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
+    )?;
     let qvm = format!(
-        "{tool} serve unix:/tmp/qvm-net-bench/v.sock_6000 >/dev/null 2>&1 & vs=$!; {} --config {} </dev/null 2>&1; kill $vs",
-        vmm_binary().display(),
-        cfg.display(),
+        "{tool} serve unix:/tmp/qvm-net-bench/v.sock_6000 >/dev/null 2>&1 & vs=$!; {} </dev/null 2>&1; kill $vs",
+        vmm_cmd(&cfg),
         tool = tool.display(),
     );
     let qemu = format!(
         "{tool} serve vsock:6000 >/dev/null 2>&1 & vs=$!; {} -netdev tap,id=n0,ifname=qvmtap0,script=no,downscript=no \
          -device virtio-net-device,netdev=n0,mac=52:54:00:aa:bb:02 -device vhost-vsock-device,guest-cid=3 2>&1; kill $vs",
-        lab::qemu_microvm_boot_cmd(kernel, &initrd, cmdline),
+        lab::qemu_microvm_boot_cmd(kernel, &initrd, &cmdline),
         tool = tool.display(),
     );
     let wrap = |cmd: &str| {
@@ -65,48 +66,32 @@ pub fn bench(runs: usize) -> Result<(), String> {
         "net/vsock bench: {runs} runs per VMM, {} MiB per transfer",
         BYTES >> 20
     );
-    for run in 0..runs {
-        for (v, cmd) in [&qvm, &qemu].iter().enumerate() {
-            let out = lab::run(&wrap(cmd), Duration::from_secs(700)).map_err(|e| e.to_string())?;
-            for (j, job) in jobs.iter().enumerate() {
-                let line = out
-                    .output
-                    .lines()
-                    .find_map(|l| l.trim().strip_prefix(&format!("BENCH {job} ")));
-                match line.map(|l| l.split_whitespace().collect::<Vec<_>>()) {
-                    Some(f) if f.get(1) == Some(&"ok") => {
-                        if let Some(r) = f.last().and_then(|r| r.parse::<f64>().ok()) {
-                            results[v][j].push(r);
-                        }
-                    }
-                    _ => {
-                        return Err(format!(
-                            "run {}: {} gave no good {job} line:\n{}",
-                            run + 1,
-                            ["qvm-vmm", "qemu"][v],
-                            out.output
-                        ))
+    interleaved(runs, [wrap(&qvm), wrap(&qemu)], |_, v, out| {
+        for (j, job) in jobs.iter().enumerate() {
+            match bench_line(out, job).map(|l| l.split_whitespace().collect::<Vec<_>>()) {
+                Some(f) if f.get(1) == Some(&"ok") => {
+                    if let Some(r) = f.last().and_then(|r| r.parse::<f64>().ok()) {
+                        results[v][j].push(r);
                     }
                 }
+                _ => {
+                    let vmm = ["qvm-vmm", "qemu"][v];
+                    return Err(format!("{vmm} gave no good {job} line:\n{out}"));
+                }
             }
-            eprintln!("  run {}: {} done", run + 1, ["qvm-vmm", "qemu microvm"][v]);
         }
-    }
-    println!("\nGuest<->host throughput, {} MiB checked transfers (qvm-vsock), MB/s, median of {runs} runs", BYTES >> 20);
-    println!("| transfer | qvm-vmm | QEMU microvm |");
-    println!("|---|---|---|");
+        Ok(format!("{} done", VMMS[v]))
+    })?;
+    table(
+        &format!("Guest<->host throughput, {} MiB checked transfers (qvm-vsock), MB/s, median of {runs} runs", BYTES >> 20),
+        "| transfer | qvm-vmm | QEMU microvm |",
+    );
     let names = [
         "TCP guest->host (virtio-net, tap)",
         "TCP host->guest (virtio-net, tap)",
         "vsock guest->host",
         "vsock host->guest",
     ];
-    for (j, name) in names.iter().enumerate() {
-        println!(
-            "| {name} | {:.1} | {:.1} |",
-            median(&mut results[0][j]),
-            median(&mut results[1][j])
-        );
-    }
+    vmm_rows(&names, &mut results, |_| 1);
     Ok(())
 }

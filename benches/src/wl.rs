@@ -10,10 +10,9 @@
 
 use std::time::Duration;
 
-use qvm_tests::fixtures::{guest_kernel, vm_toml, vmm_binary};
-use qvm_tests::lab;
+use qvm_tests::fixtures::{guest_kernel, vmm_binary};
 
-use crate::common::{initramfs_with_script, median};
+use crate::common::{initramfs_with_script, kv, lab_config, lab_output, median, script_cmdline};
 
 /// The wl bench's sampler (bash, run in L1 beside the VMM): see the comment in the script.
 const WL_SAMPLER: &str = r#"cat >$rt/sample.sh <<'SAMPLER'
@@ -66,63 +65,23 @@ struct WlCase {
     args: &'static str,
 }
 
-const fn wl_case(
-    name: &'static str,
-    w: u32,
-    h: u32,
-    frames: u32,
-    via: &'static str,
-    args: &'static str,
-) -> WlCase {
-    WlCase {
-        name,
-        w,
-        h,
-        frames,
-        via,
-        args,
-    }
-}
+/// The proxy cases' demo arguments: a cursor blink, a full-screen scroll, past 3 warm-up frames.
+const BLINK: &str = "--scene blink --warmup 3 --hold 5";
+const SCROLL: &str = "--scene scroll --warmup 3 --hold 5";
 
+/// In the order they run and print; `--wl-proxy-only` keeps those with a `via`.
+#[rustfmt::skip]
 const WL_CASES: &[WlCase] = &[
-    wl_case("1mib", 512, 512, 20, "", ""),
-    wl_case("1080p", 1920, 1080, 16, "", ""),
-    wl_case("1080p-copy", 1920, 1080, 16, "", "--copy-path"),
-    wl_case("4k", 3840, 2160, 8, "", ""),
-    wl_case("4k-copy", 3840, 2160, 8, "", "--copy-path"),
+    WlCase { name: "1mib", w: 512, h: 512, frames: 20, via: "", args: "" },
+    WlCase { name: "1080p", w: 1920, h: 1080, frames: 16, via: "", args: "" },
+    WlCase { name: "1080p-copy", w: 1920, h: 1080, frames: 16, via: "", args: "--copy-path" },
+    WlCase { name: "4k", w: 3840, h: 2160, frames: 8, via: "", args: "" },
+    WlCase { name: "4k-copy", w: 3840, h: 2160, frames: 8, via: "", args: "--copy-path" },
     // Issue 7: the proxy's damage-only copies beside whole-frame copies, 1080p.
-    wl_case(
-        "blink-damage",
-        1920,
-        1080,
-        24,
-        "damage",
-        "--scene blink --warmup 3 --hold 5",
-    ),
-    wl_case(
-        "blink-whole",
-        1920,
-        1080,
-        24,
-        "whole",
-        "--scene blink --warmup 3 --hold 5",
-    ),
-    wl_case(
-        "scroll-damage",
-        1920,
-        1080,
-        16,
-        "damage",
-        "--scene scroll --warmup 3 --hold 5",
-    ),
-    wl_case(
-        "scroll-whole",
-        1920,
-        1080,
-        16,
-        "whole",
-        "--scene scroll --warmup 3 --hold 5",
-    ),
+    WlCase { name: "blink-damage", w: 1920, h: 1080, frames: 24, via: "damage", args: BLINK },
+    WlCase { name: "blink-whole", w: 1920, h: 1080, frames: 24, via: "whole", args: BLINK },
+    WlCase { name: "scroll-damage", w: 1920, h: 1080, frames: 16, via: "damage", args: SCROLL },
+    WlCase { name: "scroll-whole", w: 1920, h: 1080, frames: 16, via: "whole", args: SCROLL },
 ];
 
 /// virtio-wl in the lab: `qvm-wl-demo` in the guest draws and commits frames to weston
@@ -175,14 +134,10 @@ exit 0
     );
     let initrd = initramfs_with_script("wl-bench.sh", &guest)?;
     let kernel = &guest_kernel().vmlinux;
-    let share = lab::lab_share_dir();
     let rt = "/tmp/qvm-wl-bench";
-    let cmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=run \
-                   qvm.script=/wl-bench.sh";
-    let cfg = share.join("wl-bench.toml");
-    let mut text = vm_toml(kernel, Some(&initrd), 1, 384, cmdline);
-    text.push_str(&format!("\n[wayland]\nsocket = \"{rt}/wl-bench\"\n"));
-    std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
+    let cmdline = script_cmdline("wl-bench.sh");
+    let wayland = format!("\n[wayland]\nsocket = \"{rt}/wl-bench\"\n");
+    let cfg = lab_config("wl-bench.toml", kernel, &initrd, 384, &cmdline, &wayland)?;
     // CPU ns of the VMM's virtio-wl thread and of all its threads, at each WLB- marker.
     let script = format!(
         r#"rt={rt}; rm -rf $rt; mkdir -p $rt; chmod 700 $rt; export XDG_RUNTIME_DIR=$rt
@@ -224,14 +179,8 @@ grep -v '^WLB-' $log | tail -n 20
         let dev = it.next()?.parse().ok()?;
         Some((dev, all, bytes))
     };
-    let kv = |l: &str, k: &str| -> Option<f64> {
-        l.split(' ')
-            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-    };
     for run in 0..runs {
-        let out = lab::run(&script, Duration::from_secs(1500)).map_err(|e| e.to_string())?;
-        let out = out.output;
+        let out = lab_output(&script, Duration::from_secs(1500))?;
         let mut case: Option<&WlCase> = None;
         let mut start = None;
         let mut warm_busy: Option<f64> = None;
