@@ -3,57 +3,37 @@
 //! (`src/bin`) under callgrind at two request counts, the difference over the count difference.
 //! A deterministic figure for our device alone; its QEMU peer is the in-guest bench in `blk`.
 
-use std::process::Command;
+use crate::common::{callgrind, collected, helper_binary, per_unit, require_tool, table};
 
 /// Instructions (user space, as callgrind counts them) per virtio-blk request of our device:
 /// `qvm-blk-cost` run for two request counts, the difference divided by the count difference.
 pub fn bench() -> Result<(), String> {
-    if Command::new("valgrind").arg("--version").output().is_err() {
-        return Err("valgrind is not installed (apt-get install valgrind)".into());
-    }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let cost = exe.with_file_name("qvm-blk-cost");
-    if !cost.exists() {
-        return Err(format!(
-            "{} is missing: cargo build --release -p qvm-benches",
-            cost.display()
-        ));
-    }
+    require_tool("valgrind")?;
+    let cost = helper_binary("qvm-blk-cost")?;
     let img = std::env::temp_dir().join(format!("qvm-blk-cost-{}.img", std::process::id()));
     std::fs::File::create(&img)
         .and_then(|f| f.set_len(16 << 20))
         .map_err(|e| e.to_string())?;
-    let collected = |kind: &str, n: u64| -> Result<f64, String> {
-        let out = Command::new("valgrind")
-            .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
-            .arg(&cost)
-            .args([kind, &n.to_string()])
-            .arg(&img)
-            .output()
-            .map_err(|e| e.to_string())?;
-        let err = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            return Err(format!("qvm-blk-cost {kind} {n} failed: {err}"));
-        }
-        err.lines()
-            .find_map(|l| l.split("Collected :").nth(1))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .ok_or_else(|| format!("no 'Collected' line from callgrind: {err}"))
+    let instructions = |kind: &str, n: u32| -> Result<[f64; 1], String> {
+        let mut cmd = callgrind(&[]);
+        cmd.arg(&cost).args([kind, &n.to_string()]).arg(&img);
+        Ok([collected(cmd, &format!("qvm-blk-cost {kind} {n}"))?])
     };
-    println!("\nvirtio-blk device cost on the host, no guest (callgrind, user-space instructions)");
-    println!("| request | instructions per request |");
-    println!("|---|---|");
-    let (small, big) = (1_000u64, 11_000u64);
+    table(
+        "virtio-blk device cost on the host, no guest (callgrind, user-space instructions)",
+        "| request | instructions per request |",
+    );
     let mut result = Ok(());
     for kind in ["read", "write", "flush"] {
-        match collected(kind, small).and_then(|a| Ok((a, collected(kind, big)?))) {
-            Ok((a, b)) => {
+        // A failed kind leaves its row out; the others still print.
+        match per_unit(1_000, 11_000, |n| instructions(kind, n)) {
+            Ok([per_request]) => {
                 let label = if kind == "flush" {
                     "flush"
                 } else {
                     &format!("{kind} 4 KiB")
                 };
-                println!("| {label} | {:.0} |", (b - a) / (big - small) as f64);
+                println!("| {label} | {per_request:.0} |");
             }
             Err(e) => result = Err(e),
         }

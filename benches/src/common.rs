@@ -1,7 +1,7 @@
 //! What several benches share, so each bench module holds only its own workload: sample
 //! statistics and Markdown tables; for the lab benches, the guest command line, the VM config,
 //! the project's initramfs with a bench script added and the interleaved qvm-vmm / QEMU runs;
-//! for the host benches, a headless weston.
+//! for the host benches, callgrind counts of the `src/bin` helpers and a headless weston.
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
@@ -165,6 +165,70 @@ pub fn initramfs_with_script(name: &str, script: &str) -> Result<PathBuf, String
     initramfs_with_extra(&extra)
 }
 
+/// Fails with the package to install when `tool --version` does not run.
+pub fn require_tool(tool: &str) -> Result<(), String> {
+    if Command::new(tool).arg("--version").output().is_err() {
+        return Err(format!("{tool} is not installed (apt-get install {tool})"));
+    }
+    Ok(())
+}
+
+/// The path of `src/bin/<name>`, built beside the running `qvm-bench`.
+pub fn helper_binary(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = exe.with_file_name(name);
+    if !bin.exists() {
+        return Err(format!(
+            "{} is missing: cargo build --release -p qvm-benches",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}
+
+/// `valgrind --tool=callgrind` writing no profile, then `opts`: the caller adds the program,
+/// its arguments and environment, and hands it to [`collected`].
+pub fn callgrind(opts: &[&str]) -> Command {
+    let mut cmd = Command::new("valgrind");
+    cmd.args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        .args(opts);
+    cmd
+}
+
+/// Runs a [`callgrind`] command and returns the instructions it collected; `what` names the
+/// run in errors.
+pub fn collected(mut cmd: Command, what: &str) -> Result<f64, String> {
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("{what} failed: {err}"));
+    }
+    err.lines()
+        .find_map(|l| l.split("Collected :").nth(1))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| format!("no 'Collected' line from callgrind: {err}"))
+}
+
+/// The cost of one more unit (request, frame): `measure` at `few` units, then at `many`, the
+/// difference over `many - few`, so set-up and teardown cancel out.
+pub fn per_unit<const N: usize>(
+    few: u32,
+    many: u32,
+    mut measure: impl FnMut(u32) -> Result<[f64; N], String>,
+) -> Result<[f64; N], String> {
+    let a = measure(few)?;
+    let b = measure(many)?;
+    Ok(std::array::from_fn(|k| {
+        (b[k] - a[k]) / f64::from(many - few)
+    }))
+}
+
+/// Kills and reaps a child the bench started (errors ignored: it may have exited).
+pub fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A headless weston (pixman, animations off) on `rt/socket` for the host-side benches,
 /// started with `rt` as its private XDG_RUNTIME_DIR (created 0700) and waited for.
 pub fn start_host_weston(
@@ -199,8 +263,7 @@ pub fn start_host_weston(
     while !rt.join(socket).exists() {
         let exited = weston.try_wait().map_err(|e| e.to_string())?;
         if exited.is_some() || Instant::now() >= deadline {
-            let _ = weston.kill();
-            let _ = weston.wait();
+            stop(&mut weston);
             let log = std::fs::read_to_string(rt.join("weston.log")).unwrap_or_default();
             return Err(format!("weston never opened {socket}: {log}"));
         }
@@ -233,6 +296,18 @@ mod tests {
             "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=run \
              qvm.script=/wl-bench.sh"
         );
+    }
+
+    #[test]
+    fn per_unit_is_the_difference_over_the_count_difference() {
+        let cost = per_unit(20, 80, |n| Ok([100.0 + 3.0 * f64::from(n), 7.0]));
+        assert_eq!(cost, Ok([3.0, 0.0]));
+        let mut calls = Vec::new();
+        let failed = per_unit(1, 2, |n| {
+            calls.push(n);
+            Err::<[f64; 1], _>(format!("no {n}"))
+        });
+        assert_eq!((failed, calls), (Err("no 1".to_string()), vec![1]));
     }
 
     #[test]

@@ -4,13 +4,14 @@
 //! (`-S`) with the same memory (exec to its pidfile, total RSS). No lab, no guest kernel.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use qvm_tests::fixtures::{tiny, tiny_elf, vm_toml, vmm_binary};
 
-use crate::common::{median, minmax};
+use crate::common::{median, minmax, require_tool, stop, table};
 
+/// CLOCK_MONOTONIC in ns, the clock of qvm-vmm's `--report-boot-time` lines.
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -46,6 +47,16 @@ fn rss_kib(pid: u32, guest_bytes: u64) -> Result<(u64, u64), String> {
     Ok((total, guest))
 }
 
+/// Starts `cmd` with no stdin, no stdout and `stderr` as given.
+fn spawn(cmd: &mut Command, stderr: Stdio) -> Result<Child, String> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| e.to_string())
+}
+
+/// `runs` starts of qvm-vmm, then `runs` of QEMU (when installed), then the tables.
 pub fn bench(runs: usize) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("qvm-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -67,14 +78,12 @@ pub fn bench(runs: usize) -> Result<(), String> {
     let mut phases: Vec<(String, Vec<f64>)> = Vec::new();
     for _ in 0..runs {
         let t0 = monotonic_ns();
-        let mut child = Command::new(&vmm)
-            .args(["--report-boot-time", "--config"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| e.to_string())?;
+        let mut child = spawn(
+            Command::new(&vmm)
+                .args(["--report-boot-time", "--config"])
+                .arg(&cfg),
+            Stdio::piped(),
+        )?;
         let mut err = BufReader::new(child.stderr.take().ok_or("no stderr")?);
         let mut prev = t0;
         let mut idx = 0;
@@ -125,36 +134,31 @@ pub fn bench(runs: usize) -> Result<(), String> {
 
     // Peer: QEMU microvm, same memory, started paused before its first KVM_RUN.
     let (mut q_ready_ms, mut q_total_kib) = (Vec::new(), Vec::new());
-    let qemu_ok = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_ok();
+    let qemu_ok = require_tool("qemu-system-x86_64").is_ok();
     if qemu_ok {
         for i in 0..runs {
             let pidfile = dir.join(format!("qemu-{i}.pid"));
             let t0 = Instant::now();
-            let mut child = Command::new("qemu-system-x86_64")
-                // -cpu host makes QEMU 7.2 abort on a software KVM (MSR 0x10a); the CPU
-                // model does not matter for a paused VM.
-                .args(["-M", "microvm", "-accel", "kvm", "-cpu", "qemu64", "-m"])
-                .arg(mem_mib.to_string())
-                .args([
-                    "-nodefaults",
-                    "-no-user-config",
-                    "-nographic",
-                    "-S",
-                    "-display",
-                    "none",
-                    "-serial",
-                    "none",
-                    "-pidfile",
-                ])
-                .arg(&pidfile)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| e.to_string())?;
+            let mut child = spawn(
+                Command::new("qemu-system-x86_64")
+                    // -cpu host makes QEMU 7.2 abort on a software KVM (MSR 0x10a); the CPU
+                    // model does not matter for a paused VM.
+                    .args(["-M", "microvm", "-accel", "kvm", "-cpu", "qemu64", "-m"])
+                    .arg(mem_mib.to_string())
+                    .args([
+                        "-nodefaults",
+                        "-no-user-config",
+                        "-nographic",
+                        "-S",
+                        "-display",
+                        "none",
+                        "-serial",
+                        "none",
+                        "-pidfile",
+                    ])
+                    .arg(&pidfile),
+                Stdio::null(),
+            )?;
             while !pidfile.exists() {
                 if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
                     return Err(format!("qemu exited early: {st}"));
@@ -169,14 +173,14 @@ pub fn bench(runs: usize) -> Result<(), String> {
             std::thread::sleep(Duration::from_millis(100));
             let (total, _) = rss_kib(child.id(), u64::from(mem_mib) << 20)?;
             q_total_kib.push(total as f64);
-            let _ = child.kill();
-            let _ = child.wait();
+            stop(&mut child);
         }
     }
 
-    println!("\nOn this host's /dev/kvm, tiny guest ({mem_mib} MiB), {runs} runs each");
-    println!("| measure | qvm-vmm median | min..max | target | QEMU microvm -S median |");
-    println!("|---|---|---|---|---|");
+    table(
+        &format!("On this host's /dev/kvm, tiny guest ({mem_mib} MiB), {runs} runs each"),
+        "| measure | qvm-vmm median | min..max | target | QEMU microvm -S median |",
+    );
     let (lo, hi) = minmax(&first_run_ms);
     let q = |v: &mut Vec<f64>, scale: f64| {
         if v.is_empty() {
@@ -202,11 +206,10 @@ pub fn bench(runs: usize) -> Result<(), String> {
         "| total RSS, MiB | {:.2} | | | |",
         median(&mut total_kib) / 1024.0
     );
-    println!(
-        "\nqvm-vmm start-up phases (median ms since the previous phase; the first since exec)"
+    table(
+        "qvm-vmm start-up phases (median ms since the previous phase; the first since exec)",
+        "| phase | median ms |",
     );
-    println!("| phase | median ms |");
-    println!("|---|---|");
     for (name, v) in phases.iter_mut() {
         let label = match name.as_str() {
             "start" => "exec, dynamic loading, CLI and config parsing -> start",

@@ -3,9 +3,9 @@
 //! counting only `qvm_virtio_wl::*`, against a headless weston, at two frame counts; 1 MiB
 //! frames beside 31.6 MiB frames (zero copy: the ratio stays near 1).
 
-use std::process::Command;
-
-use crate::common::start_host_weston;
+use crate::common::{
+    callgrind, collected, helper_binary, per_unit, require_tool, start_host_weston, stop, table,
+};
 
 /// virtio-wl's host CPU per committed frame, deterministic: `qvm-wl-cost` (the guest's demo
 /// client on the device's protocol engine in-process, talking to a headless weston started
@@ -13,63 +13,31 @@ use crate::common::start_host_weston;
 /// frame counts; at 1 MiB and 31.6 MiB frames. Equal counts mean no per-frame work scales with
 /// the buffer: nothing in the device touches pixels.
 pub fn bench() -> Result<(), String> {
-    if Command::new("valgrind").arg("--version").output().is_err() {
-        return Err("valgrind is not installed (apt-get install valgrind)".into());
-    }
-    if Command::new("weston").arg("--version").output().is_err() {
-        return Err("weston is not installed (apt-get install weston)".into());
-    }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let cost = exe.with_file_name("qvm-wl-cost");
-    if !cost.exists() {
-        return Err(format!(
-            "{} is missing: cargo build --release -p qvm-benches",
-            cost.display()
-        ));
-    }
+    require_tool("valgrind")?;
+    require_tool("weston")?;
+    let cost = helper_binary("qvm-wl-cost")?;
     let rt = std::env::temp_dir().join(format!("qvm-wl-cost-{}", std::process::id()));
     let mut weston = start_host_weston(&rt, "wl-cost", 3840, 2160)?;
-    let collected = |w: u32, h: u32, frames: u32| -> Result<f64, String> {
-        let out = Command::new("valgrind")
-            .args([
-                "--tool=callgrind",
-                "--callgrind-out-file=/dev/null",
-                "--toggle-collect=qvm_virtio_wl::*",
-            ])
-            .arg(&cost)
+    let instructions = |w: u32, h: u32, frames: u32| -> Result<[f64; 1], String> {
+        let mut cmd = callgrind(&["--toggle-collect=qvm_virtio_wl::*"]);
+        cmd.arg(&cost)
             .args([w.to_string(), h.to_string(), frames.to_string()])
             .env("XDG_RUNTIME_DIR", &rt)
-            .env("WAYLAND_DISPLAY", "wl-cost")
-            .output()
-            .map_err(|e| e.to_string())?;
-        let err = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            return Err(format!("qvm-wl-cost {w}x{h} {frames} failed: {err}"));
-        }
-        err.lines()
-            .find_map(|l| l.split("Collected :").nth(1))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .ok_or_else(|| format!("no 'Collected' line from callgrind: {err}"))
+            .env("WAYLAND_DISPLAY", "wl-cost");
+        Ok([collected(cmd, &format!("qvm-wl-cost {w}x{h} {frames}"))?])
     };
-    let (few, many) = (3u32, 13u32);
-    let mut per_frame = Vec::new();
-    let mut result = Ok(());
-    for (w, h) in [(512u32, 512u32), (3840, 2160)] {
-        match collected(w, h, few).and_then(|a| Ok((a, collected(w, h, many)?))) {
-            Ok((a, b)) => per_frame.push((w, h, (b - a) / f64::from(many - few))),
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
-    }
-    let _ = weston.kill();
-    let _ = weston.wait();
+    // (width, height, instructions per frame); the first failure stops the bench.
+    let per_frame: Result<Vec<(u32, u32, f64)>, String> = [(512u32, 512u32), (3840, 2160)]
+        .into_iter()
+        .map(|(w, h)| Ok((w, h, per_unit(3, 13, |n| instructions(w, h, n))?[0])))
+        .collect();
+    stop(&mut weston);
     let _ = std::fs::remove_dir_all(&rt);
-    result?;
-    println!("\nvirtio-wl device cost per committed frame on the host (callgrind, device instructions only)");
-    println!("| frame | buffer | instructions per frame |");
-    println!("|---|---|---|");
+    let per_frame = per_frame?;
+    table(
+        "virtio-wl device cost per committed frame on the host (callgrind, device instructions only)",
+        "| frame | buffer | instructions per frame |",
+    );
     for (w, h, n) in &per_frame {
         println!(
             "| {w}x{h} | {:.1} MiB | {n:.0} |",

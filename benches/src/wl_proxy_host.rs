@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use qvm_tests::fixtures;
 
-use crate::common::{median, start_host_weston};
+use crate::common::{kv, median, per_unit, require_tool, start_host_weston, stop, table};
 
 /// Issue 7 on the host, no VM: `qvm-wl-proxy --upstream socket:` between `qvm-wl-demo
 /// --transport socket` (an ordinary wl_shm client) and a headless weston at 1920x1080, for a
@@ -18,9 +18,7 @@ use crate::common::{median, start_host_weston};
 /// client), bytes it copied, the client's CPU and weston's. Each figure is the difference of a
 /// 20-frame and an 80-frame client over 60 frames, so set-up is not counted.
 pub fn bench(runs: usize) -> Result<(), String> {
-    if Command::new("weston").arg("--version").output().is_err() {
-        return Err("weston is not installed (apt-get install weston)".into());
-    }
+    require_tool("weston")?;
     let demo = fixtures::qvm_wl_demo_binary();
     let proxy_bin = fixtures::qvm_wl_proxy_binary();
     let rt = std::env::temp_dir().join(format!("qvm-wl-proxy-bench-{}", std::process::id()));
@@ -59,10 +57,7 @@ pub fn bench(runs: usize) -> Result<(), String> {
         .any(|m| !rt.join(format!("p-{m}")).exists())
     {
         if Instant::now() >= deadline {
-            for mut c in children {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+            children.iter_mut().for_each(stop);
             return Err("qvm-wl-proxy never opened its socket".into());
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -79,11 +74,6 @@ pub fn bench(runs: usize) -> Result<(), String> {
     };
     // SAFETY: sysconf has no preconditions.
     let tick_us = 1e6 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let kv = |l: &str, k: &str| -> Option<f64> {
-        l.split(' ')
-            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-    };
     // (proxy us, bytes, client us, weston us) for one client of `frames` frames.
     let one = |scene: &str, mode: &str, frames: u32| -> Result<[f64; 4], String> {
         while rx.try_recv().is_ok() {}
@@ -130,7 +120,6 @@ pub fn bench(runs: usize) -> Result<(), String> {
             (w1 - w0) * tick_us,
         ])
     };
-    let (few, many) = (20u32, 80u32);
     let cases = [
         ("blink", "damage"),
         ("blink", "whole"),
@@ -138,35 +127,28 @@ pub fn bench(runs: usize) -> Result<(), String> {
         ("scroll", "whole"),
     ];
     let mut per: Vec<[Vec<f64>; 4]> = (0..cases.len()).map(|_| Default::default()).collect();
-    let mut result = Ok(());
-    'runs: for _ in 0..runs {
-        for (i, (scene, mode)) in cases.iter().enumerate() {
-            let r = one(scene, mode, few).and_then(|a| Ok((a, one(scene, mode, many)?)));
-            match r {
-                Ok((a, b)) => {
-                    for k in 0..4 {
-                        per[i][k].push((b[k] - a[k]) / f64::from(many - few));
-                    }
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break 'runs;
+    // The first failure ends the runs; the children are stopped either way.
+    let result = (|| {
+        for _ in 0..runs {
+            for (i, (scene, mode)) in cases.iter().enumerate() {
+                let m = per_unit(20, 80, |frames| one(scene, mode, frames))?;
+                for (samples, x) in per[i].iter_mut().zip(m) {
+                    samples.push(x);
                 }
             }
         }
-    }
-    for mut c in children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+        Ok::<(), String>(())
+    })();
+    children.iter_mut().for_each(stop);
     let _ = std::fs::remove_dir_all(&rt);
     result?;
-    println!(
-        "\nqvm-wl-proxy on the host (no VM), 1920x1080 wl_shm client -> proxy -> headless weston; \
-         per frame, steady state (80-frame minus 20-frame client), median of {runs}"
+    table(
+        &format!(
+            "qvm-wl-proxy on the host (no VM), 1920x1080 wl_shm client -> proxy -> headless weston; \
+             per frame, steady state (80-frame minus 20-frame client), median of {runs}"
+        ),
+        "| scene | copy | proxy CPU us/frame | bytes copied/frame | client CPU us/frame | weston CPU us/frame |",
     );
-    println!("| scene | copy | proxy CPU us/frame | bytes copied/frame | client CPU us/frame | weston CPU us/frame |");
-    println!("|---|---|---|---|---|---|");
     for (i, (scene, mode)) in cases.iter().enumerate() {
         let m: Vec<f64> = per[i].iter_mut().map(|v| median(v)).collect();
         println!(
