@@ -11,8 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" != --inside ]]; then
     QVM_EXAMPLE_PREPARE_ONLY=1 examples/run.sh
-    ln -sfn "$(guest-kernel-config/build-initramfs.sh | tail -n1)" examples/guest/initramfs.cpio
-    ln -sfn "$(guest-kernel-config/build-debian-rootfs.sh | tail -n1)" examples/guest/debian.ext4
+    ln -sfn "$(guest/build-initramfs.sh | tail -n1)" examples/guest/initramfs.cpio
+    ln -sfn "$(guest/build-debian-rootfs.sh | tail -n1)" examples/guest/debian.ext4
     # The guest's script (a raw disk: the script, then zeros; init runs it).
     script='qvm-enter-rootfs /dev/vdb -- sh -c "qvm-wl-proxy >/tmp/proxy.log 2>&1 & sleep 1; echo QVM-APPS-STARTED; weston-terminal; echo QVM-APPS-CLOSED"
 exit $?

@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-kernel_dir=$(guest-kernel-config/build-kernel.sh | tail -n1)
-rootfs=$(guest-kernel-config/build-initramfs.sh --rootfs | tail -n1)
+kernel_dir=$(guest/build-kernel.sh | tail -n1)
+rootfs=$(guest/build-initramfs.sh --rootfs | tail -n1)
 mkdir -p examples/guest
 ln -sfn "$kernel_dir/vmlinux" examples/guest/vmlinux
 ln -sfn "$kernel_dir/bzImage" examples/guest/bzImage

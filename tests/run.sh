@@ -12,9 +12,9 @@ cd "$(dirname "$0")/.."
 suite_start=$(date +%s)
 scripts/install-deps.sh
 echo "== guest kernel, initramfs, Debian application image and lab image (cached by input hash)"
-guest-kernel-config/build-kernel.sh
-guest-kernel-config/build-initramfs.sh
-guest-kernel-config/build-debian-rootfs.sh
+guest/build-kernel.sh
+guest/build-initramfs.sh
+guest/build-debian-rootfs.sh
 tests/lab/prepare-l1.sh | tail -n1
 scripts/install-virtiofsd.sh
 

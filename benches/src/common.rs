@@ -139,7 +139,7 @@ pub fn bench_line<'a>(output: &'a str, job: &str) -> Option<&'a str> {
 /// The project's initramfs with the contents of the directory `extra` added to its root
 /// (cached by content like any initramfs); `extra` is removed afterwards.
 pub fn initramfs_with_extra(extra: &Path) -> Result<PathBuf, String> {
-    let out = Command::new(fixtures::workspace().join("guest-kernel-config/build-initramfs.sh"))
+    let out = Command::new(fixtures::workspace().join("guest/build-initramfs.sh"))
         .env("QVM_INITRAMFS_EXTRA", extra)
         .output()
         .map_err(|e| e.to_string())?;

@@ -127,7 +127,7 @@ pub const APPS_DISK_ID: &str = "qvm-apps";
 /// The virtio-fs tag of [`Apps::home`].
 pub const APPS_HOME_TAG: &str = "qvm-home";
 
-/// Applications from an image (`guest-kernel-config/build-debian-rootfs.sh`'s): the agent and
+/// Applications from an image (`guest/build-debian-rootfs.sh`'s): the agent and
 /// everything `qvm run` starts live in it, with `qvm-wl-proxy` as their Wayland compositor.
 /// Derived into a read-only disk with id [`APPS_DISK_ID`] after `disks`, and `qvm.apps=` on the
 /// command line (the VM must run `qvm.mode=agent`, the default).

@@ -101,7 +101,7 @@ fn workspace_binary(package: &str, bin: &str) -> PathBuf {
 }
 
 fn run_script(script: &str) -> PathBuf {
-    let path = workspace().join("guest-kernel-config").join(script);
+    let path = workspace().join("guest").join(script);
     let out = Command::new(&path)
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", path.display()));
@@ -250,7 +250,7 @@ pub fn tiny_elf(code: &[u8]) -> Vec<u8> {
 pub fn guest_rootfs() -> &'static Path {
     static R: OnceLock<PathBuf> = OnceLock::new();
     R.get_or_init(|| {
-        let path = workspace().join("guest-kernel-config/build-initramfs.sh");
+        let path = workspace().join("guest/build-initramfs.sh");
         let out = Command::new(&path)
             .arg("--rootfs")
             .output()

@@ -1,4 +1,4 @@
-//! The Debian application image (guest-kernel-config/build-debian-rootfs.sh), in the lab: our
+//! The Debian application image (guest/build-debian-rootfs.sh), in the lab: our
 //! kernel and busybox initramfs boot with the image as a second, read-only disk, and the guest
 //! script enters it with `qvm-enter-rootfs /dev/vdb -- sh -c ...`. Inside, Debian 12's weston,
 //! weston-terminal and zenity (GTK3) find all their libraries, fonts and writable HOME and

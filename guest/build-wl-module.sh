@@ -4,8 +4,8 @@
 # needed). The module is cached outside the tree, keyed by a hash of the kernel, the driver
 # sources and this script.
 #
-# Usage: guest-kernel-config/build-wl-module.sh             prints the path of virtio_wl.ko
-#        guest-kernel-config/build-wl-module.sh --debian-headers [DIR]
+# Usage: guest/build-wl-module.sh             prints the path of virtio_wl.ko
+#        guest/build-wl-module.sh --debian-headers [DIR]
 #                                  the same against Debian's linux-headers-* (DIR: a headers
 #                                  tree; default: the running kernel's, else the newest
 #                                  /usr/src/linux-headers-*-amd64)

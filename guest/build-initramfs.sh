@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Builds the qvm guest initramfs (busybox-static + guest-kernel-config/init) as an uncompressed
+# Builds the qvm guest initramfs (busybox-static + guest/init) as an uncompressed
 # newc cpio, cached outside the tree by a hash of its inputs.
 #
-# Usage: guest-kernel-config/build-initramfs.sh            prints the path of initramfs.cpio
-#        guest-kernel-config/build-initramfs.sh --rootfs   the same tree as an ext4 image
+# Usage: guest/build-initramfs.sh            prints the path of initramfs.cpio
+#        guest/build-initramfs.sh --rootfs   the same tree as an ext4 image
 #                                                          (rootfs.ext4, 64 MiB; boot it with
 #                                                          root=/dev/vda rw init=/init). Copy it
 #                                                          before booting: guests write to it.

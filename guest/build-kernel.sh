@@ -5,10 +5,10 @@
 # and the exact source package version, so a second run is instant and a fresh machine
 # still builds it (about 8 minutes on 2 cores).
 #
-# Usage: guest-kernel-config/build-kernel.sh        prints the cache directory holding
-#                                                    vmlinux, bzImage, .config and build/
-#                                                    (what out-of-tree module builds need:
-#                                                    make -C <dir>/build M=<module dir> modules)
+# Usage: guest/build-kernel.sh        prints the cache directory holding
+#                                      vmlinux, bzImage, .config and build/
+#                                      (what out-of-tree module builds need:
+#                                      make -C <dir>/build M=<module dir> modules)
 # Env:   QVM_CACHE   cache root (default ~/.cache/qvm)
 set -euo pipefail
 

@@ -2,7 +2,7 @@
 # Builds a Debian bookworm root filesystem for application guests (weston-terminal, a GTK3 app)
 # as a read-only ext4 image, cached outside the tree by a hash of this script and its package
 # list. Guests boot our kernel + busybox initramfs and enter it from a qvm.mode=run script with
-# `qvm-enter-rootfs /dev/vdb -- cmd args...` (guest-kernel-config/qvm-enter-rootfs): the image
+# `qvm-enter-rootfs /dev/vdb -- cmd args...` (guest/qvm-enter-rootfs): the image
 # is attached as a read-only disk and never written, so every guest can share one file.
 #
 # debootstrap --variant=minbase, then apt-get install --no-install-recommends of $packages in a
@@ -13,7 +13,7 @@
 # (libwebkit2gtk-4.1, javascriptcoregtk, gstreamer; ~365 MiB installed), weston alone pulls
 # mesa's DRI drivers and LLVM.
 #
-# Usage: guest-kernel-config/build-debian-rootfs.sh   prints the path of rootfs.ext4 (last line)
+# Usage: guest/build-debian-rootfs.sh   prints the path of rootfs.ext4 (last line)
 # Env:   QVM_CACHE           cache root (default ~/.cache/qvm)
 #        QVM_DEBIAN_MIRROR   the Debian mirror (default http://deb.debian.org/debian; not part
 #                            of the cache key)
