@@ -40,18 +40,18 @@ secs=${QVM_FUZZ_SECS:-30}
 # afresh (libFuzzer then picks a seed), as a deeper hunt by hand should.
 seed=${QVM_FUZZ_SEED:-20261127}
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain take them. A crash
-# makes cargo fuzz exit non-zero and leaves the input in devices/fuzz/artifacts/. A target starts
+# makes cargo fuzz exit non-zero and leaves the input in fuzz/artifacts/. A target starts
 # from corpus/<target> (its committed seed-* inputs) and replays regressions/<target>/ if there
 # is one.
 fuzz() {
     local target=$1 fuzzlog args
     args=("$target")
-    if [ -d "devices/fuzz/regressions/$target" ]; then
-        mkdir -p "devices/fuzz/corpus/$target"
+    if [ -d "fuzz/regressions/$target" ]; then
+        mkdir -p "fuzz/corpus/$target"
         args+=("corpus/$target" "regressions/$target")
     fi
     fuzzlog=$(mktemp)
-    if ! (cd devices/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "${args[@]}" -- \
+    if ! (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "${args[@]}" -- \
         -max_total_time="$secs" -seed="$seed") >"$fuzzlog" 2>&1; then
         tail -n 60 "$fuzzlog"
         rm -f "$fuzzlog"

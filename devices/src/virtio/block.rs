@@ -1116,7 +1116,7 @@ impl EmWorker for Worker {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Fuzzing harness (shared by devices/fuzz and a PRNG-driven unit test)
+// Fuzzing harness (shared by fuzz/ and a PRNG-driven unit test)
 // ---------------------------------------------------------------------------------------------
 
 /// Queue size the harness uses.

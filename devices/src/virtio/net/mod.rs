@@ -1098,7 +1098,7 @@ impl<T: TapIo + AsRawFd + Send + 'static> EmWorker for Worker<T> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Fuzzing harness (shared by devices/fuzz and PRNG-driven unit tests)
+// Fuzzing harness (shared by fuzz/ and PRNG-driven unit tests)
 // ---------------------------------------------------------------------------------------------
 
 /// Queue size the harness uses.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the hand-made seed inputs of the vsock_tx, mmio_registers, fuse_standby and
 vm_config_toml targets to corpus/<target>/seed-* (the only corpus files git keeps; libFuzzer
-names what it finds by hash). Run from devices/fuzz: python3 gen_seeds.py
+names what it finds by hash). Run from fuzz/: python3 gen_seeds.py
 
 The layouts are documented at the top of each fuzz_targets/<target>.rs."""
 
