@@ -23,62 +23,37 @@ fn target_profile_dir() -> PathBuf {
     dir
 }
 
-/// Path of the `qvm-vmm` binary, building it first if it is missing (cargo does not build
-/// another package's binaries for our tests).
-pub fn vmm_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_binary("qvm-vmm", "qvm-vmm"))
-        .clone()
+/// `pub fn $name() -> PathBuf`: the path of binary `$bin` of package `$package`, built (once
+/// per test process) in this test binary's profile if it is missing: cargo does not build
+/// another package's binaries for our tests.
+macro_rules! workspace_binaries {
+    ($($(#[$doc:meta])* $name:ident = $package:literal / $bin:literal;)*) => {$(
+        $(#[$doc])*
+        pub fn $name() -> PathBuf {
+            static BIN: OnceLock<PathBuf> = OnceLock::new();
+            BIN.get_or_init(|| workspace_binary($package, $bin)).clone()
+        }
+    )*};
 }
 
-/// The host build of `qvm-run` (runs commands in a guest through its agent).
-pub fn qvm_run_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_binary("qvm-agent", "qvm-run"))
-        .clone()
-}
-
-/// The host build of `qvm` (the desktop front end, qvm-cli).
-pub fn qvm_cli_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_binary("qvm-cli", "qvm"))
-        .clone()
-}
-
-/// The host build of `qvm-jailer`.
-pub fn qvm_jailer_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_binary("qvm-jailer", "qvm-jailer"))
-        .clone()
-}
-
-/// The host build of `qvm-vsock` (checked transfers over vsock, unix sockets and TCP).
-pub fn qvm_vsock_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_binary("qvm-agent", "qvm-vsock"))
-        .clone()
-}
-
-/// The host build of `qvm-wl-check` (finds the guest's test pattern in a compositor
-/// screenshot and checks it pixel by pixel).
-pub fn qvm_wl_check_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_binary("qvm-wl-client", "qvm-wl-check"))
-        .clone()
-}
-
-/// The host build of `qvm-wl-demo` (a Wayland client; `--transport socket` on the host).
-pub fn qvm_wl_demo_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_binary("qvm-wl-client", "qvm-wl-demo"))
-        .clone()
-}
-
-/// The host build of `qvm-wl-proxy` (`--upstream socket:PATH` relays to a host compositor).
-pub fn qvm_wl_proxy_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_binary("qvm-wl-client", "qvm-wl-proxy"))
-        .clone()
+workspace_binaries! {
+    /// The `qvm-vmm` binary.
+    vmm_binary = "qvm-vmm" / "qvm-vmm";
+    /// The host build of `qvm-run` (runs commands in a guest through its agent).
+    qvm_run_binary = "qvm-agent" / "qvm-run";
+    /// The host build of `qvm` (the desktop front end, qvm-cli).
+    qvm_cli_binary = "qvm-cli" / "qvm";
+    /// The host build of `qvm-jailer`.
+    qvm_jailer_binary = "qvm-jailer" / "qvm-jailer";
+    /// The host build of `qvm-vsock` (checked transfers over vsock, unix sockets and TCP).
+    qvm_vsock_binary = "qvm-agent" / "qvm-vsock";
+    /// The host build of `qvm-wl-check` (finds the guest's test pattern in a compositor
+    /// screenshot and checks it pixel by pixel).
+    qvm_wl_check_binary = "qvm-wl-client" / "qvm-wl-check";
+    /// The host build of `qvm-wl-demo` (a Wayland client; `--transport socket` on the host).
+    qvm_wl_demo_binary = "qvm-wl-client" / "qvm-wl-demo";
+    /// The host build of `qvm-wl-proxy` (`--upstream socket:PATH` relays to a host compositor).
+    qvm_wl_proxy_binary = "qvm-wl-client" / "qvm-wl-proxy";
 }
 
 /// Builds `bin` of `package` in this test binary's profile and returns its path.

@@ -237,6 +237,12 @@ pub fn run(script: &str, timeout: Duration) -> Result<CmdOutput, LabError> {
     run_concurrent(script, timeout)
 }
 
+/// [`run`], panicking with the lab's error (which says what to fix, with the script's output
+/// so far and L1's console) when the script could not be run to its end.
+pub fn run_or_panic(script: &str, timeout: Duration) -> CmdOutput {
+    run(script, timeout).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// [`run`] without waiting for the other scripts: for the harness's own test of concurrent
 /// runs, and for short commands that must overlap a running script.
 pub fn run_concurrent(script: &str, timeout: Duration) -> Result<CmdOutput, LabError> {

@@ -31,14 +31,21 @@ pub fn field<'a>(out: &'a str, key: &str) -> &'a str {
 /// line (seen: `virtio-wl: NEW_CTX_NAMED: no socket named QVM-WL-HOSTILE huge-alloc err=12`)
 /// and the test would not find that line.
 pub fn vmm_apart(cmd: &str) -> String {
+    format!("{}exit $rc\n", vmm_foreground(cmd))
+}
+
+/// Shell that runs `cmd` (a qvm-vmm command line, in the foreground) as [`vmm_apart`] does,
+/// then prints `VMM-EXIT <status>` and qvm-vmm's own messages under `--- qvm-vmm`, and goes
+/// on with the script (`$rc` holds the status).
+pub fn vmm_foreground(cmd: &str) -> String {
     format!(
         r#"vmm_err=$(mktemp)
 {cmd} 2>"$vmm_err"
 rc=$?
+echo "VMM-EXIT $rc"
 echo "--- qvm-vmm"
 cat "$vmm_err"
 rm -f "$vmm_err"
-exit $rc
 "#
     )
 }

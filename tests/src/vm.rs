@@ -136,6 +136,15 @@ impl ScriptVm {
     }
 }
 
+/// The command line that runs qvm-vmm on `cfg` under `timeout secs`, stdin from /dev/null.
+pub fn vmm_command(cfg: &Path, secs: u32) -> String {
+    format!(
+        "timeout {secs} {} --config {} </dev/null",
+        vmm_binary().display(),
+        cfg.display()
+    )
+}
+
 /// Shell that starts qvm-vmm on `cfg` in the background under `timeout secs`, with `args`
 /// after `--config` and stdin from `stdin` (`/dev/null`, or a fifo for console input): the
 /// guest's console goes to `$log` (set to `log` here), qvm-vmm's own messages to `$log.vmm`
@@ -165,3 +174,32 @@ echo "VMM-EXIT $?"
 cat $log
 echo "--- qvm-vmm"; cat $log.vmm
 "#;
+
+/// One `[[vm]]` entry of a `qvm` domains file: our kernel (vmlinux) and initramfs, booted in
+/// `qvm.mode=` `mode` (`agent` for `qvm run`), with `memory_mib` and the extra `key = value`
+/// lines in `extra`.
+pub fn domain(name: &str, memory_mib: u32, mode: &str, extra: &str) -> String {
+    format!(
+        "[[vm]]\nname = {name:?}\nmemory_mib = {memory_mib}\nkernel = {kernel:?}\n\
+         initrd = {initrd:?}\ncmdline = \"{BASE_CMDLINE} qvm.mode={mode}\"\n{extra}\n",
+        kernel = guest_kernel().vmlinux.display().to_string(),
+        initrd = guest_initramfs().display().to_string(),
+    )
+}
+
+/// The [`domain`] lines of a GUI domain: windows to the compositor at `rt/wl-qvm`, the
+/// project's Debian apps image and a home at `rt/homes/<name>`.
+pub fn apps_and_wayland(rt: &str, name: &str) -> String {
+    format!(
+        "wayland = {{ socket = \"{rt}/wl-qvm\" }}\napps = {{ image = {image:?}, home = \"{rt}/homes/{name}\" }}\n",
+        image = crate::fixtures::debian_rootfs().display().to_string(),
+    )
+}
+
+/// Writes `domains.toml` (these [`domain`] entries) into the test's share directory `dir`;
+/// returns its path.
+pub fn write_domains(dir: &Path, entries: &[String]) -> PathBuf {
+    let path = dir.join("domains.toml");
+    std::fs::write(&path, entries.concat()).expect("write domains.toml");
+    path
+}

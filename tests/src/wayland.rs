@@ -62,3 +62,17 @@ pub const WAIT_FOCUS: &str = r#"wait_focus() {
     sleep 0.5
   done
 }"#;
+
+/// Shell that opens a lab script with a host desktop: `set -u`, a fresh private runtime
+/// directory `$rt` (= `rt`), the compositor that `weston` starts (one of the `start_weston*`
+/// snippets), `WAYLAND_DISPLAY` exported for host clients and, with `protocol_log`, weston's
+/// protocol log in `$rt/proto.log` (`weston-debug proto`, pid in `$proto`).
+pub fn host_desktop(rt: &str, weston: &str, protocol_log: bool) -> String {
+    let mut s = format!(
+        "set -u\nrt={rt}\nrm -rf $rt; mkdir -p $rt; chmod 700 $rt\n{weston}export WAYLAND_DISPLAY=wl-qvm\n"
+    );
+    if protocol_log {
+        s.push_str("timeout 3600 weston-debug proto >$rt/proto.log 2>&1 &\nproto=$!\n");
+    }
+    s
+}

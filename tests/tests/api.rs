@@ -94,7 +94,7 @@ head -c 3000 $t/console
         script_disk = lab::shell_quote(&script_disk_json.to_string()),
         data_disk = lab::shell_quote(&data_disk_json.to_string()),
     );
-    let r = lab::run(&host, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&host, TIMEOUT);
     let out = &r.output;
     assert_eq!(
         field(out, "STATE-EMPTY "),

@@ -10,7 +10,8 @@ use qvm_tests::fixtures::{
     vmm_binary,
 };
 use qvm_tests::lab::{self, shell_quote};
-use qvm_tests::util::{share_dir, vmm_apart};
+use qvm_tests::util::{share_dir, vmm_apart, vmm_foreground};
+use qvm_tests::vm::vmm_command;
 
 const TIMEOUT: Duration = Duration::from_secs(900);
 const CMDLINE: &str =
@@ -37,12 +38,8 @@ fn vm(dir: &Path, script: &str, disks: &[(PathBuf, bool, Option<&str>)]) -> Path
 }
 
 fn run_vm(cfg: &Path) -> lab::CmdOutput {
-    let script = vmm_apart(&format!(
-        "timeout 800 {} --config {} </dev/null",
-        vmm_binary().display(),
-        cfg.display()
-    ));
-    lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"))
+    let script = vmm_apart(&vmm_command(cfg, 800));
+    lab::run_or_panic(&script, TIMEOUT)
 }
 
 /// Like `qvm_tests::util::field`, but only lines that start with `key` in their first column
@@ -147,7 +144,7 @@ rm -f /tmp/durable "$log" "$log.vmm"
         cfg = cfg.display(),
         img = shell_quote(&data.to_string_lossy())
     );
-    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&script, TIMEOUT);
     assert_eq!(r.code, 0, "{}", r.output);
     assert_eq!(field(&r.output, "KILLED "), "137", "{}", r.output);
     let guest = field(&r.output, "FSYNCED ");
@@ -236,18 +233,14 @@ echo "WROTE $(sha256sum /tmp/w | cut -d' ' -f1)"
     let script = format!(
         r#"dd if=/dev/urandom of={img} bs=1M count=8 2>/dev/null
 echo "HOST-BEFORE $(dd if={img} bs=1M skip=1 count=1 2>/dev/null | sha256sum | cut -d' ' -f1)"
-timeout 800 {vmm} --config {cfg} </dev/null 2>/tmp/blk-discard.vmm
-echo "VMM-EXIT $?"
-echo "--- qvm-vmm"; cat /tmp/blk-discard.vmm; rm -f /tmp/blk-discard.vmm
-echo "HOST-HOLE-NONZERO $(dd if={img} bs=1M count=1 2>/dev/null | tr -d '\000' | wc -c)"
+{vmm}echo "HOST-HOLE-NONZERO $(dd if={img} bs=1M count=1 2>/dev/null | tr -d '\000' | wc -c)"
 echo "HOST-AFTER $(dd if={img} bs=1M skip=1 count=1 2>/dev/null | sha256sum | cut -d' ' -f1)"
 echo "HOST-WROTE $(dd if={img} bs=4k skip=512 count=16 2>/dev/null | sha256sum | cut -d' ' -f1)"
 rm -f {img}
 "#,
-        vmm = vmm_binary().display(),
-        cfg = cfg.display(),
+        vmm = vmm_foreground(&vmm_command(&cfg, 800)),
     );
-    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&script, TIMEOUT);
     let out = &r.output;
     assert_eq!(field(out, "VMM-EXIT "), "0", "{out}");
     assert!(out.contains("QVM-SCRIPT-EXIT 0"), "{out}");

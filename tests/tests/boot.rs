@@ -8,6 +8,7 @@ use std::time::Duration;
 use qvm_tests::fixtures::{guest_initramfs, guest_kernel, vm_toml, vmm_binary, USERSPACE_MARKER};
 use qvm_tests::lab::{self, CmdOutput};
 use qvm_tests::util::vmm_apart;
+use qvm_tests::vm::vmm_command;
 
 /// Nested KVM under TCG is slow and the host is shared: generous, but bounded.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -47,11 +48,7 @@ fn config(name: &str, k: Kernel, vcpus: u8, mode: &str, extra: &str) -> PathBuf 
 /// Boots a VM in the lab with stdin from /dev/null; returns everything it printed and its code.
 fn boot(name: &str, k: Kernel, vcpus: u8, mode: &str) -> CmdOutput {
     let cfg = config(name, k, vcpus, mode, "");
-    let script = vmm_apart(&format!(
-        "timeout 500 {} --config {} </dev/null",
-        vmm_binary().display(),
-        cfg.display()
-    ));
+    let script = vmm_apart(&vmm_command(&cfg, 500));
     lab::run(&script, BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 

@@ -12,12 +12,11 @@
 
 use std::time::Duration;
 
-use qvm_tests::fixtures::{
-    debian_rootfs, guest_initramfs, guest_kernel, qvm_cli_binary, virtiofsd_binary, vmm_binary,
-};
+use qvm_tests::fixtures::{qvm_cli_binary, virtiofsd_binary, vmm_binary};
 use qvm_tests::lab;
 use qvm_tests::util::{field, share_dir};
-use qvm_tests::wayland::start_weston;
+use qvm_tests::vm::{apps_and_wayland, domain, write_domains};
+use qvm_tests::wayland::{host_desktop, start_weston};
 
 fn boots() -> u32 {
     std::env::var("QVM_BOOT_REPEAT")
@@ -31,23 +30,12 @@ fn a_gui_vm_with_apps_and_a_home_boots_and_stops_cleanly_every_time() {
     let n = boots();
     let d = share_dir("boot-repeat");
     let rt = "/tmp/qvm-boot-repeat";
-    let domains = format!(
-        "[[vm]]\nname = \"work\"\nmemory_mib = 512\nkernel = {kernel:?}\ninitrd = {initrd:?}\n\
-         cmdline = \"console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=agent\"\n\
-         wayland = {{ socket = \"{rt}/wl-qvm\" }}\n\
-         apps = {{ image = {image:?}, home = \"{rt}/homes/work\" }}\n",
-        kernel = guest_kernel().vmlinux.display().to_string(),
-        initrd = guest_initramfs().display().to_string(),
-        image = debian_rootfs().display().to_string(),
+    let domains_path = write_domains(
+        &d,
+        &[domain("work", 512, "agent", &apps_and_wayland(rt, "work"))],
     );
-    let domains_path = d.join("domains.toml");
-    std::fs::write(&domains_path, domains).unwrap();
     let script = format!(
-        r#"set -u
-rt={rt}
-rm -rf $rt; mkdir -p $rt; chmod 700 $rt
-{weston}
-export WAYLAND_DISPLAY=wl-qvm QVM_VMM={vmm} QVM_VIRTIOFSD={virtiofsd} QVM_RUNTIME_DIR=$rt/qvm
+        r#"{desktop}export QVM_VMM={vmm} QVM_VIRTIOFSD={virtiofsd} QVM_RUNTIME_DIR=$rt/qvm
 q="timeout 900 {qvm} --domains {domains}"
 vm=$rt/qvm/work
 i=0
@@ -71,7 +59,7 @@ done
 echo "BOOTS-DONE $i"
 kill $weston 2>/dev/null
 "#,
-        weston = start_weston(640, 480),
+        desktop = host_desktop(rt, &start_weston(640, 480), false),
         vmm = std::env::var_os("QVM_BOOT_REPEAT_VMM")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(vmm_binary)
@@ -82,7 +70,7 @@ kill $weston 2>/dev/null
     );
     // About 25 s a boot in the lab under load; three times that for each.
     let timeout = Duration::from_secs(120 + 90 * n as u64);
-    let r = lab::run(&script, timeout).unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&script, timeout);
     let out = &r.output;
     eprintln!("{out}");
     assert_eq!(field(out, "BOOTS-DONE "), n.to_string(), "{out}");

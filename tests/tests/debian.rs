@@ -7,10 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use qvm_tests::fixtures::{debian_rootfs, vmm_binary};
+use qvm_tests::fixtures::debian_rootfs;
 use qvm_tests::lab;
 use qvm_tests::util::{field, vmm_apart};
-use qvm_tests::vm::ScriptVm;
+use qvm_tests::vm::{vmm_command, ScriptVm};
 
 const TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -72,15 +72,7 @@ fn weston_terminal_and_zenity_run_in_the_debian_image() {
     .disk(debian_rootfs(), true, Some("qvm-debian"))
     .write();
     let started = Instant::now();
-    let r = lab::run(
-        &vmm_apart(&format!(
-            "timeout 800 {} --config {} </dev/null",
-            vmm_binary().display(),
-            cfg.display()
-        )),
-        TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&vmm_apart(&vmm_command(&cfg, 800)), TIMEOUT);
     let out = &r.output;
     eprintln!("guest run: {:.1} s wall", started.elapsed().as_secs_f64());
     for l in out.lines().filter(|l| l.contains("ZENITY-STDERR")) {

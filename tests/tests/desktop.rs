@@ -7,9 +7,10 @@
 
 use std::time::Duration;
 
-use qvm_tests::fixtures::{guest_initramfs, guest_kernel, qvm_cli_binary, vmm_binary};
+use qvm_tests::fixtures::{qvm_cli_binary, vmm_binary};
 use qvm_tests::lab;
 use qvm_tests::util::{field, share_dir};
+use qvm_tests::vm::{domain, write_domains};
 
 const TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -26,20 +27,18 @@ fn row<'a>(out: &'a str, marker: &str, vm: &str) -> Vec<&'a str> {
 #[test]
 fn three_vms_start_run_copy_status_stop() {
     let d = share_dir("desktop");
-    let kernel = &guest_kernel().vmlinux;
-    let initrd = guest_initramfs();
-    let mut domains = String::new();
-    for (name, label) in [("a", "red"), ("b", "green"), ("c", "blue")] {
-        domains.push_str(&format!(
-            "[[vm]]\nname = {name:?}\nlabel = {label:?}\nmemory_mib = 192\nvcpus = 1\n\
-             kernel = {:?}\ninitrd = {:?}\n\
-             cmdline = \"console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=agent\"\n\n",
-            kernel.display().to_string(),
-            initrd.display().to_string(),
-        ));
-    }
-    let domains_path = d.join("domains.toml");
-    std::fs::write(&domains_path, domains).unwrap();
+    let domains: Vec<String> = [("a", "red"), ("b", "green"), ("c", "blue")]
+        .iter()
+        .map(|(name, label)| {
+            domain(
+                name,
+                192,
+                "agent",
+                &format!("label = {label:?}\nvcpus = 1\n"),
+            )
+        })
+        .collect();
+    let domains_path = write_domains(&d, &domains);
     // The runtime dir lives in L1's /tmp: unix sockets on the 9p share do not work.
     let script = format!(
         r#"set -u
@@ -99,7 +98,7 @@ for v in a b c; do echo "== $v console"; tail -n 5 $rt/$v/console.log; echo "== 
         qvm = qvm_cli_binary().display(),
         domains = domains_path.display(),
     );
-    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&script, TIMEOUT);
     let out = &r.output;
     eprintln!("{out}");
     for key in [
@@ -174,18 +173,21 @@ fn qvm_run_says_why_an_agent_will_not_come() {
     // 4 MiB of zeros: no ext4 on it, so qvm-enter-rootfs cannot mount it.
     let bad_image = d.join("not-an-image.ext4");
     std::fs::write(&bad_image, vec![0u8; 4 << 20]).unwrap();
-    let domains = format!(
-        "[[vm]]\nname = \"broken\"\nmemory_mib = 192\nkernel = {kernel:?}\ninitrd = {initrd:?}\n\
-         cmdline = \"console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=agent\"\n\
-         apps = {{ image = {image:?} }}\n\n\
-         [[vm]]\nname = \"gone\"\nmemory_mib = 192\nkernel = {kernel:?}\ninitrd = {initrd:?}\n\
-         cmdline = \"console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=hello\"\n",
-        kernel = guest_kernel().vmlinux.display().to_string(),
-        initrd = guest_initramfs().display().to_string(),
-        image = bad_image.display().to_string(),
+    let domains_path = write_domains(
+        &d,
+        &[
+            domain(
+                "broken",
+                192,
+                "agent",
+                &format!(
+                    "apps = {{ image = {:?} }}\n",
+                    bad_image.display().to_string()
+                ),
+            ),
+            domain("gone", 192, "hello", ""),
+        ],
     );
-    let domains_path = d.join("domains.toml");
-    std::fs::write(&domains_path, domains).unwrap();
     let script = format!(
         r#"set -u
 export QVM_RUNTIME_DIR=/tmp/qvm-noagent-rt QVM_VMM={vmm}
@@ -203,7 +205,7 @@ echo "GONE rc=$rc secs=$(( $(date +%s) - t0 )) $(echo "$out" | tr '\n' ' ')"
         qvm = qvm_cli_binary().display(),
         domains = domains_path.display(),
     );
-    let r = lab::run(&script, Duration::from_secs(1500)).unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&script, Duration::from_secs(1500));
     let out = &r.output;
     eprintln!("{out}");
     let broken = field(out, "BROKEN ");

@@ -52,7 +52,7 @@ echo "== console"; tail -n 8 $rt/j/console.log; echo "== vmm.log"; tail -n 8 $rt
         qvm = qvm_cli_binary().display(),
         domains = domains_path.display(),
     );
-    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&script, TIMEOUT);
     let out = &r.output;
     eprintln!("{out}");
     assert_eq!(field(out, "START "), "0", "{out}");

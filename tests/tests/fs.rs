@@ -96,7 +96,7 @@ echo "--- qvm-vmm"; cat $log.vmm
         start_vmm = start_vmm(&cfg, "$t/log", 1000, "", "/dev/null"),
         virtiofsd = virtiofsd_binary().display(),
     );
-    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&script, TIMEOUT);
     let out = &r.output;
     assert_eq!(field(out, "VMM-EXIT "), "0", "{out}");
     assert!(

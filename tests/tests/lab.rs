@@ -9,7 +9,7 @@ use qvm_tests::lab::{self, Mode};
 const T: Duration = Duration::from_secs(120);
 
 fn run(script: &str) -> lab::CmdOutput {
-    lab::run(script, T).unwrap_or_else(|e| panic!("{e}"))
+    lab::run_or_panic(script, T)
 }
 
 #[test]
@@ -120,7 +120,7 @@ fn nested_kvm_boots_linux_in_qemu_microvm() {
          echo \"rc=$rc ms=$(( (e - s) / 1000000 ))\"; exit $rc",
         log = lab::shell_quote(dir.join("l2.log").to_str().unwrap())
     );
-    let out = lab::run(&script, Duration::from_secs(400)).unwrap_or_else(|e| panic!("{e}"));
+    let out = lab::run_or_panic(&script, Duration::from_secs(400));
     let log = fs::read_to_string(dir.join("l2.log")).unwrap_or_default();
     assert_eq!(out.code, 0, "{}\nL2 console:\n{log}", out.output);
     eprintln!(

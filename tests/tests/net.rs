@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use qvm_tests::fixtures::{qvm_vsock_binary, vmm_binary};
+use qvm_tests::fixtures::qvm_vsock_binary;
 use qvm_tests::lab;
-use qvm_tests::util::field;
-use qvm_tests::vm::ScriptVm;
+use qvm_tests::util::{field, vmm_foreground};
+use qvm_tests::vm::{vmm_command, ScriptVm};
 
 const TIMEOUT: Duration = Duration::from_secs(1200);
 const MIB100: u64 = 100 << 20;
@@ -47,18 +47,14 @@ srv=$!
 (i=0; until busybox ping -c 1 -W 1 10.77.0.2 >/dev/null 2>&1; do i=$((i+1)); [ $i -ge 600 ] && exit 1; sleep 0.1; done
  busybox ping -c 3 -W 5 10.77.0.2 >/dev/null && echo "HOST-PING ok") &
 pinger=$!
-timeout 1000 {vmm} --config {cfg} </dev/null 2>/tmp/net.vmm
-echo "VMM-EXIT $?"
-echo "--- qvm-vmm"; cat /tmp/net.vmm
-kill $pinger 2>/dev/null; wait $pinger 2>/dev/null
+{vmm}kill $pinger 2>/dev/null; wait $pinger 2>/dev/null
 kill $srv
 '
 "#,
         tool = qvm_vsock_binary().display(),
-        vmm = vmm_binary().display(),
-        cfg = cfg.display(),
+        vmm = vmm_foreground(&vmm_command(&cfg, 1000)),
     );
-    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&script, TIMEOUT);
     let out = &r.output;
     assert_eq!(field(out, "VMM-EXIT "), "0", "{out}");
     assert!(out.contains("QVM-SCRIPT-EXIT 0"), "{out}");

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use qvm_tests::fixtures::{tiny_elf, vm_toml, vmm_binary};
 use qvm_tests::lab;
-use qvm_tests::vm::ScriptVm;
+use qvm_tests::util::vmm_foreground;
+use qvm_tests::vm::{vmm_command, ScriptVm};
 
 /// `out 0x80, al; jmp -4`.
 const IO_LOOP: [u8; 4] = [0xe6, 0x80, 0xeb, 0xfc];
@@ -158,12 +159,11 @@ fn with_seccomp_off_the_hook_goes_through() {
 #[test]
 fn device_threads_cannot_exec() {
     let cfg = ScriptVm::new("seccomp", "echo GUEST-UP\nsleep 30\n").write();
-    let sh = format!(
-        "QVM_TEST_FORBIDDEN=device:execve timeout 300 {} --config {} </dev/null 2>/tmp/seccomp.vmm; echo \"VMM-EXIT $?\"; cat /tmp/seccomp.vmm",
-        vmm_binary().display(),
-        cfg.display()
-    );
-    let r = lab::run(&sh, Duration::from_secs(600)).unwrap_or_else(|e| panic!("{e}"));
+    let sh = vmm_foreground(&format!(
+        "QVM_TEST_FORBIDDEN=device:execve {}",
+        vmm_command(&cfg, 300)
+    ));
+    let r = lab::run_or_panic(&sh, Duration::from_secs(600));
     let out = &r.output;
     assert!(out.contains("VMM-EXIT 159"), "{out}");
     assert!(

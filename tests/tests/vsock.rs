@@ -69,7 +69,7 @@ echo "--- qvm-vmm"; cat $log.vmm
         run = qvm_run_binary().display(),
         start_vmm = start_vmm(&cfg, "/tmp/qvm-vsock-test/log", 1000, "", "/dev/null"),
     );
-    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&script, TIMEOUT);
     let out = &r.output;
     assert_eq!(field(out, "VMM-EXIT "), "0", "{out}");
     for key in ["H2G-SEND ", "H2G-RECV ", "G2H-SEND ", "G2H-RECV "] {

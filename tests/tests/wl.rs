@@ -11,7 +11,7 @@ use qvm_tests::fixtures::{qvm_wl_check_binary, qvm_wl_demo_binary, vmm_binary};
 use qvm_tests::lab;
 use qvm_tests::util::field;
 use qvm_tests::vm::{start_vmm, ScriptVm, STOP_VMM_AND_SHOW_LOGS, WAIT_VMM_AND_SHOW_LOGS};
-use qvm_tests::wayland::{start_weston, start_weston_x11};
+use qvm_tests::wayland::{host_desktop, start_weston, start_weston_x11};
 
 const TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -34,11 +34,7 @@ while :; do sleep 1000; done
     let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).unwrap();
     let script = format!(
-        r#"set -u
-rt={rt}
-rm -rf $rt; mkdir -p $rt; chmod 700 $rt
-{weston}
-{vmm}
+        r#"{desktop}{vmm}
 if waitfor QVM-WL-HOLD; then
   cd {shots} && WAYLAND_DISPLAY=wl-qvm timeout 180 weston-screenshooter
   png=$(ls {shots}/*.png | head -n1)
@@ -49,13 +45,13 @@ fi
 kill $weston 2>/dev/null
 echo "--- weston log"; tail -n 20 $rt/weston.log
 "#,
-        weston = start_weston(640, 480),
+        desktop = host_desktop(rt, &start_weston(640, 480), false),
         vmm = start_vmm(&cfg, "$rt/console.log", 800, "", "/dev/null"),
         check = qvm_wl_check_binary().display(),
         shots = shots.display(),
         last = frames - 1,
     );
-    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&script, TIMEOUT);
     let out = &r.output;
     assert_eq!(field(out, "WL-DEV "), "present", "{out}");
     assert!(
@@ -99,12 +95,7 @@ while :; do sleep 1000; done
     ))
     .write();
     let script = format!(
-        r#"set -u
-rt={rt}
-rm -rf $rt; mkdir -p $rt; chmod 700 $rt
-{weston}
-export WAYLAND_DISPLAY=wl-qvm
-{demo} --transport socket --frames 1 --hold 900 --title host-owner --set-selection host-to-guest-7 >$rt/owner.log 2>&1 &
+        r#"{desktop}{demo} --transport socket --frames 1 --hold 900 --title host-owner --set-selection host-to-guest-7 >$rt/owner.log 2>&1 &
 owner=$!
 i=0; until grep -q QVM-WL-SELECTION-SET $rt/owner.log; do
   i=$((i+1)); [ $i -gt 600 ] && {{ echo "HOST-OWNER did not set its selection"; cat $rt/owner.log; break; }}
@@ -128,13 +119,13 @@ kill $owner $weston $xvfb 2>/dev/null
 echo "--- owner"; cat $rt/owner.log
 echo "--- weston log"; tail -n 20 $rt/weston.log
 "#,
-        weston = start_weston_x11(800, 600),
+        desktop = host_desktop(rt, &start_weston_x11(800, 600), false),
         vmm = start_vmm(&cfg, "$rt/console.log", 900, "", "/dev/null"),
         demo = qvm_wl_demo_binary().display(),
     );
     // Above the sum of the script's own bounds (2 + 10 + 10 + 7 minutes), so a stuck step
     // still ends the script and prints the logs.
-    let r = lab::run(&script, Duration::from_secs(2400)).unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&script, Duration::from_secs(2400));
     let out = &r.output;
     assert_eq!(
         field(out, "GUEST-GOT "),
@@ -169,18 +160,14 @@ echo "AFTER-EXIT $? $(grep QVM-WL-DONE /tmp/after)"
     ))
     .write();
     let script = format!(
-        r#"set -u
-rt={rt}
-rm -rf $rt; mkdir -p $rt; chmod 700 $rt
-{weston}
-{vmm}
+        r#"{desktop}{vmm}
 {WAIT_VMM_AND_SHOW_LOGS}
 kill $weston 2>/dev/null
 "#,
-        weston = start_weston(640, 480),
+        desktop = host_desktop(rt, &start_weston(640, 480), false),
         vmm = start_vmm(&cfg, "$rt/console.log", 600, "", "/dev/null"),
     );
-    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&script, TIMEOUT);
     let out = &r.output;
     let case = |name: &str| field(out, &format!("QVM-WL-HOSTILE {name} ")).to_string();
     const ENOMEM: &str = "err=12";
@@ -231,14 +218,7 @@ while :; do sleep 1000; done
     .toml(&format!("\n[wayland]\nsocket = \"{rt}/wl-qvm\"\n"))
     .write();
     let script = format!(
-        r#"set -u
-rt={rt}
-rm -rf $rt; mkdir -p $rt; chmod 700 $rt
-{weston}
-export WAYLAND_DISPLAY=wl-qvm
-timeout 300 weston-debug proto >$rt/proto.log 2>&1 &
-proto=$!
-{demo} --transport socket --list-globals >$rt/host-globals 2>&1
+        r#"{desktop}{demo} --transport socket --list-globals >$rt/host-globals 2>&1
 sed -n 's/^QVM-WL-GLOBAL /HOST-GLOBAL /p' $rt/host-globals
 n=$(awk '$2 == "weston_screenshooter" {{print $4}}' $rt/host-globals)
 echo "HOST-SCREENSHOOTER-NAME $n"
@@ -253,7 +233,7 @@ kill $proto $weston $xvfb 2>/dev/null
 grep -o 'set_title("[^"]*")\|set_app_id("[^"]*")' $rt/proto.log | sed 's/^/PROTO /'
 echo "--- weston log"; tail -n 20 $rt/weston.log
 "#,
-        weston = start_weston_x11(800, 600),
+        desktop = host_desktop(rt, &start_weston_x11(800, 600), true),
         start_vmm = start_vmm(
             Path::new("$rt/work.toml"),
             "$rt/console.log",
@@ -265,7 +245,7 @@ echo "--- weston log"; tail -n 20 $rt/weston.log
         template = template.display(),
         demo = qvm_wl_demo_binary().display(),
     );
-    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&script, TIMEOUT);
     let out = &r.output;
     let globals = |prefix: &str| -> Vec<String> {
         out.lines()
@@ -358,12 +338,7 @@ while :; do sleep 1000; done
     .toml(&format!("\n[wayland]\nsocket = \"{rt}/wl-qvm\"\n"))
     .write();
     let script = format!(
-        r#"set -u
-rt={rt}
-rm -rf $rt; mkdir -p $rt; chmod 700 $rt
-{weston}
-export WAYLAND_DISPLAY=wl-qvm
-{demo} --transport socket --frames 1 --hold 900 --title host-owner --set-selection host-secret-9 >$rt/owner.log 2>&1 &
+        r#"{desktop}{demo} --transport socket --frames 1 --hold 900 --title host-owner --set-selection host-secret-9 >$rt/owner.log 2>&1 &
 owner=$!
 i=0; until grep -q QVM-WL-SELECTION-SET $rt/owner.log; do
   i=$((i+1)); [ $i -gt 600 ] && {{ echo "HOST-OWNER did not set its selection"; cat $rt/owner.log; break; }}
@@ -384,7 +359,7 @@ kill $owner $weston $xvfb 2>/dev/null
 echo "--- owner"; cat $rt/owner.log
 echo "--- weston log"; tail -n 20 $rt/weston.log
 "#,
-        weston = start_weston_x11(800, 600),
+        desktop = host_desktop(rt, &start_weston_x11(800, 600), false),
         start_vmm = start_vmm(
             &cfg,
             "$rt/console.log",
@@ -395,7 +370,7 @@ echo "--- weston log"; tail -n 20 $rt/weston.log
         vmm = vmm_binary().display(),
         demo = qvm_wl_demo_binary().display(),
     );
-    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&script, TIMEOUT);
     let out = &r.output;
     assert!(field(out, "GUEST-FIRST ").starts_with("none"), "{out}");
     assert_eq!(field(out, "GUEST-SECOND "), "got", "{out}");

@@ -17,8 +17,10 @@ use qvm_tests::fixtures::{
 };
 use qvm_tests::lab;
 use qvm_tests::util::{field, share_dir};
-use qvm_tests::vm::{start_vmm, ScriptVm, STOP_VMM_AND_SHOW_LOGS};
-use qvm_tests::wayland::{start_weston, start_weston_x11, WAIT_FOCUS};
+use qvm_tests::vm::{
+    apps_and_wayland, domain, start_vmm, write_domains, ScriptVm, STOP_VMM_AND_SHOW_LOGS,
+};
+use qvm_tests::wayland::{host_desktop, start_weston, start_weston_x11, WAIT_FOCUS};
 
 const TIMEOUT: Duration = Duration::from_secs(1200);
 
@@ -77,14 +79,7 @@ fn debian_apps_show_on_the_host_and_take_typed_text() {
     ))
     .write();
     let script = format!(
-        r#"set -u
-rt={rt}
-rm -rf $rt; mkdir -p $rt; chmod 700 $rt
-{weston}
-export WAYLAND_DISPLAY=wl-qvm
-timeout 1100 weston-debug proto >$rt/proto.log 2>&1 &
-proto=$!
-xd=:$(cat $rt/xdisplay)
+        r#"{desktop}xd=:$(cat $rt/xdisplay)
 {vmm}
 {WAIT_FOCUS}
 # The pointer into weston's X window (Xvfb has no window manager: X keyboard focus follows
@@ -107,10 +102,10 @@ echo "APPID-ZENITY $(grep -c 'set_app_id(\"qvm.work.' $rt/proto.log)"
 kill $weston $xvfb 2>/dev/null
 echo "--- weston log"; tail -n 20 $rt/weston.log
 "#,
-        weston = start_weston_x11(800, 600),
+        desktop = host_desktop(rt, &start_weston_x11(800, 600), true),
         vmm = start_vmm(&cfg, "$rt/console.log", 1100, "", "/dev/null"),
     );
-    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&script, TIMEOUT);
     let out = &r.output;
     eprintln!("{out}");
     assert!(
@@ -162,14 +157,7 @@ fn qvm_run_starts_apps_from_the_image_on_the_host_compositor() {
     let cfg = d.join("vm.toml");
     std::fs::write(&cfg, text).unwrap();
     let script = format!(
-        r#"set -u
-rt={rt}
-rm -rf $rt; mkdir -p $rt; chmod 700 $rt
-{weston}
-export WAYLAND_DISPLAY=wl-qvm
-timeout 600 weston-debug proto >$rt/proto.log 2>&1 &
-proto=$!
-timeout 600 {vmm} --config {cfg} </dev/null >$rt/vmm.log 2>$rt/vmm.log.vmm &
+        r#"{desktop}timeout 600 {vmm} --config {cfg} </dev/null >$rt/vmm.log 2>$rt/vmm.log.vmm &
 vmm=$!
 run() {{ timeout 700 {qvm_run} --vsock $rt/vsock.sock --wait 600 -- "$@"; }}
 echo "DEBIAN $(run cat /etc/debian_version)"
@@ -186,12 +174,12 @@ kill $weston 2>/dev/null
 tail -n 20 $rt/vmm.log
 echo "--- qvm-vmm"; tail -n 20 $rt/vmm.log.vmm
 "#,
-        weston = start_weston(640, 480),
+        desktop = host_desktop(rt, &start_weston(640, 480), true),
         vmm = vmm_binary().display(),
         cfg = cfg.display(),
         qvm_run = qvm_run_binary().display(),
     );
-    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&script, TIMEOUT);
     let out = &r.output;
     eprintln!("{out}");
     assert!(field(out, "DEBIAN ").starts_with("12."), "{out}");
@@ -216,25 +204,12 @@ echo "--- qvm-vmm"; tail -n 20 $rt/vmm.log.vmm
 fn domains_apps_key_gives_the_image_and_a_home_that_outlives_the_vm() {
     let d = share_dir("wl-apps-domains");
     let rt = "/tmp/qvm-wl-apps-domains";
-    let domains = format!(
-        "[[vm]]\nname = \"work\"\nmemory_mib = 512\nkernel = {kernel:?}\ninitrd = {initrd:?}\n\
-         cmdline = \"console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 quiet qvm.mode=agent\"\n\
-         wayland = {{ socket = \"{rt}/wl-qvm\" }}\n\
-         apps = {{ image = {image:?}, home = \"{rt}/homes/work\" }}\n",
-        kernel = guest_kernel().vmlinux.display().to_string(),
-        initrd = guest_initramfs().display().to_string(),
-        image = debian_rootfs().display().to_string(),
+    let domains_path = write_domains(
+        &d,
+        &[domain("work", 512, "agent", &apps_and_wayland(rt, "work"))],
     );
-    let domains_path = d.join("domains.toml");
-    std::fs::write(&domains_path, domains).unwrap();
     let script = format!(
-        r#"set -u
-rt={rt}
-rm -rf $rt; mkdir -p $rt; chmod 700 $rt
-{weston}
-export WAYLAND_DISPLAY=wl-qvm QVM_VMM={vmm} QVM_VIRTIOFSD={virtiofsd}
-timeout 900 weston-debug proto >$rt/proto.log 2>&1 &
-proto=$!
+        r#"{desktop}export QVM_VMM={vmm} QVM_VIRTIOFSD={virtiofsd}
 q="timeout 900 {qvm} --domains {domains}"
 $q run --timeout 600 work -- sh -c 'echo "kept-$((6*7))" > ~/note; echo "HOME=$HOME $(cat /etc/debian_version)"' \
   | sed 's/^/RUN1 /'
@@ -250,13 +225,13 @@ kill $weston 2>/dev/null
 echo "--- console.log"; tail -n 15 $rt/qvm/work/console.log 2>/dev/null
 echo "--- vmm.log"; tail -n 15 $rt/qvm/work/vmm.log 2>/dev/null
 "#,
-        weston = start_weston(640, 480),
+        desktop = host_desktop(rt, &start_weston(640, 480), true),
         vmm = vmm_binary().display(),
         virtiofsd = virtiofsd_binary().display(),
         qvm = qvm_cli_binary().display(),
         domains = domains_path.display(),
     );
-    let r = lab::run(&script, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let r = lab::run_or_panic(&script, TIMEOUT);
     let out = &r.output;
     eprintln!("{out}");
     let run1 = field(out, "RUN1 ");
