@@ -1,6 +1,10 @@
 //! The server on a real unix socket, with a mock handler: hyper's client for well-formed
 //! requests, raw bytes on a std UnixStream for the malformed and slow ones.
 
+// An integration test is a crate of its own: clippy's allow-unwrap-in-tests covers its #[test]
+// functions but not the helpers beside them, which may unwrap just the same.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;

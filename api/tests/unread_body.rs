@@ -2,6 +2,10 @@
 //! and hyper then closes the connection: the answer must say `Connection: close`, or a client
 //! reusing the connection finds it closed under its next request (schemathesis did).
 
+// An integration test is a crate of its own: clippy's allow-unwrap-in-tests covers its #[test]
+// functions but not the helpers beside them, which may unwrap just the same.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;

@@ -62,10 +62,8 @@ pub fn unshare_pid(netns: Option<&fs::File>) -> Result<(), JailError> {
     if let Some(f) = netns {
         use std::os::fd::AsRawFd;
         // SAFETY: setns on a file descriptor we own.
-        check(
-            unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
-            || "setns into the --netns network namespace".into(),
-        )?;
+        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        check(r, || "setns into the --netns network namespace".into())?;
     }
     // SAFETY: unshare has no memory-safety preconditions; we are single-threaded.
     check(unsafe { libc::unshare(libc::CLONE_NEWPID) }, || {
@@ -225,11 +223,9 @@ pub fn enter_root(root: &Path) -> Result<(), JailError> {
     check(r as libc::c_int, || {
         format!("pivot_root into {}", root.display())
     })?;
-    // SAFETY: detaches the old root, now mounted on top of ".".
-    check(
-        unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) },
-        || "unmount the old root".into(),
-    )?;
+    // SAFETY: detaches the old root, now mounted on top of "."; `dot` is a valid C string.
+    let r = unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) };
+    check(r, || "unmount the old root".into())?;
     std::env::set_current_dir("/").map_err(JailError::sys("chdir /"))
 }
 
@@ -310,18 +306,16 @@ pub fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
         }
     }
     // SAFETY: prctl with integer arguments.
-    check(
-        unsafe {
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL,
-                0,
-                0,
-                0,
-            )
-        },
-        || "clear the ambient capabilities".into(),
-    )?;
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    check(r, || "clear the ambient capabilities".into())?;
     // SAFETY: an empty group list.
     check(unsafe { libc::setgroups(0, std::ptr::null()) }, || {
         "setgroups([])".into()

@@ -343,6 +343,7 @@ fn test_fork_bomb() -> Option<ExitCode> {
     for i in 0..n {
         // SAFETY: the child only sleeps and _exits.
         match unsafe { libc::fork() } {
+            // SAFETY: sleep and _exit, both async-signal-safe, in the forked child.
             0 => unsafe {
                 libc::sleep(60);
                 libc::_exit(0);
