@@ -174,6 +174,17 @@ impl ConfigError {
     }
 }
 
+/// Where TOML `text` went wrong, for a `path:line: message` error ([`ConfigError::Parse`], and
+/// qvm's domains file): the line the error's span starts on, from 1 (1 when it has no span),
+/// and toml's message on one line.
+pub fn toml_error_at(text: &str, e: &toml::de::Error) -> (usize, String) {
+    let line = e.span().map_or(1, |s| {
+        let before = &text.as_bytes()[..s.start.min(text.len())];
+        before.iter().filter(|&&b| b == b'\n').count() + 1
+    });
+    (line, e.message().trim().replace('\n', " "))
+}
+
 /// What bounds guest memory, for [`ConfigError::MemoryTooLarge`].
 fn memory_bound(mib: u64, of_host: bool) -> String {
     if of_host {
@@ -295,6 +306,15 @@ mod tests {
                 None => assert_eq!(e.detail(), message),
             }
         }
+    }
+
+    #[test]
+    fn toml_errors_name_their_line_on_one_line() {
+        let text = "a = 1\n# \u{e9}t\u{e9}\nb = ?\n";
+        let e = toml::from_str::<toml::Value>(text).unwrap_err();
+        let (line, message) = toml_error_at(text, &e);
+        assert_eq!(line, 3, "{message}");
+        assert!(!message.is_empty() && !message.contains('\n'), "{message}");
     }
 
     #[test]
