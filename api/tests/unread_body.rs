@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use qvm_api::{ApiReply, ApiRequest, ApiServer, Handler, ServerConfig};
 
+mod common;
+
 struct Ok204;
 
 impl Handler for Ok204 {
@@ -37,17 +39,7 @@ fn head_then_body(sock: &std::path::Path, method: &str, path: &str) -> String {
     std::thread::sleep(Duration::from_millis(100));
     // The server may have answered and closed already.
     let _ = s.write_all(body);
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("read: {e} after {:?}", String::from_utf8_lossy(&out)),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    common::read_all(&mut s)
 }
 
 #[test]
