@@ -105,11 +105,8 @@ fn mount_point(root: &Path, m: &JailPath, dir: bool) -> Result<PathBuf, JailErro
 /// Binds `m` at its own path under `root`, read-only unless it is writable; never setuid,
 /// device nodes only where the source is one (a block device as a disk).
 fn bind(root: &Path, m: &JailPath) -> Result<(), JailError> {
-    let src = fs::canonicalize(&m.path).map_err(|e| JailError::BadPath {
-        what: m.what.clone(),
-        path: m.path.clone(),
-        reason: e.to_string(),
-    })?;
+    let src = fs::canonicalize(&m.path)
+        .map_err(|e| JailError::bad_path(&m.what, &m.path, e.to_string()))?;
     let meta = fs::metadata(&src).map_err(JailError::sys(format!("stat {}", src.display())))?;
     let target = mount_point(root, m, meta.is_dir())?;
     mount(Some(&src), &target, None, libc::MS_BIND, None)?;
@@ -167,10 +164,12 @@ pub fn build_root(root: &Path, plan: &Plan, uid: u32, gid: u32) -> Result<(), Ja
         bind(root, m)?;
     }
     for (dev, mode, own) in devices(plan) {
-        let host = fs::metadata(dev).map_err(|e| JailError::BadPath {
-            what: "device".into(),
-            path: dev.into(),
-            reason: format!("{e}; load its module (kvm_intel/kvm_amd, tun)"),
+        let host = fs::metadata(dev).map_err(|e| {
+            JailError::bad_path(
+                "device",
+                dev,
+                format!("{e}; load its module (kvm_intel/kvm_amd, tun)"),
+            )
         })?;
         let t = inside(root, Path::new(dev));
         if let Some(p) = t.parent() {
