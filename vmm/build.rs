@@ -2,8 +2,6 @@
 //! syscall, from the kernel's uapi header (linux-libc-dev). Without the header the table is
 //! empty and the handler prints numbers only.
 
-use std::io::Write;
-
 fn main() {
     let header = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h";
     println!("cargo:rerun-if-changed={header}");
@@ -20,15 +18,13 @@ fn main() {
         .collect();
     names.sort();
     let out = std::path::Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("syscalls.rs");
-    let mut f = std::fs::File::create(out).expect("create syscalls.rs");
-    writeln!(
-        f,
-        "/// (number, name) of every x86_64 syscall, sorted by number."
-    )
-    .unwrap();
-    writeln!(f, "pub static SYSCALL_NAMES: &[(u32, &str)] = &[").unwrap();
+    let mut table = String::from(
+        "/// (number, name) of every x86_64 syscall, sorted by number.\n\
+         pub static SYSCALL_NAMES: &[(u32, &str)] = &[\n",
+    );
     for (nr, name) in names {
-        writeln!(f, "    ({nr}, {name:?}),").unwrap();
+        table.push_str(&format!("    ({nr}, {name:?}),\n"));
     }
-    writeln!(f, "];").unwrap();
+    table.push_str("];\n");
+    std::fs::write(out, table).expect("write syscalls.rs");
 }

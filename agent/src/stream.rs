@@ -14,19 +14,7 @@ pub struct VsockStream(File);
 
 impl VsockStream {
     pub fn connect(cid: u32, port: u32) -> io::Result<VsockStream> {
-        let fd = vsock_socket()?;
-        let addr = sockaddr(cid, port);
-        // SAFETY: fd is a socket we own; addr is a valid sockaddr_vm of the size we pass.
-        let r = unsafe {
-            libc::connect(
-                fd_raw(&fd),
-                &addr as *const libc::sockaddr_vm as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = vsock_socket_at(cid, port, libc::connect)?;
         Ok(VsockStream(File::from(fd)))
     }
 
@@ -64,19 +52,7 @@ pub struct VsockListener(OwnedFd);
 
 impl VsockListener {
     pub fn bind(port: u32) -> io::Result<VsockListener> {
-        let fd = vsock_socket()?;
-        let addr = sockaddr(libc::VMADDR_CID_ANY, port);
-        // SAFETY: as in connect.
-        let r = unsafe {
-            libc::bind(
-                fd_raw(&fd),
-                &addr as *const libc::sockaddr_vm as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = vsock_socket_at(libc::VMADDR_CID_ANY, port, libc::bind)?;
         // SAFETY: plain syscall on a socket we own.
         if unsafe { libc::listen(fd_raw(&fd), 128) } < 0 {
             return Err(io::Error::last_os_error());
@@ -115,6 +91,30 @@ fn vsock_socket() -> io::Result<OwnedFd> {
     }
     // SAFETY: a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A new vsock socket, connected to or bound at (`op`: `libc::connect` or `libc::bind`) `cid`
+/// and `port`.
+fn vsock_socket_at(
+    cid: u32,
+    port: u32,
+    op: unsafe extern "C" fn(libc::c_int, *const libc::sockaddr, libc::socklen_t) -> libc::c_int,
+) -> io::Result<OwnedFd> {
+    let fd = vsock_socket()?;
+    let addr = sockaddr(cid, port);
+    // SAFETY: fd is a socket we own; addr is a valid sockaddr_vm of the size we pass, and op
+    // (connect or bind) only reads it.
+    let r = unsafe {
+        op(
+            fd_raw(&fd),
+            &addr as *const libc::sockaddr_vm as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 fn sockaddr(cid: u32, port: u32) -> libc::sockaddr_vm {

@@ -1,7 +1,11 @@
 //! The server on a real unix socket, with a mock handler: hyper's client for well-formed
 //! requests, raw bytes on a std UnixStream for the malformed and slow ones.
 
-use std::io::{Read, Write};
+// An integration test is a crate of its own: clippy's allow-unwrap-in-tests covers its #[test]
+// functions but not the helpers beside them, which may unwrap just the same.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -17,6 +21,9 @@ use qvm_api::{
 };
 use serde_json::{json, Value};
 use tempfile::TempDir;
+
+mod common;
+use common::read_all;
 
 /// Records each request and answers by route; some bodies make it misbehave.
 #[derive(Default)]
@@ -177,20 +184,6 @@ fn raw(sock: &Path, bytes: &[u8]) -> String {
     // The server may answer and close before it has read everything (413): ignore EPIPE.
     let _ = s.write_all(bytes);
     read_all(&mut s)
-}
-
-fn read_all(s: &mut UnixStream) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("read: {e} after {:?}", String::from_utf8_lossy(&out)),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn status_of(raw_response: &str) -> u16 {

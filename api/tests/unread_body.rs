@@ -2,12 +2,18 @@
 //! and hyper then closes the connection: the answer must say `Connection: close`, or a client
 //! reusing the connection finds it closed under its next request (schemathesis did).
 
+// An integration test is a crate of its own: clippy's allow-unwrap-in-tests covers its #[test]
+// functions but not the helpers beside them, which may unwrap just the same.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
 
 use qvm_api::{ApiReply, ApiRequest, ApiServer, Handler, ServerConfig};
+
+mod common;
 
 struct Ok204;
 
@@ -33,17 +39,7 @@ fn head_then_body(sock: &std::path::Path, method: &str, path: &str) -> String {
     std::thread::sleep(Duration::from_millis(100));
     // The server may have answered and closed already.
     let _ = s.write_all(body);
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("read: {e} after {:?}", String::from_utf8_lossy(&out)),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    common::read_all(&mut s)
 }
 
 #[test]

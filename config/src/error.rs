@@ -103,31 +103,35 @@ pub enum Section {
 }
 
 impl Section {
+    /// The section's key in `vm.toml` (`disk` for `[[disk]]`), and an entry's index in a list.
+    fn key(&self) -> (&'static str, Option<usize>) {
+        match *self {
+            Section::Machine => ("machine", None),
+            Section::Boot => ("boot", None),
+            Section::Console => ("console", None),
+            Section::Disk(i) => ("disk", Some(i)),
+            Section::Net(i) => ("net", Some(i)),
+            Section::Vsock => ("vsock", None),
+            Section::Fs(i) => ("fs", Some(i)),
+            Section::Wayland => ("wayland", None),
+        }
+    }
+
     /// How a `vm.toml` message starts: `[machine] `, `[[disk]] #2 `, `[[net]] #2: `, ...
+    /// (a disk's messages go on with its key, `path = ...`; net's and fs's with a reason).
     pub fn file_header(&self) -> String {
-        match self {
-            Section::Machine => "[machine] ".into(),
-            Section::Boot => "[boot] ".into(),
-            Section::Console => "[console] ".into(),
-            Section::Disk(i) => format!("[[disk]] #{} ", i + 1),
-            Section::Net(i) => format!("[[net]] #{}: ", i + 1),
-            Section::Vsock => "[vsock] ".into(),
-            Section::Fs(i) => format!("[[fs]] #{}: ", i + 1),
-            Section::Wayland => "[wayland] ".into(),
+        match (self.key(), self) {
+            ((key, None), _) => format!("[{key}] "),
+            ((key, Some(i)), Section::Disk(_)) => format!("[[{key}]] #{} ", i + 1),
+            ((key, Some(i)), _) => format!("[[{key}]] #{}: ", i + 1),
         }
     }
 
     /// The section's name in API messages: `machine`, `disk #2`, `net #2`, `wayland`, ...
     pub fn api_name(&self) -> String {
-        match self {
-            Section::Machine => "machine".into(),
-            Section::Boot => "boot".into(),
-            Section::Console => "console".into(),
-            Section::Disk(i) => format!("disk #{}", i + 1),
-            Section::Net(i) => format!("net #{}", i + 1),
-            Section::Vsock => "vsock".into(),
-            Section::Fs(i) => format!("fs #{}", i + 1),
-            Section::Wayland => "wayland".into(),
+        match self.key() {
+            (key, None) => key.into(),
+            (key, Some(i)) => format!("{key} #{}", i + 1),
         }
     }
 }
@@ -172,6 +176,17 @@ impl ConfigError {
             None => message,
         }
     }
+}
+
+/// Where TOML `text` went wrong, for a `path:line: message` error ([`ConfigError::Parse`], and
+/// qvm's domains file): the line the error's span starts on, from 1 (1 when it has no span),
+/// and toml's message on one line.
+pub fn toml_error_at(text: &str, e: &toml::de::Error) -> (usize, String) {
+    let line = e.span().map_or(1, |s| {
+        let before = &text.as_bytes()[..s.start.min(text.len())];
+        before.iter().filter(|&&b| b == b'\n').count() + 1
+    });
+    (line, e.message().trim().replace('\n', " "))
 }
 
 /// What bounds guest memory, for [`ConfigError::MemoryTooLarge`].
@@ -295,6 +310,15 @@ mod tests {
                 None => assert_eq!(e.detail(), message),
             }
         }
+    }
+
+    #[test]
+    fn toml_errors_name_their_line_on_one_line() {
+        let text = "a = 1\n# \u{e9}t\u{e9}\nb = ?\n";
+        let e = toml::from_str::<toml::Value>(text).unwrap_err();
+        let (line, message) = toml_error_at(text, &e);
+        assert_eq!(line, 3, "{message}");
+        assert!(!message.is_empty() && !message.contains('\n'), "{message}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use boot::{BootConfig, DEFAULT_CMDLINE, MAX_CMDLINE_LEN};
 pub use console::{ConsoleConfig, ConsoleMode};
 pub use disk::{DiskConfig, MAX_DISKS, MAX_DISK_ID_LEN};
-pub use error::{ConfigError, Section};
+pub use error::{toml_error_at, ConfigError, Section};
 pub use fs::{FsConfig, MAX_FS_TAG_LEN};
 pub use machine::{MachineConfig, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 pub use net::{NetConfig, MAX_NETS, MAX_TAP_NAME_LEN};
@@ -79,13 +79,13 @@ impl VmConfig {
 
     /// Parses TOML text; `name` is used in error messages, `base` resolves relative paths.
     pub fn parse(text: &str, name: &Path, base: &Path) -> Result<Self, ConfigError> {
-        let mut cfg: VmConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: name.to_path_buf(),
-            line: e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
-                .unwrap_or(1),
-            message: e.message().trim().replace('\n', " "),
+        let mut cfg: VmConfig = toml::from_str(text).map_err(|e| {
+            let (line, message) = toml_error_at(text, &e);
+            ConfigError::Parse {
+                path: name.to_path_buf(),
+                line,
+                message,
+            }
         })?;
         let resolve = |p: &mut PathBuf| resolve_relative(p, base);
         resolve(&mut cfg.boot.kernel);

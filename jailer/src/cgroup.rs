@@ -54,10 +54,7 @@ fn controllers(l: &Limits) -> Vec<&'static str> {
 impl Cgroup {
     /// Creates `<base>/<id>` with `limits`. Fails if it exists (is VM `id` running?).
     pub fn create(base: &Path, id: &str, limits: &Limits) -> Result<Cgroup, JailError> {
-        let user = |reason: String| JailError::CgroupUser {
-            path: base.to_path_buf(),
-            reason,
-        };
+        let user = |reason: String| JailError::bad_path("--cgroup-base", base, reason);
         // The hierarchy's root: the topmost ancestor on the cgroup2 filesystem.
         let existing = base
             .ancestors()

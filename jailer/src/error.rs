@@ -31,10 +31,8 @@ pub enum JailError {
     BadCpuMax { given: String, reason: String },
     #[error("--rlimit-nofile {0}: use 64 to 1048576")]
     BadNofile(u64),
-    #[error("--exec-file {path:?}: {reason}")]
-    BadExec { path: PathBuf, reason: String },
-    #[error("--netns {path:?}: {reason}")]
-    BadNetns { path: PathBuf, reason: String },
+    /// A path given in an argument or the config (`what`: `--netns`, `[boot] kernel`, ...)
+    /// that will not do, and why.
     #[error("{what} {path:?}: {reason}")]
     BadPath {
         what: String,
@@ -45,8 +43,6 @@ pub enum JailError {
     NetFd { index: usize, fd: i32 },
     #[error("ldd {exe:?}: {reason}")]
     Ldd { exe: PathBuf, reason: String },
-    #[error("--cgroup-base {path:?}: {reason}")]
-    CgroupUser { path: PathBuf, reason: String },
     #[error("cgroup {path:?}: {reason}")]
     Cgroup { path: PathBuf, reason: String },
     #[error("uid {uid} cannot {access} {path:?} ({what}); {fix}")]
@@ -77,6 +73,19 @@ impl JailError {
         match self {
             JailError::Sys { .. } | JailError::Cgroup { .. } | JailError::CapsLeft(_) => 1,
             _ => 2,
+        }
+    }
+
+    /// A [`JailError::BadPath`].
+    pub fn bad_path(
+        what: impl Into<String>,
+        path: impl Into<PathBuf>,
+        reason: impl Into<String>,
+    ) -> JailError {
+        JailError::BadPath {
+            what: what.into(),
+            path: path.into(),
+            reason: reason.into(),
         }
     }
 

@@ -62,10 +62,8 @@ pub fn unshare_pid(netns: Option<&fs::File>) -> Result<(), JailError> {
     if let Some(f) = netns {
         use std::os::fd::AsRawFd;
         // SAFETY: setns on a file descriptor we own.
-        check(
-            unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
-            || "setns into the --netns network namespace".into(),
-        )?;
+        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        check(r, || "setns into the --netns network namespace".into())?;
     }
     // SAFETY: unshare has no memory-safety preconditions; we are single-threaded.
     check(unsafe { libc::unshare(libc::CLONE_NEWPID) }, || {
@@ -107,11 +105,8 @@ fn mount_point(root: &Path, m: &JailPath, dir: bool) -> Result<PathBuf, JailErro
 /// Binds `m` at its own path under `root`, read-only unless it is writable; never setuid,
 /// device nodes only where the source is one (a block device as a disk).
 fn bind(root: &Path, m: &JailPath) -> Result<(), JailError> {
-    let src = fs::canonicalize(&m.path).map_err(|e| JailError::BadPath {
-        what: m.what.clone(),
-        path: m.path.clone(),
-        reason: e.to_string(),
-    })?;
+    let src = fs::canonicalize(&m.path)
+        .map_err(|e| JailError::bad_path(&m.what, &m.path, e.to_string()))?;
     let meta = fs::metadata(&src).map_err(JailError::sys(format!("stat {}", src.display())))?;
     let target = mount_point(root, m, meta.is_dir())?;
     mount(Some(&src), &target, None, libc::MS_BIND, None)?;
@@ -169,10 +164,12 @@ pub fn build_root(root: &Path, plan: &Plan, uid: u32, gid: u32) -> Result<(), Ja
         bind(root, m)?;
     }
     for (dev, mode, own) in devices(plan) {
-        let host = fs::metadata(dev).map_err(|e| JailError::BadPath {
-            what: "device".into(),
-            path: dev.into(),
-            reason: format!("{e}; load its module (kvm_intel/kvm_amd, tun)"),
+        let host = fs::metadata(dev).map_err(|e| {
+            JailError::bad_path(
+                "device",
+                dev,
+                format!("{e}; load its module (kvm_intel/kvm_amd, tun)"),
+            )
         })?;
         let t = inside(root, Path::new(dev));
         if let Some(p) = t.parent() {
@@ -225,11 +222,9 @@ pub fn enter_root(root: &Path) -> Result<(), JailError> {
     check(r as libc::c_int, || {
         format!("pivot_root into {}", root.display())
     })?;
-    // SAFETY: detaches the old root, now mounted on top of ".".
-    check(
-        unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) },
-        || "unmount the old root".into(),
-    )?;
+    // SAFETY: detaches the old root, now mounted on top of "."; `dot` is a valid C string.
+    let r = unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) };
+    check(r, || "unmount the old root".into())?;
     std::env::set_current_dir("/").map_err(JailError::sys("chdir /"))
 }
 
@@ -310,18 +305,16 @@ pub fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
         }
     }
     // SAFETY: prctl with integer arguments.
-    check(
-        unsafe {
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL,
-                0,
-                0,
-                0,
-            )
-        },
-        || "clear the ambient capabilities".into(),
-    )?;
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    check(r, || "clear the ambient capabilities".into())?;
     // SAFETY: an empty group list.
     check(unsafe { libc::setgroups(0, std::ptr::null()) }, || {
         "setgroups([])".into()

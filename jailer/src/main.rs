@@ -115,17 +115,11 @@ fn check(cli: Cli) -> Result<Checked, JailError> {
         .map(limits::parse_cpu_max)
         .transpose()?;
     // Absolute, so the paths the config resolves are the ones the jail gets.
-    let config = std::fs::canonicalize(&cli.config).map_err(|e| JailError::BadPath {
-        what: "--config".into(),
-        path: cli.config.clone(),
-        reason: e.to_string(),
-    })?;
+    let config = std::fs::canonicalize(&cli.config)
+        .map_err(|e| JailError::bad_path("--config", &cli.config, e.to_string()))?;
     let cfg = VmConfig::from_file(&config)?;
-    qvm_config::boot::detect_format(&cfg.boot.kernel).map_err(|e| JailError::BadPath {
-        what: "[boot] kernel".into(),
-        path: cfg.boot.kernel.clone(),
-        reason: e.to_string(),
-    })?;
+    qvm_config::boot::detect_format(&cfg.boot.kernel)
+        .map_err(|e| JailError::bad_path("[boot] kernel", &cfg.boot.kernel, e.to_string()))?;
     let memory_max = limits::memory_limit(&cfg, mem)?;
     let pids_max = limits::pids_limit(&cfg, cli.pids_max)?;
     let nofile = limits::check_nofile(
@@ -143,17 +137,19 @@ fn check(cli: Cli) -> Result<Checked, JailError> {
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false);
     if !exec_ok {
-        return Err(JailError::BadExec {
-            path: exec,
-            reason: "not an executable file; build qvm-vmm or pass --exec-file".into(),
-        });
+        return Err(JailError::bad_path(
+            "--exec-file",
+            exec,
+            "not an executable file; build qvm-vmm or pass --exec-file",
+        ));
     }
     if let Some(ns) = &cli.netns {
         if !ns.exists() {
-            return Err(JailError::BadNetns {
-                path: ns.clone(),
-                reason: "no such file; create it with `ip netns add NAME`".into(),
-            });
+            return Err(JailError::bad_path(
+                "--netns",
+                ns,
+                "no such file; create it with `ip netns add NAME`",
+            ));
         }
     }
     let plan = paths::collect(
@@ -210,10 +206,12 @@ fn run(cli: Cli) -> Result<ExitCode, JailError> {
     let cg = Cgroup::create(&c.cli.cgroup_base, &c.cli.id, &c.limits)?;
     let jail_dir = c.cli.jail_base.join(&c.cli.id);
     let root = jail_dir.join("root");
-    std::fs::create_dir_all(&root).map_err(|e| JailError::BadPath {
-        what: "--jail-base".into(),
-        path: c.cli.jail_base.clone(),
-        reason: format!("cannot create {}: {e}", root.display()),
+    std::fs::create_dir_all(&root).map_err(|e| {
+        JailError::bad_path(
+            "--jail-base",
+            &c.cli.jail_base,
+            format!("cannot create {}: {e}", root.display()),
+        )
     })?;
     let _ = std::fs::set_permissions(&jail_dir, std::fs::Permissions::from_mode(0o700));
     let cleanup_dirs = || {
@@ -224,11 +222,11 @@ fn run(cli: Cli) -> Result<ExitCode, JailError> {
         .map(|mut d| d.next().is_some())
         .unwrap_or(true)
     {
-        return Err(JailError::BadPath {
-            what: "--jail-base".into(),
-            path: root.clone(),
-            reason: "is not an empty directory: is this VM running already?".into(),
-        });
+        return Err(JailError::bad_path(
+            "--jail-base",
+            &root,
+            "is not an empty directory: is this VM running already?",
+        ));
     }
     let result = (|| {
         cg.enter()?;
@@ -238,10 +236,7 @@ fn run(cli: Cli) -> Result<ExitCode, JailError> {
             .netns
             .as_ref()
             .map(|p| {
-                std::fs::File::open(p).map_err(|e| JailError::BadNetns {
-                    path: p.clone(),
-                    reason: e.to_string(),
-                })
+                std::fs::File::open(p).map_err(|e| JailError::bad_path("--netns", p, e.to_string()))
             })
             .transpose()?;
         jail::unshare_pid(netns.as_ref())?;
@@ -343,6 +338,7 @@ fn test_fork_bomb() -> Option<ExitCode> {
     for i in 0..n {
         // SAFETY: the child only sleeps and _exits.
         match unsafe { libc::fork() } {
+            // SAFETY: sleep and _exit, both async-signal-safe, in the forked child.
             0 => unsafe {
                 libc::sleep(60);
                 libc::_exit(0);

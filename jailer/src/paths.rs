@@ -103,14 +103,6 @@ impl Collector {
     }
 }
 
-fn bad(what: &str, path: &Path, reason: impl Into<String>) -> JailError {
-    JailError::BadPath {
-        what: what.to_string(),
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
-}
-
 /// The directory holding socket `sock`, to be bound read-write: it must exist and not be a
 /// shared directory like /tmp.
 fn socket_dir(what: &str, sock: &Path) -> Result<PathBuf, JailError> {
@@ -118,10 +110,11 @@ fn socket_dir(what: &str, sock: &Path) -> Result<PathBuf, JailError> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("/"));
-    let meta = std::fs::metadata(dir)
-        .map_err(|e| bad(what, sock, format!("its directory {}: {e}", dir.display())))?;
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        JailError::bad_path(what, sock, format!("its directory {}: {e}", dir.display()))
+    })?;
     if dir == Path::new("/") || meta.mode() & libc::S_ISVTX != 0 {
-        return Err(bad(
+        return Err(JailError::bad_path(
             what,
             sock,
             format!(
@@ -172,7 +165,7 @@ pub fn collect(
     for (i, d) in cfg.disks.iter().enumerate() {
         let what = format!("[[disk]] #{} path", i + 1);
         if !d.path.exists() {
-            return Err(bad(&what, &d.path, "no such file"));
+            return Err(JailError::bad_path(&what, &d.path, "no such file"));
         }
         c.add(what, &d.path, false, !d.read_only, false);
     }
@@ -180,7 +173,7 @@ pub fn collect(
         if let Some(p) = &cfg.console.path {
             let parent = p.parent().unwrap_or(Path::new("/"));
             if !p.exists() && !parent.is_dir() {
-                return Err(bad(
+                return Err(JailError::bad_path(
                     "[console] path",
                     p,
                     format!("its directory {} does not exist", parent.display()),
@@ -217,8 +210,8 @@ pub fn collect(
                 let bin = resolve_program(&name, path_var.as_deref().map(OsStr::new))
                     .filter(|p| p.is_file())
                     .ok_or_else(|| {
-                        bad(
-                            &format!("{what} virtiofsd"),
+                        JailError::bad_path(
+                            format!("{what} virtiofsd"),
                             &name,
                             "not found; install it or set virtiofsd = \"<path>\" in [[fs]]",
                         )
@@ -248,7 +241,11 @@ pub fn collect(
         for (what, s) in socks {
             let is_sock = std::fs::metadata(s).is_ok_and(|m| m.file_type().is_socket());
             if !is_sock {
-                return Err(bad(&what, s, "no compositor listens there; start it first"));
+                return Err(JailError::bad_path(
+                    &what,
+                    s,
+                    "no compositor listens there; start it first",
+                ));
             }
             c.add(what, s, false, false, false);
         }
@@ -259,7 +256,11 @@ pub fn collect(
     if let Some(sock) = api_sock(vmm_args) {
         let sock = if sock.is_relative() {
             // The VMM runs in / inside the jail.
-            return Err(bad("--api-sock", &sock, "use an absolute path in a jail"));
+            return Err(JailError::bad_path(
+                "--api-sock",
+                &sock,
+                "use an absolute path in a jail",
+            ));
         } else {
             sock
         };

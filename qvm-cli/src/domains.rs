@@ -24,9 +24,9 @@
 use std::path::{Path, PathBuf};
 
 use qvm_config::{
-    paths, BootConfig, ConfigError, ConsoleConfig, DiskConfig, FsConfig, MachineConfig, NetConfig,
-    VmConfig, VsockConfig, WaylandClipboard, WaylandConfig, DEFAULT_CMDLINE, DEFAULT_WL_BUFFER_MIB,
-    DEFAULT_WL_VFDS,
+    paths, toml_error_at, BootConfig, ConfigError, ConsoleConfig, DiskConfig, FsConfig,
+    MachineConfig, NetConfig, VmConfig, VsockConfig, WaylandClipboard, WaylandConfig,
+    DEFAULT_CMDLINE, DEFAULT_WL_BUFFER_MIB, DEFAULT_WL_VFDS,
 };
 use serde::Deserialize;
 
@@ -222,13 +222,13 @@ impl Domains {
 
     /// Parses TOML text; relative paths are resolved against `path`'s directory.
     pub fn parse(text: &str, path: &Path) -> Result<Self, DomainsError> {
-        let parsed: DomainsToml = toml::from_str(text).map_err(|e| DomainsError::Parse {
-            path: path.to_path_buf(),
-            line: e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
-                .unwrap_or(1),
-            message: e.message().trim().replace('\n', " "),
+        let parsed: DomainsToml = toml::from_str(text).map_err(|e| {
+            let (line, message) = toml_error_at(text, &e);
+            DomainsError::Parse {
+                path: path.to_path_buf(),
+                line,
+                message,
+            }
         })?;
         if parsed.vm.is_empty() {
             return Err(DomainsError::Empty {

@@ -159,6 +159,14 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// An empty `console.log` in a new directory, which lives as long as the TempDir.
+    fn console_log() -> (tempfile::TempDir, std::path::PathBuf, File) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("console.log");
+        let f = File::create(&p).unwrap();
+        (dir, p, f)
+    }
+
     #[test]
     fn sanitize_escapes_terminal_controls_and_cuts_long_lines() {
         assert_eq!(
@@ -172,9 +180,7 @@ mod tests {
 
     #[test]
     fn tail_reads_only_the_end_and_sanitizes() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("console.log");
-        let mut f = File::create(&p).unwrap();
+        let (dir, p, mut f) = console_log();
         // More than MAX_READ of noise before the end.
         for _ in 0..(2 * MAX_READ / 64) {
             f.write_all(&[b'n'; 63]).unwrap();
@@ -187,9 +193,7 @@ mod tests {
 
     #[test]
     fn watch_follows_markers_and_quotes_why_the_agent_failed() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("console.log");
-        let mut f = File::create(&p).unwrap();
+        let (_dir, p, mut f) = console_log();
         let mut w = ConsoleWatch::new(&p);
         w.poll();
         assert_eq!(w.progress, BootProgress::default());
@@ -219,9 +223,7 @@ mod tests {
 
     #[test]
     fn watch_skips_a_flood_but_stays_bounded() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("console.log");
-        let mut f = File::create(&p).unwrap();
+        let (_dir, p, mut f) = console_log();
         let mut w = ConsoleWatch::new(&p);
         // One endless line, then the agent's line.
         f.write_all(&vec![b'x'; 3 * MAX_READ as usize]).unwrap();

@@ -163,12 +163,48 @@ impl Ctx {
             console: &paths.console(),
             vmm_log: &paths.vmm_log(),
         };
-        agent::wait_for_agent(&wait, timeout, || paths.live_pid().is_some()).map_err(|source| {
-            CliError::Agent {
-                vm: name.to_string(),
-                source: Box::new(source),
-            }
-        })
+        agent::wait_for_agent(&wait, timeout, || paths.live_pid().is_some())
+            .map_err(|source| agent_error(name, source))
+    }
+
+    /// Runs `argv` in `name` (booted first if needed) with `input` as its stdin, keeping at
+    /// most `max_out` bytes of its stdout.
+    fn capture(
+        &self,
+        name: &str,
+        timeout: Duration,
+        argv: &[String],
+        input: Vec<u8>,
+        max_out: usize,
+    ) -> Result<Captured, CliError> {
+        let s = self.session(name, timeout)?;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = s
+            .exec(argv, Input::Bytes(input), &mut out, &mut err, Some(max_out))
+            .map_err(|source| agent_error(name, source))?;
+        Ok(Captured { code, out, err })
+    }
+}
+
+/// What a command run by [`Ctx::capture`] left: its exit status, stdout and stderr.
+struct Captured {
+    code: i32,
+    out: Vec<u8>,
+    err: Vec<u8>,
+}
+
+impl Captured {
+    /// Its stderr as one trimmed string, for an error message.
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.err).trim().to_string()
+    }
+}
+
+/// `vm`'s agent (or the wait for it) failed.
+fn agent_error(vm: &str, source: impl Into<AgentError>) -> CliError {
+    CliError::Agent {
+        vm: vm.to_string(),
+        source: Box::new(source.into()),
     }
 }
 
@@ -242,58 +278,42 @@ fn copy_cmd(
             std::fs::read(&path).map_err(|source| CliError::Io { path, source })?
         }
         Some(v) => {
-            let s = ctx.session(v, timeout)?;
-            let mut out = Vec::new();
-            let mut err = Vec::new();
-            let code = s
-                .exec(
-                    &copy::read_command(file),
-                    Input::Bytes(Vec::new()),
-                    &mut out,
-                    &mut err,
-                    Some(MAX_COPY_BYTES),
-                )
-                .map_err(|source| CliError::Agent {
-                    vm: v.to_string(),
-                    source: Box::new(source.into()),
-                })?;
-            if code != 0 {
+            let read = ctx.capture(
+                v,
+                timeout,
+                &copy::read_command(file),
+                Vec::new(),
+                MAX_COPY_BYTES,
+            )?;
+            if read.code != 0 {
                 return Err(CliError::ReadFailed {
                     vm: v.to_string(),
                     path: file.to_string(),
-                    code,
-                    stderr: String::from_utf8_lossy(&err).trim().to_string(),
+                    code: read.code,
+                    stderr: read.stderr(),
                 });
             }
-            out
+            read.out
         }
     };
     let len = data.len();
-    let s = ctx.session(target, timeout)?;
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    let code = s
-        .exec(
-            &copy::store_command(source, name),
-            Input::Bytes(data),
-            &mut out,
-            &mut err,
-            Some(64 << 10),
-        )
-        .map_err(|source| CliError::Agent {
-            vm: target.to_string(),
-            source: Box::new(source.into()),
-        })?;
-    if code != 0 {
+    let store = ctx.capture(
+        target,
+        timeout,
+        &copy::store_command(source, name),
+        data,
+        64 << 10,
+    )?;
+    if store.code != 0 {
         return Err(CliError::StoreFailed {
             vm: target.to_string(),
-            code,
-            stderr: String::from_utf8_lossy(&err).trim().to_string(),
+            code: store.code,
+            stderr: store.stderr(),
         });
     }
     println!(
         "qvm: copied {len} bytes to {target}:{}",
-        String::from_utf8_lossy(&out).trim()
+        String::from_utf8_lossy(&store.out).trim()
     );
     Ok(())
 }
@@ -349,10 +369,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, CliError> {
                     &mut std::io::stderr(),
                     None,
                 )
-                .map_err(|source| CliError::Agent {
-                    vm: name,
-                    source: Box::new(source.into()),
-                })?;
+                .map_err(|source| agent_error(&name, source))?;
             let _ = std::io::stdout().flush();
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)));
         }

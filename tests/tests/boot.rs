@@ -2,6 +2,11 @@
 //! project-built busybox initramfs, in the nested-KVM lab (or directly on a hardware-KVM host).
 //! Every test checks what the guest itself reported.
 
+// TODO(issue 16): the tests owner removes these (found when the workspace lints came in).
+// An integration test's helpers are outside clippy's allow-unwrap-in-tests (its #[test]
+// functions only), so keeping this allow, as api/tests does, is the other way out.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

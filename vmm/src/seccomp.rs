@@ -66,6 +66,14 @@ pub enum ThreadKind {
 }
 
 impl ThreadKind {
+    /// Every kind, in the order of their filters.
+    pub const ALL: [ThreadKind; 4] = [
+        ThreadKind::Main,
+        ThreadKind::Vcpu,
+        ThreadKind::Device,
+        ThreadKind::Api,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             ThreadKind::Main => "main",
@@ -649,15 +657,10 @@ fn rules(kind: ThreadKind) -> Rules {
 
 /// The syscalls each filter allows (for the notes and tests): (kind, count).
 pub fn allowed_counts() -> Vec<(&'static str, usize)> {
-    [
-        ThreadKind::Main,
-        ThreadKind::Vcpu,
-        ThreadKind::Device,
-        ThreadKind::Api,
-    ]
-    .iter()
-    .map(|&k| (k.name(), rules(k).len()))
-    .collect()
+    ThreadKind::ALL
+        .iter()
+        .map(|&k| (k.name(), rules(k).len()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -666,12 +669,7 @@ mod tests {
 
     #[test]
     fn every_filter_builds() {
-        for kind in [
-            ThreadKind::Main,
-            ThreadKind::Vcpu,
-            ThreadKind::Device,
-            ThreadKind::Api,
-        ] {
+        for kind in ThreadKind::ALL {
             let f = SeccompFilter::new(
                 rules(kind),
                 SeccompAction::Trap,
@@ -686,12 +684,7 @@ mod tests {
 
     #[test]
     fn dangerous_syscalls_are_in_no_filter() {
-        for kind in [
-            ThreadKind::Main,
-            ThreadKind::Vcpu,
-            ThreadKind::Device,
-            ThreadKind::Api,
-        ] {
+        for kind in ThreadKind::ALL {
             let r = rules(kind);
             for s in [
                 libc::SYS_execve,
@@ -723,12 +716,7 @@ mod tests {
             }
         }
         assert!(!OPENS.contains(&libc::SYS_openat2) && !OPENS.contains(&libc::SYS_creat));
-        for kind in [
-            ThreadKind::Main,
-            ThreadKind::Vcpu,
-            ThreadKind::Device,
-            ThreadKind::Api,
-        ] {
+        for kind in ThreadKind::ALL {
             let r = rules(kind);
             assert!(!r.contains_key(&libc::SYS_openat2) && !r.contains_key(&libc::SYS_creat));
         }
@@ -737,12 +725,7 @@ mod tests {
     #[test]
     fn landlock_syscalls_are_in_no_filter() {
         // landlock.rs runs before any filter is installed; nothing after may call them.
-        for kind in [
-            ThreadKind::Main,
-            ThreadKind::Vcpu,
-            ThreadKind::Device,
-            ThreadKind::Api,
-        ] {
+        for kind in ThreadKind::ALL {
             let r = rules(kind);
             for s in [
                 libc::SYS_landlock_create_ruleset,

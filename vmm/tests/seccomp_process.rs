@@ -19,6 +19,10 @@
 //!
 //! No libtest harness: the child must control every thread of its process.
 
+// An integration test is a crate of its own: clippy's allow-unwrap-in-tests covers its #[test]
+// functions but not the helpers beside them, which may unwrap just the same.
+#![allow(clippy::unwrap_used)]
+
 use std::ffi::CString;
 use std::process::Command;
 use std::sync::{Arc, Barrier};

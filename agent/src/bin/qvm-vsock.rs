@@ -82,17 +82,8 @@ fn serve_one(mut c: Conn) -> io::Result<()> {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
         ["SINK"] => {
-            let mut sum = Checksum::default();
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                let n = c.reader.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                sum.update(&buf[..n]);
-            }
-            c.writer
-                .write_all(format!("GOT {}\n", sum.finish()).as_bytes())?;
+            let sum = checksum_to_end(&mut c.reader)?;
+            c.writer.write_all(format!("GOT {sum}\n").as_bytes())?;
         }
         ["SOURCE", n, seed] => {
             let n: u64 = n.parse().map_err(|_| io::ErrorKind::InvalidInput)?;
@@ -105,6 +96,20 @@ fn serve_one(mut c: Conn) -> io::Result<()> {
         _ => c.writer.write_all(b"ERR unknown command\n")?,
     }
     (c.shut)()
+}
+
+/// Reads `r` to its end: the checksum of everything it gave.
+fn checksum_to_end(r: &mut dyn Read) -> io::Result<String> {
+    let mut sum = Checksum::default();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sum.update(&buf[..n]);
+    }
+    Ok(sum.finish())
 }
 
 fn send_pattern(w: &mut dyn Write, n: u64, seed: u64) -> io::Result<()> {
@@ -150,17 +155,8 @@ fn client_recv(target: &str, n: u64, seed: u64) -> io::Result<(bool, String)> {
     let t = Instant::now();
     c.writer
         .write_all(format!("SOURCE {n} {seed}\n").as_bytes())?;
-    let mut sum = Checksum::default();
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        let k = c.reader.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        sum.update(&buf[..k]);
-    }
+    let got = checksum_to_end(&mut c.reader)?;
     let rate = mbps(n, t);
-    let got = sum.finish();
     let ok = got == expected(seed, n);
     Ok((
         ok,

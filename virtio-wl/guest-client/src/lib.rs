@@ -9,6 +9,10 @@
 //! * [`check`]: PNG decoding and the pattern search behind `qvm-wl-check`.
 //! * [`proxy`]: `qvm-wl-proxy`, the guest Wayland socket relayed over virtio-wl.
 
+// TODO(issue 16): the virtio-wl owner removes these (found when the workspace lints came in).
+#![allow(clippy::undocumented_unsafe_blocks)]
+#![allow(clippy::unwrap_used)]
+
 pub mod check;
 pub mod demo;
 pub mod hostile;

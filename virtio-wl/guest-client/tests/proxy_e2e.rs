@@ -3,6 +3,11 @@
 //! translation, keymap and clipboard paths exercised by real clients. A missing weston (or
 //! Xvfb, xdotool, weston-terminal where needed) fails the test, naming the package.
 
+// TODO(issue 16): the virtio-wl owner removes these (found when the workspace lints came in).
+// An integration test's helpers are outside clippy's allow-unwrap-in-tests (its #[test]
+// functions only), so keeping this allow, as api/tests does, is the other way out.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -124,18 +124,26 @@ mod tests {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap()
     }
 
+    /// Boots with memory map `map`, a command line of `cmdline_len` bytes, an initrd at
+    /// (address, size) and the RSDP at `rsdp_addr`.
+    fn boot_info(
+        map: &[MemEntry],
+        cmdline_len: usize,
+        initrd: Option<(u64, u64)>,
+        rsdp_addr: u64,
+    ) -> BootInfo<'_> {
+        BootInfo {
+            mem_map: map,
+            cmdline_len,
+            initrd: initrd.map(|(addr, size)| InitrdInfo { addr, size }),
+            rsdp_addr,
+        }
+    }
+
     #[test]
     fn zero_page_for_elf_kernel() {
         let map = memory_map(64 << 20);
-        let info = BootInfo {
-            mem_map: &map,
-            cmdline_len: 20,
-            initrd: Some(InitrdInfo {
-                addr: 0x300_0000,
-                size: 0x1234,
-            }),
-            rsdp_addr: layout::ACPI_START,
-        };
+        let info = boot_info(&map, 20, Some((0x300_0000, 0x1234)), layout::ACPI_START);
         let p = build_zero_page(&info, None).unwrap();
         let (boot_flag, header, cmdline) = (p.hdr.boot_flag, p.hdr.header, p.hdr.cmd_line_ptr);
         assert_eq!(boot_flag, 0xaa55);
@@ -173,12 +181,7 @@ mod tests {
             ..Default::default()
         };
         let map = memory_map(64 << 20);
-        let info = BootInfo {
-            mem_map: &map,
-            cmdline_len: 1,
-            initrd: None,
-            rsdp_addr: 0,
-        };
+        let info = boot_info(&map, 1, None, 0);
         let p = build_zero_page(&info, Some(hdr)).unwrap();
         let (v, a, r) = (p.hdr.version, p.hdr.kernel_alignment, p.hdr.ramdisk_image);
         assert_eq!((v, a, r), (0x020f, 0x20_0000, 0));
@@ -187,15 +190,7 @@ mod tests {
     #[test]
     fn initrd_above_4g_is_refused_for_the_zero_page() {
         let map = memory_map(64 << 20);
-        let info = BootInfo {
-            mem_map: &map,
-            cmdline_len: 1,
-            initrd: Some(InitrdInfo {
-                addr: 1 << 32,
-                size: 1,
-            }),
-            rsdp_addr: 0,
-        };
+        let info = boot_info(&map, 1, Some((1 << 32, 1)), 0);
         assert!(matches!(
             build_zero_page(&info, None),
             Err(BootError::InitrdTooHigh)
@@ -206,15 +201,7 @@ mod tests {
     fn pvh_start_info_and_memmap() {
         let m = mem();
         let map = memory_map(64 << 20);
-        let info = BootInfo {
-            mem_map: &map,
-            cmdline_len: 5,
-            initrd: Some(InitrdInfo {
-                addr: 0x200_0000,
-                size: 4096,
-            }),
-            rsdp_addr: layout::ACPI_START,
-        };
+        let info = boot_info(&map, 5, Some((0x200_0000, 4096)), layout::ACPI_START);
         write_pvh_info(&m, &info).unwrap();
         let s: hvm_start_info = m.read_obj(GuestAddress(layout::PVH_INFO_ADDR)).unwrap();
         assert_eq!(s.magic, XEN_HVM_START_MAGIC_VALUE);
