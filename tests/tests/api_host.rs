@@ -3,9 +3,8 @@
 //! start, pause (the exits stop), resume (they go on), stop; bad requests at every stage get a
 //! clear 4xx and the VM keeps running. `qvm-vmm ctl` is the client.
 
-// TODO(issue 16): the tests owner removes these (found when the workspace lints came in).
-// An integration test's helpers are outside clippy's allow-unwrap-in-tests (its #[test]
-// functions only), so keeping this allow, as api/tests does, is the other way out.
+// Test code: an unwrap here is a test failure that says what failed. clippy's
+// allow-unwrap-in-tests covers #[test] functions only, not the helpers a test crate has.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};

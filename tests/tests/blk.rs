@@ -2,9 +2,8 @@
 //! /dev/vda, a 64 MiB random-data round trip on a second disk checked in the guest and on the
 //! host, durability across a SIGKILL of the VMM, and a read-only disk.
 
-// TODO(issue 16): the tests owner removes these (found when the workspace lints came in).
-// An integration test's helpers are outside clippy's allow-unwrap-in-tests (its #[test]
-// functions only), so keeping this allow, as api/tests does, is the other way out.
+// Test code: an unwrap here is a test failure that says what failed. clippy's
+// allow-unwrap-in-tests covers #[test] functions only, not the helpers a test crate has.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};

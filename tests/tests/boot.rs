@@ -2,9 +2,8 @@
 //! project-built busybox initramfs, in the nested-KVM lab (or directly on a hardware-KVM host).
 //! Every test checks what the guest itself reported.
 
-// TODO(issue 16): the tests owner removes these (found when the workspace lints came in).
-// An integration test's helpers are outside clippy's allow-unwrap-in-tests (its #[test]
-// functions only), so keeping this allow, as api/tests does, is the other way out.
+// Test code: an unwrap here is a test failure that says what failed. clippy's
+// allow-unwrap-in-tests covers #[test] functions only, not the helpers a test crate has.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};

@@ -1,9 +1,8 @@
 //! Bad configs: each gets exactly one error line naming the key and the fix, and exit code 2,
 //! before any VM is created (these run on the host, no KVM needed).
 
-// TODO(issue 16): the tests owner removes these (found when the workspace lints came in).
-// An integration test's helpers are outside clippy's allow-unwrap-in-tests (its #[test]
-// functions only), so keeping this allow, as api/tests does, is the other way out.
+// Test code: an unwrap here is a test failure that says what failed. clippy's
+// allow-unwrap-in-tests covers #[test] functions only, not the helpers a test crate has.
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;

@@ -2,9 +2,8 @@
 //! a software KVM runs them): every way a guest can stop maps to the right exit code, the 64-bit
 //! ELF entry path works, and a signal stops the VM in an orderly way.
 
-// TODO(issue 16): the tests owner removes these (found when the workspace lints came in).
-// An integration test's helpers are outside clippy's allow-unwrap-in-tests (its #[test]
-// functions only), so keeping this allow, as api/tests does, is the other way out.
+// Test code: an unwrap here is a test failure that says what failed. clippy's
+// allow-unwrap-in-tests covers #[test] functions only, not the helpers a test crate has.
 #![allow(clippy::unwrap_used)]
 
 use std::io::Read;
