@@ -23,6 +23,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::protocol::*;
 use crate::state::{WlState, VFD_TOKEN};
+use crate::test_msgs::{bind, global, msg as wl, string_arg as wl_string, words as wl_words};
 use crate::*;
 
 const MEM_SIZE: usize = 0x100_0000;
@@ -1275,41 +1276,14 @@ fn device_serves_requests_and_reset_closes_everything() {
 // The Wayland policy, through the device state
 // ---------------------------------------------------------------------------------------------
 
-/// One Wayland message: `object`, `opcode`, argument bytes.
-fn wl(object: u32, opcode: u16, args: &[u8]) -> Vec<u8> {
-    let size = 8 + args.len() as u32;
-    let mut b = object.to_le_bytes().to_vec();
-    b.extend_from_slice(&((size << 16) | u32::from(opcode)).to_le_bytes());
-    b.extend_from_slice(args);
-    b
-}
-
-fn wl_words(w: &[u32]) -> Vec<u8> {
-    w.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn wl_string(s: &str) -> Vec<u8> {
-    let mut b = ((s.len() + 1) as u32).to_le_bytes().to_vec();
-    b.extend_from_slice(s.as_bytes());
-    b.push(0);
-    while !b.len().is_multiple_of(4) {
-        b.push(0);
-    }
-    b
-}
-
+/// `wl_registry.global` on the registry the device tests' client gets (id 2).
 fn wl_global(name: u32, iface: &str, version: u32) -> Vec<u8> {
-    let mut a = wl_words(&[name]);
-    a.extend(wl_string(iface));
-    a.extend(wl_words(&[version]));
-    wl(2, 0, &a)
+    global(2, name, iface, version)
 }
 
+/// `wl_registry.bind` on registry 2.
 fn wl_bind(name: u32, iface: &str, version: u32, id: u32) -> Vec<u8> {
-    let mut a = wl_words(&[name]);
-    a.extend(wl_string(iface));
-    a.extend(wl_words(&[version, id]));
-    wl(2, 0, &a)
+    bind(2, name, iface, version, id)
 }
 
 impl H {
