@@ -3,7 +3,7 @@
 //! worker thread.
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -921,31 +921,12 @@ fn more_than_28_fds_hang_up_the_ctx_without_leaking() {
     assert_eq!(f.read(&mut buf).unwrap(), 0);
 }
 
+/// Sends one byte with `fds` attached, past the device's own 28-fd check.
 fn raw_send_fds(s: &UnixStream, fds: &[OwnedFd]) {
-    let mut cmsg = vec![0u64; 64];
-    let data = [b'x'];
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut _,
-        iov_len: 1,
-    };
-    // SAFETY: test-only sendmsg with a control buffer large enough for 40 fds.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        let payload = (fds.len() * 4) as u32;
-        msg.msg_control = cmsg.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(payload) as _;
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(payload) as _;
-        let p = libc::CMSG_DATA(c).cast::<i32>();
-        for (i, f) in fds.iter().enumerate() {
-            p.add(i).write_unaligned(f.as_raw_fd());
-        }
-        assert_eq!(libc::sendmsg(s.as_raw_fd(), &msg, 0), 1);
-    }
+    assert_eq!(
+        qvm_wl_fd::send_with_fds(s.as_fd(), b"x", fds, 0).unwrap(),
+        1
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

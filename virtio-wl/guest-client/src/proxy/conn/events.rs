@@ -5,7 +5,7 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::decode::{decode, header, put_u32, str_of, Wire};
-use super::fds::{copy_keymap, local_pipe, spawn_copy};
+use super::fds::{copy_keymap, spawn_copy};
 use super::{Conn, Obj, Outbox, ProxyError, SERVER_ID_START};
 use crate::transport::MAX_FDS;
 
@@ -187,7 +187,7 @@ impl Conn<'_> {
                 let host_w = fds_in
                     .pop()
                     .ok_or_else(|| ProxyError::Host("send without fd".into()))?;
-                let (r, w) = local_pipe()?;
+                let (r, w) = qvm_wl_fd::pipe()?;
                 spawn_copy(r, host_w);
                 fds_out.push(w);
             }

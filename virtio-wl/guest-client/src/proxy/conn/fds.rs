@@ -22,16 +22,6 @@ pub fn is_virtwl_vfd(fd: &OwnedFd) -> bool {
         .is_ok_and(|p| p.as_os_str() == "anon_inode:[virtwl_vfd]")
 }
 
-pub(super) fn local_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut p = [-1; 2];
-    // SAFETY: p has room for two fds.
-    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh fds we own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
-}
-
 /// Copies `from` into `to` until end of file, in a thread (clipboard transfers).
 pub(super) fn spawn_copy(from: OwnedFd, to: OwnedFd) {
     std::thread::spawn(move || {

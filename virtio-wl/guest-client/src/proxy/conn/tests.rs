@@ -7,7 +7,6 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use super::decode::{header, str_of, Args};
-use super::fds::local_pipe;
 use super::*;
 use crate::transport::SocketTransport;
 
@@ -194,7 +193,7 @@ fn read_all(fd: OwnedFd) -> String {
 }
 
 fn pipe() -> (OwnedFd, OwnedFd) {
-    local_pipe().unwrap()
+    qvm_wl_fd::pipe().unwrap()
 }
 
 /// Primary selection both ways through the proxy, scripted on both sides (weston 10, the
