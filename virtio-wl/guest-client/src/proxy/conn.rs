@@ -25,7 +25,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::shm::{Buffer, Pool, SurfaceDamage};
 use super::xml::Protocols;
@@ -126,6 +126,20 @@ struct Outbox {
     fds: Vec<OwnedFd>,
 }
 
+impl Outbox {
+    /// Sends what is queued, if anything, on `t` (the fds with the bytes) and empties the box.
+    fn flush(&mut self, t: &mut dyn Transport) -> io::Result<()> {
+        if self.bytes.is_empty() {
+            return Ok(());
+        }
+        let fds: Vec<RawFd> = self.fds.iter().map(|f| f.as_raw_fd()).collect();
+        t.send(&self.bytes, &fds)?;
+        self.bytes.clear();
+        self.fds.clear();
+        Ok(())
+    }
+}
+
 impl<'p> Conn<'p> {
     pub fn new(
         protos: &'p Protocols,
@@ -157,15 +171,21 @@ impl<'p> Conn<'p> {
             ufds: VecDeque::new(),
             stats: Stats::default(),
         };
-        c.objs.insert(
-            1,
+        c.map_object(1, 1, iface_display);
+        Ok(c)
+    }
+
+    /// Records that the client's object `client` is the host's object `host`, of interface
+    /// `iface`: a new object, or a pool the proxy moved to a new host id.
+    fn map_object(&mut self, client: u32, host: u32, iface: usize) {
+        self.objs.insert(
+            host,
             Obj {
-                iface: iface_display,
-                client: Some(1),
+                iface,
+                client: Some(client),
             },
         );
-        c.c2h.insert(1, 1);
-        Ok(c)
+        self.c2h.insert(client, host);
     }
 
     /// Relays until either side closes. Ok(()) on a clean close.

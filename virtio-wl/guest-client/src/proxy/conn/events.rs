@@ -2,11 +2,11 @@
 //! outside the proxy's protocol set hidden, and the events that carry fds (keymaps, clipboard
 //! sends) given local ones.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 
 use super::decode::{decode, header, put_u32, str_of, Wire};
 use super::fds::{copy_keymap, spawn_copy};
-use super::{Conn, Obj, Outbox, ProxyError, SERVER_ID_START};
+use super::{Conn, Outbox, ProxyError, SERVER_ID_START};
 use crate::transport::MAX_FDS;
 
 impl Conn<'_> {
@@ -25,16 +25,11 @@ impl Conn<'_> {
             off += size;
             self.stats.events += 1;
             if out.fds.len() + 2 >= MAX_FDS {
-                let fds: Vec<RawFd> = out.fds.iter().map(|f| f.as_raw_fd()).collect();
-                self.client.send(&out.bytes, &fds)?;
-                out = Outbox::default();
+                out.flush(self.client.as_mut())?;
             }
         }
         self.uin.drain(..off);
-        if !out.bytes.is_empty() {
-            let fds: Vec<RawFd> = out.fds.iter().map(|f| f.as_raw_fd()).collect();
-            self.client.send(&out.bytes, &fds)?;
-        }
+        out.flush(self.client.as_mut())?;
         Ok(())
     }
 
@@ -111,14 +106,7 @@ impl Conn<'_> {
                                 spec.name, m.name
                             )));
                         }
-                        self.objs.insert(
-                            id,
-                            Obj {
-                                iface,
-                                client: Some(id),
-                            },
-                        );
-                        self.c2h.insert(id, id);
+                        self.map_object(id, id, iface);
                     }
                 }
             }

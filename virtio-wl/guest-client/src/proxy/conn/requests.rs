@@ -3,7 +3,7 @@
 //! clipboard receives) handled on the way.
 
 use std::cell::RefCell;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
 use super::decode::{decode, header, put_u32, Wire};
@@ -31,18 +31,7 @@ impl Conn<'_> {
             self.stats.requests += 1;
         }
         self.cin.drain(..off);
-        self.flush_up(&mut out)
-    }
-
-    fn flush_up(&mut self, out: &mut Outbox) -> Result<(), ProxyError> {
-        if out.bytes.is_empty() {
-            return Ok(());
-        }
-        let fds: Vec<RawFd> = out.fds.iter().map(|f| f.as_raw_fd()).collect();
-        self.up.send(&out.bytes, &fds)?;
-        out.bytes.clear();
-        out.fds.clear();
-        Ok(())
+        Ok(out.flush(self.up.as_mut())?)
     }
 
     /// Queues a message for upstream, flushing first if it would not fit in the chunk.
@@ -53,7 +42,7 @@ impl Conn<'_> {
         fds: Vec<OwnedFd>,
     ) -> Result<(), ProxyError> {
         if out.bytes.len() + msg.len() > UPSTREAM_CHUNK || out.fds.len() + fds.len() > MAX_FDS {
-            self.flush_up(out)?;
+            out.flush(self.up.as_mut())?;
         }
         out.bytes.extend_from_slice(msg);
         out.fds.extend(fds);
@@ -132,14 +121,7 @@ impl Conn<'_> {
                             ));
                         };
                         let h = self.alloc_host_id();
-                        self.c2h.insert(id, h);
-                        self.objs.insert(
-                            h,
-                            Obj {
-                                iface: new_iface,
-                                client: Some(id),
-                            },
-                        );
+                        self.map_object(id, h, new_iface);
                         patches.push((pos, h));
                         new_ids.push((id, h));
                     }
@@ -332,14 +314,7 @@ impl Conn<'_> {
             .map_err(|e| ProxyError::Client(format!("create_pool: {e}")))?;
         let twin = self.up.alloc(size)?;
         let send = dup_fd(twin.fd())?;
-        self.pools.insert(
-            cid,
-            Pool {
-                shm_host,
-                client: Rc::new(RefCell::new(client)),
-                twin: Rc::new(RefCell::new(twin)),
-            },
-        );
+        self.pools.insert(cid, Pool::new(shm_host, client, twin));
         self.stats.pools_mirrored += 1;
         Ok(send)
     }
@@ -392,14 +367,7 @@ impl Conn<'_> {
                 client: None,
             },
         );
-        self.objs.insert(
-            new_host,
-            Obj {
-                iface,
-                client: Some(cobj),
-            },
-        );
-        self.c2h.insert(cobj, new_host);
+        self.map_object(cobj, new_host, iface);
         // wl_shm.create_pool(new_host, fd, size), then wl_shm_pool.destroy(old_host).
         let mut create = Vec::with_capacity(16);
         create.extend_from_slice(&shm_host.to_ne_bytes());
@@ -411,14 +379,7 @@ impl Conn<'_> {
         destroy.extend_from_slice(&old_host.to_ne_bytes());
         destroy.extend_from_slice(&((8u32 << 16) | 1).to_ne_bytes());
         self.queue_up(out, &destroy, Vec::new())?;
-        self.pools.insert(
-            cobj,
-            Pool {
-                shm_host,
-                client: Rc::new(RefCell::new(client)),
-                twin: Rc::new(RefCell::new(twin)),
-            },
-        );
+        self.pools.insert(cobj, Pool::new(shm_host, client, twin));
         Ok(true)
     }
 
