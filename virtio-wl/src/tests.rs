@@ -196,6 +196,14 @@ impl H {
         (h, l)
     }
 
+    /// A device with context 1 connected to a compositor: returns the compositor's end.
+    fn with_ctx(acked: u64) -> (H, UnixStream) {
+        let (mut h, l) = H::with_compositor(acked);
+        h.new_vfd(&req_ctx(1));
+        let c = accept(&l);
+        (h, c)
+    }
+
     /// Sends a request in one readable descriptor with a 256-byte writable one; returns the
     /// response bytes.
     fn request(&mut self, req: &[u8]) -> Vec<u8> {
@@ -557,9 +565,7 @@ fn new_ctx_named() {
 
 #[test]
 fn send_shm_passes_the_memfd_itself() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let c = accept(&l);
+    let (mut h, c) = H::with_ctx(ALL);
     let n = h.new_vfd(&req_new(2, 0, 5000));
     let gpa = n.pfn << 12;
     // The guest draws through its mapping...
@@ -586,9 +592,7 @@ fn send_shm_passes_the_memfd_itself() {
 
 #[test]
 fn send_errors() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let _c = accept(&l);
+    let (mut h, _c) = H::with_ctx(ALL);
     h.new_vfd(&req_new(2, 0, 4096));
     h.new_vfd(&req_pipe(3, VFD_READ));
     h.new_vfd(&req_pipe(4, VFD_WRITE));
@@ -611,9 +615,7 @@ fn send_errors() {
 
 #[test]
 fn send_to_a_full_compositor_gives_up() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let _c = accept(&l); // never reads
+    let (mut h, _c) = H::with_ctx(ALL); // the compositor never reads
     let chunk = vec![0x55u8; 60 * 1024];
     let start = Instant::now();
     let mut codes = Vec::new();
@@ -632,9 +634,7 @@ fn send_to_a_full_compositor_gives_up() {
 fn send_fences_changes_only_foreign_id_entries() {
     for acked in [F_TRANS_FLAGS, ALL] {
         let v2 = acked & F_SEND_FENCES != 0;
-        let (mut h, l) = H::with_compositor(acked);
-        h.new_vfd(&req_ctx(1));
-        let c = accept(&l);
+        let (mut h, c) = H::with_ctx(acked);
         h.new_vfd(&req_new(2, 0, 4096));
         // Plain VFD_SEND: u32 ids whatever the features (the Linux driver's format).
         assert_eq!(h.code(&req_send(1, &[2], b"a")), RESP_OK);
@@ -685,9 +685,7 @@ fn pipe_flags() {
 
 #[test]
 fn guest_read_pipe_forwards_bytes_then_hup() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let c = accept(&l);
+    let (mut h, c) = H::with_ctx(ALL);
     h.new_vfd(&req_pipe(5, VFD_READ));
     assert_eq!(h.code(&req_send(1, &[5], b"receive")), RESP_OK);
     let (_, mut fds) = comp_recv(&c);
@@ -711,9 +709,7 @@ fn guest_read_pipe_forwards_bytes_then_hup() {
 
 #[test]
 fn guest_write_pipe_writes_then_hup() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let c = accept(&l);
+    let (mut h, c) = H::with_ctx(ALL);
     h.new_vfd(&req_pipe(6, VFD_WRITE));
     assert_eq!(h.code(&req_send(1, &[6], b"send")), RESP_OK);
     let (_, mut fds) = comp_recv(&c);
@@ -739,9 +735,7 @@ fn guest_write_pipe_writes_then_hup() {
 
 #[test]
 fn compositor_bytes_and_fds_become_vfd_new_then_recv() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let c = accept(&l);
+    let (mut h, c) = H::with_ctx(ALL);
     h.post_in(8);
     // A keymap-like shm file (not a page multiple), a pipe write end (data_source.send),
     // a pipe read end, and a socket (not usable: dropped).
@@ -798,9 +792,7 @@ fn compositor_bytes_and_fds_become_vfd_new_then_recv() {
 
 #[test]
 fn write_protected_compositor_shm_reaches_the_guest_as_a_copy() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let c = accept(&l);
+    let (mut h, c) = H::with_ctx(ALL);
     h.post_in(8);
     // weston's keymaps: a memfd sealed against writes (cannot back a writable mapping), and
     // a file opened read-only.
@@ -893,9 +885,7 @@ fn compositor_fds_over_the_limits_are_dropped() {
 
 #[test]
 fn more_than_28_fds_hang_up_the_ctx_without_leaking() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let c = accept(&l);
+    let (mut h, c) = H::with_ctx(ALL);
     h.post_in(32);
     let (pr, pw) = sys::pipe().unwrap();
     let dups: Vec<OwnedFd> = (0..40).map(|_| pw.try_clone().unwrap()).collect();
@@ -935,9 +925,7 @@ fn raw_send_fds(s: &UnixStream, fds: &[OwnedFd]) {
 
 #[test]
 fn no_in_buffers_means_no_reading() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let mut c = accept(&l);
+    let (mut h, mut c) = H::with_ctx(ALL);
     c.set_nonblocking(true).unwrap();
     // No in buffers: the device does not read; the compositor's socket fills up.
     let chunk = [0x42u8; 4096];
@@ -983,9 +971,7 @@ fn no_in_buffers_means_no_reading() {
 
 #[test]
 fn unusable_in_buffers_are_returned_empty() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let c = accept(&l);
+    let (mut h, c) = H::with_ctx(ALL);
     // Too small, readable, outside memory: each is returned with length 0; the message waits.
     let a = h.inr.buf(4096);
     h.inr.publish(&h.mem, &[(a, 8, true)]);
@@ -1003,9 +989,7 @@ fn unusable_in_buffers_are_returned_empty() {
 
 #[test]
 fn close_drops_pending_messages_and_unannounced_vfds() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let c = accept(&l);
+    let (mut h, c) = H::with_ctx(ALL);
     h.post_in(1);
     let shm = tempfile::tempfile().unwrap();
     shm.set_len(4096).unwrap();

@@ -34,6 +34,12 @@ impl T {
             .compositor_to_guest(b, &mut out, &self.m)
             .map(|_| out)
     }
+    /// A context past [`T::setup`]'s registry handshake.
+    fn ready(clipboard: Clipboard, allow: &[&str]) -> T {
+        let mut t = T::new(clipboard, allow);
+        t.setup();
+        t
+    }
     /// get_registry(2); globals 1..: wl_compositor, xdg_wm_base, wl_seat,
     /// wl_data_device_manager, weston_screenshooter, zwp_primary_selection...; binds.
     fn setup(&mut self) {
@@ -70,8 +76,7 @@ impl T {
 
 #[test]
 fn titles_and_app_ids_are_tagged_byte_exact() {
-    let mut t = T::new(Clipboard::Gated, &[]);
-    t.setup();
+    let mut t = T::ready(Clipboard::Gated, &[]);
     let out = t.up(&msg(8, 2, &string_arg(b"hello"))).unwrap();
     // "[work] hello" = 12 bytes + NUL = 13, padded to 16.
     let mut want = words(&[8, (28 << 16) | 2, 13]);
@@ -92,8 +97,7 @@ fn titles_and_app_ids_are_tagged_byte_exact() {
 
 #[test]
 fn a_long_title_is_cut_to_the_message_limit_at_a_char_boundary() {
-    let mut t = T::new(Clipboard::Gated, &[]);
-    t.setup();
+    let mut t = T::ready(Clipboard::Gated, &[]);
     // The largest title libwayland sends: 4096 - 12 - NUL, ending in 'é' (2 bytes).
     let mut s = vec![b'a'; 4096 - 12 - 1 - 2];
     s.extend_from_slice("é".as_bytes());
@@ -114,8 +118,7 @@ fn a_long_title_is_cut_to_the_message_limit_at_a_char_boundary() {
 
 #[test]
 fn messages_are_reassembled_across_sends() {
-    let mut t = T::new(Clipboard::Gated, &[]);
-    t.setup();
+    let mut t = T::ready(Clipboard::Gated, &[]);
     let mut all = msg(8, 2, &string_arg(b"split title"));
     all.extend(msg(20, 6, &[]));
     let mut got = Vec::new();
@@ -143,14 +146,12 @@ fn malformed_streams_are_violations() {
         msg(8, 2, &[2, 0, 0, 0, b'a', b'b', 0, 0]), // no NUL
         msg(2, 0, &words(&[1])),                    // truncated bind
     ] {
-        let mut t = T::new(Clipboard::Gated, &[]);
-        t.setup();
+        let mut t = T::ready(Clipboard::Gated, &[]);
         assert!(
             matches!(t.up(&bad), Err(Violation::Malformed("guest", _))),
             "{bad:?}"
         );
-        let mut t = T::new(Clipboard::Gated, &[]);
-        t.setup();
+        let mut t = T::ready(Clipboard::Gated, &[]);
         if bad[0] == 0 || bad[4..8] != msg(0, 0, &[])[4..8] {
             // Header-level garbage is caught from the compositor too.
             let r = t.down(&bad);
@@ -163,8 +164,7 @@ fn malformed_streams_are_violations() {
 
 #[test]
 fn hidden_globals_are_dropped_and_cannot_be_bound() {
-    let mut t = T::new(Clipboard::Gated, &[]);
-    t.setup();
+    let mut t = T::ready(Clipboard::Gated, &[]);
     assert_eq!(t.m.globals_hidden.load(Ordering::Relaxed), 1);
     // global_remove of a hidden name is dropped; of a shown one passes.
     assert!(t.down(&msg(2, 1, &words(&[5]))).unwrap().is_empty());
@@ -177,14 +177,12 @@ fn hidden_globals_are_dropped_and_cannot_be_bound() {
         bind(2, 99, "wl_compositor", 1, 30),
         bind(2, 3, "xdg_wm_base", 1, 30),
     ] {
-        let mut t2 = T::new(Clipboard::Gated, &[]);
-        t2.setup();
+        let mut t2 = T::ready(Clipboard::Gated, &[]);
         assert!(matches!(t2.up(&b), Err(Violation::RefusedBind { .. })));
         assert_eq!(t2.m.binds_refused.load(Ordering::Relaxed), 1);
     }
     // Allowed by config: shown and bindable.
-    let mut t = T::new(Clipboard::Gated, &["weston_screenshooter"]);
-    t.setup();
+    let mut t = T::ready(Clipboard::Gated, &["weston_screenshooter"]);
     assert_eq!(t.m.globals_hidden.load(Ordering::Relaxed), 0);
     let b = bind(2, 5, "weston_screenshooter", 1, 30);
     assert_eq!(t.up(&b).unwrap(), b);
@@ -206,8 +204,7 @@ fn clipboard_selection(device: u32, offer: u32) -> Vec<u8> {
 
 #[test]
 fn selections_are_gated_until_one_paste_is_allowed() {
-    let mut t = T::new(Clipboard::Gated, &[]);
-    t.setup();
+    let mut t = T::ready(Clipboard::Gated, &[]);
     let x = 0xff00_0001;
     // Default: the offer never shows, the selection is null.
     let ev = clipboard_selection(9, x);
@@ -240,8 +237,7 @@ fn selections_are_gated_until_one_paste_is_allowed() {
 
 #[test]
 fn a_paste_allowed_later_releases_the_held_selection() {
-    let mut t = T::new(Clipboard::Gated, &[]);
-    t.setup();
+    let mut t = T::ready(Clipboard::Gated, &[]);
     let x = 0xff00_0001;
     let ev = clipboard_selection(9, x);
     assert_eq!(t.down(&ev).unwrap(), msg(9, 5, &words(&[0])));
@@ -262,8 +258,7 @@ fn a_paste_allowed_later_releases_the_held_selection() {
 
 #[test]
 fn primary_selection_and_drag_and_drop_stay_hidden_when_gated() {
-    let mut t = T::new(Clipboard::Gated, &[]);
-    t.setup();
+    let mut t = T::ready(Clipboard::Gated, &[]);
     t.gate.allow(PASTE_WINDOW);
     let x = 0xff00_0001;
     let mut ev = offer_events(10, x);
@@ -284,15 +279,13 @@ fn primary_selection_and_drag_and_drop_stay_hidden_when_gated() {
 
 #[test]
 fn open_clipboard_and_guest_selections_pass() {
-    let mut t = T::new(Clipboard::Open, &[]);
-    t.setup();
+    let mut t = T::ready(Clipboard::Open, &[]);
     let x = 0xff00_0001;
     let ev = clipboard_selection(9, x);
     assert_eq!(t.down(&ev).unwrap(), ev);
     // Gated: the guest's own selection requests (create_data_source, offer,
     // set_selection) and the compositor's send to its source pass untouched.
-    let mut t = T::new(Clipboard::Gated, &[]);
-    t.setup();
+    let mut t = T::ready(Clipboard::Gated, &[]);
     let mut up = msg(4, 0, &words(&[11]));
     up.extend(msg(11, 0, &string_arg(b"text/plain")));
     up.extend(msg(9, 1, &words(&[11, 7])));
@@ -303,8 +296,7 @@ fn open_clipboard_and_guest_selections_pass() {
 
 #[test]
 fn deleted_ids_are_forgotten() {
-    let mut t = T::new(Clipboard::Gated, &[]);
-    t.setup();
+    let mut t = T::ready(Clipboard::Gated, &[]);
     // The toplevel (8) is destroyed; id 8 becomes a wl_callback: its messages pass.
     t.up(&msg(8, 0, &[])).unwrap();
     t.down(&msg(1, 1, &words(&[8]))).unwrap();
@@ -329,8 +321,7 @@ fn random_streams_never_panic() {
     valid.extend(msg(8, 2, &string_arg(b"title")));
     valid.extend(clipboard_selection(9, 0xff00_0001));
     for round in 0..3000 {
-        let mut t = T::new(Clipboard::Gated, &[]);
-        t.setup();
+        let mut t = T::ready(Clipboard::Gated, &[]);
         let mut b = valid.clone();
         for _ in 0..(rnd() % 4) {
             let i = (rnd() as usize) % b.len();
@@ -363,8 +354,7 @@ fn random_streams_never_panic() {
 #[test]
 #[ignore]
 fn policy_overhead() {
-    let mut t = T::new(Clipboard::Gated, &[]);
-    t.setup();
+    let mut t = T::ready(Clipboard::Gated, &[]);
     let mut frame = msg(20, 1, &words(&[30, 0, 0]));
     frame.extend(msg(20, 9, &words(&[0, 0, 64, 64])));
     frame.extend(msg(20, 3, &words(&[31])));
