@@ -53,6 +53,8 @@ pub mod protocol;
 pub mod state;
 pub mod sys;
 #[cfg(test)]
+mod test_msgs;
+#[cfg(test)]
 mod tests;
 pub mod vfd;
 

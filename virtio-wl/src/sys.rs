@@ -1,6 +1,7 @@
 //! Thin, safe wrappers over the syscalls the worker uses (listed in the crate docs): memfds,
 //! pipes, unix sockets with SCM_RIGHTS, and bounded waits. Every fd this module creates or
-//! receives is close-on-exec and owned (`OwnedFd`) from the moment it exists.
+//! receives is close-on-exec and owned (`OwnedFd`) from the moment it exists. Pipes and the
+//! SCM_RIGHTS messages themselves are `qvm-wl-fd`'s, the code the guest client uses too.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -9,23 +10,10 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use qvm_wl_fd::{cvt, cvt_size};
+pub use qvm_wl_fd::{pipe, Received};
+
 use crate::protocol::MAX_SEND_VFDS;
-
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
-}
 
 /// A memfd of `size` bytes (a page multiple), sealed so that nobody (neither we nor the
 /// compositor it is sent to) can shrink it under the guest's mapping, grow it past what was
@@ -55,15 +43,6 @@ pub fn sealed_memfd(size: u64) -> io::Result<OwnedFd> {
 pub fn seals(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
     // SAFETY: F_GET_SEALS only reads.
     cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) })
-}
-
-/// A pipe: (read end, write end), both close-on-exec and blocking.
-pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [-1 as RawFd; 2];
-    // SAFETY: pipe2 fills the array with two new fds on success.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    // SAFETY: both fds are new and ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -253,54 +232,11 @@ pub fn send_all(
     if fds.len() > MAX_SEND_VFDS || (data.is_empty() && !fds.is_empty()) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    let deadline = Instant::now() + timeout;
-    let mut sent = 0;
-    let mut cmsg = [0u64; 32];
-    while sent < data.len() {
-        let rest = &data[sent..];
-        let mut iov = libc::iovec {
-            iov_base: rest.as_ptr() as *mut libc::c_void,
-            iov_len: rest.len(),
-        };
-        // SAFETY: msghdr is plain data, filled in below.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        if sent == 0 && !fds.is_empty() {
-            let payload = std::mem::size_of_val(fds) as libc::c_uint;
-            // SAFETY: CMSG_* compute sizes and offsets inside `cmsg`, which is 256 bytes,
-            // 8-aligned, more than CMSG_SPACE(28 * 4).
-            unsafe {
-                msg.msg_control = cmsg.as_mut_ptr().cast();
-                msg.msg_controllen = libc::CMSG_SPACE(payload) as _;
-                let c = libc::CMSG_FIRSTHDR(&msg);
-                (*c).cmsg_level = libc::SOL_SOCKET;
-                (*c).cmsg_type = libc::SCM_RIGHTS;
-                (*c).cmsg_len = libc::CMSG_LEN(payload) as _;
-                let p = libc::CMSG_DATA(c).cast::<RawFd>();
-                for (i, fd) in fds.iter().enumerate() {
-                    p.add(i).write_unaligned(fd.as_raw_fd());
-                }
-            }
-        }
-        // SAFETY: msg points at live buffers for the duration of the call.
-        let r = unsafe {
-            libc::sendmsg(
-                sock.as_raw_fd(),
-                &msg,
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        match cvt_size(r) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait_writable(sock.as_raw_fd(), deadline, stop)?
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    write_within(sock, data.len(), timeout, stop, |sent| {
+        let fds = if sent == 0 { fds } else { &[] };
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        qvm_wl_fd::send_with_fds(sock, &data[sent..], fds, flags)
+    })
 }
 
 /// Writes all of `data` to a non-blocking pipe within `timeout` (see [`send_all`]).
@@ -310,13 +246,27 @@ pub fn write_all(
     timeout: Duration,
     stop: Option<RawFd>,
 ) -> io::Result<()> {
-    let deadline = Instant::now() + timeout;
-    let mut done = 0;
-    while done < data.len() {
+    write_within(fd, data.len(), timeout, stop, |done| {
         let rest = &data[done..];
         // SAFETY: writes from a live buffer.
-        let r = unsafe { libc::write(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len()) };
-        match cvt_size(r) {
+        cvt_size(unsafe { libc::write(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len()) })
+    })
+}
+
+/// Writes `len` bytes to the non-blocking `fd` by calls of `write(done)`, each writing from
+/// offset `done` and saying how much it took; an interrupted call is repeated, and when `fd`
+/// is full we wait for it to drain, until `timeout` from now (or a readable `stop`).
+fn write_within(
+    fd: BorrowedFd<'_>,
+    len: usize,
+    timeout: Duration,
+    stop: Option<RawFd>,
+    mut write: impl FnMut(usize) -> io::Result<usize>,
+) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut done = 0;
+    while done < len {
+        match write(done) {
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -328,72 +278,10 @@ pub fn write_all(
     Ok(())
 }
 
-/// What one `recvmsg` gave.
-#[derive(Debug)]
-pub struct Received {
-    pub len: usize,
-    pub fds: Vec<OwnedFd>,
-    /// The sender attached more fds than fit: those that arrived are in `fds` (owned, so they
-    /// are closed when dropped), the rest were closed by the kernel.
-    pub truncated: bool,
-}
-
-/// One non-blocking `recvmsg` of up to `buf.len()` bytes and up to 28 fds
-/// (MSG_CMSG_CLOEXEC). WouldBlock when there is nothing to read.
+/// One non-blocking `recvmsg` of up to `buf.len()` bytes and up to 28 fds (MSG_CMSG_CLOEXEC);
+/// more fds than that come back `truncated`. WouldBlock when there is nothing to read.
 pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
-    // Room for 28 fds, 8-aligned as cmsghdr wants.
-    let mut cmsg = [0u64; 32];
-    let space = unsafe { libc::CMSG_SPACE((MAX_SEND_VFDS * 4) as libc::c_uint) } as usize;
-    debug_assert!(space <= std::mem::size_of_val(&cmsg));
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: msghdr is plain data.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    let len = loop {
-        // SAFETY: msg points at live buffers.
-        let r = unsafe {
-            libc::recvmsg(
-                sock.as_raw_fd(),
-                &mut msg,
-                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-            )
-        };
-        match cvt_size(r) {
-            Ok(n) => break n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    };
-    let mut fds = Vec::new();
-    // SAFETY: the kernel filled msg_control with msg_controllen bytes of cmsgs; we walk them
-    // with the CMSG macros and take ownership of every SCM_RIGHTS fd exactly once.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c).cast::<RawFd>();
-                let bytes = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
-                for i in 0..bytes / std::mem::size_of::<RawFd>() {
-                    let fd = data.add(i).read_unaligned();
-                    if fd >= 0 {
-                        fds.push(OwnedFd::from_raw_fd(fd));
-                    }
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    Ok(Received {
-        len,
-        fds,
-        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
-    })
+    qvm_wl_fd::recv_with_fds(sock, buf, MAX_SEND_VFDS)
 }
 
 /// One non-blocking read.

@@ -3,7 +3,7 @@
 //! worker thread.
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +23,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::protocol::*;
 use crate::state::{WlState, VFD_TOKEN};
+use crate::test_msgs::{bind, global, msg as wl, string_arg as wl_string, words as wl_words};
 use crate::*;
 
 const MEM_SIZE: usize = 0x100_0000;
@@ -193,6 +194,14 @@ impl H {
         );
         let l = UnixListener::bind(h.dir.path().join("wayland-0")).unwrap();
         (h, l)
+    }
+
+    /// A device with context 1 connected to a compositor: returns the compositor's end.
+    fn with_ctx(acked: u64) -> (H, UnixStream) {
+        let (mut h, l) = H::with_compositor(acked);
+        h.new_vfd(&req_ctx(1));
+        let c = accept(&l);
+        (h, c)
     }
 
     /// Sends a request in one readable descriptor with a 256-byte writable one; returns the
@@ -556,9 +565,7 @@ fn new_ctx_named() {
 
 #[test]
 fn send_shm_passes_the_memfd_itself() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let c = accept(&l);
+    let (mut h, c) = H::with_ctx(ALL);
     let n = h.new_vfd(&req_new(2, 0, 5000));
     let gpa = n.pfn << 12;
     // The guest draws through its mapping...
@@ -585,9 +592,7 @@ fn send_shm_passes_the_memfd_itself() {
 
 #[test]
 fn send_errors() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let _c = accept(&l);
+    let (mut h, _c) = H::with_ctx(ALL);
     h.new_vfd(&req_new(2, 0, 4096));
     h.new_vfd(&req_pipe(3, VFD_READ));
     h.new_vfd(&req_pipe(4, VFD_WRITE));
@@ -610,9 +615,7 @@ fn send_errors() {
 
 #[test]
 fn send_to_a_full_compositor_gives_up() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let _c = accept(&l); // never reads
+    let (mut h, _c) = H::with_ctx(ALL); // the compositor never reads
     let chunk = vec![0x55u8; 60 * 1024];
     let start = Instant::now();
     let mut codes = Vec::new();
@@ -631,9 +634,7 @@ fn send_to_a_full_compositor_gives_up() {
 fn send_fences_changes_only_foreign_id_entries() {
     for acked in [F_TRANS_FLAGS, ALL] {
         let v2 = acked & F_SEND_FENCES != 0;
-        let (mut h, l) = H::with_compositor(acked);
-        h.new_vfd(&req_ctx(1));
-        let c = accept(&l);
+        let (mut h, c) = H::with_ctx(acked);
         h.new_vfd(&req_new(2, 0, 4096));
         // Plain VFD_SEND: u32 ids whatever the features (the Linux driver's format).
         assert_eq!(h.code(&req_send(1, &[2], b"a")), RESP_OK);
@@ -684,9 +685,7 @@ fn pipe_flags() {
 
 #[test]
 fn guest_read_pipe_forwards_bytes_then_hup() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let c = accept(&l);
+    let (mut h, c) = H::with_ctx(ALL);
     h.new_vfd(&req_pipe(5, VFD_READ));
     assert_eq!(h.code(&req_send(1, &[5], b"receive")), RESP_OK);
     let (_, mut fds) = comp_recv(&c);
@@ -710,9 +709,7 @@ fn guest_read_pipe_forwards_bytes_then_hup() {
 
 #[test]
 fn guest_write_pipe_writes_then_hup() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let c = accept(&l);
+    let (mut h, c) = H::with_ctx(ALL);
     h.new_vfd(&req_pipe(6, VFD_WRITE));
     assert_eq!(h.code(&req_send(1, &[6], b"send")), RESP_OK);
     let (_, mut fds) = comp_recv(&c);
@@ -738,9 +735,7 @@ fn guest_write_pipe_writes_then_hup() {
 
 #[test]
 fn compositor_bytes_and_fds_become_vfd_new_then_recv() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let c = accept(&l);
+    let (mut h, c) = H::with_ctx(ALL);
     h.post_in(8);
     // A keymap-like shm file (not a page multiple), a pipe write end (data_source.send),
     // a pipe read end, and a socket (not usable: dropped).
@@ -797,9 +792,7 @@ fn compositor_bytes_and_fds_become_vfd_new_then_recv() {
 
 #[test]
 fn write_protected_compositor_shm_reaches_the_guest_as_a_copy() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let c = accept(&l);
+    let (mut h, c) = H::with_ctx(ALL);
     h.post_in(8);
     // weston's keymaps: a memfd sealed against writes (cannot back a writable mapping), and
     // a file opened read-only.
@@ -892,9 +885,7 @@ fn compositor_fds_over_the_limits_are_dropped() {
 
 #[test]
 fn more_than_28_fds_hang_up_the_ctx_without_leaking() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let c = accept(&l);
+    let (mut h, c) = H::with_ctx(ALL);
     h.post_in(32);
     let (pr, pw) = sys::pipe().unwrap();
     let dups: Vec<OwnedFd> = (0..40).map(|_| pw.try_clone().unwrap()).collect();
@@ -920,31 +911,12 @@ fn more_than_28_fds_hang_up_the_ctx_without_leaking() {
     assert_eq!(f.read(&mut buf).unwrap(), 0);
 }
 
+/// Sends one byte with `fds` attached, past the device's own 28-fd check.
 fn raw_send_fds(s: &UnixStream, fds: &[OwnedFd]) {
-    let mut cmsg = vec![0u64; 64];
-    let data = [b'x'];
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut _,
-        iov_len: 1,
-    };
-    // SAFETY: test-only sendmsg with a control buffer large enough for 40 fds.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        let payload = (fds.len() * 4) as u32;
-        msg.msg_control = cmsg.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(payload) as _;
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(payload) as _;
-        let p = libc::CMSG_DATA(c).cast::<i32>();
-        for (i, f) in fds.iter().enumerate() {
-            p.add(i).write_unaligned(f.as_raw_fd());
-        }
-        assert_eq!(libc::sendmsg(s.as_raw_fd(), &msg, 0), 1);
-    }
+    assert_eq!(
+        qvm_wl_fd::send_with_fds(s.as_fd(), b"x", fds, 0).unwrap(),
+        1
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -953,9 +925,7 @@ fn raw_send_fds(s: &UnixStream, fds: &[OwnedFd]) {
 
 #[test]
 fn no_in_buffers_means_no_reading() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let mut c = accept(&l);
+    let (mut h, mut c) = H::with_ctx(ALL);
     c.set_nonblocking(true).unwrap();
     // No in buffers: the device does not read; the compositor's socket fills up.
     let chunk = [0x42u8; 4096];
@@ -1001,9 +971,7 @@ fn no_in_buffers_means_no_reading() {
 
 #[test]
 fn unusable_in_buffers_are_returned_empty() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let c = accept(&l);
+    let (mut h, c) = H::with_ctx(ALL);
     // Too small, readable, outside memory: each is returned with length 0; the message waits.
     let a = h.inr.buf(4096);
     h.inr.publish(&h.mem, &[(a, 8, true)]);
@@ -1021,9 +989,7 @@ fn unusable_in_buffers_are_returned_empty() {
 
 #[test]
 fn close_drops_pending_messages_and_unannounced_vfds() {
-    let (mut h, l) = H::with_compositor(ALL);
-    h.new_vfd(&req_ctx(1));
-    let c = accept(&l);
+    let (mut h, c) = H::with_ctx(ALL);
     h.post_in(1);
     let shm = tempfile::tempfile().unwrap();
     shm.set_len(4096).unwrap();
@@ -1275,41 +1241,14 @@ fn device_serves_requests_and_reset_closes_everything() {
 // The Wayland policy, through the device state
 // ---------------------------------------------------------------------------------------------
 
-/// One Wayland message: `object`, `opcode`, argument bytes.
-fn wl(object: u32, opcode: u16, args: &[u8]) -> Vec<u8> {
-    let size = 8 + args.len() as u32;
-    let mut b = object.to_le_bytes().to_vec();
-    b.extend_from_slice(&((size << 16) | u32::from(opcode)).to_le_bytes());
-    b.extend_from_slice(args);
-    b
-}
-
-fn wl_words(w: &[u32]) -> Vec<u8> {
-    w.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn wl_string(s: &str) -> Vec<u8> {
-    let mut b = ((s.len() + 1) as u32).to_le_bytes().to_vec();
-    b.extend_from_slice(s.as_bytes());
-    b.push(0);
-    while !b.len().is_multiple_of(4) {
-        b.push(0);
-    }
-    b
-}
-
+/// `wl_registry.global` on the registry the device tests' client gets (id 2).
 fn wl_global(name: u32, iface: &str, version: u32) -> Vec<u8> {
-    let mut a = wl_words(&[name]);
-    a.extend(wl_string(iface));
-    a.extend(wl_words(&[version]));
-    wl(2, 0, &a)
+    global(2, name, iface, version)
 }
 
+/// `wl_registry.bind` on registry 2.
 fn wl_bind(name: u32, iface: &str, version: u32, id: u32) -> Vec<u8> {
-    let mut a = wl_words(&[name]);
-    a.extend(wl_string(iface));
-    a.extend(wl_words(&[version, id]));
-    wl(2, 0, &a)
+    bind(2, name, iface, version, id)
 }
 
 impl H {

@@ -65,6 +65,20 @@ fn report(case: &str, what: String) {
     println!("QVM-WL-HOSTILE {case} {what}");
 }
 
+/// Allocates `size`-byte buffers until the device refuses one (or 100,000 succeed), reports
+/// `case` as `count=<held> <how the last ended>`, then frees them all.
+fn fill(dev: RawFd, case: &str, size: u32) {
+    let mut held = Vec::new();
+    let last = loop {
+        match alloc(dev, size) {
+            Ok(fd) if held.len() < 100_000 => held.push(fd),
+            Ok(_) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    report(case, format!("count={} {}", held.len(), outcome(&last)));
+}
+
 /// Runs every case; errors opening the device are the only failure.
 pub fn run() -> io::Result<()> {
     let path = std::ffi::CString::new(wl0::DEV_PATH).map_err(io::Error::other)?;
@@ -87,33 +101,9 @@ pub fn run() -> io::Result<()> {
     report("bad-type", outcome(&new(dev, IoctlNew::new(99))));
 
     // As many small buffers as the VM allows: the limit answers, not the host.
-    let mut held = Vec::new();
-    let last = loop {
-        match alloc(dev, 4096) {
-            Ok(fd) if held.len() < 100_000 => held.push(fd),
-            Ok(_) => break Ok(()),
-            Err(e) => break Err(e),
-        }
-    };
-    report(
-        "vfd-limit",
-        format!("count={} {}", held.len(), outcome(&last)),
-    );
-    held.clear();
-
+    fill(dev, "vfd-limit", 4096);
     // Memory: 4 MiB buffers until the VM's buffer limit answers.
-    let last = loop {
-        match alloc(dev, 4 << 20) {
-            Ok(fd) if held.len() < 100_000 => held.push(fd),
-            Ok(_) => break Ok(()),
-            Err(e) => break Err(e),
-        }
-    };
-    report(
-        "buffer-limit",
-        format!("count={} {}", held.len(), outcome(&last)),
-    );
-    held.clear();
+    fill(dev, "buffer-limit", 4 << 20);
 
     // A context to the compositor: a foreign fd (stdin) in a SEND, then an invalid request.
     match new(dev, IoctlNew::new(wl0::NEW_CTX)) {

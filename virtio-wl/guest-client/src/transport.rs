@@ -3,14 +3,17 @@
 //! * [`Wl0Transport`]: the product path, the virtio-wl guest driver's `/dev/wl0`
 //!   (context vfd with SEND/RECV ioctls, allocations and pipes are vfds too).
 //! * [`SocketTransport`]: an ordinary `$XDG_RUNTIME_DIR/$WAYLAND_DISPLAY` Unix socket
-//!   with SCM_RIGHTS; allocations are memfds, pipes are pipe2 pairs.
+//!   with SCM_RIGHTS (`qvm-wl-fd`, the code the host device uses too); allocations are
+//!   memfds, pipes are pipe2 pairs.
 
 use std::collections::VecDeque;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+
+use qvm_wl_fd::cvt;
 
 /// Most fds one message may carry (virtio-wl limit; libwayland's is the same).
 pub const MAX_FDS: usize = 28;
@@ -101,14 +104,6 @@ pub trait Transport {
     fn alloc(&mut self, size: usize) -> io::Result<Alloc>;
     /// A pipe whose write side goes to the compositor.
     fn pipe_read(&mut self) -> io::Result<PipeEnds>;
-}
-
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
 }
 
 fn page_round(n: usize) -> usize {
@@ -431,7 +426,9 @@ impl SocketTransport {
     }
 }
 
-const CMSG_FDS_SPACE: usize = 256; // >= CMSG_SPACE(28 * 4) = 128 on 64-bit
+/// The most fds one receive takes: all a 256-byte control buffer holds, more than one
+/// message may carry ([`MAX_FDS`]); a peer's surplus waits in the queue with the others.
+const RECV_MAX_FDS: usize = 60;
 
 impl Transport for SocketTransport {
     fn name(&self) -> &'static str {
@@ -443,102 +440,29 @@ impl Transport for SocketTransport {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds"));
         }
         let mut off = 0;
-        let mut first = true;
         while off < data.len() {
-            let mut iov = libc::iovec {
-                iov_base: data[off..].as_ptr() as *mut libc::c_void,
-                iov_len: data.len() - off,
-            };
-            let mut cmsg_buf = [0u64; CMSG_FDS_SPACE / 8];
-            // SAFETY: zeroed msghdr is a valid "empty" value.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            if first && !fds.is_empty() {
-                let payload = std::mem::size_of_val(fds) as u32;
-                // SAFETY: CMSG_* on a buffer large enough for CMSG_SPACE(payload).
-                unsafe {
-                    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
-                    msg.msg_controllen = libc::CMSG_SPACE(payload) as _;
-                    let cmsg = libc::CMSG_FIRSTHDR(&msg);
-                    (*cmsg).cmsg_level = libc::SOL_SOCKET;
-                    (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-                    (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as _;
-                    std::ptr::copy_nonoverlapping(
-                        fds.as_ptr().cast::<u8>(),
-                        libc::CMSG_DATA(cmsg),
-                        payload as usize,
-                    );
-                }
-            }
-            // SAFETY: msg points at live iov/cmsg buffers.
-            let n = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            off += n as usize;
-            first = false;
+            let fds = if off == 0 { fds } else { &[] };
+            off +=
+                qvm_wl_fd::send_with_fds(self.sock.as_fd(), &data[off..], fds, libc::MSG_NOSIGNAL)?;
         }
         Ok(())
     }
 
     fn recv(&mut self, data: &mut Vec<u8>, fds: &mut VecDeque<OwnedFd>) -> io::Result<bool> {
         let mut buf = [0u8; 4096];
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
+        let r = match qvm_wl_fd::recv_with_fds(self.sock.as_fd(), &mut buf, RECV_MAX_FDS) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) => return Err(e),
         };
-        let mut cmsg_buf = [0u64; CMSG_FDS_SPACE / 8];
-        // SAFETY: zeroed msghdr is valid; we point it at live buffers.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cmsg_buf.as_mut_ptr().cast();
-        msg.msg_controllen = CMSG_FDS_SPACE as _;
-        let n = loop {
-            // SAFETY: as above.
-            let n = unsafe {
-                libc::recvmsg(
-                    self.sock.as_raw_fd(),
-                    &mut msg,
-                    libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
-                )
-            };
-            if n >= 0 {
-                break n as usize;
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => return Ok(true),
-                _ => return Err(e),
-            }
-        };
-        // SAFETY: walking the control messages the kernel filled in.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                    let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                    let p = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                    for i in 0..payload / 4 {
-                        fds.push_back(OwnedFd::from_raw_fd(p.add(i).read_unaligned()));
-                    }
-                }
-                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-            }
-        }
-        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        fds.extend(r.fds);
+        if r.truncated {
             return Err(io::Error::other(
                 "recvmsg: control data truncated (fds lost)",
             ));
         }
-        data.extend_from_slice(&buf[..n]);
-        Ok(n > 0)
+        data.extend_from_slice(&buf[..r.len]);
+        Ok(r.len > 0)
     }
 
     fn poll_fd(&self) -> RawFd {
@@ -560,16 +484,11 @@ impl Transport for SocketTransport {
     }
 
     fn pipe_read(&mut self) -> io::Result<PipeEnds> {
-        let mut p = [-1; 2];
-        // SAFETY: p has room for two fds.
-        cvt(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) })?;
-        // SAFETY: fresh fds we own.
-        unsafe {
-            Ok(PipeEnds {
-                local: OwnedFd::from_raw_fd(p[0]),
-                remote: Some(OwnedFd::from_raw_fd(p[1])),
-            })
-        }
+        let (local, remote) = qvm_wl_fd::pipe()?;
+        Ok(PipeEnds {
+            local,
+            remote: Some(remote),
+        })
     }
 }
 

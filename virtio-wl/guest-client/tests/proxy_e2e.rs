@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{need, start_xvfb, Reaper, Weston, SOCKET};
+use common::{demo, need, own_selection, start_xvfb, wait_for_line, Reaper, Weston, SOCKET};
 
 const GUEST_SOCKET: &str = "guest-0";
 
@@ -85,10 +85,6 @@ fn guest_client(weston: &Weston, prog: &Path) -> Command {
     c
 }
 
-fn demo() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_qvm-wl-demo"))
-}
-
 /// Runs the demo through the proxy to its hold, screenshots (weston directly) and checks
 /// every pixel of the last frame.
 fn demo_frames_check(weston: &Weston, shooter: &Path, w: u32, h: u32, frames: u32) {
@@ -102,18 +98,9 @@ fn demo_frames_check(weston: &Weston, shooter: &Path, w: u32, h: u32, frames: u3
             .spawn()
             .unwrap(),
     );
-    let mut lines = BufReader::new(d.0.stdout.take().unwrap()).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.starts_with("QVM-WL-HOLD") => break,
-            Some(Ok(_)) => {}
-            _ => panic!(
-                "demo through the proxy failed: {}\n{}",
-                d.finish(),
-                weston.log()
-            ),
-        }
-    }
+    let _stdout = wait_for_line(&mut d, weston, "demo through the proxy", |l| {
+        l.starts_with("QVM-WL-HOLD")
+    });
     let png = weston.screenshot(shooter);
     let out = Command::new(env!("CARGO_BIN_EXE_qvm-wl-check"))
         .arg(&png)
@@ -252,31 +239,12 @@ fn proxy_clipboard_both_ways_and_null_selection() {
     assert_eq!(null_stats["commits_copied"], 1, "{null_stats:?}");
 
     for (owner_via_proxy, text) in [(true, "guest-to-host ✓"), (false, "host-to-guest é")] {
-        let mut c = if owner_via_proxy {
+        let c = if owner_via_proxy {
             guest_client(&weston, demo())
         } else {
             weston.client(demo())
         };
-        let mut owner = Reaper(
-            c.args(["--transport", "socket", "--frames", "1", "--hold", "30"])
-                .args(["--set-selection", text])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let mut lines = BufReader::new(owner.0.stdout.take().unwrap()).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(l)) if l == "QVM-WL-SELECTION-SET" => break,
-                Some(Ok(_)) => {}
-                _ => panic!(
-                    "selection owner failed: {}\n{}",
-                    owner.finish(),
-                    weston.log()
-                ),
-            }
-        }
+        let (mut owner, _owner_stdout) = own_selection(c, &weston, text);
         let (code, stdout, stderr) = get(!owner_via_proxy);
         assert_eq!(code, Some(0), "{stdout}{stderr}");
         assert!(

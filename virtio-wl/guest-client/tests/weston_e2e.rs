@@ -15,7 +15,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{need, start_xvfb, Reaper, Weston};
+use common::{demo, need, own_selection, start_xvfb, Reaper, Weston};
 
 fn check(png: &Path, w: u32, h: u32, frame: u32) -> Output {
     Command::new(env!("CARGO_BIN_EXE_qvm-wl-check"))
@@ -28,7 +28,7 @@ fn check(png: &Path, w: u32, h: u32, frame: u32) -> Output {
 
 /// Run the demo, screenshot while it holds its last frame, check, and wait for it.
 fn run_demo(weston: &Weston, shooter: &Path, w: u32, h: u32, frames: u32, extra: &[&str]) {
-    let mut cmd = weston.client(Path::new(env!("CARGO_BIN_EXE_qvm-wl-demo")));
+    let mut cmd = weston.client(demo());
     cmd.args(["--transport", "socket", "--hold", "20"])
         .args(["--width", &w.to_string(), "--height", &h.to_string()])
         .args(["--frames", &frames.to_string()])
@@ -116,7 +116,7 @@ fn weston_demo_runs_to_completion() {
     let weston_bin = need("weston");
     let weston = Weston::start(&weston_bin);
     let out = weston
-        .client(Path::new(env!("CARGO_BIN_EXE_qvm-wl-demo")))
+        .client(demo())
         .args(["--transport", "socket", "--width", "64", "--height", "48"])
         .args(["--frames", "10", "--hold", "0.2"])
         .output()
@@ -140,7 +140,7 @@ fn headless_weston_has_no_seat_for_the_clipboard() {
     let weston_bin = need("weston");
     let weston = Weston::start(&weston_bin);
     let out = weston
-        .client(Path::new(env!("CARGO_BIN_EXE_qvm-wl-demo")))
+        .client(demo())
         .args(["--transport", "socket", "--frames", "1", "--get-selection"])
         .output()
         .unwrap();
@@ -155,32 +155,10 @@ fn clipboard_roundtrip_between_two_clients() {
     let (weston_bin, xvfb) = (need("weston"), need("Xvfb"));
     let (_x, display) = start_xvfb(&xvfb);
     let weston = Weston::start_x11(&weston_bin, &display);
-    let demo = Path::new(env!("CARGO_BIN_EXE_qvm-wl-demo"));
     let text = "qvm clipboard: héllo ✓";
-    let mut owner = Reaper(
-        weston
-            .client(demo)
-            .args(["--transport", "socket", "--frames", "1", "--hold", "30"])
-            .args(["--set-selection", text])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(owner.0.stdout.take().unwrap()).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l == "QVM-WL-SELECTION-SET" => break,
-            Some(Ok(_)) => {}
-            _ => panic!(
-                "selection owner failed: {}\n{}",
-                owner.finish(),
-                weston.log()
-            ),
-        }
-    }
+    let (owner, _owner_stdout) = own_selection(weston.client(demo()), &weston, text);
     let out = weston
-        .client(demo)
+        .client(demo())
         .args(["--transport", "socket", "--frames", "1", "--get-selection"])
         .output()
         .unwrap();

@@ -30,6 +30,17 @@ static void fail(const char *what)
 	exit(1);
 }
 
+/* A fresh write pipe or ctx vfd must poll writable at once. */
+static void need_writable(int fd, const char *what)
+{
+	struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+
+	if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLOUT)) {
+		errno = EINVAL;
+		fail(what);
+	}
+}
+
 static int wl_new(int wl, struct virtwl_ioctl_new *n)
 {
 	n->fd = -1;
@@ -112,12 +123,7 @@ static void test_pipes(int wl)
 	n.type = VIRTWL_IOCTL_NEW_PIPE_WRITE;
 	if (wl_new(wl, &n))
 		fail("NEW PIPE_WRITE");
-	pfd.fd = n.fd;
-	pfd.events = POLLOUT;
-	if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLOUT)) {
-		errno = EINVAL;
-		fail("write pipe does not poll writable");
-	}
+	need_writable(n.fd, "write pipe does not poll writable");
 	if (write(n.fd, "hello", 5) != 5)
 		fail("write to the write pipe");
 	{
@@ -146,7 +152,6 @@ static void test_pipes(int wl)
 static void test_ctx(int wl, const char *name)
 {
 	struct virtwl_ioctl_new n = { .type = VIRTWL_IOCTL_NEW_CTX };
-	struct pollfd pfd;
 
 	if (name) {
 		n.type = VIRTWL_IOCTL_NEW_CTX_NAMED;
@@ -154,12 +159,7 @@ static void test_ctx(int wl, const char *name)
 	}
 	if (wl_new(wl, &n))
 		fail("NEW CTX");
-	pfd.fd = n.fd;
-	pfd.events = POLLOUT;
-	if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLOUT)) {
-		errno = EINVAL;
-		fail("ctx does not poll writable");
-	}
+	need_writable(n.fd, "ctx does not poll writable");
 	close(n.fd);
 	printf("wltest: ok ctx%s%s\n", name ? " " : "", name ? name : "");
 }

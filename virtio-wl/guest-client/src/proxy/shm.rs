@@ -205,6 +205,17 @@ pub struct Pool {
     pub twin: Rc<RefCell<Alloc>>,
 }
 
+impl Pool {
+    /// A pool mapped as `client` and mirrored into `twin`, neither shared with a buffer yet.
+    pub fn new(shm_host: u32, client: ClientMap, twin: Alloc) -> Pool {
+        Pool {
+            shm_host,
+            client: Rc::new(RefCell::new(client)),
+            twin: Rc::new(RefCell::new(twin)),
+        }
+    }
+}
+
 /// A buffer in a pool: where its pixels are in the client pool and in the twin.
 pub struct Buffer {
     pub client: Rc<RefCell<ClientMap>>,

@@ -1,11 +1,11 @@
 //! Shared by the host end-to-end tests: a weston to talk to (headless, or x11 inside Xvfb),
-//! child reaping, and PATH lookup.
+//! child reaping, PATH lookup, and the demo's runs whose output the tests wait on.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Lines};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const SOCKET: &str = "qvm-wl-e2e";
@@ -13,6 +13,11 @@ pub const SOCKET: &str = "qvm-wl-e2e";
 /// Animations off (so the screenshot is never mid-fade), no panel, no lock screen: the one
 /// weston.ini the lab tests and benches use too (`qvm_tests::wayland::WESTON_INI`).
 pub const WESTON_INI: &str = include_str!("../../../../tests/assets/weston.ini");
+
+/// The qvm-wl-demo binary of this build.
+pub fn demo() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_qvm-wl-demo"))
+}
 
 pub fn which(prog: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
@@ -67,6 +72,46 @@ impl Drop for Reaper {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// Reads the child's piped stdout until a line `done` accepts. A child whose output ends
+/// first fails the test: "`what` failed", its stderr and weston's log. Returns the rest of
+/// its stdout, to keep while the child runs (a closed pipe would fail its next line).
+pub fn wait_for_line(
+    child: &mut Reaper,
+    weston: &Weston,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) -> Lines<BufReader<ChildStdout>> {
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if done(&l) => return lines,
+            Some(Ok(_)) => {}
+            _ => panic!("{what} failed: {}\n{}", child.finish(), weston.log()),
+        }
+    }
+}
+
+/// Runs `demo` (a [`demo()`] command for a compositor) owning the clipboard selection `text`
+/// for 30 s; returns once it has set it, with the rest of its stdout (see [`wait_for_line`]).
+pub fn own_selection(
+    mut demo: Command,
+    weston: &Weston,
+    text: &str,
+) -> (Reaper, Lines<BufReader<ChildStdout>>) {
+    let mut owner = Reaper(
+        demo.args(["--transport", "socket", "--frames", "1", "--hold", "30"])
+            .args(["--set-selection", text])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = wait_for_line(&mut owner, weston, "selection owner", |l| {
+        l == "QVM-WL-SELECTION-SET"
+    });
+    (owner, lines)
 }
 
 pub struct Weston {
