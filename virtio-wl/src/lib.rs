@@ -41,10 +41,6 @@
 //!   PROT_READ | PROT_WRITE, MAP_SHARED; munmap; `ioctl(KVM_SET_USER_MEMORY_REGION)`), which
 //!   runs in this thread.
 
-// TODO(issue 16): the virtio-wl owner removes these (found when the workspace lints came in).
-#![allow(clippy::undocumented_unsafe_blocks)]
-#![allow(clippy::unwrap_used)]
-
 pub mod chain;
 mod device;
 pub mod mapper;

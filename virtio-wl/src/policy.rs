@@ -330,9 +330,10 @@ impl<'a> Msg<'a> {
     }
 }
 
+/// A message header's (object, opcode, size); callers have checked `b` holds 8 bytes.
 fn header(b: &[u8]) -> (u32, u16, usize) {
-    let object = u32::from_le_bytes(b[0..4].try_into().unwrap());
-    let w = u32::from_le_bytes(b[4..8].try_into().unwrap());
+    let le_u32 = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let (object, w) = (le_u32(0), le_u32(4));
     (object, (w & 0xffff) as u16, (w >> 16) as usize)
 }
 

@@ -29,6 +29,7 @@ pub fn sealed_memfd(size: u64) -> io::Result<OwnedFd> {
     let len = libc::off_t::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
     // SAFETY: plain syscalls on an fd we own.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len) })?;
+    // SAFETY: F_ADD_SEALS on the same fd.
     cvt(unsafe {
         libc::fcntl(
             fd.as_raw_fd(),
@@ -49,6 +50,7 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: F_GETFL/F_SETFL on a valid fd.
     let fl = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
     if fl & libc::O_NONBLOCK == 0 {
+        // SAFETY: F_SETFL with the flags just read plus O_NONBLOCK.
         cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) })?;
     }
     Ok(())
@@ -62,8 +64,9 @@ pub fn access_mode(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
 
 /// Whether `fd` is a FIFO (a pipe).
 pub fn is_fifo(fd: BorrowedFd<'_>) -> bool {
-    // SAFETY: fstat writes into a zeroed stat we own.
+    // SAFETY: stat is plain old data; all-zero is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes only into the struct we own.
     let r = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
     r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO
 }
@@ -101,6 +104,7 @@ pub fn snapshot_memfd(src: BorrowedFd<'_>, size: u64, rounded: u64) -> io::Resul
     let dst = sealed_memfd(rounded)?;
     // SAFETY: plain lseek calls on an fd we hold.
     let cur = unsafe { libc::lseek(src.as_raw_fd(), 0, libc::SEEK_CUR) };
+    // SAFETY: as above.
     if unsafe { libc::lseek(src.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -796,13 +796,15 @@ fn write_protected_compositor_shm_reaches_the_guest_as_a_copy() {
     h.post_in(8);
     // weston's keymaps: a memfd sealed against writes (cannot back a writable mapping), and
     // a file opened read-only.
-    // SAFETY: a fresh memfd we own, sealed with F_ADD_SEALS.
     let keymap = {
+        // SAFETY: memfd_create with a valid NUL-terminated name.
         let fd = unsafe { libc::memfd_create(c"km".as_ptr(), libc::MFD_ALLOW_SEALING) };
         assert!(fd >= 0);
+        // SAFETY: a fresh memfd that nothing else owns.
         let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         f.write_all(b"xkb_keymap { sealed };").unwrap();
         assert_eq!(
+            // SAFETY: F_ADD_SEALS on the memfd we own.
             unsafe {
                 libc::fcntl(
                     fd,

@@ -9,10 +9,6 @@
 //! * [`check`]: PNG decoding and the pattern search behind `qvm-wl-check`.
 //! * [`proxy`]: `qvm-wl-proxy`, the guest Wayland socket relayed over virtio-wl.
 
-// TODO(issue 16): the virtio-wl owner removes these (found when the workspace lints came in).
-#![allow(clippy::undocumented_unsafe_blocks)]
-#![allow(clippy::unwrap_used)]
-
 pub mod check;
 pub mod demo;
 pub mod hostile;
@@ -24,8 +20,9 @@ pub mod wire;
 
 /// This process's CPU time so far, (user, system) in microseconds (the bench's figures).
 pub fn cpu_us() -> (u64, u64) {
-    // SAFETY: getrusage into a zeroed struct we own.
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes only into the struct we own.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
     (us(ru.ru_utime), us(ru.ru_stime))

@@ -368,9 +368,8 @@ impl Wl0Allocator {
         let dev = cvt(unsafe { libc::open(cpath.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })
             .map_err(|e| io::Error::new(e.kind(), format!("open {path}: {e}")))?;
         // SAFETY: a fresh fd we own.
-        Ok(Wl0Allocator {
-            dev: unsafe { OwnedFd::from_raw_fd(dev) },
-        })
+        let dev = unsafe { OwnedFd::from_raw_fd(dev) };
+        Ok(Wl0Allocator { dev })
     }
 
     pub fn alloc(&self, size: usize) -> io::Result<Alloc> {

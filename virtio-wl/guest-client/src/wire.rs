@@ -84,7 +84,7 @@ impl Message {
     /// Finish the message: patch the size into the header.
     pub fn finish(mut self) -> (Vec<u8>, Vec<RawFd>) {
         let size = self.bytes.len() as u32;
-        let op = u32::from_ne_bytes(self.bytes[4..8].try_into().unwrap());
+        let op = ne_u32(&self.bytes[4..8]);
         self.bytes[4..8].copy_from_slice(&((size << 16) | (op & 0xffff)).to_ne_bytes());
         (self.bytes, self.fds)
     }
@@ -112,8 +112,8 @@ pub fn take_message(buf: &mut Vec<u8>) -> Result<Option<Event>, WireError> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }
-    let object = u32::from_ne_bytes(buf[0..4].try_into().unwrap());
-    let word = u32::from_ne_bytes(buf[4..8].try_into().unwrap());
+    let object = ne_u32(&buf[0..4]);
+    let word = ne_u32(&buf[4..8]);
     let size = (word >> 16) as usize;
     if size < HEADER_LEN || size & 3 != 0 {
         return Err(WireError(format!(
@@ -146,7 +146,7 @@ impl<'a> ArgReader<'a> {
             .get(self.pos..self.pos + 4)
             .ok_or_else(|| WireError("argument past end of message".into()))?;
         self.pos += 4;
-        Ok(u32::from_ne_bytes(b.try_into().unwrap()))
+        Ok(ne_u32(b))
     }
 
     pub fn int(&mut self) -> Result<i32, WireError> {
@@ -174,6 +174,13 @@ impl<'a> ArgReader<'a> {
             Some(_) => Err(WireError("string without NUL terminator".into())),
         }
     }
+}
+
+/// The native-endian `u32` in the first 4 bytes of `b` (callers have checked there are 4).
+fn ne_u32(b: &[u8]) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[..4]);
+    u32::from_ne_bytes(w)
 }
 
 #[cfg(test)]

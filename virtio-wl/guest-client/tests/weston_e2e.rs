@@ -2,9 +2,8 @@
 //! `--transport socket`, weston-screenshooter, qvm-wl-check. A missing weston or
 //! weston-screenshooter fails the test, naming the package.
 
-// TODO(issue 16): the virtio-wl owner removes these (found when the workspace lints came in).
-// An integration test's helpers are outside clippy's allow-unwrap-in-tests (its #[test]
-// functions only), so keeping this allow, as api/tests does, is the other way out.
+// Test code: an unwrap here is a test failure that says what failed. clippy's
+// allow-unwrap-in-tests covers #[test] functions only, not the helpers a test crate has.
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -152,7 +152,11 @@ pub fn run_with(t: Box<dyn Transport>, opts: &Options) -> Result<Report, Error> 
         c.wait("a wl_buffer.release", ROUNDTRIP_TIMEOUT, |c| {
             c.buffer_busy.contains(&false)
         })?;
-        let i = c.buffer_busy.iter().position(|b| !b).unwrap();
+        let i = c
+            .buffer_busy
+            .iter()
+            .position(|b| !b)
+            .ok_or_else(|| Error::Other("no released buffer after the wait".into()))?;
         let dst = &mut alloc.as_mut_slice()[i * frame_bytes..][..frame_bytes];
         // The rectangle this frame changed (buffer coordinates).
         let mut rect = (0, 0, w, h);

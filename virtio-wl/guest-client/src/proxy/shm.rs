@@ -141,8 +141,9 @@ impl ClientMap {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty pool"));
         }
-        // SAFETY: fstat into a zeroed struct we own.
+        // SAFETY: stat is plain old data; all-zero is a valid value.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat writes only into the struct we own.
         if unsafe { libc::fstat(self.fd.as_raw_fd(), &mut st) } != 0 {
             return Err(io::Error::last_os_error());
         }
