@@ -1,13 +1,14 @@
 //! Fuzzes the virtio-net transmit path: the input becomes a descriptor table, an avail ring
 //! and frame bytes in a small guest memory, sent to an in-memory tap whose writes may block
 //! (EAGAIN) or fail. The input layout is documented at
-//! `qvm_devices::virtio::net::fuzz_net_tx`.
+//! `qvm_devices::virtio::net::fuzz::fuzz_net_tx`.
 #![no_main]
 
 use std::sync::{Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use qvm_devices::virtio::net::{fuzz_backend, fuzz_memory, fuzz_net_tx, FakeTap, NetBackend};
+use qvm_devices::virtio::net::fuzz::{fuzz_backend, fuzz_memory, fuzz_net_tx};
+use qvm_devices::virtio::net::{FakeTap, NetBackend};
 use qvm_devices::virtio::GuestMemoryMmap;
 
 struct State {

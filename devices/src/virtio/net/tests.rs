@@ -1,13 +1,22 @@
+//! virtio-net tests: the backend driven directly over driver-side rings and a [`FakeTap`], the
+//! device through its worker thread over a socketpair standing in for the tap, a real tap (root
+//! only), and the fuzz harnesses on random inputs.
+
+use super::fuzz::{fuzz_backend, fuzz_memory, fuzz_net_rx, fuzz_net_tx};
 use super::*;
-use crate::virtio::{ActiveQueue, InterruptKind};
+use crate::virtio::{ActiveQueue, GuestMemoryMmap, Interrupt, InterruptKind};
+use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::Address;
+use virtio_queue::Queue;
+use vm_memory::{Address, Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
 const MEM_SIZE: usize = 8 << 20;
