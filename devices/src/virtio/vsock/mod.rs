@@ -32,6 +32,7 @@ pub mod muxer;
 pub mod packet;
 #[cfg(test)]
 mod tests;
+pub mod unix;
 
 use std::io;
 use std::os::unix::fs::MetadataExt;

@@ -21,6 +21,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::muxer::*;
 use super::packet::*;
+use super::unix::port_path;
 use super::*;
 use crate::virtio::{ActiveQueue, InterruptKind};
 
