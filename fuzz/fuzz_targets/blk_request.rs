@@ -6,8 +6,9 @@
 use std::sync::{Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use qvm_devices::virtio::block::fuzz::{fuzz_blk_request, fuzz_memory};
+use qvm_devices::virtio::block::fuzz::fuzz_blk_request;
 use qvm_devices::virtio::block::{BlockConfig, Disk};
+use qvm_devices::virtio::testing::fuzz::memory as fuzz_memory;
 use qvm_devices::virtio::GuestMemoryMmap;
 
 struct State {

@@ -7,25 +7,12 @@
 use std::sync::{Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use qvm_devices::virtio::net::fuzz::{fuzz_backend, fuzz_memory, fuzz_net_tx};
-use qvm_devices::virtio::net::{FakeTap, NetBackend};
-use qvm_devices::virtio::GuestMemoryMmap;
+use qvm_devices::virtio::net::fuzz::NetFuzz;
 
-struct State {
-    mem: GuestMemoryMmap,
-    backend: NetBackend<FakeTap>,
-}
-
-static STATE: OnceLock<Mutex<State>> = OnceLock::new();
+static STATE: OnceLock<Mutex<NetFuzz>> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
-    let state = STATE.get_or_init(|| {
-        Mutex::new(State {
-            mem: fuzz_memory(),
-            backend: fuzz_backend(),
-        })
-    });
-    let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
-    let State { mem, backend } = &mut *guard;
-    fuzz_net_tx(backend, mem, data);
+    let state = STATE.get_or_init(|| Mutex::new(NetFuzz::default()));
+    let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+    state.tx(data);
 });

@@ -17,11 +17,16 @@
 //!
 //! The transport ([`mmio::MmioTransport`]) owns the register state machine and the queues
 //! until activation; it is the only [`crate::BusDevice`] the vCPUs see.
+//!
+//! Tests, the fuzz harnesses and the benches build their rings with `testing` (in tests, and
+//! with the `test-utils` feature).
 
 pub mod block;
 pub mod common;
 pub mod mmio;
 pub mod net;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 pub mod vhost_user;
 pub mod vsock;
 pub mod worker;

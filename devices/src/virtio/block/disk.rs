@@ -46,7 +46,7 @@ fn is_unsupported(err: &io::Error) -> bool {
     )
 }
 
-pub(super) static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// An open disk image and what the guest may do with it.
 #[derive(Debug)]

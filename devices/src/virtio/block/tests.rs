@@ -1,24 +1,24 @@
 //! virtio-blk tests: requests driven through [`Disk`] over a driver-side ring in plain guest
 //! memory, the device through its worker thread, and the fuzz harness on random inputs.
 
-use super::fuzz::{fuzz_blk_request, fuzz_memory};
+use super::fuzz::fuzz_blk_request;
 use super::*;
-use crate::virtio::{ActiveQueue, GuestMemoryMmap, Interrupt, InterruptKind, VirtioDevice};
+use crate::virtio::testing::{
+    self, fuzz::memory as fuzz_memory, guest_bytes, pattern, wait_for, CountingInterrupt, Rng,
+    SplitRing, TempDir, TestQueue,
+};
+use crate::virtio::{ActiveQueue, GuestMemoryMmap, VirtioDevice};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use virtio_bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
 };
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::desc::RawDescriptor;
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
-use vm_memory::{Address, Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::eventfd::EFD_NONBLOCK;
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const MEM_SIZE: usize = 8 << 20;
 const DISK_SIZE: u64 = 4 << 20;
@@ -39,22 +39,15 @@ type Desc = (u64, u32, u16);
 /// (sector, num_sectors, flags) of a discard/write-zeroes segment.
 type Segment = (u64, u32, u32);
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
 /// A temporary directory holding one image file, removed on drop.
 struct TempImage {
-    dir: PathBuf,
+    dir: TempDir,
     path: PathBuf,
 }
 
 impl TempImage {
     fn new(size: u64) -> TempImage {
-        let dir = std::env::temp_dir().join(format!(
-            "qvm-blk-test-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("qvm-blk-test");
         let path = dir.join("disk.img");
         File::create(&path).unwrap().set_len(size).unwrap();
         TempImage { dir, path }
@@ -82,109 +75,35 @@ impl TempImage {
     }
 }
 
-impl Drop for TempImage {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
+    testing::memory(MEM_SIZE)
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+/// The driver side: builds chains in a [`TestQueue`] at guest address 0 and runs the disk
+/// over them.
+struct Driver {
+    q: TestQueue,
+    mem: GuestMemoryMmap,
 }
 
-/// The driver side: builds chains in the mock queue and runs the device over them.
-struct Driver<'a> {
-    mem: &'a GuestMemoryMmap,
-    vq: MockSplitQueue<'a, GuestMemoryMmap>,
-    queue: Queue,
-    next_desc: u16,
-    seen_used: u16,
-}
-
-impl<'a> Driver<'a> {
-    fn new(mem: &'a GuestMemoryMmap) -> Driver<'a> {
-        let vq = MockSplitQueue::new(mem, QUEUE_SIZE);
-        let queue = vq.create_queue().unwrap();
+impl Driver {
+    fn new(mem: &GuestMemoryMmap) -> Driver {
         Driver {
-            mem,
-            vq,
-            queue,
-            next_desc: 0,
-            seen_used: 0,
+            q: TestQueue::new(mem, 0, QUEUE_SIZE),
+            mem: mem.clone(),
         }
-    }
-
-    fn alloc(&mut self, n: u16) -> u16 {
-        if self.next_desc + n > QUEUE_SIZE {
-            self.next_desc = 0;
-        }
-        let at = self.next_desc;
-        self.next_desc += n;
-        at
-    }
-
-    /// Adds raw descriptors (flags and next as given) at a fresh place of the table; the
-    /// first one becomes an avail entry. `next` values are relative to that place.
-    fn add_raw(&mut self, descs: &[(u64, u32, u16, u16)]) -> u16 {
-        let at = self.alloc(descs.len() as u16);
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .map(|&(a, l, f, n)| RawDescriptor::from(Descriptor::new(a, l, f, at + n)))
-            .collect();
-        // add_desc_chains starts a new avail entry after every descriptor without NEXT.
-        self.vq.add_desc_chains(&raw[..1], at).unwrap();
-        for (i, d) in raw.iter().enumerate().skip(1) {
-            self.vq.desc_table().store(at + i as u16, *d).unwrap();
-        }
-        at
-    }
-
-    /// Adds a properly linked chain.
-    fn add(&mut self, descs: &[(u64, u32, u16)]) -> u16 {
-        let n = descs.len();
-        let linked: Vec<(u64, u32, u16, u16)> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(a, l, f))| {
-                if i + 1 < n {
-                    (a, l, f | VRING_DESC_F_NEXT as u16, i as u16 + 1)
-                } else {
-                    (a, l, f, 0)
-                }
-            })
-            .collect();
-        self.add_raw(&linked)
     }
 
     /// Runs the device and returns the used elements added since the last call.
     fn run(&mut self, disk: &mut Disk) -> Vec<(u32, u32)> {
-        process_queue(disk, &mut self.queue, self.mem);
-        let used = self.vq.used().idx().load();
-        let mut out = Vec::new();
-        while self.seen_used != used {
-            let e = self
-                .vq
-                .used()
-                .ring()
-                .ref_at((self.seen_used % QUEUE_SIZE) as usize)
-                .unwrap()
-                .load();
-            out.push((e.id(), e.len()));
-            self.seen_used = self.seen_used.wrapping_add(1);
-        }
-        out
+        process_queue(disk, &mut self.q.queue, &self.mem);
+        self.q.used()
     }
 
     /// Submits one chain and returns (used length, status byte at STATUS).
     fn submit(&mut self, disk: &mut Disk, descs: &[(u64, u32, u16)]) -> (u32, u8) {
         self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
-        let head = self.add(descs);
+        let head = self.q.add(descs);
         let used = self.run(disk);
         assert_eq!(used.len(), 1, "one chain in, one chain out");
         assert_eq!(used[0].0, u32::from(head));
@@ -199,7 +118,7 @@ impl<'a> Driver<'a> {
         sector: u64,
         data: &[(u64, u32, u16)],
     ) -> (u32, u8) {
-        write_header(self.mem, HDR, req_type, sector);
+        write_header(&self.mem, HDR, req_type, sector);
         let mut descs = vec![(HDR, HEADER_SIZE, R)];
         descs.extend_from_slice(data);
         descs.push((STATUS, 1, W));
@@ -228,12 +147,6 @@ fn write_segment(mem: &GuestMemoryMmap, at: u64, sector: u64, num: u32, flags: u
     s[8..12].copy_from_slice(&num.to_le_bytes());
     s[12..16].copy_from_slice(&flags.to_le_bytes());
     mem.write_slice(&s, GuestAddress(at)).unwrap();
-}
-
-fn guest_bytes(mem: &GuestMemoryMmap, at: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    mem.read_slice(&mut v, GuestAddress(at)).unwrap();
-    v
 }
 
 fn setup(read_only: bool) -> (TempImage, Disk, GuestMemoryMmap) {
@@ -330,7 +243,7 @@ fn indirect_descriptors() {
     }
     let indirect = VRING_DESC_F_INDIRECT as u16;
     mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
-    drv.add_raw(&[(INDIRECT, 48, indirect, 0)]);
+    drv.q.add_raw(&[(INDIRECT, 48, indirect, 0)]);
     assert_eq!(drv.run(&mut disk)[0].1, 1);
     assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), OK);
     assert_eq!(
@@ -345,7 +258,7 @@ fn indirect_descriptors() {
         GuestAddress(INDIRECT + 16),
     )
     .unwrap();
-    drv.add_raw(&[(INDIRECT, 48, indirect, 0)]);
+    drv.q.add_raw(&[(INDIRECT, 48, indirect, 0)]);
     assert_eq!(drv.run(&mut disk)[0].1, 0);
     assert_eq!(disk.stats().snapshot().invalid_chains, 1);
     drv.assert_still_works(&mut disk);
@@ -646,13 +559,14 @@ fn hostile_requests() {
 
     // A chain whose next pointers loop: 0 -> 1 -> 0.
     let next = VRING_DESC_F_NEXT as u16;
-    drv.add_raw(&[(HDR, 16, next, 1), (STATUS, 1, W | next, 0)]);
+    drv.q
+        .add_raw(&[(HDR, 16, next, 1), (STATUS, 1, W | next, 0)]);
     let used = drv.run(&mut disk);
     assert_eq!(used.len(), 1);
     assert_eq!(used[0].1, 0);
     // A chain that points at itself, and one whose next index is past the queue.
-    drv.add_raw(&[(HDR, 16, next, 0)]);
-    drv.add_raw(&[(HDR, 16, next, QUEUE_SIZE + 5)]);
+    drv.q.add_raw(&[(HDR, 16, next, 0)]);
+    drv.q.add_raw(&[(HDR, 16, next, QUEUE_SIZE + 5)]);
     let used = drv.run(&mut disk);
     assert_eq!(used.iter().map(|u| u.1).collect::<Vec<_>>(), vec![0, 0]);
     assert_eq!(disk.stats().snapshot().invalid_chains, 8);
@@ -668,11 +582,7 @@ fn avail_head_out_of_range_is_skipped() {
     let (_img, mut disk, mem) = setup(false);
     let mut drv = Driver::new(&mem);
     // An avail entry naming descriptor 300 of a 256-entry table.
-    let avail = drv.vq.avail_addr();
-    let idx: u16 = mem.read_obj(avail.unchecked_add(2)).unwrap();
-    mem.write_obj(300u16, avail.unchecked_add(4 + 2 * u64::from(idx)))
-        .unwrap();
-    mem.write_obj(idx + 1, avail.unchecked_add(2)).unwrap();
+    drv.q.publish(300);
     assert!(drv.run(&mut disk).is_empty());
     assert_eq!(disk.stats().snapshot().invalid_chains, 1);
     drv.assert_still_works(&mut disk);
@@ -759,7 +669,7 @@ fn open_errors_name_the_path_and_the_fix() {
     );
 
     let mut cfg = img.cfg(false);
-    cfg.path = img.dir.clone();
+    cfg.path = img.dir.path().to_path_buf();
     let m = msg(cfg);
     assert!(m.contains("is a directory"), "{m}");
 
@@ -833,24 +743,6 @@ fn direct_io_with_unaligned_buffers() {
     assert_eq!(&img.contents()[8 * 512..8 * 512 + 1536], &data[..]);
 }
 
-struct CountingInterrupt(AtomicUsize);
-
-impl Interrupt for CountingInterrupt {
-    fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
-        assert_eq!(kind, InterruptKind::Queue);
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(10), "timed out");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 #[test]
 fn worker_thread_serves_kicks() {
     let img = TempImage::new(DISK_SIZE);
@@ -872,7 +764,7 @@ fn worker_thread_serves_kicks() {
         .unwrap_err();
     assert!(matches!(err, ActivateError::QueueCount { got: 0, want: 1 }));
 
-    let queue = drv.vq.create_queue().unwrap();
+    let queue = drv.q.new_queue();
     block
         .activate(
             mem.clone(),
@@ -889,34 +781,32 @@ fn worker_thread_serves_kicks() {
     mem.write_slice(&data, GuestAddress(DATA)).unwrap();
     write_header(&mem, HDR, VIRTIO_BLK_T_OUT, 40);
     mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
-    drv.add(&[(HDR, 16, R), (DATA, 2048, R), (STATUS, 1, W)]);
+    drv.q.add(&[(HDR, 16, R), (DATA, 2048, R), (STATUS, 1, W)]);
     notify.write(1).unwrap();
-    wait_for(|| drv.vq.used().idx().load() == 1);
-    wait_for(|| irq.0.load(Ordering::SeqCst) >= 1);
+    wait_for("used entry 1", || drv.q.used_idx() == 1);
+    wait_for("interrupt 1", || irq.0.load(Ordering::SeqCst) >= 1);
     assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), OK);
     assert_eq!(&img.contents()[40 * 512..40 * 512 + 2048], &data[..]);
 
     // A second kick, for a read. With EVENT_IDX the driver asks for the next interrupt
     // by writing used_event (after the avail ring entries).
-    let used_event = drv
-        .vq
-        .avail_addr()
-        .unchecked_add(4 + 2 * u64::from(QUEUE_SIZE));
+    let used_event = drv.q.ring().used_event();
     mem.write_obj(1u16, used_event).unwrap();
     write_header(&mem, HDR + 0x100, VIRTIO_BLK_T_IN, 40);
-    drv.add(&[(HDR + 0x100, 16, R), (DATA2, 2048, W), (STATUS + 1, 1, W)]);
+    drv.q
+        .add(&[(HDR + 0x100, 16, R), (DATA2, 2048, W), (STATUS + 1, 1, W)]);
     notify.write(1).unwrap();
-    wait_for(|| drv.vq.used().idx().load() == 2);
-    wait_for(|| irq.0.load(Ordering::SeqCst) >= 2);
+    wait_for("used entry 2", || drv.q.used_idx() == 2);
+    wait_for("interrupt 2", || irq.0.load(Ordering::SeqCst) >= 2);
     assert_eq!(guest_bytes(&mem, DATA2, 2048), data);
-    let used = drv.vq.used().ring().ref_at(1).unwrap().load();
+    let used = drv.q.used_elem(1);
     assert_eq!(used.len(), 2049);
 
     // used_event left at 1: completing request 3 needs no interrupt.
     write_header(&mem, HDR + 0x200, VIRTIO_BLK_T_FLUSH, 0);
-    drv.add(&[(HDR + 0x200, 16, R), (STATUS + 2, 1, W)]);
+    drv.q.add(&[(HDR + 0x200, 16, R), (STATUS + 2, 1, W)]);
     notify.write(1).unwrap();
-    wait_for(|| drv.vq.used().idx().load() == 3);
+    wait_for("used entry 3", || drv.q.used_idx() == 3);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(irq.0.load(Ordering::SeqCst), 2);
 
@@ -926,8 +816,7 @@ fn worker_thread_serves_kicks() {
     assert!(!block.reset());
 
     // The disk came back: the device can be activated again, and drop stops it.
-    let vq2 = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
-    let queue = vq2.create_queue().unwrap();
+    let queue = SplitRing::new(0x8000, 16).queue();
     block
         .activate(
             mem.clone(),
@@ -939,18 +828,6 @@ fn worker_thread_serves_kicks() {
         )
         .unwrap();
     drop(block);
-}
-
-/// xorshift64*, so the fuzz harness runs in every `cargo test`.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 #[test]

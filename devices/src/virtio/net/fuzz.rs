@@ -1,101 +1,86 @@
 //! The virtio-net fuzz harnesses, shared by the `net_tx` and `net_rx` fuzz targets and
 //! PRNG-driven unit tests: the input becomes a descriptor table, an avail ring and frames in a
 //! small guest memory, run through [`NetBackend`] over a [`FakeTap`] with invariant checks.
+//! [`NetFuzz`] holds what they reuse from one input to the next.
 
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress};
 
 use super::{FakeTap, NetBackend, RxWait, MAX_TX_LEN, VNET_HDR_LEN};
+use crate::virtio::testing::fuzz::{self as harness, Input, QUEUE_SIZE};
+use crate::virtio::testing::SplitRing;
 use crate::virtio::GuestMemoryMmap;
 
-/// Queue size the harness uses.
-pub const FUZZ_QUEUE_SIZE: u16 = 16;
-const FUZZ_DESC_TABLE: u64 = 0;
-const FUZZ_AVAIL: u64 = 0x100;
-const FUZZ_USED: u64 = 0x200;
-const FUZZ_PAYLOAD: u64 = 0x1000;
-const FUZZ_PAYLOAD_END: u64 = 0x20000;
-/// Bytes of the harness header: control byte, avail count, 16 descriptors of 10 bytes.
-const FUZZ_HEADER: usize = 2 + 160;
+/// The ring both harnesses lay out, at guest address 0.
+const RING: SplitRing = SplitRing::new(0, QUEUE_SIZE);
 
-/// Guest memory of the harness: two adjacent regions (buffers may straddle them), a hole, and
-/// a small third region.
-pub fn fuzz_memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[
-        (GuestAddress(0), 0x10000),
-        (GuestAddress(0x10000), 0x10000),
-        (GuestAddress(0x40000), 0x1000),
-    ])
-    .expect("harness guest memory")
+/// What the net harnesses keep from one input to the next: the harness memory
+/// ([`harness::memory`]) and a backend over a [`FakeTap`] (it owns 130 KiB of buffers).
+pub struct NetFuzz {
+    pub mem: GuestMemoryMmap,
+    pub backend: NetBackend<FakeTap>,
 }
 
-/// A backend over a [`FakeTap`] for the harness (reused across inputs: it owns 130 KiB).
-pub fn fuzz_backend() -> NetBackend<FakeTap> {
-    NetBackend::new(FakeTap::default())
+impl Default for NetFuzz {
+    fn default() -> Self {
+        NetFuzz {
+            mem: harness::memory(),
+            backend: NetBackend::new(FakeTap::default()),
+        }
+    }
 }
 
-/// Lays out a queue from `data` (see [`fuzz_net_tx`] for the format). Returns the queue, the
+impl NetFuzz {
+    /// [`fuzz_net_tx`] over this state.
+    pub fn tx(&mut self, data: &[u8]) {
+        fuzz_net_tx(&mut self.backend, &self.mem, data);
+    }
+
+    /// [`fuzz_net_rx`] over this state.
+    pub fn rx(&mut self, data: &[u8]) {
+        fuzz_net_rx(&mut self.backend, &self.mem, data);
+    }
+}
+
+/// A buffer length from a selector: small (splits the header), tiny, up to 128 KiB, anything.
+fn net_len(sel: u32) -> u32 {
+    match sel >> 30 {
+        0 => sel & 0x7ff,
+        1 => sel & 0x1f,
+        2 => sel & 0x1_ffff,
+        _ => sel,
+    }
+}
+
+/// Lays out [`RING`] from `data` (see [`fuzz_net_tx`] for the format). Returns the queue, the
 /// control byte, the number of avail entries, how many of them name a head past the queue,
 /// and the rest of the input.
 fn fuzz_layout<'a>(mem: &GuestMemoryMmap, data: &'a [u8]) -> (Queue, u8, u16, u16, &'a [u8]) {
-    let mut input = data.iter().copied();
-    let mut byte = || input.next().unwrap_or(0);
+    let mut input = Input::new(data);
 
     // Clean slate for the rings and the buffer areas.
-    let zeros = [0u8; 0x1000];
-    let mut at = 0;
-    while at < FUZZ_PAYLOAD_END {
-        let _ = mem.write_slice(&zeros, GuestAddress(at));
-        at += zeros.len() as u64;
-    }
-    let _ = mem.write_slice(&zeros, GuestAddress(0x40000));
+    harness::clear(mem);
 
-    let ctrl = byte();
-    let n_avail = u16::from(byte()) % (FUZZ_QUEUE_SIZE + 1);
-    for i in 0..u64::from(FUZZ_QUEUE_SIZE) {
-        let addr_sel = u32::from_le_bytes([byte(), byte(), byte(), byte()]);
-        let len_sel = u32::from_le_bytes([byte(), byte(), byte(), byte()]);
-        let (flags, next) = (byte(), byte());
-        let addr = match addr_sel >> 30 {
-            0 | 1 => FUZZ_PAYLOAD + u64::from(addr_sel & 0x1_ffff),
-            2 => 0x40000 + u64::from(addr_sel & 0x1fff),
-            _ => u64::MAX - u64::from(addr_sel & 0xffff),
-        };
-        let len = match len_sel >> 30 {
-            0 => len_sel & 0x7ff,
-            1 => len_sel & 0x1f,
-            2 => len_sel & 0x1_ffff,
-            _ => len_sel,
-        };
-        let desc = Descriptor::new(addr, len, u16::from(flags & 0x7), u16::from(next) % 20);
-        let _ = mem.write_obj(desc, GuestAddress(FUZZ_DESC_TABLE + 16 * i));
+    let ctrl = input.byte();
+    let n_avail = u16::from(input.byte()) % (QUEUE_SIZE + 1);
+    for i in 0..QUEUE_SIZE {
+        RING.set_desc(mem, i, harness::descriptor(&mut input, net_len));
     }
     let mut bad_heads = 0;
-    for i in 0..u64::from(n_avail) {
-        let h = u16::from(byte()) % 20;
-        bad_heads += u16::from(h >= FUZZ_QUEUE_SIZE);
-        let _ = mem.write_obj(h.to_le(), GuestAddress(FUZZ_AVAIL + 4 + 2 * i));
+    for i in 0..n_avail {
+        let h = u16::from(input.byte()) % 20;
+        bad_heads += u16::from(h >= QUEUE_SIZE);
+        RING.set_avail(mem, i, h);
     }
-    let _ = mem.write_obj(n_avail.to_le(), GuestAddress(FUZZ_AVAIL + 2));
-    let rest = data
-        .get(FUZZ_HEADER + usize::from(n_avail)..)
-        .unwrap_or(&[]);
+    RING.set_avail_idx(mem, n_avail);
+    let rest = input.rest();
 
-    let mut queue = Queue::new(FUZZ_QUEUE_SIZE).expect("queue");
-    queue.set_size(FUZZ_QUEUE_SIZE);
-    queue.set_desc_table_address(Some(FUZZ_DESC_TABLE as u32), Some(0));
-    queue.set_avail_ring_address(Some(FUZZ_AVAIL as u32), Some(0));
-    queue.set_used_ring_address(Some(FUZZ_USED as u32), Some(0));
-    queue.set_ready(true);
+    let queue = RING.queue();
     assert!(queue.is_valid(mem));
     (queue, ctrl, n_avail, bad_heads, rest)
 }
 
 fn fuzz_used_idx(mem: &GuestMemoryMmap) -> u16 {
-    mem.read_obj::<u16>(GuestAddress(FUZZ_USED + 2))
-        .map(u16::from_le)
-        .unwrap_or(0)
+    RING.used_idx(mem)
 }
 
 /// Interprets `data` as a tx queue and frames in `mem`, runs the transmit path against the
@@ -113,11 +98,7 @@ pub fn fuzz_net_tx(backend: &mut NetBackend<FakeTap>, mem: &GuestMemoryMmap, dat
     backend.tap.tx.clear();
     backend.tap.write_results.clear();
     let (mut queue, ctrl, n_avail, bad_heads, payload) = fuzz_layout(mem, data);
-    let room = (FUZZ_PAYLOAD_END - FUZZ_PAYLOAD) as usize;
-    let _ = mem.write_slice(
-        payload.get(..payload.len().min(room)).unwrap_or(&[]),
-        GuestAddress(FUZZ_PAYLOAD),
-    );
+    harness::write_payload(mem, payload);
     for i in 0..4 {
         backend
             .tap
@@ -223,11 +204,8 @@ pub fn fuzz_net_rx(backend: &mut NetBackend<FakeTap>, mem: &GuestMemoryMmap, dat
     let used = fuzz_used_idx(mem);
     assert!(used <= n_avail);
     let mut used_bytes = 0u64;
-    for i in 0..u64::from(used) {
-        let len: u32 = mem
-            .read_obj(GuestAddress(FUZZ_USED + 4 + 8 * i + 4))
-            .unwrap_or(0);
-        used_bytes += u64::from(u32::from_le(len));
+    for i in 0..used {
+        used_bytes += u64::from(RING.used_elem(mem, i).len());
     }
     let delivered_bytes = s.rx_bytes - before.rx_bytes + VNET_HDR_LEN as u64 * delivered;
     assert_eq!(used_bytes, delivered_bytes, "used lengths add up");
