@@ -39,6 +39,15 @@ impl ExecError {
     }
 }
 
+/// Which way [`Disk::transfer`] moves data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// IN: from the disk into guest memory.
+    ToGuest,
+    /// OUT: from guest memory to the disk.
+    FromGuest,
+}
+
 fn is_unsupported(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
@@ -234,22 +243,32 @@ impl Disk {
         match req.kind {
             RequestType::In => {
                 let mut written = 0u32;
-                let res = self.read_to_guest(req, mem, &mut written);
+                let res = self.transfer(req, mem, Direction::ToGuest, &mut written);
                 BlockStats::bump(&self.stats.bytes_read, u64::from(written));
                 (res, written)
             }
-            RequestType::Out => (self.write_from_guest(req, mem), 0),
+            RequestType::Out if self.read_only => (Err(ExecError::IoErr), 0),
+            RequestType::Out => {
+                let mut read = 0u32;
+                let res = self.transfer(req, mem, Direction::FromGuest, &mut read);
+                BlockStats::bump(&self.stats.bytes_written, u64::from(read));
+                (res, 0)
+            }
             RequestType::Flush => (self.flush(), 0),
             RequestType::GetId => self.get_id(req, mem),
             RequestType::Discard | RequestType::WriteZeroes => (self.discard_or_zero(req, mem), 0),
         }
     }
 
-    fn read_to_guest(
+    /// Moves an IN or OUT request's data between its guest buffers and the disk from its
+    /// sector on, with positional I/O straight on guest memory, piece by piece as the kernel
+    /// takes it. `moved` counts the bytes done, also when a later piece fails.
+    fn transfer(
         &mut self,
         req: &Request,
         mem: &GuestMemoryMmap,
-        written: &mut u32,
+        dir: Direction,
+        moved: &mut u32,
     ) -> Result<(), ExecError> {
         let mut offset = self.byte_range(req.sector, req.data_len)?;
         for buf in &req.data {
@@ -258,63 +277,49 @@ impl Disk {
                 let mut done = 0usize;
                 while done < slice.len() {
                     let part = slice.offset(done).map_err(|_| ExecError::IoErr)?;
-                    let guard = part.ptr_guard_mut();
-                    let n = self.positional_io(|fd| {
-                        // SAFETY: the pointer and length describe a live guest-memory mapping
-                        // (the VolatileSlice guarantees it) that the guest gave us to write.
-                        unsafe {
-                            libc::pread64(
-                                fd,
-                                guard.as_ptr().cast(),
-                                part.len(),
-                                offset as libc::off64_t,
-                            )
+                    let n = match dir {
+                        Direction::ToGuest => {
+                            let guard = part.ptr_guard_mut();
+                            self.positional_io(|fd| {
+                                // SAFETY: the pointer and length describe a live guest-memory
+                                // mapping (the VolatileSlice guarantees it) that the guest
+                                // gave us to write.
+                                unsafe {
+                                    libc::pread64(
+                                        fd,
+                                        guard.as_ptr().cast(),
+                                        part.len(),
+                                        offset as libc::off64_t,
+                                    )
+                                }
+                            })
                         }
-                    });
+                        Direction::FromGuest => {
+                            let guard = part.ptr_guard();
+                            self.positional_io(|fd| {
+                                // SAFETY: the pointer and length describe a live guest-memory
+                                // mapping.
+                                unsafe {
+                                    libc::pwrite64(
+                                        fd,
+                                        guard.as_ptr().cast(),
+                                        part.len(),
+                                        offset as libc::off64_t,
+                                    )
+                                }
+                            })
+                        }
+                    };
                     let n = match n {
                         Ok(0) | Err(_) => return Err(ExecError::IoErr),
                         Ok(n) => n,
                     };
-                    part.bitmap().mark_dirty(0, n);
+                    if dir == Direction::ToGuest {
+                        part.bitmap().mark_dirty(0, n);
+                    }
                     done += n;
                     offset += n as u64;
-                    *written = written.saturating_add(n as u32);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn write_from_guest(&mut self, req: &Request, mem: &GuestMemoryMmap) -> Result<(), ExecError> {
-        if self.read_only {
-            return Err(ExecError::IoErr);
-        }
-        let mut offset = self.byte_range(req.sector, req.data_len)?;
-        for buf in &req.data {
-            for slice in GuestMemoryBackend::get_slices(mem, buf.addr, buf.len as usize) {
-                let slice = slice.map_err(|_| ExecError::IoErr)?;
-                let mut done = 0usize;
-                while done < slice.len() {
-                    let part = slice.offset(done).map_err(|_| ExecError::IoErr)?;
-                    let guard = part.ptr_guard();
-                    let n = self.positional_io(|fd| {
-                        // SAFETY: the pointer and length describe a live guest-memory mapping.
-                        unsafe {
-                            libc::pwrite64(
-                                fd,
-                                guard.as_ptr().cast(),
-                                part.len(),
-                                offset as libc::off64_t,
-                            )
-                        }
-                    });
-                    let n = match n {
-                        Ok(0) | Err(_) => return Err(ExecError::IoErr),
-                        Ok(n) => n,
-                    };
-                    done += n;
-                    offset += n as u64;
-                    BlockStats::bump(&self.stats.bytes_written, n as u64);
+                    *moved = moved.saturating_add(n as u32);
                 }
             }
         }
