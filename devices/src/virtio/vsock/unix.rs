@@ -60,22 +60,25 @@ pub(super) fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     }
 }
 
-/// send(2) without SIGPIPE.
-pub(super) fn send_bytes(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: buf is a valid slice for reads of its length.
-    let r = unsafe {
-        libc::send(
-            fd,
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    };
+/// send(2) of `len` bytes at `ptr`, never blocking and without SIGPIPE.
+///
+/// # Safety
+///
+/// `ptr` must be valid for reads of `len` bytes for the duration of the call.
+unsafe fn send_raw(fd: RawFd, ptr: *const u8, len: usize) -> io::Result<usize> {
+    // SAFETY: the caller guarantees that ptr is valid for reads of len bytes.
+    let r = unsafe { libc::send(fd, ptr.cast(), len, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
         Ok(r as usize)
     }
+}
+
+/// send(2) without SIGPIPE.
+pub(super) fn send_bytes(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: buf is a valid slice for reads of its length.
+    unsafe { send_raw(fd, buf.as_ptr(), buf.len()) }
 }
 
 /// send(2) of guest memory without SIGPIPE.
@@ -84,20 +87,9 @@ pub(super) fn send_volatile<B: BitmapSlice>(
     buf: &VolatileSlice<'_, B>,
 ) -> io::Result<usize> {
     let guard = buf.ptr_guard();
-    // SAFETY: the VolatileSlice guarantees the pointer is valid for reads of its length.
-    let r = unsafe {
-        libc::send(
-            fd,
-            guard.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
+    // SAFETY: the VolatileSlice guarantees the pointer is valid for reads of its length, and
+    // the guard keeps it so during the call.
+    unsafe { send_raw(fd, guard.as_ptr(), buf.len()) }
 }
 
 /// Parses `CONNECT <port>` (an optional trailing `\r` is accepted). `None` when malformed.
