@@ -367,6 +367,14 @@ impl VhostUserHandle {
             .map_err(ActivateError::Worker)?;
         let bases: Vec<u16> = queues.iter().map(|q| q.queue.next_avail()).collect();
         let kicks: Vec<&EventFd> = queues.iter().map(|q| &q.notify).collect();
+        let handover = Handover {
+            acked,
+            regions: &regions,
+            rings: &rings,
+            bases: &bases,
+            kicks: &kicks,
+            calls: &calls,
+        };
 
         // A connection the supervisor saw hang up is as good as gone.
         if self.shared.lost.load(Ordering::SeqCst) {
@@ -375,7 +383,7 @@ impl VhostUserHandle {
         let mut standby = false;
         let mut guard = lock(&self.session);
         if let Some(s) = guard.as_mut() {
-            match setup(s, acked, &regions, &rings, &bases, &kicks, &calls) {
+            match setup(s, &handover) {
                 Ok(()) => {}
                 Err((step, e)) if is_disconnect(&e) => {
                     self.shared
@@ -400,7 +408,7 @@ impl VhostUserHandle {
             }
         }
         if guard.is_none() {
-            match connect_and_setup(&self.cfg, acked, &regions, &rings, &bases, &kicks, &calls) {
+            match connect_and_setup(&self.cfg, &handover) {
                 Ok(s) => {
                     *guard = Some(s);
                     self.shared.lost.store(false, Ordering::SeqCst);
@@ -526,23 +534,27 @@ impl Display for SetupFailure {
     }
 }
 
-/// A fresh connection with the rings handed over, or why not (for the log).
-fn connect_and_setup(
-    cfg: &FrontendConfig,
+/// What a backend is handed at activation, and again when a restarted one takes over: the
+/// memory table, the features the driver acked, and each ring with the index to start at,
+/// its kick eventfd and its call eventfd.
+struct Handover<'a> {
     acked: u64,
-    regions: &[VhostUserMemoryRegionInfo],
-    rings: &[VringConfigData],
-    bases: &[u16],
-    kicks: &[&EventFd],
-    calls: &[EventFd],
-) -> Result<Session, SetupFailure> {
+    regions: &'a [VhostUserMemoryRegionInfo],
+    rings: &'a [VringConfigData],
+    bases: &'a [u16],
+    kicks: &'a [&'a EventFd],
+    calls: &'a [EventFd],
+}
+
+/// A fresh connection with the rings handed over, or why not (for the log).
+fn connect_and_setup(cfg: &FrontendConfig, h: &Handover) -> Result<Session, SetupFailure> {
     let mut s = handshake(cfg).map_err(|e| match e {
         FrontendError::SocketNotFound { .. } | FrontendError::ConnectionRefused { .. } => {
             SetupFailure::Unreachable(e.to_string())
         }
         e => SetupFailure::Refused(e.to_string()),
     })?;
-    let missing = (acked | VIRTIO_F_VERSION_1) & !s.backend_features;
+    let missing = (h.acked | VIRTIO_F_VERSION_1) & !s.backend_features;
     if missing != 0 {
         return Err(SetupFailure::Refused(
             FrontendError::FeaturesLost {
@@ -553,31 +565,27 @@ fn connect_and_setup(
             .to_string(),
         ));
     }
-    setup(&mut s, acked, regions, rings, bases, kicks, calls)
-        .map_err(|(step, e)| SetupFailure::Refused(format!("{step} failed: {e}")))?;
+    setup(&mut s, h).map_err(|(step, e)| SetupFailure::Refused(format!("{step} failed: {e}")))?;
     Ok(s)
 }
 
 /// The activation messages, in the order QEMU sends them.
-fn setup(
-    s: &mut Session,
-    acked: u64,
-    regions: &[VhostUserMemoryRegionInfo],
-    rings: &[VringConfigData],
-    bases: &[u16],
-    kicks: &[&EventFd],
-    calls: &[EventFd],
-) -> Result<(), (&'static str, vhost::Error)> {
+fn setup(s: &mut Session, h: &Handover) -> Result<(), (&'static str, vhost::Error)> {
     let fe = &mut s.frontend;
-    fe.set_mem_table(regions)
+    fe.set_mem_table(h.regions)
         .map_err(|e| ("SET_MEM_TABLE", e))?;
-    let mut features = acked;
+    let mut features = h.acked;
     if s.protocol.is_some() {
         features |= VHOST_USER_F_PROTOCOL_FEATURES;
     }
     fe.set_features(features).map_err(|e| ("SET_FEATURES", e))?;
-    for (i, (((ring, base), kick), call)) in
-        rings.iter().zip(bases).zip(kicks).zip(calls).enumerate()
+    for (i, (((ring, base), kick), call)) in h
+        .rings
+        .iter()
+        .zip(h.bases)
+        .zip(h.kicks)
+        .zip(h.calls)
+        .enumerate()
     {
         fe.set_vring_num(i, ring.queue_size)
             .map_err(|e| ("SET_VRING_NUM", e))?;

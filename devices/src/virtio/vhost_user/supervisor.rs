@@ -17,8 +17,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    connect_and_setup, lock, memory_table, FrontendConfig, SetupFailure, Shared, SharedSession,
-    StandbyResponder, VhostUserStats,
+    connect_and_setup, lock, memory_table, FrontendConfig, Handover, SetupFailure, Shared,
+    SharedSession, StandbyResponder, VhostUserStats,
 };
 use crate::virtio::{
     run_epoll_loop, EpollWorker, GuestMemoryMmap, Interrupt, InterruptKind, WorkerStop,
@@ -249,15 +249,15 @@ impl SupervisorLoop {
         };
         let bases: Vec<u16> = self.queues.iter().map(|(q, _)| q.next_avail()).collect();
         let kicks: Vec<&EventFd> = self.queues.iter().map(|(_, k)| k).collect();
-        let session = match connect_and_setup(
-            &self.cfg,
-            self.acked,
-            &regions,
-            &self.rings,
-            &bases,
-            &kicks,
-            &self.calls,
-        ) {
+        let handover = Handover {
+            acked: self.acked,
+            regions: &regions,
+            rings: &self.rings,
+            bases: &bases,
+            kicks: &kicks,
+            calls: &self.calls,
+        };
+        let session = match connect_and_setup(&self.cfg, &handover) {
             Ok(s) => s,
             Err(SetupFailure::Unreachable(_)) => return,
             Err(SetupFailure::Refused(why)) => return self.warn_reconnect(&why),
