@@ -170,3 +170,49 @@ macro_rules! atomic_counters {
     };
 }
 pub use crate::atomic_counters;
+
+/// Defines a device's counters once: the struct of `AtomicU64`s (updated by the worker,
+/// readable from any thread at any time), its plain copy with `snapshot()`, and
+/// [`DeviceMetrics`] naming each counter by its field (in the order given):
+///
+/// ```ignore
+/// device_stats! {
+///     /// Counters of the thing.
+///     pub struct ThingStats / ThingStatsSnapshot {
+///         /// Requests taken.
+///         requests,
+///         errors,
+///     }
+/// }
+/// ```
+macro_rules! device_stats {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident / $snapshot:ident {
+            $( $(#[$field_meta:meta])* $field:ident, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Default)]
+        pub struct $name {
+            $( $(#[$field_meta])* pub $field: std::sync::atomic::AtomicU64, )*
+        }
+
+        #[doc = concat!("A plain copy of [`", stringify!($name), "`].")]
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct $snapshot {
+            $( pub $field: u64, )*
+        }
+
+        impl $name {
+            pub fn snapshot(&self) -> $snapshot {
+                $snapshot {
+                    $( $field: self.$field.load(std::sync::atomic::Ordering::Relaxed), )*
+                }
+            }
+        }
+
+        $crate::virtio::atomic_counters!($name { $($field),* });
+    };
+}
+pub(crate) use device_stats;

@@ -139,43 +139,24 @@ pub enum BlockError {
     },
 }
 
-/// Counters, updated by the worker and readable at any time.
-#[derive(Debug, Default)]
-pub struct BlockStats {
-    /// Descriptor chains taken from the queue.
-    pub requests: AtomicU64,
-    /// Bytes read from the disk into the guest (IN).
-    pub bytes_read: AtomicU64,
-    /// Bytes written from the guest to the disk (OUT).
-    pub bytes_written: AtomicU64,
-    /// Requests completed with a status other than OK.
-    pub errors: AtomicU64,
-    /// Chains returned with used length 0 because no status byte could be written (or dropped
-    /// because their head index was out of range).
-    pub invalid_chains: AtomicU64,
-}
-
-/// A plain copy of [`BlockStats`].
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct BlockStatsSnapshot {
-    pub requests: u64,
-    pub bytes_read: u64,
-    pub bytes_written: u64,
-    pub errors: u64,
-    pub invalid_chains: u64,
+crate::virtio::device_stats! {
+    /// Counters, updated by the worker and readable at any time.
+    pub struct BlockStats / BlockStatsSnapshot {
+        /// Descriptor chains taken from the queue.
+        requests,
+        /// Bytes read from the disk into the guest (IN).
+        bytes_read,
+        /// Bytes written from the guest to the disk (OUT).
+        bytes_written,
+        /// Requests completed with a status other than OK.
+        errors,
+        /// Chains returned with used length 0 because no status byte could be written (or dropped
+        /// because their head index was out of range).
+        invalid_chains,
+    }
 }
 
 impl BlockStats {
-    pub fn snapshot(&self) -> BlockStatsSnapshot {
-        BlockStatsSnapshot {
-            requests: self.requests.load(Ordering::Relaxed),
-            bytes_read: self.bytes_read.load(Ordering::Relaxed),
-            bytes_written: self.bytes_written.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
-            invalid_chains: self.invalid_chains.load(Ordering::Relaxed),
-        }
-    }
-
     fn bump(counter: &AtomicU64, by: u64) {
         counter.fetch_add(by, Ordering::Relaxed);
     }
@@ -332,11 +313,3 @@ impl VirtioDeviceBase for Block {
         Ok(())
     }
 }
-
-crate::virtio::atomic_counters!(BlockStats {
-    requests,
-    bytes_read,
-    bytes_written,
-    errors,
-    invalid_chains,
-});

@@ -164,71 +164,37 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
-/// Counters, updated by the worker and readable at any time. Byte counts are Ethernet frame
-/// bytes, without the virtio-net header.
-#[derive(Debug, Default)]
-pub struct NetStats {
-    /// Frames delivered to the guest.
-    pub rx_frames: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    /// Frames written to the tap.
-    pub tx_frames: AtomicU64,
-    pub tx_bytes: AtomicU64,
-    /// Times a frame read from the tap had to wait for rx buffers (it is kept, not dropped).
-    pub rx_deferred: AtomicU64,
-    /// Frames dropped because the guest's buffers can never hold them.
-    pub rx_too_big: AtomicU64,
-    /// Rx chains returned unused (readable descriptor, outside memory, no end, bad head).
-    pub rx_invalid_chains: AtomicU64,
-    /// Tap read failures and frames shorter than the header.
-    pub rx_errors: AtomicU64,
-    /// Tx chains dropped: device-writable descriptor, shorter than the header, longer than
-    /// [`MAX_TX_LEN`], outside guest memory, no end, or bad head index.
-    pub tx_malformed: AtomicU64,
-    /// Tap writes that would block (the frame is kept and written later).
-    pub tx_deferred: AtomicU64,
-    /// Frames the tap refused (dropped).
-    pub tx_errors: AtomicU64,
-    /// Frames still pending (either direction) when the device was reset.
-    pub dropped_on_reset: AtomicU64,
-}
-
-/// A plain copy of [`NetStats`].
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct NetStatsSnapshot {
-    pub rx_frames: u64,
-    pub rx_bytes: u64,
-    pub tx_frames: u64,
-    pub tx_bytes: u64,
-    pub rx_deferred: u64,
-    pub rx_too_big: u64,
-    pub rx_invalid_chains: u64,
-    pub rx_errors: u64,
-    pub tx_malformed: u64,
-    pub tx_deferred: u64,
-    pub tx_errors: u64,
-    pub dropped_on_reset: u64,
+crate::virtio::device_stats! {
+    /// Counters, updated by the worker and readable at any time. Byte counts are Ethernet frame
+    /// bytes, without the virtio-net header.
+    pub struct NetStats / NetStatsSnapshot {
+        /// Frames delivered to the guest.
+        rx_frames,
+        rx_bytes,
+        /// Frames written to the tap.
+        tx_frames,
+        tx_bytes,
+        /// Times a frame read from the tap had to wait for rx buffers (it is kept, not dropped).
+        rx_deferred,
+        /// Frames dropped because the guest's buffers can never hold them.
+        rx_too_big,
+        /// Rx chains returned unused (readable descriptor, outside memory, no end, bad head).
+        rx_invalid_chains,
+        /// Tap read failures and frames shorter than the header.
+        rx_errors,
+        /// Tx chains dropped: device-writable descriptor, shorter than the header, longer than
+        /// [`MAX_TX_LEN`], outside guest memory, no end, or bad head index.
+        tx_malformed,
+        /// Tap writes that would block (the frame is kept and written later).
+        tx_deferred,
+        /// Frames the tap refused (dropped).
+        tx_errors,
+        /// Frames still pending (either direction) when the device was reset.
+        dropped_on_reset,
+    }
 }
 
 impl NetStats {
-    pub fn snapshot(&self) -> NetStatsSnapshot {
-        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        NetStatsSnapshot {
-            rx_frames: l(&self.rx_frames),
-            rx_bytes: l(&self.rx_bytes),
-            tx_frames: l(&self.tx_frames),
-            tx_bytes: l(&self.tx_bytes),
-            rx_deferred: l(&self.rx_deferred),
-            rx_too_big: l(&self.rx_too_big),
-            rx_invalid_chains: l(&self.rx_invalid_chains),
-            rx_errors: l(&self.rx_errors),
-            tx_malformed: l(&self.tx_malformed),
-            tx_deferred: l(&self.tx_deferred),
-            tx_errors: l(&self.tx_errors),
-            dropped_on_reset: l(&self.dropped_on_reset),
-        }
-    }
-
     fn bump(counter: &AtomicU64, by: u64) {
         counter.fetch_add(by, Ordering::Relaxed);
     }
@@ -465,18 +431,3 @@ impl<T: TapIo + AsRawFd + Send + 'static> Drop for Net<T> {
         self.reset();
     }
 }
-
-crate::virtio::atomic_counters!(NetStats {
-    rx_frames,
-    rx_bytes,
-    tx_frames,
-    tx_bytes,
-    rx_deferred,
-    rx_too_big,
-    rx_invalid_chains,
-    rx_errors,
-    tx_malformed,
-    tx_deferred,
-    tx_errors,
-    dropped_on_reset,
-});

@@ -143,46 +143,25 @@ pub enum FrontendError {
     },
 }
 
-/// Counters, readable at any time (also while active).
-#[derive(Debug, Default)]
-pub struct VhostUserStats {
-    /// Successful handshakes (the first connection included).
-    pub connects: AtomicU64,
-    /// Times the backend was found gone (socket error, hang-up, timeout).
-    pub backend_lost: AtomicU64,
-    /// Successful activations.
-    pub activations: AtomicU64,
-    /// Interrupts raised for the driver (backend calls forwarded, and standby answers).
-    pub interrupts: AtomicU64,
-    /// Requests answered with an error by the VMM while the backend was gone.
-    pub failed_requests: AtomicU64,
-    /// Interrupts that could not be raised.
-    pub interrupt_errors: AtomicU64,
-}
-
-/// A plain copy of [`VhostUserStats`].
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct VhostUserStatsSnapshot {
-    pub connects: u64,
-    pub backend_lost: u64,
-    pub activations: u64,
-    pub interrupts: u64,
-    pub failed_requests: u64,
-    pub interrupt_errors: u64,
+crate::virtio::device_stats! {
+    /// Counters, readable at any time (also while active).
+    pub struct VhostUserStats / VhostUserStatsSnapshot {
+        /// Successful handshakes (the first connection included).
+        connects,
+        /// Times the backend was found gone (socket error, hang-up, timeout).
+        backend_lost,
+        /// Successful activations.
+        activations,
+        /// Interrupts raised for the driver (backend calls forwarded, and standby answers).
+        interrupts,
+        /// Requests answered with an error by the VMM while the backend was gone.
+        failed_requests,
+        /// Interrupts that could not be raised.
+        interrupt_errors,
+    }
 }
 
 impl VhostUserStats {
-    pub fn snapshot(&self) -> VhostUserStatsSnapshot {
-        VhostUserStatsSnapshot {
-            connects: self.connects.load(Ordering::Relaxed),
-            backend_lost: self.backend_lost.load(Ordering::Relaxed),
-            activations: self.activations.load(Ordering::Relaxed),
-            interrupts: self.interrupts.load(Ordering::Relaxed),
-            failed_requests: self.failed_requests.load(Ordering::Relaxed),
-            interrupt_errors: self.interrupt_errors.load(Ordering::Relaxed),
-        }
-    }
-
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -789,12 +768,3 @@ fn ring_config(
         log_addr: None,
     })
 }
-
-super::atomic_counters!(VhostUserStats {
-    connects,
-    backend_lost,
-    activations,
-    interrupts,
-    failed_requests,
-    interrupt_errors,
-});
