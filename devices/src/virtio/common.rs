@@ -156,6 +156,20 @@ impl VirtioCommon {
         self.active
     }
 
+    /// Begins a device's `Debug` output with what every device shows: its name, the features
+    /// it offers and whether it is active. The device adds its own fields, then finishes.
+    pub fn debug_struct<'a, 'b: 'a>(
+        &self,
+        f: &'a mut std::fmt::Formatter<'b>,
+        device: &str,
+    ) -> std::fmt::DebugStruct<'a, 'b> {
+        let mut d = f.debug_struct(device);
+        d.field("name", &self.name)
+            .field("features", &format_args!("{:#x}", self.avail_features))
+            .field("active", &self.active);
+        d
+    }
+
     /// The config space.
     pub fn config(&self) -> &[u8] {
         &self.config

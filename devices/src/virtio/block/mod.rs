@@ -177,14 +177,7 @@ pub struct Block {
 
 impl std::fmt::Debug for Block {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Block")
-            .field("name", &self.common.name())
-            .field(
-                "features",
-                &format_args!("{:#x}", self.common.avail_features()),
-            )
-            .field("active", &self.common.is_active())
-            .finish()
+        self.common.debug_struct(f, "Block").finish()
     }
 }
 

@@ -263,14 +263,7 @@ pub struct Net<T: TapIo + AsRawFd + Send + 'static = Tap> {
 
 impl<T: TapIo + AsRawFd + Send + 'static> std::fmt::Debug for Net<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Net")
-            .field("name", &self.common.name())
-            .field(
-                "features",
-                &format_args!("{:#x}", self.common.avail_features()),
-            )
-            .field("active", &self.common.is_active())
-            .finish()
+        self.common.debug_struct(f, "Net").finish()
     }
 }
 
