@@ -2,6 +2,8 @@
 //! driver's init sequence, activation and reset, and random accesses.
 
 use super::*;
+use crate::virtio::common::read_config_bytes;
+use crate::virtio::testing::write_config_bytes;
 use crate::virtio::ShmRegion;
 use std::sync::Mutex;
 use vm_memory::GuestAddress;
@@ -38,27 +40,10 @@ impl VirtioDevice for Dummy {
         self.rec.lock().unwrap().acked.push(features);
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let rec = self.rec.lock().unwrap();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| rec.config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.rec.lock().unwrap().config, offset, data);
     }
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        let mut rec = self.rec.lock().unwrap();
-        for (i, b) in data.iter().enumerate() {
-            let slot = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| rec.config.get_mut(o));
-            if let Some(slot) = slot {
-                *slot = *b;
-            }
-        }
+        write_config_bytes(&mut self.rec.lock().unwrap().config, offset, data);
     }
     fn activate(
         &mut self,

@@ -8,7 +8,7 @@
 //!   the device used; it holds the device's [`Queue`] over the same ring;
 //! - [`fuzz`]: fuzz bytes into rings: the harness memory, an input reader, buffer selectors;
 //! - what every device test needs: [`memory`], [`pattern`], [`guest_bytes`], [`TempDir`],
-//!   [`CountingInterrupt`], [`wait_for`], [`Rng`].
+//!   [`CountingInterrupt`], [`wait_for`], [`Rng`], [`write_config_bytes`].
 //!
 //! Everything here panics on misuse (a ring outside guest memory, a temporary directory that
 //! cannot be made): it only ever runs in tests, fuzzers and benches.
@@ -77,6 +77,20 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Writes `data` into `config` at `offset`, the counterpart of
+/// [`crate::virtio::common::read_config_bytes`] for test devices with a writable config
+/// space: what lies past the end of `config` (or at an offset that overflows) is ignored.
+pub fn write_config_bytes(config: &mut [u8], offset: u64, data: &[u8]) {
+    let Some(dst) = usize::try_from(offset)
+        .ok()
+        .and_then(|o| config.get_mut(o..))
+    else {
+        return;
+    };
+    let n = dst.len().min(data.len());
+    dst[..n].copy_from_slice(&data[..n]);
 }
 
 /// An [`Interrupt`] that counts queue interrupts (and fails the test on a config interrupt).
