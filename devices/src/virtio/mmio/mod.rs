@@ -225,15 +225,17 @@ impl MmioTransport {
         self.queues.get(self.queue_sel as usize)
     }
 
-    /// The selected queue, if its registers may be written now: the device is not live yet
-    /// and the queue is not enabled.
-    fn programmable_queue(&mut self) -> Option<&mut Queue> {
+    /// Applies a queue register write to the selected queue, if its registers may be written
+    /// now: the device is not live yet and the queue is not enabled. Otherwise the write is
+    /// dropped.
+    fn program_queue(&mut self, write: impl FnOnce(&mut Queue)) {
         if self.device_live() {
-            return None;
+            return;
         }
-        self.queues
-            .get_mut(self.queue_sel as usize)
-            .filter(|q| !q.ready())
+        let queue = self.queues.get_mut(self.queue_sel as usize);
+        if let Some(q) = queue.filter(|q| !q.ready()) {
+            write(q);
+        }
     }
 
     /// DRIVER_OK was set (or the device is failed): the queue setup is frozen until a reset.
@@ -293,14 +295,12 @@ impl MmioTransport {
             }
             REG_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
             REG_QUEUE_SEL => self.queue_sel = v,
-            REG_QUEUE_NUM => {
-                if let Some(q) = self.programmable_queue() {
-                    // `set_size` refuses 0, non-powers of two and sizes above the max.
-                    if let Ok(size) = u16::try_from(v) {
-                        q.set_size(size);
-                    }
+            REG_QUEUE_NUM => self.program_queue(|q| {
+                // `set_size` refuses 0, non-powers of two and sizes above the max.
+                if let Ok(size) = u16::try_from(v) {
+                    q.set_size(size);
                 }
-            }
+            }),
             REG_QUEUE_READY if !self.device_live() => {
                 if let Some(q) = self.queues.get_mut(self.queue_sel as usize) {
                     q.set_ready(v == 1);
@@ -315,36 +315,14 @@ impl MmioTransport {
                 self.interrupt.status.fetch_and(!v, Ordering::AcqRel);
             }
             REG_STATUS => self.write_status(v),
-            REG_QUEUE_DESC_LOW => {
-                if let Some(q) = self.programmable_queue() {
-                    q.set_desc_table_address(Some(v), None);
-                }
-            }
-            REG_QUEUE_DESC_HIGH => {
-                if let Some(q) = self.programmable_queue() {
-                    q.set_desc_table_address(None, Some(v));
-                }
-            }
-            REG_QUEUE_DRIVER_LOW => {
-                if let Some(q) = self.programmable_queue() {
-                    q.set_avail_ring_address(Some(v), None);
-                }
-            }
+            REG_QUEUE_DESC_LOW => self.program_queue(|q| q.set_desc_table_address(Some(v), None)),
+            REG_QUEUE_DESC_HIGH => self.program_queue(|q| q.set_desc_table_address(None, Some(v))),
+            REG_QUEUE_DRIVER_LOW => self.program_queue(|q| q.set_avail_ring_address(Some(v), None)),
             REG_QUEUE_DRIVER_HIGH => {
-                if let Some(q) = self.programmable_queue() {
-                    q.set_avail_ring_address(None, Some(v));
-                }
+                self.program_queue(|q| q.set_avail_ring_address(None, Some(v)))
             }
-            REG_QUEUE_DEVICE_LOW => {
-                if let Some(q) = self.programmable_queue() {
-                    q.set_used_ring_address(Some(v), None);
-                }
-            }
-            REG_QUEUE_DEVICE_HIGH => {
-                if let Some(q) = self.programmable_queue() {
-                    q.set_used_ring_address(None, Some(v));
-                }
-            }
+            REG_QUEUE_DEVICE_LOW => self.program_queue(|q| q.set_used_ring_address(Some(v), None)),
+            REG_QUEUE_DEVICE_HIGH => self.program_queue(|q| q.set_used_ring_address(None, Some(v))),
             REG_SHM_SEL => self.shm_sel = v,
             // VIRTIO_F_RING_RESET is never offered.
             REG_QUEUE_RESET => {}
