@@ -87,6 +87,18 @@ pub trait Watcher {
     fn remove(&mut self, fd: RawFd) -> io::Result<()>;
 }
 
+/// The first number from `*next` on that is not `taken`, counting on from `first` after
+/// `u32::MAX`; `*next` moves past it.
+fn next_free(next: &mut u32, first: u32, taken: impl Fn(u32) -> bool) -> u32 {
+    loop {
+        let n = *next;
+        *next = if n == u32::MAX { first } else { n + 1 };
+        if !taken(n) {
+            return n;
+        }
+    }
+}
+
 fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
@@ -405,31 +417,15 @@ impl Muxer {
     }
 
     fn alloc_token(&mut self) -> u32 {
-        loop {
-            let t = self.next_token;
-            self.next_token = if t == u32::MAX {
-                FIRST_CONN_TOKEN
-            } else {
-                t + 1
-            };
-            if !self.conns.contains_key(&t) {
-                return t;
-            }
-        }
+        next_free(&mut self.next_token, FIRST_CONN_TOKEN, |t| {
+            self.conns.contains_key(&t)
+        })
     }
 
     fn alloc_host_port(&mut self) -> u32 {
-        loop {
-            let p = self.next_host_port;
-            self.next_host_port = if p == u32::MAX {
-                FIRST_HOST_PORT
-            } else {
-                p + 1
-            };
-            if !self.by_key.keys().any(|k| k.local_port == p) {
-                return p;
-            }
-        }
+        next_free(&mut self.next_host_port, FIRST_HOST_PORT, |p| {
+            self.by_key.keys().any(|k| k.local_port == p)
+        })
     }
 
     /// Closes the connection's socket. With `rst`, a guest that knows the connection gets an
