@@ -51,8 +51,20 @@ fn with_num_buffers(f: &[u8], n: u16) -> Vec<u8> {
     f
 }
 
-fn fake_backend() -> NetBackend<FakeTap> {
-    NetBackend::new(FakeTap::default())
+/// Memory, a backend over a [`FakeTap`] and a tx ring.
+fn tx_setup() -> (GuestMemoryMmap, NetBackend<FakeTap>, TestQueue) {
+    let mem = memory();
+    let tx = TestQueue::new(&mem, TX_RING, QUEUE_SIZE);
+    (mem, NetBackend::new(FakeTap::default()), tx)
+}
+
+/// Memory, a backend over a [`FakeTap`] with MRG_RXBUF as `mrg_rxbuf` says, and an rx ring.
+fn rx_setup(mrg_rxbuf: bool) -> (GuestMemoryMmap, NetBackend<FakeTap>, TestQueue) {
+    let mem = memory();
+    let mut b = NetBackend::new(FakeTap::default());
+    b.set_mrg_rxbuf(mrg_rxbuf);
+    let rx = TestQueue::new(&mem, RX_RING, QUEUE_SIZE);
+    (mem, b, rx)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -88,9 +100,7 @@ fn assert_tx_works(b: &mut NetBackend<FakeTap>, tx: &mut TestQueue, mem: &GuestM
 
 #[test]
 fn tx_frame_reaches_the_tap_with_its_header() {
-    let mem = memory();
-    let mut b = fake_backend();
-    let mut tx = TestQueue::new(&mem, TX_RING, QUEUE_SIZE);
+    let (mem, mut b, mut tx) = tx_setup();
     let f = frame(100, 1);
     // Split inside the header, and over a zero-length descriptor.
     mem.write_slice(&f[..8], GuestAddress(BUF)).unwrap();
@@ -115,9 +125,7 @@ fn tx_frame_reaches_the_tap_with_its_header() {
 
 #[test]
 fn tx_indirect_chain() {
-    let mem = memory();
-    let mut b = fake_backend();
-    let mut tx = TestQueue::new(&mem, TX_RING, QUEUE_SIZE);
+    let (mem, mut b, mut tx) = tx_setup();
     let f = frame(300, 2);
     mem.write_slice(&f[..12], GuestAddress(BUF)).unwrap();
     mem.write_slice(&f[12..], GuestAddress(BUF + 0x100))
@@ -138,9 +146,7 @@ fn tx_indirect_chain() {
 
 #[test]
 fn bad_tx_chains_are_dropped_and_counted() {
-    let mem = memory();
-    let mut b = fake_backend();
-    let mut tx = TestQueue::new(&mem, TX_RING, QUEUE_SIZE);
+    let (mem, mut b, mut tx) = tx_setup();
     let mem_end = MEM_SIZE as u64;
     let max = MAX_TX_LEN as u32;
     mem.write_slice(&frame(200, 3), GuestAddress(BUF)).unwrap();
@@ -205,9 +211,7 @@ fn bad_tx_chains_are_dropped_and_counted() {
 
 #[test]
 fn tx_eagain_keeps_the_frame_and_other_errors_drop_it() {
-    let mem = memory();
-    let mut b = fake_backend();
-    let mut tx = TestQueue::new(&mem, TX_RING, QUEUE_SIZE);
+    let (mem, mut b, mut tx) = tx_setup();
     let (f1, f2) = (frame(100, 1), frame(200, 2));
     mem.write_slice(&f1, GuestAddress(BUF)).unwrap();
     mem.write_slice(&f2, GuestAddress(BUF + 0x1000)).unwrap();
@@ -270,10 +274,7 @@ fn tx_eagain_keeps_the_frame_and_other_errors_drop_it() {
 
 #[test]
 fn rx_with_mrg_rxbuf_spans_chains_and_sets_num_buffers() {
-    let mem = memory();
-    let mut b = fake_backend();
-    b.set_mrg_rxbuf(true);
-    let mut rx = TestQueue::new(&mem, RX_RING, QUEUE_SIZE);
+    let (mem, mut b, mut rx) = rx_setup(true);
     let heads: Vec<u16> = (0..3)
         .map(|i| rx.add(&[(BUF + 0x1000 * i, 1000, W)]))
         .collect();
@@ -322,9 +323,7 @@ fn rx_with_mrg_rxbuf_spans_chains_and_sets_num_buffers() {
 
 #[test]
 fn rx_without_mrg_rxbuf_uses_one_chain_per_frame() {
-    let mem = memory();
-    let mut b = fake_backend();
-    let mut rx = TestQueue::new(&mem, RX_RING, QUEUE_SIZE);
+    let (mem, mut b, mut rx) = rx_setup(false);
     let h = rx.add(&[(BUF, 12, W), (BUF + 0x1000, 2000, W)]);
     let f = frame(1000, 4);
     b.tap_mut().push_rx(f.clone());
@@ -338,10 +337,7 @@ fn rx_without_mrg_rxbuf_uses_one_chain_per_frame() {
 #[test]
 fn rx_without_buffers_keeps_the_frame_pending_and_loses_nothing() {
     for mrg in [true, false] {
-        let mem = memory();
-        let mut b = fake_backend();
-        b.set_mrg_rxbuf(mrg);
-        let mut rx = TestQueue::new(&mem, RX_RING, QUEUE_SIZE);
+        let (mem, mut b, mut rx) = rx_setup(mrg);
         let (a, c) = (frame(100, 1), frame(200, 2));
         b.tap_mut().push_rx(a.clone());
         b.tap_mut().push_rx(c.clone());
@@ -381,10 +377,7 @@ fn rx_without_buffers_keeps_the_frame_pending_and_loses_nothing() {
 
 #[test]
 fn rx_with_mrg_rxbuf_waits_for_enough_buffers() {
-    let mem = memory();
-    let mut b = fake_backend();
-    b.set_mrg_rxbuf(true);
-    let mut rx = TestQueue::new(&mem, RX_RING, QUEUE_SIZE);
+    let (mem, mut b, mut rx) = rx_setup(true);
     let h1 = rx.add(&[(BUF, 2048, W)]);
     let f = frame(3000, 5);
     b.tap_mut().push_rx(f.clone());
@@ -405,9 +398,7 @@ fn rx_with_mrg_rxbuf_waits_for_enough_buffers() {
 #[test]
 fn rx_frame_bigger_than_every_buffer_is_dropped() {
     // Without MRG_RXBUF: larger than the next chain. The chain serves the next frame.
-    let mem = memory();
-    let mut b = fake_backend();
-    let mut rx = TestQueue::new(&mem, RX_RING, QUEUE_SIZE);
+    let (mem, mut b, mut rx) = rx_setup(false);
     let h = rx.add(&[(BUF, 512, W)]);
     b.tap_mut().push_rx(frame(1000, 1));
     let small = frame(300, 2);
@@ -420,10 +411,7 @@ fn rx_frame_bigger_than_every_buffer_is_dropped() {
     assert_eq!((s.rx_too_big, s.rx_frames), (1, 1));
 
     // With MRG_RXBUF: a whole ring of small buffers (256 x 64 bytes) is still too small.
-    let mem = memory();
-    let mut b = fake_backend();
-    b.set_mrg_rxbuf(true);
-    let mut rx = TestQueue::new(&mem, RX_RING, QUEUE_SIZE);
+    let (mem, mut b, mut rx) = rx_setup(true);
     let heads: Vec<u16> = (0..u64::from(QUEUE_SIZE))
         .map(|i| rx.add(&[(BUF + 64 * i, 64, W)]))
         .collect();
@@ -444,10 +432,7 @@ fn rx_frame_bigger_than_every_buffer_is_dropped() {
 
 #[test]
 fn bad_rx_chains_are_returned_unused() {
-    let mem = memory();
-    let mut b = fake_backend();
-    b.set_mrg_rxbuf(true);
-    let mut rx = TestQueue::new(&mem, RX_RING, QUEUE_SIZE);
+    let (mem, mut b, mut rx) = rx_setup(true);
     let mem_end = MEM_SIZE as u64;
     let bad = [
         rx.add(&[(BUF, 2048, R)]),
@@ -471,9 +456,7 @@ fn bad_rx_chains_are_returned_unused() {
 
 #[test]
 fn rx_tap_errors_and_runts() {
-    let mem = memory();
-    let mut b = fake_backend();
-    let mut rx = TestQueue::new(&mem, RX_RING, QUEUE_SIZE);
+    let (mem, mut b, mut rx) = rx_setup(false);
     rx.add(&[(BUF, 2048, W)]);
     let f = frame(64, 1);
     b.tap_mut().push_rx(vec![1, 2, 3, 4, 5]);
@@ -496,10 +479,7 @@ fn rx_tap_errors_and_runts() {
 
 #[test]
 fn rx_budget_bounds_one_call() {
-    let mem = memory();
-    let mut b = fake_backend();
-    b.set_mrg_rxbuf(true);
-    let mut rx = TestQueue::new(&mem, RX_RING, QUEUE_SIZE);
+    let (mem, mut b, mut rx) = rx_setup(true);
     for i in 0..u64::from(QUEUE_SIZE) {
         rx.add(&[(BUF + 0x100 * i, 0x100, W)]);
     }

@@ -298,6 +298,15 @@ fn fs_config(socket: &Path, tag: &str) -> VhostUserFsConfig {
     VhostUserFsConfig::new(socket, tag)
 }
 
+/// A virtio-fs device tagged `tag` on a backend with two queues and every protocol feature,
+/// its socket in a fresh `qvm-vu-<name>` directory (keep it alive).
+fn fs_on_a_backend(name: &str, tag: &str) -> (TempDir, TestBackend, VhostUserFs) {
+    let dir = TempDir::new(&format!("qvm-vu-{name}"));
+    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
+    let fs = VhostUserFs::new(fs_config(&dir.socket(), tag)).unwrap();
+    (dir, backend, fs)
+}
+
 fn new_interrupt() -> Arc<CountingInterrupt> {
     Arc::new(CountingInterrupt::default())
 }
@@ -328,9 +337,7 @@ fn kick_and_wait(
 
 #[test]
 fn new_negotiates_and_exposes_the_tag() {
-    let dir = TempDir::new("qvm-vu-negotiate");
-    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
-    let fs = VhostUserFs::new(fs_config(&dir.socket(), "myfs")).unwrap();
+    let (_dir, backend, fs) = fs_on_a_backend("negotiate", "myfs");
 
     assert_eq!(fs.device_type(), TYPE_FS);
     assert_eq!(fs.queue_max_sizes(), &[1024, 1024]);
@@ -422,9 +429,7 @@ fn a_backend_with_too_few_queues_is_refused() {
 
 #[test]
 fn activate_shares_memory_and_rings_and_forwards_interrupts() {
-    let dir = TempDir::new("qvm-vu-activate");
-    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
-    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "share")).unwrap();
+    let (_dir, backend, mut fs) = fs_on_a_backend("activate", "share");
     fs.ack_features(fs.features());
     let mem = memfd_memory();
     let irq = new_interrupt();
@@ -612,9 +617,7 @@ fn a_backend_without_version_1_is_refused() {
 
 #[test]
 fn reset_stops_the_rings_and_activate_works_again() {
-    let dir = TempDir::new("qvm-vu-reset");
-    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
-    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
+    let (_dir, backend, mut fs) = fs_on_a_backend("reset", "t");
     assert!(!fs.reset(), "not active yet");
 
     fs.ack_features(fs.features());
@@ -656,9 +659,7 @@ fn reset_stops_the_rings_and_activate_works_again() {
 
 #[test]
 fn activate_checks_memory_and_queues() {
-    let dir = TempDir::new("qvm-vu-checks");
-    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
-    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
+    let (_dir, backend, mut fs) = fs_on_a_backend("checks", "t");
     fs.ack_features(fs.features());
 
     let anon = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MIB as usize)]).unwrap();
@@ -746,9 +747,7 @@ fn used_elem(mem: &GuestMemoryMmap, q: usize, slot: u16) -> (u32, u32) {
 
 #[test]
 fn backend_death_fails_requests_with_enotconn_and_a_restarted_backend_takes_over() {
-    let dir = TempDir::new("qvm-vu-death");
-    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
-    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
+    let (dir, backend, mut fs) = fs_on_a_backend("death", "t");
     fs.ack_features(fs.features());
     let irq = new_interrupt();
     let mem = memfd_memory();
@@ -797,9 +796,7 @@ fn backend_death_fails_requests_with_enotconn_and_a_restarted_backend_takes_over
 /// A virtio-fs device whose backend died before activation, activated (so in standby): the
 /// temp dir (keep it alive), the device, its memory and the kick eventfds of its two queues.
 fn standby_fs(name: &str) -> (TempDir, VhostUserFs, GuestMemoryMmap, Vec<EventFd>) {
-    let dir = TempDir::new(&format!("qvm-vu-{name}"));
-    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
-    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
+    let (dir, backend, mut fs) = fs_on_a_backend(name, "t");
     backend.kill();
     // Dead before anything watched the socket: the first message fails, nothing panics, and
     // the guest gets errors instead of a device that never answers.
