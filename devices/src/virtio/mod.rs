@@ -175,7 +175,7 @@ pub use crate::atomic_counters;
 /// readable from any thread at any time), its plain copy with `snapshot()`, and
 /// [`DeviceMetrics`] naming each counter by its field (in the order given):
 ///
-/// ```ignore
+/// ```text
 /// device_stats! {
 ///     /// Counters of the thing.
 ///     pub struct ThingStats / ThingStatsSnapshot {
