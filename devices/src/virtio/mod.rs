@@ -216,3 +216,8 @@ macro_rules! device_stats {
     };
 }
 pub(crate) use device_stats;
+
+/// Adds `by` to a device counter (relaxed: the counters order nothing, they are only read).
+pub(crate) fn bump(counter: &std::sync::atomic::AtomicU64, by: u64) {
+    counter.fetch_add(by, std::sync::atomic::Ordering::Relaxed);
+}

@@ -19,7 +19,7 @@ use super::{
     BlockConfig, BlockError, BlockStats, ID_BYTES, MAX_DISCARD_SECTORS, MAX_WRITE_ZEROES_SECTORS,
     SECTOR_SHIFT, SECTOR_SIZE, SEGMENT_SIZE,
 };
-use crate::virtio::GuestMemoryMmap;
+use crate::virtio::{bump, GuestMemoryMmap};
 
 /// Why an executed request failed (reported to the guest as a status code).
 #[derive(Debug)]
@@ -207,7 +207,7 @@ impl Disk {
         chain: DescriptorChain<&GuestMemoryMmap>,
         mem: &GuestMemoryMmap,
     ) -> u32 {
-        BlockStats::bump(&self.stats.requests, 1);
+        bump(&self.stats.requests, 1);
         let (status_addr, code, written) = match parse_request(chain) {
             Ok(req) => {
                 let (res, written) = self.execute(&req, mem);
@@ -223,15 +223,15 @@ impl Disk {
                 },
             ) => (addr, e.status_code(), 0),
             Err(RequestError { status: None, .. }) => {
-                BlockStats::bump(&self.stats.invalid_chains, 1);
+                bump(&self.stats.invalid_chains, 1);
                 return 0;
             }
         };
         if code != VIRTIO_BLK_S_OK as u8 {
-            BlockStats::bump(&self.stats.errors, 1);
+            bump(&self.stats.errors, 1);
         }
         if mem.write_obj(code, status_addr).is_err() {
-            BlockStats::bump(&self.stats.invalid_chains, 1);
+            bump(&self.stats.invalid_chains, 1);
             return 0;
         }
         written.saturating_add(1)
@@ -244,14 +244,14 @@ impl Disk {
             RequestType::In => {
                 let mut written = 0u32;
                 let res = self.transfer(req, mem, Direction::ToGuest, &mut written);
-                BlockStats::bump(&self.stats.bytes_read, u64::from(written));
+                bump(&self.stats.bytes_read, u64::from(written));
                 (res, written)
             }
             RequestType::Out if self.read_only => (Err(ExecError::IoErr), 0),
             RequestType::Out => {
                 let mut read = 0u32;
                 let res = self.transfer(req, mem, Direction::FromGuest, &mut read);
-                BlockStats::bump(&self.stats.bytes_written, u64::from(read));
+                bump(&self.stats.bytes_written, u64::from(read));
                 (res, 0)
             }
             RequestType::Flush => (self.flush(), 0),
@@ -522,8 +522,8 @@ pub fn process_queue(disk: &mut Disk, queue: &mut Queue, mem: &GuestMemoryMmap) 
         let head = chain.head_index();
         if head >= queue.size() {
             // Nothing we could return it as: count it and move on.
-            BlockStats::bump(&disk.stats.requests, 1);
-            BlockStats::bump(&disk.stats.invalid_chains, 1);
+            bump(&disk.stats.requests, 1);
+            bump(&disk.stats.invalid_chains, 1);
             continue;
         }
         let len = disk.process_chain(chain, mem);
@@ -532,7 +532,7 @@ pub fn process_queue(disk: &mut Disk, queue: &mut Queue, mem: &GuestMemoryMmap) 
         } else {
             // The used ring is not writable (the queue was checked at activation, so only a
             // harness can get here).
-            BlockStats::bump(&disk.stats.invalid_chains, 1);
+            bump(&disk.stats.invalid_chains, 1);
         }
     }
     used

@@ -40,7 +40,7 @@ pub use request::{parse_request, DataBuf, Request, RequestError, RequestErrorKin
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::*;
@@ -153,12 +153,6 @@ crate::virtio::device_stats! {
         /// Chains returned with used length 0 because no status byte could be written (or dropped
         /// because their head index was out of range).
         invalid_chains,
-    }
-}
-
-impl BlockStats {
-    fn bump(counter: &AtomicU64, by: u64) {
-        counter.fetch_add(by, Ordering::Relaxed);
     }
 }
 

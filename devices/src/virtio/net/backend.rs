@@ -15,7 +15,7 @@ use super::{
     NetStats, TapIo, MAX_CHAIN_LEN, MAX_TX_LEN, NUM_BUFFERS_OFFSET, RX_BUDGET, RX_READ_LEN,
     VNET_HDR_LEN,
 };
-use crate::virtio::GuestMemoryMmap;
+use crate::virtio::{bump, GuestMemoryMmap};
 
 /// What [`NetBackend::process_tx`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -155,7 +155,7 @@ impl<T: TapIo> NetBackend<T> {
     /// the frames pending in either direction (counted in `dropped_on_reset`).
     pub fn reset_queues(&mut self) {
         let dropped = u64::from(self.tx_pending.is_some()) + u64::from(self.rx_len > 0);
-        NetStats::bump(&self.stats.dropped_on_reset, dropped);
+        bump(&self.stats.dropped_on_reset, dropped);
         self.tx_pending = None;
         self.tx_len = 0;
         self.rx_len = 0;
@@ -185,11 +185,11 @@ impl<T: TapIo> NetBackend<T> {
             let head = chain.head_index();
             if head >= queue.size() {
                 // Nothing we could return it as.
-                NetStats::bump(&self.stats.tx_malformed, 1);
+                bump(&self.stats.tx_malformed, 1);
                 continue;
             }
             if self.gather_tx(chain, mem).is_err() {
-                NetStats::bump(&self.stats.tx_malformed, 1);
+                bump(&self.stats.tx_malformed, 1);
             } else if self.send_frame() == Sent::WouldBlock {
                 self.tx_pending = Some(head);
                 out.blocked = true;
@@ -242,19 +242,19 @@ impl<T: TapIo> NetBackend<T> {
         let frame = self.tx_buf.get(..self.tx_len).unwrap_or(&[]);
         match self.tap.write(frame) {
             Ok(_) => {
-                NetStats::bump(&self.stats.tx_frames, 1);
-                NetStats::bump(
+                bump(&self.stats.tx_frames, 1);
+                bump(
                     &self.stats.tx_bytes,
                     frame.len().saturating_sub(VNET_HDR_LEN) as u64,
                 );
                 Sent::Done
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                NetStats::bump(&self.stats.tx_deferred, 1);
+                bump(&self.stats.tx_deferred, 1);
                 Sent::WouldBlock
             }
             Err(_) => {
-                NetStats::bump(&self.stats.tx_errors, 1);
+                bump(&self.stats.tx_errors, 1);
                 Sent::Dropped
             }
         }
@@ -278,14 +278,14 @@ impl<T: TapIo> NetBackend<T> {
             match self.deliver(queue, mem, &mut used) {
                 Delivery::Done => {}
                 Delivery::TooBig => {
-                    NetStats::bump(&self.stats.rx_too_big, 1);
+                    bump(&self.stats.rx_too_big, 1);
                     self.rx_len = 0;
                     self.rx_waiting = false;
                 }
                 Delivery::NoBuffers => {
                     if !self.rx_waiting {
                         self.rx_waiting = true;
-                        NetStats::bump(&self.stats.rx_deferred, 1);
+                        bump(&self.stats.rx_deferred, 1);
                     }
                     return RxOutcome {
                         used,
@@ -306,7 +306,7 @@ impl<T: TapIo> NetBackend<T> {
         match self.tap.read(&mut self.rx_buf) {
             // A datagram that filled the buffer may have been truncated.
             Ok(n) if n >= self.rx_buf.len() || (n > 0 && n < VNET_HDR_LEN) => {
-                NetStats::bump(&self.stats.rx_errors, 1);
+                bump(&self.stats.rx_errors, 1);
                 Err(None)
             }
             Ok(n) if n > 0 => {
@@ -316,7 +316,7 @@ impl<T: TapIo> NetBackend<T> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(Some(RxWait::TapEmpty)),
             // End of file (not a tap thing, but a stand-in's peer can go away) or an error.
             _ => {
-                NetStats::bump(&self.stats.rx_errors, 1);
+                bump(&self.stats.rx_errors, 1);
                 Err(Some(RxWait::TapError))
             }
         }
@@ -379,7 +379,7 @@ impl<T: TapIo> NetBackend<T> {
                 };
                 // Checked at reservation; guest memory does not shrink.
                 if mem.write_slice(src, addr).is_err() {
-                    NetStats::bump(&self.stats.rx_invalid_chains, 1);
+                    bump(&self.stats.rx_invalid_chains, 1);
                     break;
                 }
                 off += n;
@@ -387,8 +387,8 @@ impl<T: TapIo> NetBackend<T> {
             }
             *used |= queue.add_used(mem, chain.head, written).is_ok();
         }
-        NetStats::bump(&self.stats.rx_frames, 1);
-        NetStats::bump(
+        bump(&self.stats.rx_frames, 1);
+        bump(
             &self.stats.rx_bytes,
             len.saturating_sub(VNET_HDR_LEN) as u64,
         );
@@ -406,7 +406,7 @@ impl<T: TapIo> NetBackend<T> {
             };
             let head = chain.head_index();
             if head >= queue.size() {
-                NetStats::bump(&self.stats.rx_invalid_chains, 1);
+                bump(&self.stats.rx_invalid_chains, 1);
                 continue;
             }
             match parse_rx_chain(chain, mem) {
@@ -420,7 +420,7 @@ impl<T: TapIo> NetBackend<T> {
                     return true;
                 }
                 None => {
-                    NetStats::bump(&self.stats.rx_invalid_chains, 1);
+                    bump(&self.stats.rx_invalid_chains, 1);
                     *used |= queue.add_used(mem, head, 0).is_ok();
                 }
             }

@@ -54,7 +54,6 @@ pub use tap::{
 
 use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use event_manager::EventSet;
@@ -191,12 +190,6 @@ crate::virtio::device_stats! {
         tx_errors,
         /// Frames still pending (either direction) when the device was reset.
         dropped_on_reset,
-    }
-}
-
-impl NetStats {
-    fn bump(counter: &AtomicU64, by: u64) {
-        counter.fetch_add(by, Ordering::Relaxed);
     }
 }
 

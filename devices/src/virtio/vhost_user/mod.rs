@@ -50,7 +50,7 @@ use std::io;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -68,7 +68,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use supervisor::{start_supervisor, SupervisorLoop};
 
-use super::{ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, WorkerThread};
+use super::{bump, ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, WorkerThread};
 
 /// How long the backend may take to answer one message before we give up on it (the vCPU
 /// that activates or resets the device waits that long at most per message).
@@ -161,12 +161,6 @@ crate::virtio::device_stats! {
     }
 }
 
-impl VhostUserStats {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// State shared with the forwarder thread.
 struct Shared {
     label: String,
@@ -180,7 +174,7 @@ impl Shared {
     /// Records that the backend is gone: logs one line and counts it, once per connection.
     fn backend_lost(&self, why: &dyn Display) {
         if !self.lost.swap(true, Ordering::SeqCst) {
-            VhostUserStats::bump(&self.stats.backend_lost);
+            bump(&self.stats.backend_lost, 1);
             eprintln!(
                 "{}: vhost-user backend on {} is gone ({why}); the guest's requests fail until a backend listens on that socket again",
                 self.label,
@@ -258,7 +252,7 @@ impl VhostUserHandle {
             lost: AtomicBool::new(false),
         });
         let session = handshake(&cfg)?;
-        VhostUserStats::bump(&shared.stats.connects);
+        bump(&shared.stats.connects, 1);
         if session.backend_features & VIRTIO_F_VERSION_1 == 0 {
             return Err(FrontendError::NoVersion1 {
                 label: cfg.label.clone(),
@@ -391,7 +385,7 @@ impl VhostUserHandle {
                 Ok(s) => {
                     *guard = Some(s);
                     self.shared.lost.store(false, Ordering::SeqCst);
-                    VhostUserStats::bump(&self.shared.stats.connects);
+                    bump(&self.shared.stats.connects, 1);
                 }
                 Err(why) => {
                     self.shared.backend_lost(&why);
@@ -437,7 +431,7 @@ impl VhostUserHandle {
                 return Err(ActivateError::Worker(e));
             }
         }
-        VhostUserStats::bump(&self.shared.stats.activations);
+        bump(&self.shared.stats.activations, 1);
         Ok(())
     }
 

@@ -18,10 +18,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{
     connect_and_setup, lock, memory_table, FrontendConfig, Handover, SetupFailure, Shared,
-    SharedSession, StandbyResponder, VhostUserStats,
+    SharedSession, StandbyResponder,
 };
 use crate::virtio::{
-    run_epoll_loop, EpollWorker, GuestMemoryMmap, Interrupt, InterruptKind, WorkerStop,
+    bump, run_epoll_loop, EpollWorker, GuestMemoryMmap, Interrupt, InterruptKind, WorkerStop,
     WorkerThread,
 };
 
@@ -166,8 +166,8 @@ impl SupervisorLoop {
     fn raise(&self) {
         let stats = &self.shared.stats;
         match self.interrupt.trigger(InterruptKind::Queue) {
-            Ok(()) => VhostUserStats::bump(&stats.interrupts),
-            Err(_) => VhostUserStats::bump(&stats.interrupt_errors),
+            Ok(()) => bump(&stats.interrupts, 1),
+            Err(_) => bump(&stats.interrupt_errors, 1),
         }
     }
 
@@ -225,7 +225,7 @@ impl SupervisorLoop {
                 let len = self.responder.fail_request(i, mem, chain);
                 if q.add_used(mem, head, len).is_ok() {
                     used = true;
-                    VhostUserStats::bump(&self.shared.stats.failed_requests);
+                    bump(&self.shared.stats.failed_requests, 1);
                 }
             }
             // Re-arms the notification (avail_event with EVENT_IDX); true if more arrived. A
@@ -280,7 +280,7 @@ impl SupervisorLoop {
         self.sock = Some(sock);
         self.standby = false;
         self.shared.lost.store(false, Ordering::SeqCst);
-        VhostUserStats::bump(&self.shared.stats.connects);
+        bump(&self.shared.stats.connects, 1);
         eprintln!(
             "{}: vhost-user backend on {} is back; the rings are handed to it at the requests it has not seen (its state is new: a virtio-fs guest must mount the share again)",
             self.shared.label,

@@ -35,7 +35,6 @@ use std::net::Shutdown;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +43,7 @@ use event_manager::EventSet;
 use super::packet::*;
 use super::unix::{bind_listener, parse_connect_line, send_bytes};
 use super::{VsockConfig, VsockError, VsockStats};
+use crate::virtio::bump;
 
 /// Receive buffer we advertise per connection (`buf_alloc`): guest data the host peer has not
 /// read yet is kept up to this much.
@@ -97,10 +97,6 @@ fn next_free(next: &mut u32, first: u32, taken: impl Fn(u32) -> bool) -> u32 {
             return n;
         }
     }
-}
-
-fn bump(counter: &AtomicU64, by: u64) {
-    counter.fetch_add(by, Ordering::Relaxed);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -9,11 +9,9 @@ use virtio_vsock::packet::VsockPacket;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{ReadVolatile, VolatileMemoryError};
 
-use super::{
-    bump, Muxer, State, CONN_BUF_ALLOC, P_CREDIT_UPDATE, P_REQUEST, P_RESPONSE, P_SHUTDOWN,
-};
+use super::{Muxer, State, CONN_BUF_ALLOC, P_CREDIT_UPDATE, P_REQUEST, P_RESPONSE, P_SHUTDOWN};
 use crate::virtio::vsock::packet::*;
-use crate::virtio::GuestMemoryMmap;
+use crate::virtio::{bump, GuestMemoryMmap};
 
 /// A failed read into guest memory as an `io::Error`.
 fn volatile_to_io(e: VolatileMemoryError) -> io::Error {

@@ -12,12 +12,12 @@ use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
 
 use super::{
-    bump, known_op, Conn, ConnKey, Muxer, State, CONN_BUF_ALLOC, MAX_CONNECTIONS, P_CREDIT_UPDATE,
+    known_op, Conn, ConnKey, Muxer, State, CONN_BUF_ALLOC, MAX_CONNECTIONS, P_CREDIT_UPDATE,
     P_RESPONSE,
 };
 use crate::virtio::vsock::packet::*;
 use crate::virtio::vsock::unix::{connect_nonblocking, port_path, send_bytes, send_volatile};
-use crate::virtio::GuestMemoryMmap;
+use crate::virtio::{bump, GuestMemoryMmap};
 
 impl Muxer {
     /// Takes every available tx chain (at most one queue's worth) and acts on its packet.
