@@ -676,6 +676,16 @@ fn set_sndbuf(fd: RawFd, bytes: libc::c_int) {
     assert_eq!(r, 0);
 }
 
+/// Memory, an rx and a tx ring in it, and an eventfd to kick each: what activating the device
+/// takes (through [`active_queues`]).
+fn rings() -> (GuestMemoryMmap, TestQueue, TestQueue, EventFd, EventFd) {
+    let mem = memory();
+    let rx = TestQueue::new(&mem, RX_RING, QUEUE_SIZE);
+    let tx = TestQueue::new(&mem, TX_RING, QUEUE_SIZE);
+    let kick = || EventFd::new(EFD_NONBLOCK).unwrap();
+    (mem, rx, tx, kick(), kick())
+}
+
 fn active_queues(
     rx: &TestQueue,
     tx: &TestQueue,
@@ -710,12 +720,8 @@ fn worker_moves_frames_with_backpressure_both_ways() {
         features::GUEST_TSO4
     );
 
-    let mem = memory();
-    let mut rx = TestQueue::new(&mem, RX_RING, QUEUE_SIZE);
-    let mut tx = TestQueue::new(&mem, TX_RING, QUEUE_SIZE);
+    let (mem, mut rx, mut tx, rx_notify, tx_notify) = rings();
     let irq = Arc::new(CountingInterrupt(AtomicUsize::new(0)));
-    let rx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
-    let tx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
 
     let err = net
         .activate(mem.clone(), irq.clone(), Vec::new())
@@ -834,12 +840,8 @@ fn worker_stops_watching_a_broken_tap() {
     sock.shutdown(std::net::Shutdown::Both).unwrap();
     let mut net = Net::with_tap(tap, None).unwrap();
     net.ack_features(net.features());
-    let mem = memory();
-    let rx = TestQueue::new(&mem, RX_RING, QUEUE_SIZE);
-    let tx = TestQueue::new(&mem, TX_RING, QUEUE_SIZE);
+    let (mem, rx, tx, rx_notify, tx_notify) = rings();
     let irq = Arc::new(CountingInterrupt(AtomicUsize::new(0)));
-    let rx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
-    let tx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
     net.activate(
         mem.clone(),
         irq,
@@ -1028,12 +1030,8 @@ fn real_tap_offload_probe_errors_and_traffic() {
     let sock = PacketSocket::bind(ifindex);
 
     net.ack_features(net.features());
-    let mem = memory();
-    let mut rx = TestQueue::new(&mem, RX_RING, QUEUE_SIZE);
-    let mut tx = TestQueue::new(&mem, TX_RING, QUEUE_SIZE);
+    let (mem, mut rx, mut tx, rx_notify, tx_notify) = rings();
     let irq = Arc::new(CountingInterrupt(AtomicUsize::new(0)));
-    let rx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
-    let tx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
     net.activate(
         mem.clone(),
         irq,
