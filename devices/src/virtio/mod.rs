@@ -218,6 +218,12 @@ macro_rules! device_stats {
 pub(crate) use device_stats;
 
 /// Adds `by` to a device counter (relaxed: the counters order nothing, they are only read).
+/// Whether a guest buffer of `len` bytes at `addr` lies wholly inside guest memory (an empty
+/// one always does: nothing of it is touched).
+pub(crate) fn in_memory(mem: &GuestMemoryMmap, addr: vm_memory::GuestAddress, len: u32) -> bool {
+    len == 0 || vm_memory::GuestMemoryBackend::check_range(mem, addr, len as usize)
+}
+
 pub(crate) fn bump(counter: &std::sync::atomic::AtomicU64, by: u64) {
     counter.fetch_add(by, std::sync::atomic::Ordering::Relaxed);
 }

@@ -5,10 +5,10 @@
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::{HEADER_SIZE, MAX_CHAIN_LEN, SECTOR_SIZE, SEGMENT_SIZE, SEG_MAX, SIZE_MAX};
-use crate::virtio::GuestMemoryMmap;
+use crate::virtio::{in_memory, GuestMemoryMmap};
 
 /// The request types we execute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,10 +97,6 @@ impl RequestError {
             _ => VIRTIO_BLK_S_IOERR as u8,
         }
     }
-}
-
-fn in_memory(mem: &GuestMemoryMmap, addr: GuestAddress, len: u32) -> bool {
-    len == 0 || GuestMemoryBackend::check_range(mem, addr, len as usize)
 }
 
 /// Reads and validates the chain (virtio 1.2, 5.2.6). Never touches memory outside the chain's

@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::{
     NetStats, TapIo, MAX_CHAIN_LEN, MAX_TX_LEN, NUM_BUFFERS_OFFSET, RX_BUDGET, RX_READ_LEN,
     VNET_HDR_LEN,
 };
-use crate::virtio::{bump, GuestMemoryMmap};
+use crate::virtio::{bump, in_memory, GuestMemoryMmap};
 
 /// What [`NetBackend::process_tx`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -67,10 +67,6 @@ enum Delivery {
     Done,
     TooBig,
     NoBuffers,
-}
-
-fn in_memory(mem: &GuestMemoryMmap, addr: GuestAddress, len: u32) -> bool {
-    len == 0 || GuestMemoryBackend::check_range(mem, addr, len as usize)
 }
 
 /// The tap plus the frames in flight between it and the queues.
