@@ -271,18 +271,13 @@ impl VirtioDeviceBase for Block {
 
     fn start(&mut self, act: Activation) -> Result<(), ActivateError> {
         let ([queue], [notify]) = split_queues(act.queues)?;
+        // Before the disk is taken, so that a failure leaves it where it is.
+        let stop = WorkerStop::new().map_err(ActivateError::Worker)?;
         let Some(disk) = self.disk.take() else {
             return Err(ActivateError::Other(format!(
                 "{}: the disk was lost when an earlier worker died",
                 self.common.name()
             )));
-        };
-        let stop = match WorkerStop::new() {
-            Ok(stop) => stop,
-            Err(e) => {
-                self.disk = Some(disk);
-                return Err(ActivateError::Worker(e));
-            }
         };
         let worker = Worker {
             disk,

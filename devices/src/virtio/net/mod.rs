@@ -365,6 +365,8 @@ impl<T: TapIo + AsRawFd + Send + 'static> VirtioDeviceBase for Net<T> {
 
     fn start(&mut self, act: Activation) -> Result<(), ActivateError> {
         let ([rx, tx], [rx_notify, tx_notify]) = split_queues(act.queues)?;
+        // Before the tap is taken, so that a failure leaves it where it is.
+        let stop = WorkerStop::new().map_err(ActivateError::Worker)?;
         let Some(mut backend) = self.backend.take() else {
             return Err(ActivateError::Other(format!(
                 "{}: the tap was lost when an earlier worker died",
@@ -382,13 +384,6 @@ impl<T: TapIo + AsRawFd + Send + 'static> VirtioDeviceBase for Net<T> {
                 self.common.name(), self.tap_name
             )));
         }
-        let stop = match WorkerStop::new() {
-            Ok(stop) => stop,
-            Err(e) => {
-                self.backend = Some(backend);
-                return Err(ActivateError::Worker(e));
-            }
-        };
         let worker = Worker {
             tap_fd: backend.tap().as_raw_fd(),
             backend,
