@@ -5,7 +5,7 @@
 //! - [`SplitRing`]: where a split virtqueue's three parts lie in guest memory (one layout for
 //!   every user) and reading or writing them as a driver does;
 //! - [`TestQueue`]: a driver for tests: builds chains, makes them available, reads back what
-//!   the device used; it holds the device's [`Queue`] over the same ring;
+//!   the device used; it holds the device's [`Queue`](virtio_queue::Queue) over the same ring;
 //! - [`fuzz`]: fuzz bytes into rings: the harness memory, an input reader, buffer selectors;
 //! - what every device test needs: [`memory`], [`pattern`], [`guest_bytes`], [`TempDir`],
 //!   [`CountingInterrupt`], [`wait_for`], [`Rng`], [`write_config_bytes`].
