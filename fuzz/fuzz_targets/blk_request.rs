@@ -1,12 +1,14 @@
 //! Fuzzes the virtio-blk request parser and executor: the input becomes a descriptor table,
 //! an avail ring and request payload in a small guest memory, served by a 64 KiB disk.
-//! The input layout is documented at `qvm_devices::virtio::block::fuzz_blk_request`.
+//! The input layout is documented at `qvm_devices::virtio::block::fuzz::fuzz_blk_request`.
 #![no_main]
 
 use std::sync::{Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use qvm_devices::virtio::block::{fuzz_blk_request, fuzz_memory, BlockConfig, Disk};
+use qvm_devices::virtio::block::fuzz::fuzz_blk_request;
+use qvm_devices::virtio::block::{BlockConfig, Disk};
+use qvm_devices::virtio::testing::fuzz::memory as fuzz_memory;
 use qvm_devices::virtio::GuestMemoryMmap;
 
 struct State {

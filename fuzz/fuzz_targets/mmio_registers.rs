@@ -25,7 +25,9 @@ mod common;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
+use qvm_devices::virtio::common::read_config_bytes;
 use qvm_devices::virtio::mmio::{MmioTransport, CONFIG_OFFSET, MMIO_MAGIC_VALUE};
+use qvm_devices::virtio::testing::write_config_bytes;
 use qvm_devices::virtio::{
     status, ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, InterruptKind, ShmRegion,
     VirtioDevice, VIRTIO_F_VERSION_1,
@@ -92,26 +94,10 @@ impl VirtioDevice for Dummy {
         assert!(!lock(&self.shared).active, "features acked while active");
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let s = lock(&self.shared);
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| s.config.get(o).copied())
-                .unwrap_or(0);
-        }
+        read_config_bytes(&lock(&self.shared).config, offset, data);
     }
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        let mut s = lock(&self.shared);
-        for (i, b) in data.iter().enumerate() {
-            let slot = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| s.config.get_mut(o));
-            if let Some(slot) = slot {
-                *slot = *b;
-            }
-        }
+        write_config_bytes(&mut lock(&self.shared).config, offset, data);
     }
     fn activate(
         &mut self,

@@ -1,5 +1,5 @@
 //! Fuzzes virtio-vsock's guest->host path: arbitrary tx descriptor chains are parsed by
-//! `muxer::read_tx_packet` (checked against a plain gather of the chain) and then handled by a
+//! `packet::read_tx_packet` (checked against a plain gather of the chain) and then handled by a
 //! fresh `Muxer`, with replies written into arbitrary rx chains. The host side is real unix
 //! sockets in a temporary directory: a listener at `<uds>_1024` (guest connects to port 1024
 //! succeed; to any other port they find nothing and are reset), and optionally a host peer
@@ -38,10 +38,10 @@ use std::time::{Duration, Instant};
 use common::{Input, Ring, RING_BYTES};
 use event_manager::EventSet;
 use libfuzzer_sys::fuzz_target;
-use qvm_devices::virtio::vsock::muxer::{
-    read_tx_packet, Muxer, TxChainError, Watcher, LISTENER_TOKEN, MAX_CONNECTIONS, MAX_PKT_BUF_SIZE,
+use qvm_devices::virtio::vsock::muxer::{Muxer, Watcher, LISTENER_TOKEN, MAX_CONNECTIONS};
+use qvm_devices::virtio::vsock::packet::{
+    read_tx_packet, Header, TxChainError, HEADER_SIZE, MAX_PKT_BUF_SIZE,
 };
-use qvm_devices::virtio::vsock::packet::{Header, HEADER_SIZE};
 use qvm_devices::virtio::vsock::{VsockConfig, VsockStats};
 use qvm_devices::virtio::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};

@@ -27,7 +27,6 @@ use qvm_devices::virtio::GuestMemoryMmap;
 use qvm_virtio_wl::state::WlState;
 use qvm_virtio_wl::{FakeMapper, WlConfig, WlMetrics};
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress};
 
 const OUT_RING: u64 = 0;
 const IN_RING: u64 = 0x400;

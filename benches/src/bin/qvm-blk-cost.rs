@@ -11,14 +11,14 @@
 use std::process::ExitCode;
 
 use qvm_devices::virtio::block::{process_queue, BlockConfig, Disk};
-use virtio_queue::{Queue, QueueT};
+use qvm_devices::virtio::testing::SplitRing;
+use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const QUEUE_SIZE: u16 = 256;
 const CHAINS: u16 = QUEUE_SIZE / 3;
-const DESC: u64 = 0x0;
-const AVAIL: u64 = 0x1000;
-const USED: u64 = 0x2000;
+/// The ring at guest address 0: descriptor table, avail ring at 0x1000, used ring at 0x2000.
+const RING: SplitRing = SplitRing::new(0, QUEUE_SIZE);
 const HEADERS: u64 = 0x4000;
 const STATUS: u64 = 0x6000;
 const DATA: u64 = 0x10_0000;
@@ -27,14 +27,7 @@ const VIRTQ_DESC_F_NEXT: u16 = 1;
 const VIRTQ_DESC_F_WRITE: u16 = 2;
 
 fn desc(mem: &GuestMemoryMmap, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-    let at = GuestAddress(DESC + u64::from(i) * 16);
-    let mut raw = [0u8; 16];
-    raw[..8].copy_from_slice(&addr.to_le_bytes());
-    raw[8..12].copy_from_slice(&len.to_le_bytes());
-    raw[12..14].copy_from_slice(&flags.to_le_bytes());
-    raw[14..16].copy_from_slice(&next.to_le_bytes());
-    mem.write_slice(&raw, at)
-        .expect("descriptor in bench memory");
+    RING.set_desc(mem, i, Descriptor::new(addr, len, flags, next));
 }
 
 fn main() -> ExitCode {
@@ -96,12 +89,7 @@ fn main() -> ExitCode {
             desc(&mem, d + 2, STATUS + u64::from(c), 1, VIRTQ_DESC_F_WRITE, 0);
         }
     }
-    let mut queue = Queue::new(QUEUE_SIZE).expect("queue");
-    queue.set_size(QUEUE_SIZE);
-    queue.set_desc_table_address(Some(DESC as u32), Some(0));
-    queue.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-    queue.set_used_ring_address(Some(USED as u32), Some(0));
-    queue.set_ready(true);
+    let mut queue = RING.queue();
 
     let mut done = 0u64;
     let mut avail_idx = 0u16;
@@ -118,13 +106,10 @@ fn main() -> ExitCode {
             mem.write_obj(0xffu8, GuestAddress(STATUS + u64::from(c)))
                 .expect("status");
             sector = (sector + 8) % (sectors - 8);
-            let slot = AVAIL + 4 + u64::from(avail_idx % QUEUE_SIZE) * 2;
-            mem.write_obj(c * 3, GuestAddress(slot))
-                .expect("avail ring");
+            RING.set_avail(&mem, avail_idx, c * 3);
             avail_idx = avail_idx.wrapping_add(1);
         }
-        mem.write_obj(avail_idx, GuestAddress(AVAIL + 2))
-            .expect("avail idx");
+        RING.set_avail_idx(&mem, avail_idx);
         process_queue(&mut disk, &mut queue, &mem);
         done += u64::from(batch);
         bad += (0..batch)
@@ -135,7 +120,7 @@ fn main() -> ExitCode {
             })
             .count();
     }
-    let used: u16 = mem.read_obj(GuestAddress(USED + 2)).expect("used idx");
+    let used = RING.used_idx(&mem);
     if used != avail_idx || bad != 0 {
         eprintln!("qvm-blk-cost: used idx {used}, avail idx {avail_idx}, {bad} failed statuses");
         return ExitCode::from(1);

@@ -156,6 +156,20 @@ impl VirtioCommon {
         self.active
     }
 
+    /// Begins a device's `Debug` output with what every device shows: its name, the features
+    /// it offers and whether it is active. The device adds its own fields, then finishes.
+    pub fn debug_struct<'a, 'b: 'a>(
+        &self,
+        f: &'a mut std::fmt::Formatter<'b>,
+        device: &str,
+    ) -> std::fmt::DebugStruct<'a, 'b> {
+        let mut d = f.debug_struct(device);
+        d.field("name", &self.name)
+            .field("features", &format_args!("{:#x}", self.avail_features))
+            .field("active", &self.active);
+        d
+    }
+
     /// The config space.
     pub fn config(&self) -> &[u8] {
         &self.config
@@ -342,9 +356,9 @@ impl<T: VirtioDeviceBase> VirtioDevice for T {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::testing::{self, SplitRing};
     use crate::virtio::{InterruptKind, VIRTIO_F_VERSION_1};
     use std::sync::atomic::{AtomicU64, Ordering};
-    use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     const RING_BASE: u64 = 0x1000;
@@ -424,7 +438,7 @@ mod tests {
     }
 
     fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
+        testing::memory(0x10000)
     }
 
     /// `n` ready queues of 16 entries in [`memory`]; queue `bad` (if any) has its used ring
@@ -433,16 +447,10 @@ mod tests {
         (0..n)
             .map(|i| {
                 let base = RING_BASE + 0x1000 * i as u64;
-                let used = if Some(i) == bad {
-                    0x10_0000
-                } else {
-                    base + 0x400
-                };
-                let mut q = Queue::new(16).unwrap();
-                q.set_desc_table_address(Some(base as u32), Some(0));
-                q.set_avail_ring_address(Some((base + 0x100) as u32), Some(0));
-                q.set_used_ring_address(Some(used as u32), Some(0));
-                q.set_ready(true);
+                let mut q = SplitRing::new(base, 16).queue();
+                if Some(i) == bad {
+                    q.set_used_ring_address(Some(0x10_0000), Some(0));
+                }
                 ActiveQueue {
                     queue: q,
                     notify: EventFd::new(EFD_NONBLOCK).unwrap(),

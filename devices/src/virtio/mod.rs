@@ -17,11 +17,16 @@
 //!
 //! The transport ([`mmio::MmioTransport`]) owns the register state machine and the queues
 //! until activation; it is the only [`crate::BusDevice`] the vCPUs see.
+//!
+//! Tests, the fuzz harnesses and the benches build their rings with `testing` (in tests, and
+//! with the `test-utils` feature).
 
 pub mod block;
 pub mod common;
 pub mod mmio;
 pub mod net;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 pub mod vhost_user;
 pub mod vsock;
 pub mod worker;
@@ -165,3 +170,60 @@ macro_rules! atomic_counters {
     };
 }
 pub use crate::atomic_counters;
+
+/// Defines a device's counters once: the struct of `AtomicU64`s (updated by the worker,
+/// readable from any thread at any time), its plain copy with `snapshot()`, and
+/// [`DeviceMetrics`] naming each counter by its field (in the order given):
+///
+/// ```text
+/// device_stats! {
+///     /// Counters of the thing.
+///     pub struct ThingStats / ThingStatsSnapshot {
+///         /// Requests taken.
+///         requests,
+///         errors,
+///     }
+/// }
+/// ```
+macro_rules! device_stats {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident / $snapshot:ident {
+            $( $(#[$field_meta:meta])* $field:ident, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Default)]
+        pub struct $name {
+            $( $(#[$field_meta])* pub $field: std::sync::atomic::AtomicU64, )*
+        }
+
+        #[doc = concat!("A plain copy of [`", stringify!($name), "`].")]
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct $snapshot {
+            $( pub $field: u64, )*
+        }
+
+        impl $name {
+            pub fn snapshot(&self) -> $snapshot {
+                $snapshot {
+                    $( $field: self.$field.load(std::sync::atomic::Ordering::Relaxed), )*
+                }
+            }
+        }
+
+        $crate::virtio::atomic_counters!($name { $($field),* });
+    };
+}
+pub(crate) use device_stats;
+
+/// Adds `by` to a device counter (relaxed: the counters order nothing, they are only read).
+/// Whether a guest buffer of `len` bytes at `addr` lies wholly inside guest memory (an empty
+/// one always does: nothing of it is touched).
+pub(crate) fn in_memory(mem: &GuestMemoryMmap, addr: vm_memory::GuestAddress, len: u32) -> bool {
+    len == 0 || vm_memory::GuestMemoryBackend::check_range(mem, addr, len as usize)
+}
+
+pub(crate) fn bump(counter: &std::sync::atomic::AtomicU64, by: u64) {
+    counter.fetch_add(by, std::sync::atomic::Ordering::Relaxed);
+}

@@ -642,17 +642,10 @@ mod tests {
         max_rounds: usize,
         mut round: impl FnMut(usize, &mut Queue, &dyn Fn(u16)) -> Round,
     ) -> (Drain, usize, Queue, GuestMemoryMmap) {
-        use virtio_queue::mock::MockSplitQueue;
-        use vm_memory::{Bytes, GuestAddress};
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        let (mut q, avail) = {
-            let mock = MockSplitQueue::new(&mem, 16);
-            (mock.create_queue::<Queue>().unwrap(), mock.avail_addr())
-        };
-        let set_avail = |idx: u16| {
-            let at = GuestAddress(avail.0 + 2);
-            mem.write_obj(idx.to_le(), at).unwrap();
-        };
+        let mem = crate::virtio::testing::memory(0x10000);
+        let ring = crate::virtio::testing::SplitRing::new(0, 16);
+        let mut q = ring.queue();
+        let set_avail = |idx: u16| ring.set_avail_idx(&mem, idx);
         set_avail(avail_idx);
         let mut calls = 0;
         let d = drain_queue(&mut q, &mem, max_rounds, |q| {

@@ -1,108 +1,27 @@
-//! Shared pieces of the fuzz targets: a fixed-layout input reader and split rings laid out in a
-//! small guest memory from fuzz bytes.
+//! Shared pieces of the `vsock_tx`, `fuse_standby`, `wl_out` and `mmio_registers` targets: the
+//! harness memory, input reader and buffer selectors of `qvm_devices::virtio::testing::fuzz`,
+//! and [`Ring`], a split ring laid out from fuzz bytes in one format for all of them.
 //!
-//! Guest memory (like the blk/net harnesses): two adjacent 64 KiB regions at 0 (buffers may
-//! straddle them), a hole, and a 4 KiB region at 0x40000. Rings live in the first 4 KiB
-//! (each ring takes 0x400: descriptor table, avail ring at +0x100, used ring at +0x200);
-//! buffers point into 0x1000..0x21000 (the last 4 KiB is past the end of memory), the third
-//! region (straddling its end) or near `u64::MAX`.
-#![allow(dead_code)]
+//! Rings live in the first 4 KiB, 0x400 apart (each a `SplitRing` of [`QUEUE_SIZE`]:
+//! descriptor table, avail ring at +0x100, used ring at +0x200); buffers point into
+//! 0x1000..0x21000 (the last 4 KiB is past the end of memory), the small third region
+//! (straddling its end) or near `u64::MAX`.
+// Each target uses a different part.
+#![allow(dead_code, unused_imports)]
 
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+pub use qvm_devices::virtio::testing::fuzz::{
+    clear, memory, write_payload, Input, DESC_BYTES, QUEUE_SIZE,
+};
+
+use qvm_devices::virtio::testing::fuzz::descriptor;
+use qvm_devices::virtio::testing::SplitRing;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
-/// Size of every fuzzed queue.
-pub const QUEUE_SIZE: u16 = 16;
-/// Bytes of input per descriptor: address selector (u32), length selector (u32), flags, next.
-pub const DESC_BYTES: usize = 10;
 /// Bytes of input per ring: the descriptors plus one head byte per avail slot.
 pub const RING_BYTES: usize = QUEUE_SIZE as usize * (DESC_BYTES + 1);
-/// Where buffer payload copied from the input starts, and where memory we clear ends.
-pub const PAYLOAD: u64 = 0x1000;
-pub const PAYLOAD_END: u64 = 0x20000;
-pub const THIRD_REGION: u64 = 0x40000;
 
-pub fn memory() -> GuestMemoryMmap<()> {
-    GuestMemoryMmap::from_ranges(&[
-        (GuestAddress(0), 0x10000),
-        (GuestAddress(0x10000), 0x10000),
-        (GuestAddress(THIRD_REGION), 0x1000),
-    ])
-    .expect("fuzz guest memory")
-}
-
-/// Zeroes the rings and buffer areas.
-pub fn clear(mem: &GuestMemoryMmap<()>) {
-    static ZEROS: [u8; 0x1000] = [0; 0x1000];
-    let mut at = 0;
-    while at < PAYLOAD_END {
-        let _ = mem.write_slice(&ZEROS, GuestAddress(at));
-        at += ZEROS.len() as u64;
-    }
-    let _ = mem.write_slice(&ZEROS, GuestAddress(THIRD_REGION));
-}
-
-/// Copies `bytes` to guest memory at [`PAYLOAD`] (as much as fits before [`PAYLOAD_END`]).
-pub fn write_payload(mem: &GuestMemoryMmap<()>, bytes: &[u8]) {
-    let room = (PAYLOAD_END - PAYLOAD) as usize;
-    let _ = mem.write_slice(&bytes[..bytes.len().min(room)], GuestAddress(PAYLOAD));
-}
-
-/// Reads the input as a stream of fixed-size fields; past the end everything reads as 0.
-pub struct Input<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Input<'a> {
-    pub fn new(data: &'a [u8]) -> Self {
-        Input { data, pos: 0 }
-    }
-
-    pub fn byte(&mut self) -> u8 {
-        let b = self.data.get(self.pos).copied().unwrap_or(0);
-        self.pos += 1;
-        b
-    }
-
-    pub fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.byte(), self.byte()])
-    }
-
-    pub fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.byte(), self.byte(), self.byte(), self.byte()])
-    }
-
-    pub fn u64(&mut self) -> u64 {
-        u64::from(self.u32()) | u64::from(self.u32()) << 32
-    }
-
-    /// The next `n` bytes (fewer at the end of the input); always advances by `n`.
-    pub fn take(&mut self, n: usize) -> &'a [u8] {
-        let start = self.pos.min(self.data.len());
-        let end = self.pos.saturating_add(n).min(self.data.len());
-        self.pos = self.pos.saturating_add(n);
-        &self.data[start..end]
-    }
-
-    /// Whatever follows.
-    pub fn rest(&self) -> &'a [u8] {
-        self.data.get(self.pos..).unwrap_or(&[])
-    }
-}
-
-/// A guest buffer address from a selector: mostly inside the payload area, sometimes in the
-/// small third region (straddling its end), sometimes where `addr + len` overflows.
-pub fn buf_addr(sel: u32) -> u64 {
-    match sel >> 30 {
-        0 | 1 => PAYLOAD + u64::from(sel & 0x1_ffff),
-        2 => THIRD_REGION + u64::from(sel & 0x1fff),
-        _ => u64::MAX - u64::from(sel & 0xffff),
-    }
-}
-
-/// A buffer length from a selector: small (splits headers), medium, large, or anything.
+/// A buffer length from a selector: small (splits headers), tiny, large, or anything.
 pub fn buf_len(sel: u32) -> u32 {
     match sel >> 30 {
         0 => sel & 0x7ff,
@@ -112,9 +31,9 @@ pub fn buf_len(sel: u32) -> u32 {
     }
 }
 
-/// One split ring laid out in guest memory at `base`.
+/// One split ring laid out in guest memory from fuzz bytes.
 pub struct Ring {
-    pub base: u64,
+    ring: SplitRing,
     pub queue: Queue,
     /// Avail entries published.
     pub n_avail: u16,
@@ -130,30 +49,22 @@ impl Ring {
     /// bytes (% 20) of which the first `n_avail` are published.
     pub fn lay(mem: &GuestMemoryMmap<()>, input: &mut Input, base: u64, n_avail: u16) -> Ring {
         let n_avail = n_avail % (QUEUE_SIZE + 1);
-        for i in 0..u64::from(QUEUE_SIZE) {
-            let addr = buf_addr(input.u32());
-            let len = buf_len(input.u32());
-            let (flags, next) = (input.byte(), input.byte());
-            let desc = Descriptor::new(addr, len, u16::from(flags & 0x7), u16::from(next) % 20);
-            let _ = mem.write_obj(RawDescriptor::from(desc), GuestAddress(base + 16 * i));
+        let ring = SplitRing::new(base, QUEUE_SIZE);
+        for i in 0..QUEUE_SIZE {
+            ring.set_desc(mem, i, descriptor(input, buf_len));
         }
         let mut bad_heads = 0;
-        for i in 0..u64::from(QUEUE_SIZE) {
+        for i in 0..QUEUE_SIZE {
             let h = u16::from(input.byte()) % 20;
-            if i < u64::from(n_avail) {
+            if i < n_avail {
                 bad_heads += u16::from(h >= QUEUE_SIZE);
-                let _ = mem.write_obj(h.to_le(), GuestAddress(base + 0x100 + 4 + 2 * i));
+                ring.set_avail(mem, i, h);
             }
         }
-        let mut queue = Queue::new(QUEUE_SIZE).expect("queue");
-        queue.set_size(QUEUE_SIZE);
-        queue.set_desc_table_address(Some(base as u32), Some(0));
-        queue.set_avail_ring_address(Some((base + 0x100) as u32), Some(0));
-        queue.set_used_ring_address(Some((base + 0x200) as u32), Some(0));
-        queue.set_ready(true);
+        let queue = ring.queue();
         assert!(queue.is_valid(mem));
         let mut ring = Ring {
-            base,
+            ring,
             queue,
             n_avail: 0,
             bad_heads,
@@ -166,7 +77,7 @@ impl Ring {
 
     fn avail_heads(&self, mem: &GuestMemoryMmap<()>) -> Vec<u8> {
         let mut heads = vec![0u8; 2 * usize::from(QUEUE_SIZE)];
-        let _ = mem.read_slice(&mut heads, GuestAddress(self.base + 0x100 + 4));
+        let _ = mem.read_slice(&mut heads, self.ring.avail_ring().unchecked_add(4));
         heads
     }
 
@@ -180,7 +91,7 @@ impl Ring {
     /// rewrites the ring and puts it back between two reads is not told apart.
     pub fn avail_intact(&self, mem: &GuestMemoryMmap<()>) -> bool {
         let idx = mem
-            .read_obj::<u16>(GuestAddress(self.base + 0x100 + 2))
+            .read_obj::<u16>(self.ring.avail_ring().unchecked_add(2))
             .map(u16::from_le);
         idx.ok() == Some(self.n_avail) && self.avail_heads(mem) == self.laid_heads
     }
@@ -188,14 +99,12 @@ impl Ring {
     /// Sets the avail index (the driver makes the first `n` entries available).
     pub fn publish(&mut self, mem: &GuestMemoryMmap<()>, n: u16) {
         self.n_avail = n;
-        let _ = mem.write_obj(n.to_le(), GuestAddress(self.base + 0x100 + 2));
+        self.ring.set_avail_idx(mem, n);
     }
 
     /// The used index the device wrote.
     pub fn used_idx(&self, mem: &GuestMemoryMmap<()>) -> u16 {
-        mem.read_obj::<u16>(GuestAddress(self.base + 0x200 + 2))
-            .map(u16::from_le)
-            .unwrap_or(0)
+        self.ring.used_idx(mem)
     }
 
     /// The used elements (id, len) the device wrote, or None when guest memory no longer shows
@@ -207,9 +116,7 @@ impl Ring {
 
     /// Used element `i`: (id, len).
     pub fn used_elem(&self, mem: &GuestMemoryMmap<()>, i: u16) -> (u32, u32) {
-        let at = self.base + 0x200 + 4 + 8 * u64::from(i % QUEUE_SIZE);
-        let id: u32 = mem.read_obj(GuestAddress(at)).unwrap_or(0);
-        let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap_or(0);
-        (u32::from_le(id), u32::from_le(len))
+        let e = self.ring.used_elem(mem, i);
+        (e.id(), e.len())
     }
 }

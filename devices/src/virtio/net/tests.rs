@@ -1,19 +1,27 @@
+//! virtio-net tests: the backend driven directly over driver-side rings and a [`FakeTap`], the
+//! device through its worker thread over a socketpair standing in for the tap, a real tap (root
+//! only), and the fuzz harnesses on random inputs.
+
+use super::fuzz::NetFuzz;
 use super::*;
-use crate::virtio::{ActiveQueue, InterruptKind};
+use crate::virtio::testing::{
+    self, guest_bytes, pattern, wait_for, CountingInterrupt, Rng, TestQueue,
+};
+use crate::virtio::{ActiveQueue, GuestMemoryMmap};
+use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::RawDescriptor;
-use virtio_queue::mock::MockSplitQueue;
-use vm_memory::Address;
-use vmm_sys_util::eventfd::EFD_NONBLOCK;
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const MEM_SIZE: usize = 8 << 20;
 const RX_RING: u64 = 0;
 const TX_RING: u64 = 0x1_0000;
-/// Buffers live at 1 MiB and above (the mock's rings sit low).
+/// Buffers live at 1 MiB and above (the rings sit low).
 const BUF: u64 = 0x10_0000;
 const BUF2: u64 = 0x40_0000;
 const R: u16 = 0;
@@ -22,13 +30,7 @@ const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
 fn memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+    testing::memory(MEM_SIZE)
 }
 
 /// A frame as the tap or the driver hands it over: 12-byte header, then `len` bytes. The
@@ -49,122 +51,20 @@ fn with_num_buffers(f: &[u8], n: u16) -> Vec<u8> {
     f
 }
 
-fn guest_bytes(mem: &GuestMemoryMmap, at: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    mem.read_slice(&mut v, GuestAddress(at)).unwrap();
-    v
+/// Memory, a backend over a [`FakeTap`] and a tx ring.
+fn tx_setup() -> (GuestMemoryMmap, NetBackend<FakeTap>, TestQueue) {
+    let mem = memory();
+    let tx = TestQueue::new(&mem, TX_RING, QUEUE_SIZE);
+    (mem, NetBackend::new(FakeTap::default()), tx)
 }
 
-/// The driver side of one queue: builds chains in a mock queue and reads back used entries.
-struct Driver<'a> {
-    mem: &'a GuestMemoryMmap,
-    vq: MockSplitQueue<'a, GuestMemoryMmap>,
-    queue: Queue,
-    size: u16,
-    next_desc: u16,
-    seen_used: u16,
-}
-
-impl<'a> Driver<'a> {
-    fn new(mem: &'a GuestMemoryMmap, ring: u64) -> Driver<'a> {
-        Driver::with_size(mem, ring, QUEUE_SIZE)
-    }
-
-    fn with_size(mem: &'a GuestMemoryMmap, ring: u64, size: u16) -> Driver<'a> {
-        let vq = MockSplitQueue::create(mem, GuestAddress(ring), size);
-        let queue = vq.create_queue().unwrap();
-        Driver {
-            mem,
-            vq,
-            queue,
-            size,
-            next_desc: 0,
-            seen_used: 0,
-        }
-    }
-
-    fn alloc(&mut self, n: u16) -> u16 {
-        if self.next_desc + n > self.size {
-            self.next_desc = 0;
-        }
-        let at = self.next_desc;
-        self.next_desc += n;
-        at
-    }
-
-    /// Adds raw descriptors (flags and next as given, next relative to the first one) at a
-    /// fresh place of the table; the first one becomes an avail entry.
-    fn add_raw(&mut self, descs: &[(u64, u32, u16, u16)]) -> u16 {
-        let at = self.alloc(descs.len() as u16);
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .map(|&(a, l, f, n)| RawDescriptor::from(Descriptor::new(a, l, f, at + n)))
-            .collect();
-        // add_desc_chains starts a new avail entry after every descriptor without NEXT.
-        self.vq.add_desc_chains(&raw[..1], at).unwrap();
-        for (i, d) in raw.iter().enumerate().skip(1) {
-            self.vq.desc_table().store(at + i as u16, *d).unwrap();
-        }
-        at
-    }
-
-    /// Adds a properly linked chain.
-    fn add(&mut self, descs: &[(u64, u32, u16)]) -> u16 {
-        let n = descs.len();
-        let linked: Vec<(u64, u32, u16, u16)> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(a, l, f))| {
-                if i + 1 < n {
-                    (a, l, f | NEXT, i as u16 + 1)
-                } else {
-                    (a, l, f, 0)
-                }
-            })
-            .collect();
-        self.add_raw(&linked)
-    }
-
-    /// Adds an avail entry naming `head` as is (possibly out of range).
-    fn add_head(&mut self, head: u16) {
-        let avail = self.vq.avail_addr();
-        let idx: u16 = self.mem.read_obj(avail.unchecked_add(2)).unwrap();
-        self.mem
-            .write_obj(
-                head,
-                avail.unchecked_add(4 + 2 * u64::from(idx % self.size)),
-            )
-            .unwrap();
-        self.mem
-            .write_obj(idx.wrapping_add(1), avail.unchecked_add(2))
-            .unwrap();
-    }
-
-    fn used_idx(&self) -> u16 {
-        self.vq.used().idx().load()
-    }
-
-    /// The used elements (head, len) added since the last call.
-    fn used(&mut self) -> Vec<(u32, u32)> {
-        let used = self.used_idx();
-        let mut out = Vec::new();
-        while self.seen_used != used {
-            let e = self
-                .vq
-                .used()
-                .ring()
-                .ref_at((self.seen_used % self.size) as usize)
-                .unwrap()
-                .load();
-            out.push((e.id(), e.len()));
-            self.seen_used = self.seen_used.wrapping_add(1);
-        }
-        out
-    }
-}
-
-fn fake_backend() -> NetBackend<FakeTap> {
-    NetBackend::new(FakeTap::default())
+/// Memory, a backend over a [`FakeTap`] with MRG_RXBUF as `mrg_rxbuf` says, and an rx ring.
+fn rx_setup(mrg_rxbuf: bool) -> (GuestMemoryMmap, NetBackend<FakeTap>, TestQueue) {
+    let mem = memory();
+    let mut b = NetBackend::new(FakeTap::default());
+    b.set_mrg_rxbuf(mrg_rxbuf);
+    let rx = TestQueue::new(&mem, RX_RING, QUEUE_SIZE);
+    (mem, b, rx)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -175,20 +75,21 @@ fn fake_backend() -> NetBackend<FakeTap> {
 /// as `descs` says) and returns the used entries.
 fn send(
     b: &mut NetBackend<FakeTap>,
-    tx: &mut Driver,
+    tx: &mut TestQueue,
     descs: &[(u64, u32, u16)],
 ) -> Vec<(u32, u32)> {
     tx.add(descs);
-    b.process_tx(&mut tx.queue, tx.mem);
+    let mem = tx.mem().clone();
+    b.process_tx(&mut tx.queue, &mem);
     tx.used()
 }
 
 /// A known-good frame goes through (after a bad chain).
-fn assert_tx_works(b: &mut NetBackend<FakeTap>, tx: &mut Driver, mem: &GuestMemoryMmap) {
+fn assert_tx_works(b: &mut NetBackend<FakeTap>, tx: &mut TestQueue, mem: &GuestMemoryMmap) {
     let f = frame(60, 0x42);
     mem.write_slice(&f, GuestAddress(BUF2)).unwrap();
     let sent_before = b.tap().tx.len();
-    let head = tx.next_desc_head_for(1);
+    let head = tx.next_head_for(1);
     assert_eq!(
         send(b, tx, &[(BUF2, f.len() as u32, R)]),
         vec![(u32::from(head), 0)]
@@ -199,9 +100,7 @@ fn assert_tx_works(b: &mut NetBackend<FakeTap>, tx: &mut Driver, mem: &GuestMemo
 
 #[test]
 fn tx_frame_reaches_the_tap_with_its_header() {
-    let mem = memory();
-    let mut b = fake_backend();
-    let mut tx = Driver::new(&mem, TX_RING);
+    let (mem, mut b, mut tx) = tx_setup();
     let f = frame(100, 1);
     // Split inside the header, and over a zero-length descriptor.
     mem.write_slice(&f[..8], GuestAddress(BUF)).unwrap();
@@ -226,9 +125,7 @@ fn tx_frame_reaches_the_tap_with_its_header() {
 
 #[test]
 fn tx_indirect_chain() {
-    let mem = memory();
-    let mut b = fake_backend();
-    let mut tx = Driver::new(&mem, TX_RING);
+    let (mem, mut b, mut tx) = tx_setup();
     let f = frame(300, 2);
     mem.write_slice(&f[..12], GuestAddress(BUF)).unwrap();
     mem.write_slice(&f[12..], GuestAddress(BUF + 0x100))
@@ -249,9 +146,7 @@ fn tx_indirect_chain() {
 
 #[test]
 fn bad_tx_chains_are_dropped_and_counted() {
-    let mem = memory();
-    let mut b = fake_backend();
-    let mut tx = Driver::new(&mem, TX_RING);
+    let (mem, mut b, mut tx) = tx_setup();
     let mem_end = MEM_SIZE as u64;
     let max = MAX_TX_LEN as u32;
     mem.write_slice(&frame(200, 3), GuestAddress(BUF)).unwrap();
@@ -274,7 +169,7 @@ fn bad_tx_chains_are_dropped_and_counted() {
         vec![(BUF, 12, R), (u64::MAX - 7, 64, R)],
     ];
     for (i, chain) in bad.iter().enumerate() {
-        let head = tx.next_desc_head_for(chain.len() as u16);
+        let head = tx.next_head_for(chain.len() as u16);
         assert_eq!(
             send(&mut b, &mut tx, chain),
             vec![(u32::from(head), 0)],
@@ -297,7 +192,7 @@ fn bad_tx_chains_are_dropped_and_counted() {
     );
     malformed += 3;
     // An avail entry naming descriptor 300 of a 256-entry table: nothing to return.
-    tx.add_head(300);
+    tx.publish(300);
     b.process_tx(&mut tx.queue, &mem);
     assert!(tx.used().is_empty());
     malformed += 1;
@@ -314,22 +209,9 @@ fn bad_tx_chains_are_dropped_and_counted() {
     assert_eq!(s.tx_frames, b.tap().tx.len() as u64);
 }
 
-impl Driver<'_> {
-    /// The head the next `add` of `n` descriptors will use.
-    fn next_desc_head_for(&self, n: u16) -> u16 {
-        if self.next_desc + n > self.size {
-            0
-        } else {
-            self.next_desc
-        }
-    }
-}
-
 #[test]
 fn tx_eagain_keeps_the_frame_and_other_errors_drop_it() {
-    let mem = memory();
-    let mut b = fake_backend();
-    let mut tx = Driver::new(&mem, TX_RING);
+    let (mem, mut b, mut tx) = tx_setup();
     let (f1, f2) = (frame(100, 1), frame(200, 2));
     mem.write_slice(&f1, GuestAddress(BUF)).unwrap();
     mem.write_slice(&f2, GuestAddress(BUF + 0x1000)).unwrap();
@@ -392,10 +274,7 @@ fn tx_eagain_keeps_the_frame_and_other_errors_drop_it() {
 
 #[test]
 fn rx_with_mrg_rxbuf_spans_chains_and_sets_num_buffers() {
-    let mem = memory();
-    let mut b = fake_backend();
-    b.set_mrg_rxbuf(true);
-    let mut rx = Driver::new(&mem, RX_RING);
+    let (mem, mut b, mut rx) = rx_setup(true);
     let heads: Vec<u16> = (0..3)
         .map(|i| rx.add(&[(BUF + 0x1000 * i, 1000, W)]))
         .collect();
@@ -444,9 +323,7 @@ fn rx_with_mrg_rxbuf_spans_chains_and_sets_num_buffers() {
 
 #[test]
 fn rx_without_mrg_rxbuf_uses_one_chain_per_frame() {
-    let mem = memory();
-    let mut b = fake_backend();
-    let mut rx = Driver::new(&mem, RX_RING);
+    let (mem, mut b, mut rx) = rx_setup(false);
     let h = rx.add(&[(BUF, 12, W), (BUF + 0x1000, 2000, W)]);
     let f = frame(1000, 4);
     b.tap_mut().push_rx(f.clone());
@@ -460,10 +337,7 @@ fn rx_without_mrg_rxbuf_uses_one_chain_per_frame() {
 #[test]
 fn rx_without_buffers_keeps_the_frame_pending_and_loses_nothing() {
     for mrg in [true, false] {
-        let mem = memory();
-        let mut b = fake_backend();
-        b.set_mrg_rxbuf(mrg);
-        let mut rx = Driver::new(&mem, RX_RING);
+        let (mem, mut b, mut rx) = rx_setup(mrg);
         let (a, c) = (frame(100, 1), frame(200, 2));
         b.tap_mut().push_rx(a.clone());
         b.tap_mut().push_rx(c.clone());
@@ -503,10 +377,7 @@ fn rx_without_buffers_keeps_the_frame_pending_and_loses_nothing() {
 
 #[test]
 fn rx_with_mrg_rxbuf_waits_for_enough_buffers() {
-    let mem = memory();
-    let mut b = fake_backend();
-    b.set_mrg_rxbuf(true);
-    let mut rx = Driver::new(&mem, RX_RING);
+    let (mem, mut b, mut rx) = rx_setup(true);
     let h1 = rx.add(&[(BUF, 2048, W)]);
     let f = frame(3000, 5);
     b.tap_mut().push_rx(f.clone());
@@ -527,9 +398,7 @@ fn rx_with_mrg_rxbuf_waits_for_enough_buffers() {
 #[test]
 fn rx_frame_bigger_than_every_buffer_is_dropped() {
     // Without MRG_RXBUF: larger than the next chain. The chain serves the next frame.
-    let mem = memory();
-    let mut b = fake_backend();
-    let mut rx = Driver::new(&mem, RX_RING);
+    let (mem, mut b, mut rx) = rx_setup(false);
     let h = rx.add(&[(BUF, 512, W)]);
     b.tap_mut().push_rx(frame(1000, 1));
     let small = frame(300, 2);
@@ -542,10 +411,7 @@ fn rx_frame_bigger_than_every_buffer_is_dropped() {
     assert_eq!((s.rx_too_big, s.rx_frames), (1, 1));
 
     // With MRG_RXBUF: a whole ring of small buffers (256 x 64 bytes) is still too small.
-    let mem = memory();
-    let mut b = fake_backend();
-    b.set_mrg_rxbuf(true);
-    let mut rx = Driver::new(&mem, RX_RING);
+    let (mem, mut b, mut rx) = rx_setup(true);
     let heads: Vec<u16> = (0..u64::from(QUEUE_SIZE))
         .map(|i| rx.add(&[(BUF + 64 * i, 64, W)]))
         .collect();
@@ -566,10 +432,7 @@ fn rx_frame_bigger_than_every_buffer_is_dropped() {
 
 #[test]
 fn bad_rx_chains_are_returned_unused() {
-    let mem = memory();
-    let mut b = fake_backend();
-    b.set_mrg_rxbuf(true);
-    let mut rx = Driver::new(&mem, RX_RING);
+    let (mem, mut b, mut rx) = rx_setup(true);
     let mem_end = MEM_SIZE as u64;
     let bad = [
         rx.add(&[(BUF, 2048, R)]),
@@ -579,7 +442,7 @@ fn bad_rx_chains_are_returned_unused() {
         rx.add(&[(BUF, 0, W)]),
         rx.add_raw(&[(BUF, 100, W | NEXT, 0)]),
     ];
-    rx.add_head(300);
+    rx.publish(300);
     let good = rx.add(&[(BUF2, 2048, W)]);
     let f = frame(500, 6);
     b.tap_mut().push_rx(f.clone());
@@ -593,9 +456,7 @@ fn bad_rx_chains_are_returned_unused() {
 
 #[test]
 fn rx_tap_errors_and_runts() {
-    let mem = memory();
-    let mut b = fake_backend();
-    let mut rx = Driver::new(&mem, RX_RING);
+    let (mem, mut b, mut rx) = rx_setup(false);
     rx.add(&[(BUF, 2048, W)]);
     let f = frame(64, 1);
     b.tap_mut().push_rx(vec![1, 2, 3, 4, 5]);
@@ -618,10 +479,7 @@ fn rx_tap_errors_and_runts() {
 
 #[test]
 fn rx_budget_bounds_one_call() {
-    let mem = memory();
-    let mut b = fake_backend();
-    b.set_mrg_rxbuf(true);
-    let mut rx = Driver::new(&mem, RX_RING);
+    let (mem, mut b, mut rx) = rx_setup(true);
     for i in 0..u64::from(QUEUE_SIZE) {
         rx.add(&[(BUF + 0x100 * i, 0x100, W)]);
     }
@@ -804,27 +662,6 @@ impl AsRawFd for SocketTap {
     }
 }
 
-struct CountingInterrupt(AtomicUsize);
-
-impl Interrupt for CountingInterrupt {
-    fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
-        assert_eq!(kind, InterruptKind::Queue);
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 fn set_sndbuf(fd: RawFd, bytes: libc::c_int) {
     // SAFETY: setsockopt reads one int from the pointer.
     let r = unsafe {
@@ -839,19 +676,29 @@ fn set_sndbuf(fd: RawFd, bytes: libc::c_int) {
     assert_eq!(r, 0);
 }
 
+/// Memory, an rx and a tx ring in it, and an eventfd to kick each: what activating the device
+/// takes (through [`active_queues`]).
+fn rings() -> (GuestMemoryMmap, TestQueue, TestQueue, EventFd, EventFd) {
+    let mem = memory();
+    let rx = TestQueue::new(&mem, RX_RING, QUEUE_SIZE);
+    let tx = TestQueue::new(&mem, TX_RING, QUEUE_SIZE);
+    let kick = || EventFd::new(EFD_NONBLOCK).unwrap();
+    (mem, rx, tx, kick(), kick())
+}
+
 fn active_queues(
-    rx: &Driver,
-    tx: &Driver,
+    rx: &TestQueue,
+    tx: &TestQueue,
     rx_notify: &EventFd,
     tx_notify: &EventFd,
 ) -> Vec<ActiveQueue> {
     vec![
         ActiveQueue {
-            queue: rx.vq.create_queue().unwrap(),
+            queue: rx.new_queue(),
             notify: rx_notify.try_clone().unwrap(),
         },
         ActiveQueue {
-            queue: tx.vq.create_queue().unwrap(),
+            queue: tx.new_queue(),
             notify: tx_notify.try_clone().unwrap(),
         },
     ]
@@ -873,12 +720,8 @@ fn worker_moves_frames_with_backpressure_both_ways() {
         features::GUEST_TSO4
     );
 
-    let mem = memory();
-    let mut rx = Driver::new(&mem, RX_RING);
-    let mut tx = Driver::new(&mem, TX_RING);
+    let (mem, mut rx, mut tx, rx_notify, tx_notify) = rings();
     let irq = Arc::new(CountingInterrupt(AtomicUsize::new(0)));
-    let rx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
-    let tx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
 
     let err = net
         .activate(mem.clone(), irq.clone(), Vec::new())
@@ -967,8 +810,8 @@ fn worker_moves_frames_with_backpressure_both_ways() {
     assert_eq!(net.acked_features(), 0);
     assert_eq!(offloads_set.lock().unwrap().last(), Some(&0));
     net.ack_features(features::VERSION_1);
-    let rx2 = Driver::with_size(&mem, 0x3_0000, 16);
-    let mut tx2 = Driver::with_size(&mem, 0x3_8000, 16);
+    let rx2 = TestQueue::new(&mem, 0x3_0000, 16);
+    let mut tx2 = TestQueue::new(&mem, 0x3_8000, 16);
     net.activate(
         mem.clone(),
         irq,
@@ -997,12 +840,8 @@ fn worker_stops_watching_a_broken_tap() {
     sock.shutdown(std::net::Shutdown::Both).unwrap();
     let mut net = Net::with_tap(tap, None).unwrap();
     net.ack_features(net.features());
-    let mem = memory();
-    let rx = Driver::new(&mem, RX_RING);
-    let tx = Driver::new(&mem, TX_RING);
+    let (mem, rx, tx, rx_notify, tx_notify) = rings();
     let irq = Arc::new(CountingInterrupt(AtomicUsize::new(0)));
-    let rx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
-    let tx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
     net.activate(
         mem.clone(),
         irq,
@@ -1191,12 +1030,8 @@ fn real_tap_offload_probe_errors_and_traffic() {
     let sock = PacketSocket::bind(ifindex);
 
     net.ack_features(net.features());
-    let mem = memory();
-    let mut rx = Driver::new(&mem, RX_RING);
-    let mut tx = Driver::new(&mem, TX_RING);
+    let (mem, mut rx, mut tx, rx_notify, tx_notify) = rings();
     let irq = Arc::new(CountingInterrupt(AtomicUsize::new(0)));
-    let rx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
-    let tx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
     net.activate(
         mem.clone(),
         irq,
@@ -1255,18 +1090,6 @@ fn real_tap_offload_probe_errors_and_traffic() {
 // The fuzz harnesses, on pseudo-random inputs
 // ---------------------------------------------------------------------------------------------
 
-/// xorshift64*, so the fuzz harnesses run in every `cargo test`.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 /// Random input biased towards plausible chains: in-memory addresses, linked descriptors,
 /// small lengths, the write flag as `write` says.
 fn biased_input(rng: &mut Rng, write: bool) -> Vec<u8> {
@@ -1293,18 +1116,17 @@ fn biased_input(rng: &mut Rng, write: bool) -> Vec<u8> {
 
 #[test]
 fn fuzz_harnesses_on_random_inputs() {
-    let mem = fuzz_memory();
-    let mut b = fuzz_backend();
+    let mut f = NetFuzz::default();
     let mut rng = Rng(0x1234_5678_9abc_def1);
     for _ in 0..3000 {
         let input = biased_input(&mut rng, false);
-        fuzz_net_tx(&mut b, &mem, &input);
+        f.tx(&input);
     }
-    let s = b.stats().snapshot();
+    let s = f.backend.stats().snapshot();
     assert!(s.tx_frames > 500 && s.tx_malformed > 500, "{s:?}");
     assert!(s.tx_deferred > 0 && s.tx_errors > 0, "{s:?}");
 
-    let mut b = fuzz_backend();
+    let mut f = NetFuzz::default();
     for _ in 0..3000 {
         let mut input = biased_input(&mut rng, true);
         // Frame lengths that fit the buffers now and then.
@@ -1312,9 +1134,9 @@ fn fuzz_harnesses_on_random_inputs() {
         if at + 2 <= input.len() && rng.next() & 1 == 0 {
             input[at + 1] = 0;
         }
-        fuzz_net_rx(&mut b, &mem, &input);
+        f.rx(&input);
     }
-    let s = b.stats().snapshot();
+    let s = f.backend.stats().snapshot();
     assert!(s.rx_frames > 300, "{s:?}");
     assert!(s.rx_deferred > 0 && s.rx_too_big > 0, "{s:?}");
     assert!(s.rx_invalid_chains > 0 && s.rx_errors > 0, "{s:?}");

@@ -19,8 +19,8 @@
 //!   ioeventfd then kicks the backend directly, we never see queue notifications),
 //!   SET_VRING_CALL with an eventfd of ours, and SET_VRING_ENABLE once protocol features are
 //!   acked (rings start disabled then). A supervisor thread (plain epoll,
-//!   [`super::worker::run_epoll_loop`]) turns the call eventfds into [`Interrupt::trigger`]
-//!   and watches the socket for a hang-up.
+//!   [`super::worker::run_epoll_loop`]; module `supervisor`) turns the call eventfds into
+//!   [`Interrupt::trigger`] and watches the socket for a hang-up.
 //! - [`VhostUserHandle::reset`] joins the supervisor, then disables and stops every ring
 //!   (SET_VRING_ENABLE 0, GET_VRING_BASE); activation works again afterwards.
 //!
@@ -38,17 +38,19 @@
 //! Devices on top: [`fs`] (virtio-fs).
 
 pub mod fs;
+mod supervisor;
 #[cfg(test)]
 mod tests;
 
 pub use fs::{FsError, VhostUserFs, VhostUserFsConfig};
+pub use supervisor::RECONNECT_INTERVAL;
 
 use std::fmt::Display;
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -61,13 +63,12 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{
     Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
 };
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::Epoll;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{
-    run_epoll_loop, ActivateError, ActiveQueue, EpollWorker, GuestMemoryMmap, Interrupt,
-    InterruptKind, WorkerStop, WorkerThread,
-};
+use supervisor::{start_supervisor, SupervisorLoop};
+
+use super::{bump, ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, WorkerThread};
 
 /// How long the backend may take to answer one message before we give up on it (the vCPU
 /// that activates or resets the device waits that long at most per message).
@@ -142,48 +143,21 @@ pub enum FrontendError {
     },
 }
 
-/// Counters, readable at any time (also while active).
-#[derive(Debug, Default)]
-pub struct VhostUserStats {
-    /// Successful handshakes (the first connection included).
-    pub connects: AtomicU64,
-    /// Times the backend was found gone (socket error, hang-up, timeout).
-    pub backend_lost: AtomicU64,
-    /// Successful activations.
-    pub activations: AtomicU64,
-    /// Interrupts raised for the driver (backend calls forwarded, and standby answers).
-    pub interrupts: AtomicU64,
-    /// Requests answered with an error by the VMM while the backend was gone.
-    pub failed_requests: AtomicU64,
-    /// Interrupts that could not be raised.
-    pub interrupt_errors: AtomicU64,
-}
-
-/// A plain copy of [`VhostUserStats`].
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct VhostUserStatsSnapshot {
-    pub connects: u64,
-    pub backend_lost: u64,
-    pub activations: u64,
-    pub interrupts: u64,
-    pub failed_requests: u64,
-    pub interrupt_errors: u64,
-}
-
-impl VhostUserStats {
-    pub fn snapshot(&self) -> VhostUserStatsSnapshot {
-        VhostUserStatsSnapshot {
-            connects: self.connects.load(Ordering::Relaxed),
-            backend_lost: self.backend_lost.load(Ordering::Relaxed),
-            activations: self.activations.load(Ordering::Relaxed),
-            interrupts: self.interrupts.load(Ordering::Relaxed),
-            failed_requests: self.failed_requests.load(Ordering::Relaxed),
-            interrupt_errors: self.interrupt_errors.load(Ordering::Relaxed),
-        }
-    }
-
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+crate::virtio::device_stats! {
+    /// Counters, readable at any time (also while active).
+    pub struct VhostUserStats / VhostUserStatsSnapshot {
+        /// Successful handshakes (the first connection included).
+        connects,
+        /// Times the backend was found gone (socket error, hang-up, timeout).
+        backend_lost,
+        /// Successful activations.
+        activations,
+        /// Interrupts raised for the driver (backend calls forwarded, and standby answers).
+        interrupts,
+        /// Requests answered with an error by the VMM while the backend was gone.
+        failed_requests,
+        /// Interrupts that could not be raised.
+        interrupt_errors,
     }
 }
 
@@ -200,7 +174,7 @@ impl Shared {
     /// Records that the backend is gone: logs one line and counts it, once per connection.
     fn backend_lost(&self, why: &dyn Display) {
         if !self.lost.swap(true, Ordering::SeqCst) {
-            VhostUserStats::bump(&self.stats.backend_lost);
+            bump(&self.stats.backend_lost, 1);
             eprintln!(
                 "{}: vhost-user backend on {} is gone ({why}); the guest's requests fail until a backend listens on that socket again",
                 self.label,
@@ -278,7 +252,7 @@ impl VhostUserHandle {
             lost: AtomicBool::new(false),
         });
         let session = handshake(&cfg)?;
-        VhostUserStats::bump(&shared.stats.connects);
+        bump(&shared.stats.connects, 1);
         if session.backend_features & VIRTIO_F_VERSION_1 == 0 {
             return Err(FrontendError::NoVersion1 {
                 label: cfg.label.clone(),
@@ -366,6 +340,14 @@ impl VhostUserHandle {
             .map_err(ActivateError::Worker)?;
         let bases: Vec<u16> = queues.iter().map(|q| q.queue.next_avail()).collect();
         let kicks: Vec<&EventFd> = queues.iter().map(|q| &q.notify).collect();
+        let handover = Handover {
+            acked,
+            regions: &regions,
+            rings: &rings,
+            bases: &bases,
+            kicks: &kicks,
+            calls: &calls,
+        };
 
         // A connection the supervisor saw hang up is as good as gone.
         if self.shared.lost.load(Ordering::SeqCst) {
@@ -374,7 +356,7 @@ impl VhostUserHandle {
         let mut standby = false;
         let mut guard = lock(&self.session);
         if let Some(s) = guard.as_mut() {
-            match setup(s, acked, &regions, &rings, &bases, &kicks, &calls) {
+            match setup(s, &handover) {
                 Ok(()) => {}
                 Err((step, e)) if is_disconnect(&e) => {
                     self.shared
@@ -399,11 +381,11 @@ impl VhostUserHandle {
             }
         }
         if guard.is_none() {
-            match connect_and_setup(&self.cfg, acked, &regions, &rings, &bases, &kicks, &calls) {
+            match connect_and_setup(&self.cfg, &handover) {
                 Ok(s) => {
                     *guard = Some(s);
                     self.shared.lost.store(false, Ordering::SeqCst);
-                    VhostUserStats::bump(&self.shared.stats.connects);
+                    bump(&self.shared.stats.connects, 1);
                 }
                 Err(why) => {
                     self.shared.backend_lost(&why);
@@ -449,7 +431,7 @@ impl VhostUserHandle {
                 return Err(ActivateError::Worker(e));
             }
         }
-        VhostUserStats::bump(&self.shared.stats.activations);
+        bump(&self.shared.stats.activations, 1);
         Ok(())
     }
 
@@ -525,23 +507,27 @@ impl Display for SetupFailure {
     }
 }
 
-/// A fresh connection with the rings handed over, or why not (for the log).
-fn connect_and_setup(
-    cfg: &FrontendConfig,
+/// What a backend is handed at activation, and again when a restarted one takes over: the
+/// memory table, the features the driver acked, and each ring with the index to start at,
+/// its kick eventfd and its call eventfd.
+struct Handover<'a> {
     acked: u64,
-    regions: &[VhostUserMemoryRegionInfo],
-    rings: &[VringConfigData],
-    bases: &[u16],
-    kicks: &[&EventFd],
-    calls: &[EventFd],
-) -> Result<Session, SetupFailure> {
+    regions: &'a [VhostUserMemoryRegionInfo],
+    rings: &'a [VringConfigData],
+    bases: &'a [u16],
+    kicks: &'a [&'a EventFd],
+    calls: &'a [EventFd],
+}
+
+/// A fresh connection with the rings handed over, or why not (for the log).
+fn connect_and_setup(cfg: &FrontendConfig, h: &Handover) -> Result<Session, SetupFailure> {
     let mut s = handshake(cfg).map_err(|e| match e {
         FrontendError::SocketNotFound { .. } | FrontendError::ConnectionRefused { .. } => {
             SetupFailure::Unreachable(e.to_string())
         }
         e => SetupFailure::Refused(e.to_string()),
     })?;
-    let missing = (acked | VIRTIO_F_VERSION_1) & !s.backend_features;
+    let missing = (h.acked | VIRTIO_F_VERSION_1) & !s.backend_features;
     if missing != 0 {
         return Err(SetupFailure::Refused(
             FrontendError::FeaturesLost {
@@ -552,31 +538,27 @@ fn connect_and_setup(
             .to_string(),
         ));
     }
-    setup(&mut s, acked, regions, rings, bases, kicks, calls)
-        .map_err(|(step, e)| SetupFailure::Refused(format!("{step} failed: {e}")))?;
+    setup(&mut s, h).map_err(|(step, e)| SetupFailure::Refused(format!("{step} failed: {e}")))?;
     Ok(s)
 }
 
 /// The activation messages, in the order QEMU sends them.
-fn setup(
-    s: &mut Session,
-    acked: u64,
-    regions: &[VhostUserMemoryRegionInfo],
-    rings: &[VringConfigData],
-    bases: &[u16],
-    kicks: &[&EventFd],
-    calls: &[EventFd],
-) -> Result<(), (&'static str, vhost::Error)> {
+fn setup(s: &mut Session, h: &Handover) -> Result<(), (&'static str, vhost::Error)> {
     let fe = &mut s.frontend;
-    fe.set_mem_table(regions)
+    fe.set_mem_table(h.regions)
         .map_err(|e| ("SET_MEM_TABLE", e))?;
-    let mut features = acked;
+    let mut features = h.acked;
     if s.protocol.is_some() {
         features |= VHOST_USER_F_PROTOCOL_FEATURES;
     }
     fe.set_features(features).map_err(|e| ("SET_FEATURES", e))?;
-    for (i, (((ring, base), kick), call)) in
-        rings.iter().zip(bases).zip(kicks).zip(calls).enumerate()
+    for (i, (((ring, base), kick), call)) in h
+        .rings
+        .iter()
+        .zip(h.bases)
+        .zip(h.kicks)
+        .zip(h.calls)
+        .enumerate()
     {
         fe.set_vring_num(i, ring.queue_size)
             .map_err(|e| ("SET_VRING_NUM", e))?;
@@ -780,289 +762,3 @@ fn ring_config(
         log_addr: None,
     })
 }
-
-const TOKEN_STOP: u64 = u64::MAX;
-const TOKEN_SOCKET: u64 = u64::MAX - 1;
-/// Kick eventfd of queue i: `TOKEN_KICK + i` (calls are plain `i`).
-const TOKEN_KICK: u64 = 1 << 32;
-
-/// How often a standby device tries to reach its backend again.
-pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Starts the supervisor thread of an active device (thread `vhost-user <label>`), after
-/// registering everything it watches, and in standby after taking the rings over.
-fn start_supervisor(mut state: SupervisorLoop, standby: bool) -> io::Result<WorkerThread<()>> {
-    let stop = WorkerStop::new()?;
-    state.epoll.ctl(
-        ControlOperation::Add,
-        stop.worker_fd().as_raw_fd(),
-        EpollEvent::new(EventSet::IN, TOKEN_STOP),
-    )?;
-    for (i, call) in state.calls.iter().enumerate() {
-        state.epoll.ctl(
-            ControlOperation::Add,
-            call.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, i as u64),
-        )?;
-    }
-    if let Some(sock) = &state.sock {
-        watch_hang_up(&state.epoll, sock)?;
-    }
-    if standby {
-        state.enter_standby()?;
-    }
-    let name = format!("vhost-user {}", state.shared.label);
-    stop.spawn(&name, move |stop| run_epoll_loop(state, stop))
-}
-
-fn watch_hang_up(epoll: &Epoll, sock: &UnixStream) -> io::Result<()> {
-    epoll.ctl(
-        ControlOperation::Add,
-        sock.as_raw_fd(),
-        EpollEvent::new(
-            EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR,
-            TOKEN_SOCKET,
-        ),
-    )
-}
-
-/// The supervisor: forwards the backend's calls as interrupts, watches the socket, and while
-/// the backend is gone serves the rings itself (every request answered with an error by the
-/// device's [`StandbyResponder`]) and tries to reconnect every [`RECONNECT_INTERVAL`].
-struct SupervisorLoop {
-    epoll: Epoll,
-    rings: Vec<VringConfigData>,
-    /// Each queue with its kick eventfd (KVM's ioeventfd; the backend's SET_VRING_KICK fd).
-    queues: Vec<(Queue, EventFd)>,
-    calls: Vec<EventFd>,
-    sock: Option<UnixStream>,
-    mem: GuestMemoryMmap,
-    interrupt: Arc<dyn Interrupt>,
-    responder: Arc<dyn StandbyResponder>,
-    session: SharedSession,
-    shared: Arc<Shared>,
-    cfg: FrontendConfig,
-    acked: u64,
-    standby: bool,
-    next_try: Instant,
-    /// A failed reconnect is logged once per standby period.
-    warned_reconnect: bool,
-}
-
-/// The supervisor thread's loop ([`run_epoll_loop`]; it stops at [`TOKEN_STOP`]).
-impl EpollWorker for SupervisorLoop {
-    const STOP_TOKEN: u64 = TOKEN_STOP;
-
-    fn epoll(&self) -> &Epoll {
-        &self.epoll
-    }
-
-    fn max_events(&self) -> usize {
-        2 * self.calls.len() + 2
-    }
-
-    /// In standby, until the next reconnect attempt.
-    fn timeout_ms(&self) -> i32 {
-        if self.standby {
-            let left = self.next_try.saturating_duration_since(Instant::now());
-            i32::try_from(left.as_millis()).unwrap_or(i32::MAX)
-        } else {
-            -1
-        }
-    }
-
-    fn event(&mut self, ev: &EpollEvent) {
-        match ev.data() {
-            TOKEN_SOCKET => {
-                self.shared.backend_lost(&"the socket hung up");
-                if let Err(e) = self.enter_standby() {
-                    eprintln!(
-                        "{}: cannot serve the rings while the backend is gone: {e}",
-                        self.shared.label
-                    );
-                }
-            }
-            t if t >= TOKEN_KICK => {
-                if let Some(i) = usize::try_from(t - TOKEN_KICK)
-                    .ok()
-                    .filter(|&i| i < self.queues.len())
-                {
-                    let _ = self.queues[i].1.read();
-                    if self.standby {
-                        self.fail_queue(i);
-                    }
-                }
-            }
-            i => self.forward(i),
-        }
-    }
-
-    /// After every wait, also one that timed out: time to try the socket again?
-    fn after_events(&mut self) {
-        if self.standby && Instant::now() >= self.next_try {
-            self.try_reconnect();
-            self.next_try = Instant::now() + RECONNECT_INTERVAL;
-        }
-    }
-}
-
-impl SupervisorLoop {
-    fn forward(&self, index: u64) {
-        let Some(call) = usize::try_from(index).ok().and_then(|i| self.calls.get(i)) else {
-            return;
-        };
-        // Non-blocking: consumes the count (EAGAIN if a racing read took it; still forward).
-        let _ = call.read();
-        self.raise();
-    }
-
-    fn raise(&self) {
-        let stats = &self.shared.stats;
-        match self.interrupt.trigger(InterruptKind::Queue) {
-            Ok(()) => VhostUserStats::bump(&stats.interrupts),
-            Err(_) => VhostUserStats::bump(&stats.interrupt_errors),
-        }
-    }
-
-    /// The backend is gone: drop the connection, take the rings over where the backend left
-    /// them, answer what is pending, and watch the kicks ourselves.
-    fn enter_standby(&mut self) -> io::Result<()> {
-        *lock(&self.session) = None;
-        if let Some(sock) = self.sock.take() {
-            // Level-triggered: stop watching, or the hang-up spins the loop.
-            let _ = self.epoll.ctl(
-                ControlOperation::Delete,
-                sock.as_raw_fd(),
-                EpollEvent::default(),
-            );
-        }
-        if self.standby {
-            return Ok(());
-        }
-        self.standby = true;
-        self.warned_reconnect = false;
-        self.next_try = Instant::now() + RECONNECT_INTERVAL;
-        for i in 0..self.queues.len() {
-            // What the backend consumed but never completed is lost with it: restart at the
-            // used index, so every request not yet answered is answered now (this assumes the
-            // backend completed in order, as virtiofsd without a thread pool does).
-            let (q, kick) = &mut self.queues[i];
-            if let Ok(used) = q.used_idx(&self.mem, Ordering::Acquire) {
-                q.set_next_avail(used.0);
-                q.set_next_used(used.0);
-            }
-            self.epoll.ctl(
-                ControlOperation::Add,
-                kick.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, TOKEN_KICK + i as u64),
-            )?;
-            self.fail_queue(i);
-        }
-        Ok(())
-    }
-
-    /// Answers every available request on queue `i` with the device's error reply.
-    fn fail_queue(&mut self, i: usize) {
-        let mem = &self.mem;
-        let (q, _) = &mut self.queues[i];
-        let mut used = false;
-        loop {
-            let _ = q.disable_notification(mem);
-            let mut progressed = false;
-            for _ in 0..q.size() {
-                let Some(chain) = q.pop_descriptor_chain(mem) else {
-                    break;
-                };
-                progressed = true;
-                let head = chain.head_index();
-                let len = self.responder.fail_request(i, mem, chain);
-                if q.add_used(mem, head, len).is_ok() {
-                    used = true;
-                    VhostUserStats::bump(&self.shared.stats.failed_requests);
-                }
-            }
-            // Re-arms the notification (avail_event with EVENT_IDX); true if more arrived. A
-            // guest can make that true forever (an avail index more than a ring ahead, which
-            // pops nothing): go on only while chains come off the ring.
-            match q.enable_notification(mem) {
-                Ok(true) if progressed => continue,
-                _ => break,
-            }
-        }
-        if used && q.needs_notification(mem).unwrap_or(true) {
-            self.raise();
-        }
-    }
-
-    /// Hands the rings to a backend listening on the socket again, if there is one.
-    fn try_reconnect(&mut self) {
-        let regions = match memory_table(&self.mem, &self.cfg.label) {
-            Ok(r) => r,
-            Err(e) => return self.warn_reconnect(&e),
-        };
-        let bases: Vec<u16> = self.queues.iter().map(|(q, _)| q.next_avail()).collect();
-        let kicks: Vec<&EventFd> = self.queues.iter().map(|(_, k)| k).collect();
-        let session = match connect_and_setup(
-            &self.cfg,
-            self.acked,
-            &regions,
-            &self.rings,
-            &bases,
-            &kicks,
-            &self.calls,
-        ) {
-            Ok(s) => s,
-            Err(SetupFailure::Unreachable(_)) => return,
-            Err(SetupFailure::Refused(why)) => return self.warn_reconnect(&why),
-        };
-        let sock = match session.sock.try_clone() {
-            Ok(s) => s,
-            Err(e) => return self.warn_reconnect(&e),
-        };
-        if let Err(e) = watch_hang_up(&self.epoll, &sock) {
-            return self.warn_reconnect(&e);
-        }
-        for (_, kick) in &self.queues {
-            let _ = self.epoll.ctl(
-                ControlOperation::Delete,
-                kick.as_raw_fd(),
-                EpollEvent::default(),
-            );
-        }
-        *lock(&self.session) = Some(session);
-        self.sock = Some(sock);
-        self.standby = false;
-        self.shared.lost.store(false, Ordering::SeqCst);
-        VhostUserStats::bump(&self.shared.stats.connects);
-        eprintln!(
-            "{}: vhost-user backend on {} is back; the rings are handed to it at the requests it has not seen (its state is new: a virtio-fs guest must mount the share again)",
-            self.shared.label,
-            self.cfg.socket.display()
-        );
-        // Anything the guest posted since our last look is the backend's now: make it look.
-        for (_, kick) in &self.queues {
-            let _ = kick.write(1);
-        }
-    }
-
-    fn warn_reconnect(&mut self, why: &dyn Display) {
-        if !self.warned_reconnect {
-            self.warned_reconnect = true;
-            eprintln!(
-                "{}: something listens on {} but cannot take the device over ({why}); retrying every {}s",
-                self.shared.label,
-                self.cfg.socket.display(),
-                RECONNECT_INTERVAL.as_secs()
-            );
-        }
-    }
-}
-
-super::atomic_counters!(VhostUserStats {
-    connects,
-    backend_lost,
-    activations,
-    interrupts,
-    failed_requests,
-    interrupt_errors,
-});

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::io::FromRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -29,7 +29,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::fs::{config_space, CONFIG_SIZE};
 use super::*;
-use crate::virtio::{ActiveQueue, GuestMemoryMmap, InterruptKind, VirtioDevice, TYPE_FS};
+use crate::virtio::testing::{wait_for, CountingInterrupt, SplitRing, TempDir};
+use crate::virtio::{ActiveQueue, GuestMemoryMmap, VirtioDevice, TYPE_FS};
 
 const MIB: u64 = 1 << 20;
 /// Second memory region's guest address (the first is at 0).
@@ -223,50 +224,14 @@ impl TestBackend {
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-struct TempDir(PathBuf);
+/// The backend's socket in a test's temporary directory.
+trait SocketDir {
+    fn socket(&self) -> PathBuf;
+}
 
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        // Short: a unix socket path has at most 107 bytes.
-        let dir = std::env::temp_dir().join(format!(
-            "qvm-vu-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
+impl SocketDir for TempDir {
     fn socket(&self) -> PathBuf {
-        self.0.join("vhost.sock")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct CountingInterrupt(AtomicUsize);
-
-impl Interrupt for CountingInterrupt {
-    fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
-        assert_eq!(kind, InterruptKind::Queue);
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
+        self.join("vhost.sock")
     }
 }
 
@@ -293,14 +258,20 @@ fn memfd_memory() -> GuestMemoryMmap {
     .unwrap()
 }
 
-/// Ring addresses of queue `i`: queue 0 in the low region, the others in the high one.
-fn ring_addrs(i: usize) -> (u64, u64, u64) {
+/// The ring of queue `i`: queue 0 in the low region, the others in the high one.
+fn ring(i: usize) -> SplitRing {
     let base = if i == 0 {
         0x1_0000
     } else {
         HIGH_GPA + 0x1_0000 * i as u64
     };
-    (base, base + 0x4000, base + 0x5000)
+    SplitRing::new(base, RING_SIZE)
+}
+
+/// Ring addresses of queue `i`: (descriptor table, avail ring, used ring).
+fn ring_addrs(i: usize) -> (u64, u64, u64) {
+    let r = ring(i);
+    (r.desc_table().0, r.avail_ring().0, r.used_ring().0)
 }
 
 fn set_addr(f: impl FnOnce(&mut Queue, Option<u32>, Option<u32>), q: &mut Queue, addr: u64) {
@@ -312,13 +283,7 @@ fn queues(n: usize) -> (Vec<ActiveQueue>, Vec<EventFd>) {
     let mut active = Vec::new();
     let mut kicks = Vec::new();
     for i in 0..n {
-        let mut q = Queue::new(1024).unwrap();
-        q.set_size(RING_SIZE);
-        let (desc, avail, used) = ring_addrs(i);
-        set_addr(Queue::set_desc_table_address, &mut q, desc);
-        set_addr(Queue::set_avail_ring_address, &mut q, avail);
-        set_addr(Queue::set_used_ring_address, &mut q, used);
-        q.set_ready(true);
+        let q = ring(i).queue();
         let kick = EventFd::new(EFD_NONBLOCK).unwrap();
         active.push(ActiveQueue {
             queue: q,
@@ -333,8 +298,17 @@ fn fs_config(socket: &Path, tag: &str) -> VhostUserFsConfig {
     VhostUserFsConfig::new(socket, tag)
 }
 
+/// A virtio-fs device tagged `tag` on a backend with two queues and every protocol feature,
+/// its socket in a fresh `qvm-vu-<name>` directory (keep it alive).
+fn fs_on_a_backend(name: &str, tag: &str) -> (TempDir, TestBackend, VhostUserFs) {
+    let dir = TempDir::new(&format!("qvm-vu-{name}"));
+    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
+    let fs = VhostUserFs::new(fs_config(&dir.socket(), tag)).unwrap();
+    (dir, backend, fs)
+}
+
 fn new_interrupt() -> Arc<CountingInterrupt> {
-    Arc::new(CountingInterrupt(AtomicUsize::new(0)))
+    Arc::new(CountingInterrupt::default())
 }
 
 /// Kicks queue `q` and waits for the backend to see it and for the interrupt it causes.
@@ -363,9 +337,7 @@ fn kick_and_wait(
 
 #[test]
 fn new_negotiates_and_exposes_the_tag() {
-    let dir = TempDir::new("negotiate");
-    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
-    let fs = VhostUserFs::new(fs_config(&dir.socket(), "myfs")).unwrap();
+    let (_dir, backend, fs) = fs_on_a_backend("negotiate", "myfs");
 
     assert_eq!(fs.device_type(), TYPE_FS);
     assert_eq!(fs.queue_max_sizes(), &[1024, 1024]);
@@ -437,7 +409,7 @@ fn bad_configs_are_refused_with_a_fix() {
 
 #[test]
 fn a_backend_with_too_few_queues_is_refused() {
-    let dir = TempDir::new("few-queues");
+    let dir = TempDir::new("qvm-vu-few-queues");
     let _backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
     let mut cfg = fs_config(&dir.socket(), "t");
     cfg.num_request_queues = 2;
@@ -457,9 +429,7 @@ fn a_backend_with_too_few_queues_is_refused() {
 
 #[test]
 fn activate_shares_memory_and_rings_and_forwards_interrupts() {
-    let dir = TempDir::new("activate");
-    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
-    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "share")).unwrap();
+    let (_dir, backend, mut fs) = fs_on_a_backend("activate", "share");
     fs.ack_features(fs.features());
     let mem = memfd_memory();
     let irq = new_interrupt();
@@ -499,7 +469,7 @@ fn activate_shares_memory_and_rings_and_forwards_interrupts() {
 
 #[test]
 fn works_without_mq() {
-    let dir = TempDir::new("no-mq");
+    let dir = TempDir::new("qvm-vu-no-mq");
     // (vhost's backend side always adds REPLY_ACK.)
     let backend = TestBackend::spawn(&dir.socket(), 2, VhostUserProtocolFeatures::empty());
     let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
@@ -519,7 +489,7 @@ fn works_without_mq() {
 
 #[test]
 fn works_without_protocol_features() {
-    let dir = TempDir::new("no-protocol");
+    let dir = TempDir::new("qvm-vu-no-protocol");
     let features = BACKEND_FEATURES & !VHOST_USER_F_PROTOCOL_FEATURES;
     let backend = TestBackend::spawn_with(
         &dir.socket(),
@@ -562,7 +532,7 @@ fn activation_without_reply_ack_waits_until_the_backend_has_the_rings() {
     const SET_OWNER: u32 = 3;
     const GET_VRING_BASE: u32 = 11;
     const SET_VRING_CALL: u32 = 13;
-    let dir = TempDir::new("no-reply-ack");
+    let dir = TempDir::new("qvm-vu-no-reply-ack");
     let listener = std::os::unix::net::UnixListener::bind(dir.socket()).unwrap();
     let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
     let backend = {
@@ -631,7 +601,7 @@ fn activation_without_reply_ack_waits_until_the_backend_has_the_rings() {
 
 #[test]
 fn a_backend_without_version_1_is_refused() {
-    let dir = TempDir::new("legacy");
+    let dir = TempDir::new("qvm-vu-legacy");
     let _backend = TestBackend::spawn_with(
         &dir.socket(),
         2,
@@ -647,9 +617,7 @@ fn a_backend_without_version_1_is_refused() {
 
 #[test]
 fn reset_stops_the_rings_and_activate_works_again() {
-    let dir = TempDir::new("reset");
-    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
-    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
+    let (_dir, backend, mut fs) = fs_on_a_backend("reset", "t");
     assert!(!fs.reset(), "not active yet");
 
     fs.ack_features(fs.features());
@@ -691,9 +659,7 @@ fn reset_stops_the_rings_and_activate_works_again() {
 
 #[test]
 fn activate_checks_memory_and_queues() {
-    let dir = TempDir::new("checks");
-    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
-    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
+    let (_dir, backend, mut fs) = fs_on_a_backend("checks", "t");
     fs.ack_features(fs.features());
 
     let anon = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MIB as usize)]).unwrap();
@@ -736,7 +702,7 @@ fn activate_checks_memory_and_queues() {
 /// Puts a FUSE request (a 40-byte in header with `unique`, then a 64-byte writable buffer) in
 /// descriptors 0 and 1 of queue `q` and makes it available at `slot`; avail idx = slot + 1.
 fn post_fuse_request(mem: &GuestMemoryMmap, q: usize, slot: u16, unique: u64) {
-    let (desc, avail, _) = ring_addrs(q);
+    let desc = ring(q).desc_table().0;
     let (inbuf, outbuf) = (desc + 0x6000, desc + 0x7000);
     let mut header = [0u8; 40];
     header[0..4].copy_from_slice(&40u32.to_le_bytes());
@@ -755,15 +721,13 @@ fn post_fuse_request(mem: &GuestMemoryMmap, q: usize, slot: u16, unique: u64) {
     d.extend_from_slice(&2u16.to_le_bytes());
     d.extend_from_slice(&0u16.to_le_bytes());
     mem.write_slice(&d, GuestAddress(desc)).unwrap();
-    let ring_slot = GuestAddress(avail + 4 + 2 * u64::from(slot % RING_SIZE));
-    mem.write_obj(0u16, ring_slot).unwrap();
-    mem.write_obj(slot.wrapping_add(1), GuestAddress(avail + 2))
-        .unwrap();
+    ring(q).set_avail(mem, slot, 0);
+    ring(q).set_avail_idx(mem, slot.wrapping_add(1));
 }
 
 /// The used ring's idx of queue `q`.
 fn used_idx(mem: &GuestMemoryMmap, q: usize) -> u16 {
-    mem.read_obj(GuestAddress(ring_addrs(q).2 + 2)).unwrap()
+    ring(q).used_idx(mem)
 }
 
 /// The FUSE reply header in queue `q`'s reply buffer: (len, error, unique).
@@ -777,18 +741,13 @@ fn fuse_reply(mem: &GuestMemoryMmap, q: usize) -> (u32, i32, u64) {
 
 /// The used element at `slot` of queue `q`: (id, len).
 fn used_elem(mem: &GuestMemoryMmap, q: usize, slot: u16) -> (u32, u32) {
-    let at = GuestAddress(ring_addrs(q).2 + 4 + 8 * u64::from(slot % RING_SIZE));
-    (
-        mem.read_obj(at).unwrap(),
-        mem.read_obj(at.unchecked_add(4)).unwrap(),
-    )
+    let e = ring(q).used_elem(mem, slot);
+    (e.id(), e.len())
 }
 
 #[test]
 fn backend_death_fails_requests_with_enotconn_and_a_restarted_backend_takes_over() {
-    let dir = TempDir::new("death");
-    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
-    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
+    let (dir, backend, mut fs) = fs_on_a_backend("death", "t");
     fs.ack_features(fs.features());
     let irq = new_interrupt();
     let mem = memfd_memory();
@@ -837,9 +796,7 @@ fn backend_death_fails_requests_with_enotconn_and_a_restarted_backend_takes_over
 /// A virtio-fs device whose backend died before activation, activated (so in standby): the
 /// temp dir (keep it alive), the device, its memory and the kick eventfds of its two queues.
 fn standby_fs(name: &str) -> (TempDir, VhostUserFs, GuestMemoryMmap, Vec<EventFd>) {
-    let dir = TempDir::new(name);
-    let backend = TestBackend::spawn(&dir.socket(), 2, full_protocol());
-    let mut fs = VhostUserFs::new(fs_config(&dir.socket(), "t")).unwrap();
+    let (dir, backend, mut fs) = fs_on_a_backend(name, "t");
     backend.kill();
     // Dead before anything watched the socket: the first message fails, nothing panics, and
     // the guest gets errors instead of a device that never answers.
@@ -887,10 +844,8 @@ fn a_malformed_request_in_standby_is_completed_empty() {
     wait_for("the bad-address request", || used_idx(&mem, 1) == 2);
     assert_eq!(used_elem(&mem, 1, 1), (0, 0));
     // A head index beyond the ring: skipped, the device keeps going.
-    let (_, avail, _) = ring_addrs(1);
-    mem.write_obj(999u16, GuestAddress(avail + 4 + 2 * 2))
-        .unwrap();
-    mem.write_obj(3u16, GuestAddress(avail + 2)).unwrap();
+    ring(1).set_avail(&mem, 2, 999);
+    ring(1).set_avail_idx(&mem, 3);
     kicks[1].write(1).unwrap();
     post_fuse_request(&mem, 1, 3, 0x7777);
     kicks[1].write(1).unwrap();
@@ -904,9 +859,7 @@ fn a_malformed_request_in_standby_is_completed_empty() {
 fn a_guest_avail_index_far_ahead_does_not_spin_the_standby_thread() {
     let (_dir, mut fs, mem, kicks) = standby_fs("far-ahead");
     // avail.idx a full ring (and one) ahead: virtio-queue pops nothing, but says more came.
-    let (_, avail, _) = ring_addrs(1);
-    mem.write_obj(RING_SIZE + 1, GuestAddress(avail + 2))
-        .unwrap();
+    ring(1).set_avail_idx(&mem, RING_SIZE + 1);
     kicks[1].write(1).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     // The supervisor must still answer its stop: reset joins it.

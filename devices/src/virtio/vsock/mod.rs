@@ -32,12 +32,12 @@ pub mod muxer;
 pub mod packet;
 #[cfg(test)]
 mod tests;
+pub mod unix;
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -103,66 +103,30 @@ pub enum VsockError {
     },
 }
 
-/// Counters, updated by the worker and readable at any time.
-#[derive(Debug, Default)]
-pub struct VsockStats {
-    /// Packets written into the guest's rx buffers, and their payload bytes.
-    pub rx_packets: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    /// Well-formed packets from the guest (with its own CID), and RW payload bytes.
-    pub tx_packets: AtomicU64,
-    pub tx_bytes: AtomicU64,
-    /// Connections that became established, and established ones closed since.
-    pub connections_opened: AtomicU64,
-    pub connections_closed: AtomicU64,
-    /// RSTs sent to the guest.
-    pub resets_sent: AtomicU64,
-    /// Packets ignored: wrong source CID, credit exceeded, RST replies that did not fit.
-    pub dropped_packets: AtomicU64,
-    /// Chains that could not be parsed (either queue); they are returned with length 0.
-    pub malformed_packets: AtomicU64,
-    /// Guest connects that found no listener at `<uds_path>_<port>` (or hit the limit).
-    pub guest_connect_failures: AtomicU64,
-    /// Host connections closed at once because of the connection limit.
-    pub host_connections_refused: AtomicU64,
-    /// Host connections closed for a malformed `CONNECT <port>` line.
-    pub bad_connect_lines: AtomicU64,
-}
-
-/// A plain copy of [`VsockStats`].
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct VsockStatsSnapshot {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    pub connections_opened: u64,
-    pub connections_closed: u64,
-    pub resets_sent: u64,
-    pub dropped_packets: u64,
-    pub malformed_packets: u64,
-    pub guest_connect_failures: u64,
-    pub host_connections_refused: u64,
-    pub bad_connect_lines: u64,
-}
-
-impl VsockStats {
-    pub fn snapshot(&self) -> VsockStatsSnapshot {
-        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        VsockStatsSnapshot {
-            rx_packets: l(&self.rx_packets),
-            rx_bytes: l(&self.rx_bytes),
-            tx_packets: l(&self.tx_packets),
-            tx_bytes: l(&self.tx_bytes),
-            connections_opened: l(&self.connections_opened),
-            connections_closed: l(&self.connections_closed),
-            resets_sent: l(&self.resets_sent),
-            dropped_packets: l(&self.dropped_packets),
-            malformed_packets: l(&self.malformed_packets),
-            guest_connect_failures: l(&self.guest_connect_failures),
-            host_connections_refused: l(&self.host_connections_refused),
-            bad_connect_lines: l(&self.bad_connect_lines),
-        }
+crate::virtio::device_stats! {
+    /// Counters, updated by the worker and readable at any time.
+    pub struct VsockStats / VsockStatsSnapshot {
+        /// Packets written into the guest's rx buffers, and their payload bytes.
+        rx_packets,
+        rx_bytes,
+        /// Well-formed packets from the guest (with its own CID), and RW payload bytes.
+        tx_packets,
+        tx_bytes,
+        /// Connections that became established, and established ones closed since.
+        connections_opened,
+        connections_closed,
+        /// RSTs sent to the guest.
+        resets_sent,
+        /// Packets ignored: wrong source CID, credit exceeded, RST replies that did not fit.
+        dropped_packets,
+        /// Chains that could not be parsed (either queue); they are returned with length 0.
+        malformed_packets,
+        /// Guest connects that found no listener at `<uds_path>_<port>` (or hit the limit).
+        guest_connect_failures,
+        /// Host connections closed at once because of the connection limit.
+        host_connections_refused,
+        /// Host connections closed for a malformed `CONNECT <port>` line.
+        bad_connect_lines,
     }
 }
 
@@ -457,18 +421,3 @@ impl EmWorker for Worker {
         self.muxer
     }
 }
-
-crate::virtio::atomic_counters!(VsockStats {
-    rx_packets,
-    rx_bytes,
-    tx_packets,
-    tx_bytes,
-    connections_opened,
-    connections_closed,
-    resets_sent,
-    dropped_packets,
-    malformed_packets,
-    guest_connect_failures,
-    host_connections_refused,
-    bad_connect_lines,
-});

@@ -1,11 +1,17 @@
-//! The vsock packet header (virtio 1.2, 5.10.6) as a plain value, and the protocol constants.
+//! The vsock packet header (virtio 1.2, 5.10.6) as a plain value, the protocol constants, and
+//! the parsing of the guest's tx chains ([`read_tx_packet`]).
 //!
-//! Chains are parsed with `virtio_vsock::packet::VsockPacket`; the header is copied out once
+//! Rx chains are parsed with `virtio_vsock::packet::VsockPacket`; the header is copied out once
 //! ([`Header::from_packet`]) so that nothing the guest changes afterwards is seen, and written
 //! back in one piece ([`Header::to_bytes`]).
 
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::bitmap::BitmapSlice;
+
+use crate::virtio::GuestMemoryMmap;
+
+/// Largest payload of one packet, either way (Linux's VIRTIO_VSOCK_MAX_PKT_BUF_SIZE).
+pub const MAX_PKT_BUF_SIZE: u32 = 64 * 1024;
 
 /// The host's context id.
 pub const HOST_CID: u64 = 2;
@@ -117,5 +123,72 @@ pub fn op_name(op: u16) -> &'static str {
         OP_CREDIT_UPDATE => "CREDIT_UPDATE",
         OP_CREDIT_REQUEST => "CREDIT_REQUEST",
         _ => "unknown",
+    }
+}
+
+/// Why a tx chain is not a packet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TxChainError {
+    /// A device-writable descriptor in a driver-to-device chain.
+    WriteOnly,
+    /// Fewer bytes than the header plus its `len` field.
+    TooShort,
+    /// `len` above [`MAX_PKT_BUF_SIZE`].
+    TooLong,
+    /// A buffer outside guest memory.
+    BadAddress,
+}
+
+/// Reads one guest packet from a tx chain: the header from its first bytes and the payload
+/// (the header's `len` bytes) into `data`, wherever the driver put them. Linux 6.x splits large
+/// payloads over several descriptors (non-linear skbs), which the virtio-vsock crate's parser
+/// refuses, so this gathers them itself.
+pub fn read_tx_packet<M: std::ops::Deref<Target = GuestMemoryMmap>>(
+    mem: &GuestMemoryMmap,
+    chain: &mut virtio_queue::DescriptorChain<M>,
+    data: &mut Vec<u8>,
+) -> Result<Header, TxChainError> {
+    use vm_memory::{Bytes, GuestAddress};
+    let mut head = [0u8; HEADER_SIZE];
+    let mut head_got = 0usize;
+    let mut hdr: Option<Header> = None;
+    data.clear();
+    for desc in chain.by_ref() {
+        if desc.is_write_only() {
+            return Err(TxChainError::WriteOnly);
+        }
+        let mut addr = desc.addr().0;
+        let mut left = desc.len() as usize;
+        if head_got < HEADER_SIZE {
+            let n = left.min(HEADER_SIZE - head_got);
+            mem.read_slice(&mut head[head_got..head_got + n], GuestAddress(addr))
+                .map_err(|_| TxChainError::BadAddress)?;
+            head_got += n;
+            left -= n;
+            addr = addr.checked_add(n as u64).ok_or(TxChainError::BadAddress)?;
+            if head_got == HEADER_SIZE {
+                let h = Header::from_bytes(&head);
+                if h.len > MAX_PKT_BUF_SIZE {
+                    return Err(TxChainError::TooLong);
+                }
+                data.reserve(h.len as usize);
+                hdr = Some(h);
+            }
+        }
+        let Some(h) = hdr.as_ref() else { continue };
+        let want = (h.len as usize).saturating_sub(data.len()).min(left);
+        if want > 0 {
+            let at = data.len();
+            data.resize(at + want, 0);
+            mem.read_slice(&mut data[at..], GuestAddress(addr))
+                .map_err(|_| TxChainError::BadAddress)?;
+        }
+        if data.len() == h.len as usize {
+            break;
+        }
+    }
+    match hdr {
+        Some(h) if data.len() == h.len as usize => Ok(h),
+        _ => Err(TxChainError::TooShort),
     }
 }

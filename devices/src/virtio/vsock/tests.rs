@@ -1,4 +1,4 @@
-//! virtio-vsock tests: the muxer driven directly over MockSplitQueue rings and a real epoll,
+//! virtio-vsock tests: the muxer driven directly over driver-side rings and a real epoll,
 //! with real unix sockets in a temporary directory; and the device through its worker thread.
 
 use std::collections::HashMap;
@@ -11,18 +11,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_manager::EventSet;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
+use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::Queue;
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::muxer::*;
 use super::packet::*;
+use super::unix::port_path;
 use super::*;
-use crate::virtio::{ActiveQueue, InterruptKind};
+use crate::virtio::testing::{self, pattern, wait_for, CountingInterrupt, Rng, TempDir, TestQueue};
+use crate::virtio::ActiveQueue;
 
 const CID: u64 = 3;
 const MEM_SIZE: usize = 0x500_0000;
@@ -35,24 +35,15 @@ const RX_BUFS: u64 = 0x100_0000;
 const TX_BUFS: u64 = 0x300_0000;
 const SLOT: u64 = 0x2_0000;
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
+/// The device's socket paths in a test's temporary directory.
+trait SockDir {
+    fn uds(&self) -> PathBuf;
+    fn cfg(&self) -> VsockConfig;
+}
 
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "qvm-vsock-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
+impl SockDir for TempDir {
     fn uds(&self) -> PathBuf {
-        self.0.join("v.sock")
+        self.join("v.sock")
     }
 
     fn cfg(&self) -> VsockConfig {
@@ -63,20 +54,8 @@ impl TempDir {
     }
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+    testing::memory(MEM_SIZE)
 }
 
 /// A received packet.
@@ -86,40 +65,25 @@ struct Pkt {
     data: Vec<u8>,
 }
 
-/// One virtqueue as the driver sees it: the mock's descriptor table and avail ring, avail
-/// entries written by hand (`add_desc_chains` does not wrap the ring), and the used ring moved
-/// 8 KiB past the ring base (the mock places it from `AvailRing::end()`, which counts entries
-/// rather than bytes, so with 256 entries it overlaps the upper half of the avail ring).
-struct TestQueue<'a> {
-    mem: &'a GuestMemoryMmap,
-    vq: MockSplitQueue<'a, GuestMemoryMmap>,
-    used_addr: GuestAddress,
+/// One virtqueue as the vsock driver sees it: a [`TestQueue`] whose descriptor `i` has a
+/// buffer slot of its own at `bufs + i * SLOT`, and the chains it posted (to decode packets).
+struct VsockQueue {
+    q: TestQueue,
     bufs: u64,
-    next_desc: u16,
-    avail_idx: u16,
-    seen_used: u16,
     chains: HashMap<u16, Vec<(u64, u32)>>,
 }
 
-impl<'a> TestQueue<'a> {
-    fn new(mem: &'a GuestMemoryMmap, ring: u64, bufs: u64) -> TestQueue<'a> {
-        TestQueue {
-            mem,
-            vq: MockSplitQueue::create(mem, GuestAddress(ring), QUEUE_SIZE),
-            used_addr: GuestAddress(ring + 0x2000),
+impl VsockQueue {
+    fn new(mem: &GuestMemoryMmap, ring: u64, bufs: u64) -> VsockQueue {
+        VsockQueue {
+            q: TestQueue::new(mem, ring, QUEUE_SIZE),
             bufs,
-            next_desc: 0,
-            avail_idx: 0,
-            seen_used: 0,
             chains: HashMap::new(),
         }
     }
 
     fn queue(&self) -> Queue {
-        let mut q: Queue = self.vq.create_queue().unwrap();
-        q.try_set_used_ring_address(self.used_addr).unwrap();
-        self.mem.write_obj(0u32, self.used_addr).unwrap();
-        q
+        self.q.new_queue()
     }
 
     /// Where descriptor `i`'s buffer goes (slots do not overlap).
@@ -129,43 +93,15 @@ impl<'a> TestQueue<'a> {
 
     /// Reserves `n` descriptors.
     fn alloc(&mut self, n: u16) -> u16 {
-        if self.next_desc + n > QUEUE_SIZE {
-            self.next_desc = 0;
-        }
-        let at = self.next_desc;
-        self.next_desc += n;
-        at
+        self.q.alloc(n)
     }
 
     /// Makes a linked chain of (addr, len, flags) available at descriptors `at..`.
     fn publish(&mut self, at: u16, descs: &[(u64, u32, u16)]) {
-        let n = descs.len() as u16;
-        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-            let i = i as u16;
-            let (f, next) = if i + 1 < n {
-                (flags | VRING_DESC_F_NEXT as u16, at + i + 1)
-            } else {
-                (flags, 0)
-            };
-            self.vq
-                .desc_table()
-                .store(
-                    at + i,
-                    RawDescriptor::from(Descriptor::new(addr, len, f, next)),
-                )
-                .unwrap();
-        }
+        self.q.write_chain(at, descs);
         self.chains
             .insert(at, descs.iter().map(|&(a, l, _)| (a, l)).collect());
-        let avail = self.vq.avail_addr();
-        let slot = u64::from(self.avail_idx % QUEUE_SIZE);
-        self.mem
-            .write_obj(at, avail.unchecked_add(4 + 2 * slot))
-            .unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, avail.unchecked_add(2))
-            .unwrap();
+        self.q.publish(at);
     }
 
     /// Posts `n` rx buffers: a 44-byte header descriptor and a `data`-byte one, or (single)
@@ -186,18 +122,8 @@ impl<'a> TestQueue<'a> {
 
     /// Used entries since the last call: (head, len).
     fn used(&mut self) -> Vec<(u16, u32)> {
-        let idx: u16 = self.mem.read_obj(self.used_addr.unchecked_add(2)).unwrap();
-        let mut out = Vec::new();
-        while self.seen_used != idx {
-            let at = self
-                .used_addr
-                .unchecked_add(4 + 8 * u64::from(self.seen_used % QUEUE_SIZE));
-            let id: u32 = self.mem.read_obj(at).unwrap();
-            let len: u32 = self.mem.read_obj(at.unchecked_add(4)).unwrap();
-            out.push((id as u16, len));
-            self.seen_used = self.seen_used.wrapping_add(1);
-        }
-        out
+        let used = self.q.used().into_iter();
+        used.map(|(id, len)| (id as u16, len)).collect()
     }
 
     /// Decodes the rx packets returned since the last call (empty buffers are skipped).
@@ -210,7 +136,7 @@ impl<'a> TestQueue<'a> {
             let mut bytes = Vec::new();
             for &(addr, l) in self.chains.get(&head).unwrap() {
                 let mut b = vec![0u8; l as usize];
-                self.mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
+                self.q.mem().read_slice(&mut b, GuestAddress(addr)).unwrap();
                 bytes.extend(b);
             }
             bytes.truncate(len as usize);
@@ -229,17 +155,19 @@ impl<'a> TestQueue<'a> {
     fn post_tx_split(&mut self, hdr: &Header, data: &[u8], inline: usize, pieces: usize) {
         let at = self.alloc(1 + pieces as u16);
         let a = self.slot(at);
-        self.mem
+        self.q
+            .mem()
             .write_slice(&hdr.to_bytes(), GuestAddress(a))
             .unwrap();
-        self.mem
+        self.q
+            .mem()
             .write_slice(&data[..inline], GuestAddress(a + HEADER_SIZE as u64))
             .unwrap();
         let mut descs = vec![(a, (HEADER_SIZE + inline) as u32, R)];
         let rest = &data[inline..];
         for (i, c) in rest.chunks(rest.len().div_ceil(pieces).max(1)).enumerate() {
             let b = self.slot(at + 1 + i as u16);
-            self.mem.write_slice(c, GuestAddress(b)).unwrap();
+            self.q.mem().write_slice(c, GuestAddress(b)).unwrap();
             descs.push((b, c.len() as u32, R));
         }
         self.publish(at, &descs);
@@ -250,13 +178,17 @@ impl<'a> TestQueue<'a> {
         let n = if data.is_empty() { 1 } else { 2 };
         let at = self.alloc(n);
         let a = self.slot(at);
-        self.mem
+        self.q
+            .mem()
             .write_slice(&hdr.to_bytes(), GuestAddress(a))
             .unwrap();
         if data.is_empty() {
             self.publish(at, &[(a, HEADER_SIZE as u32, R)]);
         } else {
-            self.mem.write_slice(data, GuestAddress(a + 0x100)).unwrap();
+            self.q
+                .mem()
+                .write_slice(data, GuestAddress(a + 0x100))
+                .unwrap();
             self.publish(
                 at,
                 &[
@@ -297,9 +229,9 @@ impl Watcher for TestEpoll {
 /// The muxer with a driver on each side.
 struct Harness<'a> {
     mem: &'a GuestMemoryMmap,
-    rx: TestQueue<'a>,
+    rx: VsockQueue,
     rxq: Queue,
-    tx: TestQueue<'a>,
+    tx: VsockQueue,
     txq: Queue,
     mux: Muxer,
     ep: TestEpoll,
@@ -322,8 +254,8 @@ fn hdr(op: u16, src_port: u32, dst_port: u32) -> Header {
 
 impl<'a> Harness<'a> {
     fn new(mem: &'a GuestMemoryMmap, dir: &TempDir) -> Harness<'a> {
-        let rx = TestQueue::new(mem, RX_RING, RX_BUFS);
-        let tx = TestQueue::new(mem, TX_RING, TX_BUFS);
+        let rx = VsockQueue::new(mem, RX_RING, RX_BUFS);
+        let tx = VsockQueue::new(mem, TX_RING, TX_BUFS);
         let rxq = rx.queue();
         let txq = tx.queue();
         let mux = Muxer::new(&dir.cfg(), Arc::new(VsockStats::default())).unwrap();
@@ -483,7 +415,7 @@ fn assert_closed(s: &mut UnixStream) {
 
 #[test]
 fn host_initiated_connection_carries_data_both_ways() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mem = memory();
     let mut h = Harness::new(&mem, &dir);
     h.rx.post_rx(16, 4096, false);
@@ -524,7 +456,7 @@ fn host_initiated_connection_carries_data_both_ways() {
 
 #[test]
 fn data_sent_right_after_the_connect_line_is_kept() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mem = memory();
     let mut h = Harness::new(&mem, &dir);
     h.rx.post_rx(8, 4096, true);
@@ -550,7 +482,7 @@ fn data_sent_right_after_the_connect_line_is_kept() {
 
 #[test]
 fn malformed_connect_lines_close_the_socket() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mem = memory();
     let mut h = Harness::new(&mem, &dir);
     h.rx.post_rx(8, 4096, false);
@@ -591,7 +523,7 @@ fn malformed_connect_lines_close_the_socket() {
 
 #[test]
 fn guest_refusal_and_connect_timeout_close_the_host_socket() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mem = memory();
     let mut h = Harness::new(&mem, &dir);
     h.rx.post_rx(8, 4096, false);
@@ -629,7 +561,7 @@ fn guest_refusal_and_connect_timeout_close_the_host_socket() {
 
 #[test]
 fn guest_initiated_connection_carries_data_both_ways() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mem = memory();
     let mut h = Harness::new(&mem, &dir);
     h.rx.post_rx(8, 4096, false);
@@ -651,7 +583,7 @@ fn guest_initiated_connection_carries_data_both_ways() {
 
 #[test]
 fn guest_connect_without_listener_is_reset() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mem = memory();
     let mut h = Harness::new(&mem, &dir);
     h.rx.post_rx(8, 4096, false);
@@ -678,7 +610,7 @@ fn guest_connect_without_listener_is_reset() {
 
 #[test]
 fn credit_limits_what_the_guest_gets() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mem = memory();
     let mut h = Harness::new(&mem, &dir);
     h.rx.post_rx(32, 4096, false);
@@ -733,7 +665,7 @@ fn credit_limits_what_the_guest_gets() {
 
 #[test]
 fn no_rx_buffers_queues_control_packets_and_stops_reading() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mem = memory();
     let mut h = Harness::new(&mem, &dir);
     let listener = h.listen(81);
@@ -777,7 +709,7 @@ fn stream(offset: usize, len: usize) -> Vec<u8> {
 
 #[test]
 fn slow_host_reader_is_buffered_and_credit_follows_forwarding() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mem = memory();
     let mut h = Harness::new(&mem, &dir);
     h.rx.post_rx(64, 4096, false);
@@ -832,7 +764,7 @@ fn slow_host_reader_is_buffered_and_credit_follows_forwarding() {
 
 #[test]
 fn guest_exceeding_credit_is_reset() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mem = memory();
     let mut h = Harness::new(&mem, &dir);
     h.rx.post_rx(8, 4096, false);
@@ -858,7 +790,7 @@ fn guest_exceeding_credit_is_reset() {
 
 #[test]
 fn host_close_sends_shutdown_then_waits_for_rst() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mem = memory();
     let mut h = Harness::new(&mem, &dir);
     h.rx.post_rx(16, 4096, false);
@@ -907,7 +839,7 @@ fn host_close_sends_shutdown_then_waits_for_rst() {
 
 #[test]
 fn host_peer_dying_resets_only_its_connection() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mem = memory();
     let mut h = Harness::new(&mem, &dir);
     h.rx.post_rx(32, 4096, false);
@@ -944,7 +876,7 @@ fn host_peer_dying_resets_only_its_connection() {
 
 #[test]
 fn guest_shutdown_reaches_the_host() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mem = memory();
     let mut h = Harness::new(&mem, &dir);
     h.rx.post_rx(16, 4096, false);
@@ -974,7 +906,7 @@ fn guest_shutdown_reaches_the_host() {
 
 #[test]
 fn stray_and_unsupported_packets_get_rst() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mem = memory();
     let mut h = Harness::new(&mem, &dir);
     h.rx.post_rx(16, 4096, false);
@@ -1006,7 +938,7 @@ fn stray_and_unsupported_packets_get_rst() {
 
 #[test]
 fn wrong_source_cid_is_dropped() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mem = memory();
     let mut h = Harness::new(&mem, &dir);
     h.rx.post_rx(8, 4096, false);
@@ -1026,7 +958,7 @@ fn wrong_source_cid_is_dropped() {
 
 #[test]
 fn malformed_chains_are_counted_and_later_packets_work() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mem = memory();
     let mut h = Harness::new(&mem, &dir);
     h.rx.post_rx(8, 4096, false);
@@ -1076,7 +1008,7 @@ fn malformed_chains_are_counted_and_later_packets_work() {
     assert!(h.packets().is_empty());
 
     // Bad rx buffers are returned empty; the packet goes into the next good one.
-    h.rx = TestQueue::new(h.mem, RX_RING + 0x8000, RX_BUFS + 0x80_0000);
+    h.rx = VsockQueue::new(h.mem, RX_RING + 0x8000, RX_BUFS + 0x80_0000);
     h.rxq = h.rx.queue();
     let at = h.rx.alloc(2);
     let a = h.rx.slot(at);
@@ -1092,7 +1024,7 @@ fn malformed_chains_are_counted_and_later_packets_work() {
 
 #[test]
 fn listener_creation_checks_the_path() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let stats = || Arc::new(VsockStats::default());
     let msg = |cfg: VsockConfig| Muxer::new(&cfg, stats()).unwrap_err().to_string();
 
@@ -1103,17 +1035,17 @@ fn listener_creation_checks_the_path() {
     assert!(msg(cfg).contains("reserved"));
 
     let mut cfg = dir.cfg();
-    cfg.uds_path = dir.0.join("x".repeat(100));
+    cfg.uds_path = dir.join("x".repeat(100));
     let m = msg(cfg);
     assert!(m.contains("shorter path"), "{m}");
 
     let mut cfg = dir.cfg();
-    cfg.uds_path = dir.0.join("missing/v.sock");
+    cfg.uds_path = dir.join("missing/v.sock");
     let m = msg(cfg);
     assert!(m.contains("does not exist"), "{m}");
 
     let mut cfg = dir.cfg();
-    cfg.uds_path = dir.0.join("file");
+    cfg.uds_path = dir.join("file");
     std::fs::write(&cfg.uds_path, b"").unwrap();
     let m = msg(cfg);
     assert!(m.contains("regular file"), "{m}");
@@ -1130,7 +1062,7 @@ fn listener_creation_checks_the_path() {
 
 #[test]
 fn config_space_and_features() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mut dev = Vsock::new(VsockConfig {
         guest_cid: 0x1234_5678,
         uds_path: dir.uds(),
@@ -1158,28 +1090,9 @@ fn config_space_and_features() {
     assert!(!dir.uds().exists());
 }
 
-/// xorshift64*, so random inputs are reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// True once in `n` draws on average.
-    // `is_multiple_of` needs Rust 1.87; the workspace supports 1.85.
-    #[allow(clippy::manual_is_multiple_of)]
-    fn one_in(&mut self, n: u64) -> bool {
-        self.next() % n == 0
-    }
-}
-
 #[test]
 fn random_guest_packets_do_not_break_the_device() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mem = memory();
     let mut h = Harness::new(&mem, &dir);
     let listener = h.listen(90);
@@ -1187,7 +1100,7 @@ fn random_guest_packets_do_not_break_the_device() {
     let mut peers = Vec::new();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for i in 0..3000 {
-        if h.rx.avail_idx.wrapping_sub(h.rx.seen_used) < 8 && rng.one_in(4) {
+        if h.rx.q.in_flight() < 8 && rng.one_in(4) {
             h.rx.post_rx(8, (rng.next() % 8192) as u32, rng.one_in(2));
         }
         let ops = [
@@ -1272,38 +1185,20 @@ fn random_guest_packets_do_not_break_the_device() {
 // The device and its worker thread
 // ---------------------------------------------------------------------------------------------
 
-struct CountingInterrupt(AtomicUsize);
-
-impl Interrupt for CountingInterrupt {
-    fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
-        assert_eq!(kind, InterruptKind::Queue);
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(10), "timed out");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// The three queues of one activation and their kick eventfds.
-struct Rings<'a> {
-    rx: TestQueue<'a>,
-    tx: TestQueue<'a>,
-    ev: TestQueue<'a>,
+struct Rings {
+    rx: VsockQueue,
+    tx: VsockQueue,
+    ev: VsockQueue,
     kicks: Vec<EventFd>,
 }
 
-impl<'a> Rings<'a> {
-    fn new(mem: &'a GuestMemoryMmap, base: u64) -> Rings<'a> {
+impl Rings {
+    fn new(mem: &GuestMemoryMmap, base: u64) -> Rings {
         Rings {
-            rx: TestQueue::new(mem, base + RX_RING, RX_BUFS + base * 16),
-            tx: TestQueue::new(mem, base + TX_RING, TX_BUFS + base * 16),
-            ev: TestQueue::new(mem, base + EV_RING, TX_BUFS + 0x100_0000),
+            rx: VsockQueue::new(mem, base + RX_RING, RX_BUFS + base * 16),
+            tx: VsockQueue::new(mem, base + TX_RING, TX_BUFS + base * 16),
+            ev: VsockQueue::new(mem, base + EV_RING, TX_BUFS + 0x100_0000),
             kicks: (0..3)
                 .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
                 .collect(),
@@ -1328,7 +1223,7 @@ impl<'a> Rings<'a> {
     /// Waits for the next rx packet.
     fn recv(&mut self) -> Pkt {
         let mut got = Vec::new();
-        wait_for(|| {
+        wait_for("an rx packet", || {
             got.extend(self.rx.packets());
             !got.is_empty()
         });
@@ -1341,13 +1236,13 @@ impl<'a> Rings<'a> {
         h.len = data.len() as u32;
         self.tx.post_tx(&h, data);
         self.kick(TX_QUEUE);
-        wait_for(|| !self.tx.used().is_empty());
+        wait_for("the tx chain to be used", || !self.tx.used().is_empty());
     }
 }
 
 #[test]
 fn worker_thread_serves_connections_across_reset() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mut dev = Vsock::new(dir.cfg()).unwrap();
     assert_eq!(dev.name(), "virtio-vsock-3");
     dev.ack_features(dev.features());
@@ -1373,7 +1268,7 @@ fn worker_thread_serves_connections_across_reset() {
     let req = r.recv();
     assert_eq!((req.hdr.op, req.hdr.dst_port), (OP_REQUEST, 52));
     let hp = req.hdr.src_port;
-    wait_for(|| irq.0.load(Ordering::SeqCst) >= 1);
+    wait_for("the first interrupt", || irq.0.load(Ordering::SeqCst) >= 1);
     r.send(&hdr(OP_RESPONSE, 52, hp), &[]);
     let ok = format!("OK {hp}\n");
     let mut line = vec![0u8; ok.len()];
@@ -1422,7 +1317,7 @@ fn worker_thread_serves_connections_across_reset() {
 
 #[test]
 fn tx_payload_split_over_descriptors_reaches_the_host_whole() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("qvm-vsock");
     let mem = memory();
     let mut h = Harness::new(&mem, &dir);
     h.rx.post_rx(8, 4096, false);
