@@ -4,9 +4,6 @@
 //! vCPU threads dispatch exits to. Devices never trust the access they are given: a guest may
 //! touch any offset with any size, and gets "all ones" or a dropped write, never a panic.
 
-// TODO(issue 16): the devices owner removes these (found when the workspace lints came in).
-#![allow(clippy::undocumented_unsafe_blocks)]
-
 pub mod bus;
 pub mod exit;
 pub mod legacy;

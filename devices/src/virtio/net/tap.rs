@@ -274,10 +274,11 @@ impl Tap {
         let file = unsafe { File::from_raw_fd(dup) };
         // SAFETY: fcntl on our own descriptor; no memory is passed.
         let fl = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-        // SAFETY: as above.
-        if fl < 0
-            || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0
-        {
+        let set_nonblocking = || {
+            // SAFETY: fcntl on our own descriptor with the flags just read; no memory is passed.
+            unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) }
+        };
+        if fl < 0 || set_nonblocking() < 0 {
             return Err(NetError::Ioctl {
                 name,
                 op: "making the descriptor non-blocking (F_SETFL)",

@@ -1000,8 +1000,8 @@ fn real_tap_offload_probe_errors_and_traffic() {
     assert!(e.to_string().contains("not attached"), "{e}");
     let mut ifr = tap::ifreq_with_name(&format!("{name}b"));
     ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-    // SAFETY: TUNSETIFF on our descriptor with a live ifreq (creates a transient tap).
     assert_eq!(
+        // SAFETY: TUNSETIFF on our descriptor with a live ifreq (creates a transient tap).
         unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut ifr) },
         0
     );
