@@ -52,7 +52,7 @@ fn init() -> Mutex<State> {
             max_buffer_bytes: MAX_BYTES,
             max_vfds: MAX_VFDS,
             // No compositor socket here, so no context: the policy is fuzzed by its own
-            // target-free tests (virtio-wl/src/policy.rs).
+            // target-free tests (virtio-wl/src/policy/tests.rs).
             policy: None,
         }),
     })
