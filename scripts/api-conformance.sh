@@ -8,7 +8,7 @@
 # Starts `qvm-vmm --api-sock` unconfigured in a temp dir and reaches its unix socket through
 # scripts/tcp-unix-bridge.py. schemathesis and its dependencies (pinned in
 # scripts/api-conformance-requirements.txt) are installed from PyPI into a venv cached in
-# ~/.cache/qvm. Environment:
+# ~/.cache/qvm (or $QVM_CACHE, like the other heavy artefacts). Environment:
 #   QVM_API_EXAMPLES    test cases per operation and phase (default 200: ~4000 cases, ~1 min)
 #   QVM_API_SEED        the random seed (default a fixed one, so CI runs are reproducible;
 #                       "random" for a new one each run)
@@ -31,7 +31,7 @@ grep -qx "schemathesis==$schemathesis_version" "$requirements" ||
 
 # The venv: keyed by the pinned requirements, built once, marked complete only when it is.
 req_hash=$(sha256sum "$requirements" | cut -c1-12)
-venv=${XDG_CACHE_HOME:-$HOME/.cache}/qvm/schemathesis-venv-$schemathesis_version-$req_hash
+venv=${QVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/qvm}/schemathesis-venv-$schemathesis_version-$req_hash
 if [[ ! -e $venv/.complete ]]; then
     echo "api-conformance: installing schemathesis $schemathesis_version into $venv" >&2
     rm -rf "$venv"
