@@ -3,10 +3,12 @@
 //! (`STDIN`, `STDIN_CLOSED`), stdout and stderr, and returns the command's exit status.
 //!
 //! Everything the guest sends is hostile: frames are bounded by [`frame::read_frame`], an
-//! unknown frame or a malformed exit status ends the session with an error, and the stdout a
-//! caller keeps in memory can be bounded (`limit`).
+//! unknown frame or a malformed exit status ends the session with an error, the stdout a
+//! caller keeps in memory can be bounded (`limit`), and waits have deadlines: the VMM's
+//! handshake ([`HANDSHAKE_DEADLINE`]), each frame once it has begun ([`FRAME_DEADLINE`]), and,
+//! where the caller asks ([`Session::idle_deadline`]), the time between frames.
 
-use std::io::{BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,6 +18,11 @@ use crate::stream::{connect_through_vmm, VsockStream};
 
 /// The guest agent's usual vsock port.
 pub const AGENT_PORT: u32 = 5000;
+/// How long a frame may take to arrive once its first byte has: the agent writes each frame
+/// whole, so only a guest that stalls on purpose (or a dead one) takes longer.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(30);
+/// How long the VMM may take to answer `CONNECT <port>` (it waits for the guest to accept).
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Why a session failed. Each message says what happened from the host's point of view.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +39,71 @@ pub enum ClientError {
     TooLarge { limit: usize },
     #[error("writing the command's output: {0}")]
     Output(#[source] std::io::Error),
+    #[error("the guest agent stopped in the middle of a message for {} s", .0.as_secs())]
+    Stalled(Duration),
+    #[error("the guest sent nothing for {} s", .0.as_secs())]
+    Idle(Duration),
+}
+
+/// A stream whose reads can be given a deadline (a socket).
+pub trait TimedRead: Read + Send {
+    /// Like [`UnixStream::set_read_timeout`]: a read blocked longer fails with `WouldBlock`.
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+impl TimedRead for UnixStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_read_timeout(self, timeout)
+    }
+}
+
+impl TimedRead for BufReader<UnixStream> {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.get_ref().set_read_timeout(timeout)
+    }
+}
+
+impl TimedRead for VsockStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        VsockStream::set_read_timeout(self, timeout)
+    }
+}
+
+/// Reads one frame's bytes under its deadlines: the first byte by `idle` (None: no limit),
+/// the rest within `frame` of the first.
+struct Deadlines<'a> {
+    r: &'a mut dyn TimedRead,
+    idle: Option<Instant>,
+    frame: Duration,
+    started: Option<Instant>,
+}
+
+impl Read for Deadlines<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let deadline = match self.started {
+            Some(t) => Some(t + self.frame),
+            None => self.idle,
+        };
+        let timeout = match deadline {
+            None => None,
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                // A zero timeout would mean "none" to the kernel (and std refuses it).
+                Some(left) if left >= Duration::from_millis(1) => Some(left),
+                _ => return Err(io::ErrorKind::TimedOut.into()),
+            },
+        };
+        self.r.set_read_timeout(timeout)?;
+        match self.r.read(buf) {
+            Ok(n) => {
+                if n > 0 && self.started.is_none() {
+                    self.started = Some(Instant::now());
+                }
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::ErrorKind::TimedOut.into()),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Where the command's stdin comes from.
@@ -44,8 +116,12 @@ pub enum Input {
 
 /// A connection to a guest agent, ready for one command.
 pub struct Session {
-    reader: Box<dyn Read + Send>,
+    reader: Box<dyn TimedRead>,
     writer: Box<dyn Write + Send>,
+    /// The longest wait between two frames (None: a command may stay silent as long as it runs).
+    idle: Option<Duration>,
+    /// How long one frame may take once begun ([`FRAME_DEADLINE`]; shorter in tests).
+    frame: Duration,
 }
 
 impl Session {
@@ -55,6 +131,8 @@ impl Session {
         Ok(Session {
             reader: Box::new(reader),
             writer: Box::new(writer),
+            idle: None,
+            frame: FRAME_DEADLINE,
         })
     }
 
@@ -64,6 +142,8 @@ impl Session {
         Ok(Session {
             reader: Box::new(s.try_clone()?),
             writer: Box::new(s),
+            idle: None,
+            frame: FRAME_DEADLINE,
         })
     }
 
@@ -78,6 +158,13 @@ impl Session {
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
         }
+    }
+
+    /// Ends the command's session with [`ClientError::Idle`] when the guest sends nothing for
+    /// `idle` (for non-interactive commands: a copy's `cat`).
+    pub fn idle_deadline(mut self, idle: Duration) -> Session {
+        self.idle = Some(idle);
+        self
     }
 
     /// Runs `argv` in the guest; stdout and stderr go to `out` and `err`. Returns the command's
@@ -127,7 +214,15 @@ impl Session {
         });
         let mut got = 0usize;
         loop {
-            match read_frame(&mut self.reader) {
+            let mut r = Deadlines {
+                r: &mut *self.reader,
+                idle: self.idle.map(|d| Instant::now() + d),
+                frame: self.frame,
+                started: None,
+            };
+            let next = read_frame(&mut r);
+            let started = r.started.is_some();
+            match next {
                 Ok(Some((frame::STDOUT, d))) => {
                     got += d.len();
                     if let Some(limit) = limit {
@@ -152,6 +247,12 @@ impl Session {
                     ))
                 }
                 Ok(Some((kind, _))) => return Err(ClientError::Protocol(kind)),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    return Err(match (started, self.idle) {
+                        (false, Some(idle)) => ClientError::Idle(idle),
+                        _ => ClientError::Stalled(self.frame),
+                    })
+                }
                 Ok(None) | Err(_) => return Err(ClientError::Lost),
             }
         }
@@ -180,6 +281,8 @@ mod tests {
         Session {
             reader: Box::new(ours.try_clone().unwrap()),
             writer: Box::new(ours),
+            idle: None,
+            frame: FRAME_DEADLINE,
         }
     }
 
@@ -245,5 +348,60 @@ mod tests {
         let (r, out, _) = run(s, Some(2500));
         assert!(matches!(r, Err(ClientError::TooLarge { limit: 2500 })));
         assert!(out.len() <= 2500);
+    }
+
+    #[test]
+    fn a_guest_that_stalls_mid_frame_or_goes_silent_meets_a_deadline() {
+        // Half a frame header, then nothing, with the connection held open.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let mut s = against(move |a, _| {
+            a.write_all(&[frame::STDOUT, 200]).unwrap();
+            let _ = rx.recv();
+        });
+        s.frame = Duration::from_millis(300);
+        let start = Instant::now();
+        let r = run(s, None).0;
+        assert!(matches!(r, Err(ClientError::Stalled(_))), "{r:?}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        drop(tx);
+        // A guest that trickles a frame a byte at a time, each in time for a per-read timeout,
+        // still meets the frame's deadline.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let mut s = against(move |a, _| {
+            a.write_all(&[frame::STDOUT, 100, 0, 0, 0]).unwrap();
+            for _ in 0..100 {
+                if a.write_all(b"x").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = rx.recv();
+        });
+        s.frame = Duration::from_millis(500);
+        let r = run(s, None).0;
+        assert!(matches!(r, Err(ClientError::Stalled(_))), "{r:?}");
+        drop(tx);
+        // Silence between frames: only when the caller asked for an idle deadline.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let s = against(move |a, _| {
+            write_frame(a, frame::STDOUT, b"x").unwrap();
+            let _ = rx.recv();
+        })
+        .idle_deadline(Duration::from_millis(300));
+        let (r, out, _) = run(s, None);
+        assert!(matches!(r, Err(ClientError::Idle(_))), "{r:?}");
+        assert_eq!(out, b"x");
+        drop(tx);
+    }
+
+    #[test]
+    fn a_command_may_stay_silent_without_an_idle_deadline() {
+        let s = against(|a, _| {
+            std::thread::sleep(Duration::from_millis(600));
+            write_frame(a, frame::EXIT, &0i32.to_le_bytes()).unwrap();
+        });
+        let mut s = s;
+        s.frame = Duration::from_millis(300);
+        assert_eq!(run(s, None).0.unwrap(), 0);
     }
 }

@@ -7,10 +7,12 @@
 //!
 //! The host reaches a guest port through the VMM's unix socket (`CONNECT <port>\n`, answered
 //! `OK <hostport>\n`); a guest reaches host port P at `<socket>_<P>`. [`client`] is the one host
-//! client of the agent protocol (qvm-run and `qvm run`). Only libc and thiserror (compile time
-//! only), so the guest binaries link statically.
+//! client of the agent protocol (qvm-run and `qvm run`); [`term`] keeps a guest's output from
+//! driving the host's terminal. Only libc and thiserror (compile time only), so the guest
+//! binaries link statically.
 
 pub mod client;
 pub mod frame;
 pub mod pattern;
 pub mod stream;
+pub mod term;

@@ -22,6 +22,36 @@ impl VsockStream {
         Ok(VsockStream(self.0.try_clone()?))
     }
 
+    /// Like [`UnixStream::set_read_timeout`] (SO_RCVTIMEO).
+    pub fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let tv = match timeout {
+            None => libc::timeval {
+                tv_sec: 0,
+                tv_usec: 0,
+            },
+            Some(t) => libc::timeval {
+                tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+                // At least 1 us: zero would mean "no timeout".
+                tv_usec: libc::suseconds_t::from(t.subsec_micros().max(u32::from(t.is_zero()))),
+            },
+        };
+        // SAFETY: setsockopt on a socket we own with a timeval of the size we pass.
+        let r = unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     pub fn shutdown_write(&self) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         // SAFETY: plain syscall on a socket we own.
@@ -145,8 +175,23 @@ pub fn connect_through_vmm(
     s.write_all(format!("CONNECT {port}\n").as_bytes())?;
     let mut r = BufReader::new(s.try_clone()?);
     let mut line = String::new();
-    // The VMM answers with one short line; a reader that never ends it is not a VMM.
-    r.by_ref().take(64).read_line(&mut line)?;
+    // The VMM answers with one short line, once the guest has accepted: a reader that never
+    // ends it is not a VMM, and a guest that never accepts must not hold the caller forever.
+    s.set_read_timeout(Some(crate::client::HANDSHAKE_DEADLINE))?;
+    r.by_ref()
+        .take(64)
+        .read_line(&mut line)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the VM did not answer a connection to vsock port {port} within {} s",
+                    crate::client::HANDSHAKE_DEADLINE.as_secs()
+                ),
+            ),
+            _ => e,
+        })?;
+    s.set_read_timeout(None)?;
     if !line.starts_with("OK ") {
         return Err(io::Error::new(
             io::ErrorKind::ConnectionRefused,

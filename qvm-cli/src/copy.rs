@@ -10,6 +10,38 @@ pub const HOST_SOURCE: &str = "dom0";
 pub const MAX_COPY_BYTES: usize = 256 << 20;
 /// The guest-side exit code of "the file is already there".
 pub const EXISTS_CODE: i32 = 17;
+/// Most of a guest command's stderr `qvm copy` keeps (for its error message).
+pub const MAX_STDERR: usize = 64 << 10;
+/// A VM that sends nothing for this long while a copy runs ends the copy.
+pub const IDLE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A writer that keeps the first `max` bytes written to it and drops the rest: what a guest
+/// sends that we only show in a message must not grow without bound.
+pub struct Capped {
+    pub kept: Vec<u8>,
+    max: usize,
+}
+
+impl Capped {
+    pub fn new(max: usize) -> Capped {
+        Capped {
+            kept: Vec::new(),
+            max,
+        }
+    }
+}
+
+impl Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = self.max.saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&buf[..buf.len().min(room)]);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfirmError {
@@ -128,5 +160,14 @@ mod tests {
         assert_eq!(c[4], "a");
         assert_eq!(c[5], "x; rm -rf /");
         assert!(!c[2].contains("rm -rf"));
+    }
+
+    #[test]
+    fn capped_keeps_only_the_start() {
+        let mut c = Capped::new(5);
+        c.write_all(b"abc").unwrap();
+        c.write_all(b"defgh").unwrap();
+        c.write_all(&vec![b'x'; 1 << 20]).unwrap();
+        assert_eq!(c.kept, b"abcde");
     }
 }

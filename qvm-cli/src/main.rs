@@ -10,9 +10,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use qvm_agent::term;
 use qvm_cli::agent::{self, AgentError, Input};
 use qvm_cli::copy::{self, ConfirmError, HOST_SOURCE, MAX_COPY_BYTES};
 use qvm_cli::domains::{Domain, Domains, DomainsError};
+use qvm_cli::logs;
 use qvm_cli::runtime::{runtime_root, VmPaths};
 use qvm_cli::units;
 use qvm_cli::vm::{self, LifecycleError, State};
@@ -53,6 +55,11 @@ enum Cmd {
         /// Seconds to wait for the VM's agent.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// Pass the command's output to a terminal as it is. Without it, output to a terminal
+        /// loses escape sequences and control characters, so a guest cannot drive the
+        /// terminal (set its title, write the clipboard, type into it).
+        #[arg(long)]
+        raw: bool,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -177,12 +184,16 @@ impl Ctx {
         input: Vec<u8>,
         max_out: usize,
     ) -> Result<Captured, CliError> {
-        let s = self.session(name, timeout)?;
-        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let s = self.session(name, timeout)?.idle_deadline(copy::IDLE);
+        let (mut out, mut err) = (Vec::new(), copy::Capped::new(copy::MAX_STDERR));
         let code = s
             .exec(argv, Input::Bytes(input), &mut out, &mut err, Some(max_out))
             .map_err(|source| agent_error(name, source))?;
-        Ok(Captured { code, out, err })
+        Ok(Captured {
+            code,
+            out,
+            err: err.kept,
+        })
     }
 }
 
@@ -194,9 +205,9 @@ struct Captured {
 }
 
 impl Captured {
-    /// Its stderr as one trimmed string, for an error message.
+    /// Its stderr as one trimmed string for an error message, its controls escaped.
     fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.err).trim().to_string()
+        logs::sanitize(String::from_utf8_lossy(&self.err).trim())
     }
 }
 
@@ -313,7 +324,7 @@ fn copy_cmd(
     }
     println!(
         "qvm: copied {len} bytes to {target}:{}",
-        String::from_utf8_lossy(&store.out).trim()
+        logs::sanitize(String::from_utf8_lossy(&store.out).trim())
     );
     Ok(())
 }
@@ -358,15 +369,19 @@ fn real_main(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Run {
             vm: name,
             timeout,
+            raw,
             command,
         } => {
             let s = ctx.session(&name, Duration::from_secs(timeout))?;
+            let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+            let filter_out = !raw && stdout.is_terminal();
+            let filter_err = !raw && stderr.is_terminal();
             let code = s
                 .exec(
                     &command,
                     Input::Inherit,
-                    &mut std::io::stdout(),
-                    &mut std::io::stderr(),
+                    &mut term::for_terminal(stdout.lock(), filter_out),
+                    &mut term::for_terminal(stderr.lock(), filter_err),
                     None,
                 )
                 .map_err(|source| agent_error(&name, source))?;

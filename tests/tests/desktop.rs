@@ -1,10 +1,10 @@
 //! The qvm desktop in the lab: three VMs declared in a domains file, two started with
-//! `qvm start`, a command run in one with `qvm run`, a file copied from one VM into the
-//! other's `~/Incoming/<source>/` with `qvm copy --from ... --yes` (and refused without the
+//! `qvm start`, a command run in one with `qvm run` (its escape sequences kept from the host's
+//! terminal unless `--raw`), a file copied from one VM into the other's
+//! `~/Incoming/<source>/` with `qvm copy --from ... --yes` (and refused without the
 //! confirmation) and a host file into `~/Incoming/dom0/`, `qvm status` showing both running
 //! and the third stopped, a VMM killed behind qvm's back detected as stale and cleaned, then
 //! both stopped with `qvm stop`: no qvm-vmm left, no sockets left.
-
 use std::time::Duration;
 
 use qvm_tests::fixtures::{qvm_cli_binary, vmm_binary};
@@ -62,6 +62,13 @@ $q start a; echo "START-A-AGAIN $?"
 out=$($q run a -- uname -r); echo "RUN-CODE $? UNAME $out"
 echo "T+$(( $(date +%s) - t0 ))s after: q run a -- uname -r)"
 echo "HOST-UNAME $(uname -r)"
+# A guest's output to a terminal cannot drive it (write the clipboard with OSC 52, clear the
+# screen): under a pty, qvm run drops the escapes; --raw passes them.
+evil='A\033]52;c;ZXZpbA==\007B\033[2JC\n'
+script -qec "$q run a -- printf '$evil'" /dev/null </dev/null >/tmp/tty.out; echo "TTY-CODE $?"
+echo "TTY-ESC $(tr -cd '\033' </tmp/tty.out | wc -c) TEXT $(tr -d '\r' </tmp/tty.out)"
+script -qec "$q run --raw a -- printf '$evil'" /dev/null </dev/null >/tmp/raw.out
+echo "RAW-ESC $(tr -cd '\033' </tmp/raw.out | wc -c)"
 $q run a -- sh -c 'echo "note from a $((6*7))" > /root/note.txt'; echo "WRITE-CODE $?"
 $q copy --from a /root/note.txt b </dev/null >/tmp/noconfirm.out 2>&1
 echo "NOCONFIRM-CODE $? $(cat /tmp/noconfirm.out)"
@@ -121,6 +128,9 @@ for v in a b c; do echo "== $v console"; tail -n 5 $rt/$v/console.log; echo "== 
         field(out, "HOST-UNAME "),
         "the guest kernel, not L1's: {out}"
     );
+    assert_eq!(field(out, "TTY-CODE "), "0", "{out}");
+    assert_eq!(field(out, "TTY-ESC "), "0 TEXT ABC", "{out}");
+    assert_eq!(field(out, "RAW-ESC "), "2", "{out}");
     let noconfirm = field(out, "NOCONFIRM-CODE ");
     assert!(
         noconfirm.starts_with("1 ") && noconfirm.contains("--yes"),
