@@ -167,7 +167,7 @@ fn config_schema_mirrors_vm_toml() {
     assert_eq!(required, keys("VmDraft"));
     assert_eq!(keys("MachineConfig"), ["vcpus", "memory_mib"]);
     assert_eq!(keys("BootConfig"), ["kernel", "initrd", "cmdline"]);
-    assert_eq!(keys("ConsoleConfig"), ["mode", "path"]);
+    assert_eq!(keys("ConsoleConfig"), ["mode", "path", "limit_mib"]);
     assert_eq!(keys("DiskConfig"), ["path", "read_only", "id", "direct_io"]);
     assert_eq!(keys("NetConfig"), ["tap", "fd", "mac"]);
     assert_eq!(keys("VsockConfig"), ["guest_cid", "socket"]);

@@ -51,6 +51,8 @@ pub enum ConfigError {
     ConsoleFileWithoutPath,
     #[error("[console] path is only used with mode = \"file\"; remove it or set mode = \"file\"")]
     ConsolePathWithoutFile,
+    #[error("[console] limit_mib = {0}: give 1 to {max} (MiB a console log may grow to)", max = crate::console::MAX_LIMIT_MIB)]
+    ConsoleLimit(u32),
     #[error("[[disk]] #{} path = {path:?}: {reason}", .index + 1)]
     BadDisk {
         index: usize,
@@ -155,7 +157,9 @@ impl ConfigError {
             | E::NoVcpus
             | E::TooManyVcpus { .. } => Some(Section::Machine),
             E::BadFile { .. } | E::CmdlineTooLong(_) | E::CmdlineNotAscii => Some(Section::Boot),
-            E::ConsoleFileWithoutPath | E::ConsolePathWithoutFile => Some(Section::Console),
+            E::ConsoleFileWithoutPath | E::ConsolePathWithoutFile | E::ConsoleLimit(_) => {
+                Some(Section::Console)
+            }
             E::BadDisk { index, .. } | E::BadDiskId { index, .. } => Some(Section::Disk(*index)),
             E::BadNet { index, .. } => Some(Section::Net(*index)),
             E::BadFs { index, .. } => Some(Section::Fs(*index)),
@@ -233,6 +237,7 @@ mod tests {
             E::CmdlineNotAscii,
             E::ConsoleFileWithoutPath,
             E::ConsolePathWithoutFile,
+            E::ConsoleLimit(0),
             E::BadDisk {
                 index: 1,
                 path: "d".into(),
@@ -279,6 +284,7 @@ mod tests {
                 | E::CmdlineNotAscii
                 | E::ConsoleFileWithoutPath
                 | E::ConsolePathWithoutFile
+                | E::ConsoleLimit(_)
                 | E::BadDisk { .. }
                 | E::BadDiskId { .. }
                 | E::TooManyDisks(_)

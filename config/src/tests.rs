@@ -255,11 +255,30 @@ fn section_checks_are_value_checks() {
     let c = ConsoleConfig {
         mode: ConsoleMode::Off,
         path: Some("/c".into()),
+        ..ConsoleConfig::default()
     };
     assert!(matches!(
         c.validate(),
         Err(ConfigError::ConsolePathWithoutFile)
     ));
+}
+
+#[test]
+fn a_console_log_limit_is_1_mib_or_more_and_16_mib_unless_given() {
+    let base = "[machine]\nmemory_mib = 128\n[boot]\nkernel = \"/bin/sh\"\n";
+    let c = parse(base).unwrap();
+    assert_eq!(c.console.limit_bytes(), 16 << 20);
+    let c = parse(&format!("{base}[console]\nlimit_mib = 1\n")).unwrap();
+    c.validate(Some(1024)).unwrap();
+    assert_eq!(c.console.limit_bytes(), 1 << 20);
+    for bad in [0, MAX_CONSOLE_LIMIT_MIB + 1] {
+        let c = parse(&format!("{base}[console]\nlimit_mib = {bad}\n")).unwrap();
+        let e = c.validate(Some(1024)).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("[console] limit_mib = {bad}: give 1 to")),
+            "{e}"
+        );
+    }
 }
 
 #[test]

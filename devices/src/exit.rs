@@ -26,7 +26,7 @@ impl ExitSignal {
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
             reason: Mutex::new(None),
-            evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            evt: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
         })
     }
 

@@ -1183,8 +1183,8 @@ fn device_serves_requests_and_reset_closes_everything() {
         let (mut out, outq) = Ring::new(&mem, OUT_RING, OUT_BUFS);
         let (mut inr, inq) = Ring::new(&mem, IN_RING, IN_BUFS);
         let kicks = [
-            EventFd::new(EFD_NONBLOCK).unwrap(),
-            EventFd::new(EFD_NONBLOCK).unwrap(),
+            EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap(),
+            EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap(),
         ];
         // A request made available before activation is served at start.
         let put = |out: &mut Ring, req: &[u8]| {

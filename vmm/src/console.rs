@@ -132,7 +132,7 @@ pub struct StopWatcher {
 impl StopWatcher {
     /// Installs SIGINT/SIGTERM/SIGHUP handlers that wake the event loop for an orderly stop.
     pub fn new(exit: Arc<ExitSignal>) -> std::io::Result<Self> {
-        let signal_evt = EventFd::new(libc::EFD_NONBLOCK)?;
+        let signal_evt = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         SIGNAL_EVENT_FD.store(signal_evt.as_raw_fd(), Ordering::SeqCst);
         for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
             // SAFETY: installing a handler that only does async-signal-safe work.

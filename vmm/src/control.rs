@@ -102,7 +102,7 @@ pub struct ControlChannel {
 }
 
 pub fn channel() -> std::io::Result<(ControlSender, ControlChannel)> {
-    let evt = EventFd::new(libc::EFD_NONBLOCK)?;
+    let evt = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
     let (tx, rx) = mpsc::channel();
     Ok((
         ControlSender {

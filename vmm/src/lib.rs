@@ -5,6 +5,7 @@ pub mod boot;
 pub mod console;
 pub mod control;
 pub mod handlers;
+pub mod hygiene;
 pub mod landlock;
 pub mod seccomp;
 pub mod vcpu;

@@ -126,6 +126,11 @@ fn main() -> ExitCode {
         eprintln!("qvm-vmm: error: give --config vm.toml, --api-sock PATH, or both (see --help)");
         return ExitCode::from(2);
     }
+    // Before any other thread exists: not dumpable, umask 077 (see hygiene.rs).
+    if let Err(e) = qvm_vmm::hygiene::apply() {
+        eprintln!("qvm-vmm: error: {e}");
+        return ExitCode::from(1);
+    }
     // Before any other thread exists: they all install their filters from these.
     if let Err(e) = seccomp::init(cli.seccomp) {
         eprintln!("qvm-vmm: error: {e}");

@@ -1,6 +1,8 @@
 //! From a validated config to a running VM, and back to an exit status.
 
 use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,7 +13,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use qvm_devices::legacy::{
-    acpi_pm, i8042, pvpanic, serial, AcpiPm, PvPanic, Serial, SerialInput, I8042,
+    acpi_pm, i8042, pvpanic, serial, AcpiPm, LogCap, PvPanic, Serial, SerialInput, I8042,
 };
 use qvm_devices::virtio::block::{Block, BlockConfig};
 use qvm_devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
@@ -137,10 +139,30 @@ struct Devices {
     power_button: EventFd,
 }
 
+/// The size of the file `fd` is open on, if it is a regular file (a log a guest could grow).
+fn regular_file_size(fd: BorrowedFd<'_>) -> Option<u64> {
+    let f = std::fs::File::from(fd.try_clone_to_owned().ok()?);
+    let m = f.metadata().ok()?;
+    m.file_type().is_file().then_some(m.len())
+}
+
+/// The console's writer `w`: capped at `limit` bytes when it is a regular file holding `size`
+/// bytes (a terminal or a pipe fills no disk).
+fn capped(w: impl Write + Send + 'static, size: Option<u64>, limit: u64) -> serial::ConsoleOut {
+    match size {
+        Some(size) => Box::new(LogCap::new(w, size, limit)),
+        None => Box::new(w),
+    }
+}
+
 fn create_devices(vm: &VmFd, cfg: &VmConfig, exit: &Arc<ExitSignal>) -> Result<Devices, VmError> {
     let dev_err = |e: std::io::Error| VmError::Device(e.to_string());
+    let limit = cfg.console.limit_bytes();
     let out: serial::ConsoleOut = match cfg.console.mode {
-        ConsoleMode::Stdio => Box::new(std::io::stdout()),
+        ConsoleMode::Stdio => {
+            let size = regular_file_size(std::io::stdout().as_fd());
+            capped(std::io::stdout(), size, limit)
+        }
         ConsoleMode::Off => Box::new(std::io::sink()),
         ConsoleMode::File => {
             let path = cfg.console.path.clone().unwrap_or_default();
@@ -149,13 +171,14 @@ fn create_devices(vm: &VmFd, cfg: &VmConfig, exit: &Arc<ExitSignal>) -> Result<D
                 .append(true)
                 .open(&path)
                 .map_err(|e| VmError::ConsoleFile(path, e))?;
-            Box::new(f)
+            let size = regular_file_size(f.as_fd());
+            capped(f, size, limit)
         }
     };
-    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err)?;
+    let irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(dev_err)?;
     vm.register_irqfd(&irq, serial::COM1_IRQ)
         .map_err(kvm_err("register serial irqfd"))?;
-    let power_button = EventFd::new(libc::EFD_NONBLOCK).map_err(dev_err)?;
+    let power_button = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(dev_err)?;
     vm.register_irqfd(&power_button, layout::POWER_BUTTON_GSI)
         .map_err(kvm_err("register power button irqfd"))?;
     let serial_input = SerialInput::new().map_err(dev_err)?;
@@ -342,7 +365,8 @@ fn create_virtio_devices(
     let mut metrics = Vec::new();
     for (i, (name, device)) in virtio_devices(cfg, kvm, vm)?.into_iter().enumerate() {
         let (addr, gsi) = layout::virtio_mmio_slot(i);
-        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;
+        let irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+            .map_err(|e| VmError::Device(e.to_string()))?;
         vm.register_irqfd(&irq, gsi)
             .map_err(kvm_err("register virtio irqfd"))?;
         let transport = MmioTransport::new(device, mem.clone(), irq)
@@ -436,24 +460,38 @@ fn acpi_config(vcpus: u8, virtio_devices: usize) -> acpi::AcpiConfig {
     }
 }
 
+/// A memfd of `size` bytes for guest RAM, sealed against shrinking, growing and further
+/// seals: it is shared with vhost-user backends (virtiofsd), and a backend that truncated it
+/// would make every VMM access to the lost pages a SIGBUS.
+pub fn guest_ram_memfd(size: u64) -> Result<std::fs::File, String> {
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: memfd_create with a static NUL-terminated name; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"qvm-guest-ram".as_ptr(), flags) };
+    if fd < 0 {
+        return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    f.set_len(size)
+        .map_err(|e| format!("sizing the memfd: {e}"))?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl(F_ADD_SEALS) on a memfd we own.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(format!(
+            "sealing the memfd: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(f)
+}
+
 /// Guest RAM, registered with KVM. `shared`: backed by one memfd (mapped MAP_SHARED) so a
 /// vhost-user backend such as virtiofsd can map it too; otherwise anonymous private memory.
 fn create_memory(vm: &VmFd, mem_size: u64, shared: bool) -> Result<GuestMemoryMmap, VmError> {
     let mem_err = |e: String| VmError::Memory(mem_size >> 20, e);
     let file = if shared {
         // SAFETY: memfd_create with a static NUL-terminated name; the result is checked.
-        let fd = unsafe { libc::memfd_create(c"qvm-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(mem_err(format!(
-                "memfd_create: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-        // SAFETY: a new descriptor nothing else owns.
-        let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        f.set_len(mem_size)
-            .map_err(|e| mem_err(format!("sizing the memfd: {e}")))?;
-        Some(Arc::new(f))
+        Some(Arc::new(guest_ram_memfd(mem_size).map_err(mem_err)?))
     } else {
         None
     };
@@ -698,6 +736,29 @@ pub fn run_with_control(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a compromised vhost-user backend would do with the guest RAM it maps: truncate
+    /// the memfd (every VMM access to the lost pages would then be a SIGBUS), or drop the seals.
+    #[test]
+    fn guest_ram_cannot_be_truncated_by_whoever_it_is_shared_with() {
+        let f = guest_ram_memfd(4 << 20).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 4 << 20);
+        // The backend gets the fd itself (SCM_RIGHTS): the same open file.
+        let theirs = f.try_clone().unwrap();
+        let e = theirs.set_len(4096).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+        assert!(theirs.set_len(8 << 20).is_err());
+        // SAFETY: fcntl(F_GET_SEALS) on a memfd we own.
+        let seals = unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_GET_SEALS) };
+        assert_eq!(
+            seals,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL
+        );
+        // The pages stay writable: guest RAM, not a sealed buffer.
+        use std::os::unix::fs::FileExt;
+        theirs.write_all_at(b"ok", 4096).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 4 << 20);
+    }
 
     #[test]
     fn cmdline_is_untouched_with_acpi() {

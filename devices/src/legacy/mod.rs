@@ -8,4 +8,4 @@ pub mod serial;
 pub use acpi_pm::AcpiPm;
 pub use i8042::I8042;
 pub use pvpanic::PvPanic;
-pub use serial::{Serial, SerialInput};
+pub use serial::{LogCap, Serial, SerialInput};

@@ -37,7 +37,7 @@ pub struct SerialInput {
 impl SerialInput {
     pub fn new() -> std::io::Result<Arc<Self>> {
         Ok(Arc::new(Self {
-            drained: EventFd::new(libc::EFD_NONBLOCK)?,
+            drained: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
         }))
     }
     pub fn drained(&self) -> &EventFd {
@@ -55,6 +55,60 @@ impl SerialEvents for SerialInput {
 }
 
 pub type ConsoleOut = Box<dyn Write + Send>;
+
+/// A console log file that stops growing at `limit` bytes: the guest writes every byte of it,
+/// and a guest that floods its console must not fill the host's disk (or a tmpfs such as
+/// `/run/user`). At the limit it writes one line saying so, warns on stderr, and drops the
+/// rest. Bytes already in the file (an appended log) count.
+pub struct LogCap<W: Write> {
+    inner: W,
+    written: u64,
+    limit: u64,
+    full: bool,
+}
+
+impl<W: Write> LogCap<W> {
+    /// `inner`, which holds `already` bytes, capped at `limit`.
+    pub fn new(inner: W, already: u64, limit: u64) -> LogCap<W> {
+        LogCap {
+            inner,
+            written: already,
+            limit,
+            full: false,
+        }
+    }
+}
+
+impl<W: Write> Write for LogCap<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.full {
+            return Ok(buf.len());
+        }
+        let room = self.limit.saturating_sub(self.written);
+        let take = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        self.inner.write_all(&buf[..take])?;
+        self.written += take as u64;
+        if take < buf.len() {
+            self.full = true;
+            eprintln!(
+                "serial: the guest's console log reached its limit of {} MiB ([console] limit_mib); \
+                 the rest of its output is dropped",
+                self.limit >> 20
+            );
+            let _ = write!(
+                self.inner,
+                "\n[qvm-vmm: this console log reached its limit of {} MiB; the rest of the \
+                 guest's output is dropped]\n",
+                self.limit >> 20
+            );
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 pub struct Serial {
     inner: vm_superio::Serial<IrqTrigger, Arc<SerialInput>, ConsoleOut>,
@@ -122,7 +176,7 @@ mod tests {
     }
 
     fn serial() -> (Serial, Sink, Arc<SerialInput>, EventFd) {
-        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap();
         let irq2 = irq.try_clone().unwrap();
         let sink = Sink::default();
         let input = SerialInput::new().unwrap();
@@ -166,5 +220,31 @@ mod tests {
         s.write(0, &[1, 2]);
         s.write(9, &[1]);
         assert!(sink.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_flooded_log_stops_at_its_limit_with_one_line_saying_so() {
+        let sink = Sink::default();
+        let mut log = LogCap::new(sink.clone(), 1000, (1 << 20) + 1000);
+        for _ in 0..3 {
+            log.write_all(&[b'x'; 1 << 19]).unwrap();
+        }
+        log.write_all(b"more").unwrap();
+        let got = sink.0.lock().unwrap().clone();
+        assert_eq!(got.iter().filter(|&&b| b == b'x').count(), 1 << 20);
+        let tail = String::from_utf8_lossy(&got[1 << 20..]).into_owned();
+        assert_eq!(
+            tail.matches("reached its limit of 1 MiB").count(),
+            1,
+            "{tail}"
+        );
+        assert!(!tail.contains("more"));
+        // Byte by byte (as vm-superio writes) it is the same.
+        let sink = Sink::default();
+        let mut log = LogCap::new(sink.clone(), 0, 10);
+        for b in b"0123456789abc" {
+            log.write_all(&[*b]).unwrap();
+        }
+        assert!(sink.0.lock().unwrap().starts_with(b"0123456789\n[qvm-vmm"));
     }
 }

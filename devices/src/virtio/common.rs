@@ -453,7 +453,7 @@ mod tests {
                 }
                 ActiveQueue {
                     queue: q,
-                    notify: EventFd::new(EFD_NONBLOCK).unwrap(),
+                    notify: EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap(),
                 }
             })
             .collect()

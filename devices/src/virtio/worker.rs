@@ -63,7 +63,7 @@ impl AsRawFd for StopFd {
 
 impl WorkerStop {
     pub fn new() -> io::Result<WorkerStop> {
-        let worker = EventFd::new(EFD_NONBLOCK)?;
+        let worker = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         let handle = worker.try_clone()?;
         Ok(WorkerStop { handle, worker })
     }
@@ -488,7 +488,7 @@ mod tests {
 
     #[test]
     fn the_event_loop_serves_until_its_stop_token_and_returns_finish() {
-        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        let kick = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap();
         let (seen_tx, seen) = mpsc::channel();
         let w = Counter {
             kick: kick.try_clone().unwrap(),
@@ -512,7 +512,7 @@ mod tests {
     fn an_event_loop_whose_init_fails_stops_at_once() {
         let (seen_tx, _seen) = mpsc::channel();
         let w = Counter {
-            kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+            kick: EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap(),
             served_in_init: false,
             events: 0,
             fail_init: true,
@@ -569,7 +569,7 @@ mod tests {
         let epoll = Epoll::new().unwrap();
         let stop = WorkerStop::new().unwrap();
         let kicks: Vec<EventFd> = (0..2)
-            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+            .map(|_| EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap())
             .collect();
         let add = |fd: RawFd, token: u64| {
             epoll

@@ -756,7 +756,7 @@ fn worker_thread_serves_kicks() {
     let mem = memory();
     let mut drv = Driver::new(&mem);
     let irq = Arc::new(CountingInterrupt(AtomicUsize::new(0)));
-    let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+    let notify = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap();
 
     // Wrong queue count is refused.
     let err = block

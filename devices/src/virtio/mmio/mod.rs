@@ -151,7 +151,7 @@ impl MmioTransport {
                 )
             })?;
             queues.push(q);
-            queue_evts.push(EventFd::new(EFD_NONBLOCK)?);
+            queue_evts.push(EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)?);
         }
         Ok(Self {
             device,

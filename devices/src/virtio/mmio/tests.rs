@@ -93,7 +93,7 @@ fn fixture_with_shm(shm: Vec<ShmRegion>) -> Fixture {
         active: false,
     };
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+    let irq = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap();
     let t = MmioTransport::new(Box::new(dev), mem, irq.try_clone().unwrap()).unwrap();
     Fixture { t, rec, irq }
 }

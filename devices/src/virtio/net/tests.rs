@@ -682,7 +682,7 @@ fn rings() -> (GuestMemoryMmap, TestQueue, TestQueue, EventFd, EventFd) {
     let mem = memory();
     let rx = TestQueue::new(&mem, RX_RING, QUEUE_SIZE);
     let tx = TestQueue::new(&mem, TX_RING, QUEUE_SIZE);
-    let kick = || EventFd::new(EFD_NONBLOCK).unwrap();
+    let kick = || EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap();
     (mem, rx, tx, kick(), kick())
 }
 

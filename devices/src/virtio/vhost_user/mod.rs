@@ -335,7 +335,7 @@ impl VhostUserHandle {
             .map(|(i, q)| ring_config(mem, &q.queue, i))
             .collect::<Result<Vec<_>, _>>()?;
         let calls = (0..queues.len())
-            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .map(|_| EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC))
             .collect::<io::Result<Vec<_>>>()
             .map_err(ActivateError::Worker)?;
         let bases: Vec<u16> = queues.iter().map(|q| q.queue.next_avail()).collect();

@@ -284,7 +284,7 @@ fn queues(n: usize) -> (Vec<ActiveQueue>, Vec<EventFd>) {
     let mut kicks = Vec::new();
     for i in 0..n {
         let q = ring(i).queue();
-        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        let kick = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap();
         active.push(ActiveQueue {
             queue: q,
             notify: kick.try_clone().unwrap(),
