@@ -54,9 +54,16 @@ impl ApiServer {
             ));
         }
         let std_listener = bind(&cfg.socket)?;
-        let inode = std::fs::metadata(&cfg.socket)
-            .ok()
-            .map(|m| (m.dev(), m.ino()));
+        let meta = std::fs::metadata(&cfg.socket).map_err(|source| {
+            let _ = std::fs::remove_file(&cfg.socket);
+            ApiError::Bind {
+                path: cfg.socket.clone(),
+                source,
+            }
+        })?;
+        let inode = Some((meta.dev(), meta.ino()));
+        // The socket's owner is the VMM's user: only it (and root) may use the API.
+        let owner = meta.uid();
         let socket = cfg.socket.clone();
         let remove_on_error = |e: ApiError| {
             let _ = std::fs::remove_file(&socket);
@@ -88,7 +95,7 @@ impl ApiServer {
                 if let Some(h) = hook {
                     h();
                 }
-                runtime.block_on(serve(listener, cfg, handler, shutdown_rx));
+                runtime.block_on(serve(listener, owner, cfg, handler, shutdown_rx));
                 // Handlers still blocked are left to finish on their own.
                 runtime.shutdown_background();
             })
@@ -198,6 +205,7 @@ struct Context {
 
 async fn serve(
     listener: UnixListener,
+    owner: u32,
     cfg: ServerConfig,
     handler: Arc<dyn Handler>,
     mut shutdown: watch::Receiver<bool>,
@@ -213,7 +221,22 @@ async fn serve(
         let stream = tokio::select! {
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                // The socket is 0600, but its directory's or a caller's mistake must not hand
+                // the VM to another user: the peer's credentials decide.
+                Ok((stream, _)) => match stream.peer_cred() {
+                    Ok(c) if c.uid() == owner || c.uid() == 0 => stream,
+                    Ok(c) => {
+                        log::warn!(
+                            "API: refused a connection from uid {} (only uid {owner}, this VMM's user, and root may use it)",
+                            c.uid()
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        log::warn!("API: refused a connection whose credentials cannot be read: {e}");
+                        continue;
+                    }
+                },
                 Err(e) => {
                     // EMFILE and the like: wait for connections to close rather than spin.
                     log::warn!("API: accept failed: {e}");

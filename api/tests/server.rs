@@ -308,6 +308,92 @@ fn version_is_answered_without_the_handler() {
     assert_eq!(f.mock.count(), 0);
 }
 
+/// Connects to `sock` as `uid` (a forked child that drops to it), sends `req` and reads.
+/// Returns how many bytes came back before the server closed (None: the connect failed).
+fn talk_as(uid: u32, sock: &Path, req: &[u8]) -> Option<usize> {
+    use std::os::unix::ffi::OsStrExt;
+    // Everything the child needs, built before fork (the child must not allocate).
+    // SAFETY: sockaddr_un is plain old data; all-zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(sock.as_os_str().as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    let tv = libc::timeval {
+        tv_sec: 10,
+        tv_usec: 0,
+    };
+    // SAFETY: the child makes only raw syscalls on stack data, then _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: raw syscalls on valid stack data in the forked child.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(uid) != 0
+                || libc::setuid(uid) != 0
+            {
+                libc::_exit(250);
+            }
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            if fd < 0 || libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+                libc::_exit(251);
+            }
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+            libc::write(fd, req.as_ptr().cast(), req.len());
+            let mut buf = [0u8; 4096];
+            let mut got = 0usize;
+            loop {
+                let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                if n <= 0 {
+                    break;
+                }
+                got += n as usize;
+            }
+            libc::_exit(got.min(200) as i32);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "child status {status:#x}");
+    match libc::WEXITSTATUS(status) {
+        250 => panic!("cannot drop to uid {uid}"),
+        251 => None,
+        n => Some(n as usize),
+    }
+}
+
+/// Another local user who can reach the socket (its mode loosened to 0666, as a careless
+/// directory or caller might leave it) still cannot use the API: the peer's credentials
+/// decide, and the connection is closed without an answer. Root and the owner are let in.
+#[test]
+fn another_user_is_refused_even_when_it_can_reach_the_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test connects as another uid, which needs root (CI runs as root)"
+    );
+    let f = start();
+    let mode = std::fs::metadata(f.sock()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    std::fs::set_permissions(f.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(f.sock(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let req = b"GET /version HTTP/1.1\r\nHost: qvm\r\nConnection: close\r\n\r\n";
+    assert_eq!(talk_as(65534, f.sock(), req), Some(0));
+    assert!(talk_as(0, f.sock(), req).is_some_and(|n| n > 0));
+    assert_eq!(status_of(&raw(f.sock(), req)), 200);
+}
+
 #[test]
 fn unknown_path_is_404_and_wrong_method_is_405() {
     let f = start();

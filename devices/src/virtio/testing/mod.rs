@@ -46,6 +46,48 @@ pub fn guest_bytes(mem: &GuestMemoryMmap, at: u64, len: usize) -> Vec<u8> {
     v
 }
 
+/// Connects to the unix socket `path` as `uid` (from a forked child that drops to it: the
+/// caller must be root), writes `bytes` and exits; whether the connect succeeded. The
+/// connection stays in the listener's backlog, with the child's credentials.
+pub fn connect_as(uid: u32, path: &Path, bytes: &[u8]) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "connecting as another uid needs root (CI runs as root)"
+    );
+    // Everything the child needs, built before fork (the child must not allocate).
+    // SAFETY: sockaddr_un is plain old data; all-zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: the child makes only raw syscalls on data prepared above, then _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: raw syscalls on valid data in the forked child.
+        unsafe {
+            let dropped = libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(uid) == 0
+                && libc::setuid(uid) == 0;
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            let ok = dropped
+                && fd >= 0
+                && libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) == 0
+                && libc::write(fd, bytes.as_ptr().cast(), bytes.len()) >= 0;
+            libc::_exit(if ok { 0 } else { 1 });
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+}
+
 /// A fresh directory `<temp dir>/<prefix>-<pid>-<n>`, removed with everything in it on drop.
 /// Keep prefixes short when sockets go in it: a unix socket path has at most 107 bytes.
 #[derive(Debug)]

@@ -480,6 +480,27 @@ fn data_sent_right_after_the_connect_line_is_kept() {
     assert_ne!(hp, hp2);
 }
 
+/// Another local user who can reach the VM's vsock socket (its mode loosened to 0666, as a
+/// careless directory or caller might leave it) cannot reach the guest's services: the
+/// connection is refused before its CONNECT line is read. The VMM's own user still can.
+#[test]
+fn another_user_cannot_reach_the_guest() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("qvm-vsock");
+    let mem = memory();
+    let mut h = Harness::new(&mem, &dir);
+    h.rx.post_rx(8, 4096, false);
+    let mode = std::fs::metadata(&h.uds).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the socket is its user's only: {mode:o}");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&h.uds, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert!(testing::connect_as(65534, &h.uds, b"CONNECT 5000\n"));
+    h.pump();
+    assert!(h.packets().is_empty(), "the guest heard of the connection");
+    assert_eq!(h.stats().host_connections_refused, 1);
+    h.host_connect(5000);
+}
+
 #[test]
 fn malformed_connect_lines_close_the_socket() {
     let dir = TempDir::new("qvm-vsock");
@@ -1200,7 +1221,7 @@ impl Rings {
             tx: VsockQueue::new(mem, base + TX_RING, TX_BUFS + base * 16),
             ev: VsockQueue::new(mem, base + EV_RING, TX_BUFS + 0x100_0000),
             kicks: (0..3)
-                .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+                .map(|_| EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap())
                 .collect(),
         }
     }

@@ -14,6 +14,29 @@ use vm_memory::VolatileSlice;
 
 use super::VsockError;
 
+/// The uid of the process at the other end of `sock` (SO_PEERCRED: who connected, not who
+/// holds the socket now).
+pub fn peer_uid(sock: &UnixStream) -> io::Result<u32> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: ucred is plain old data; all-zero is valid.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
 /// Non-blocking connect to a unix socket. Unix stream connects complete at once; a full
 /// backlog gives EAGAIN instead of blocking.
 pub(super) fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
@@ -176,6 +199,11 @@ pub fn bind_listener(path: &Path) -> Result<UnixListener, VsockError> {
         },
         _ => io_err("bind", e),
     })?;
+    // Only the VMM's user may reach the guest's services (the VMM's umask 077 already made it
+    // so; a library user's umask may not have).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io_err("restrict", e))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| io_err("configure", e))?;

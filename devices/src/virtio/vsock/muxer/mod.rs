@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use event_manager::EventSet;
 
 use super::packet::*;
-use super::unix::{bind_listener, parse_connect_line, send_bytes};
+use super::unix::{bind_listener, parse_connect_line, peer_uid, send_bytes};
 use super::{VsockConfig, VsockError, VsockStats};
 use crate::virtio::bump;
 
@@ -215,6 +215,8 @@ pub struct Muxer {
     guest_cid: u64,
     uds_path: PathBuf,
     listener: UnixListener,
+    /// The uid that owns the listener (this VMM's user): it and root may connect.
+    owner: u32,
     listener_registered: bool,
     listener_dirty: bool,
     /// Accepting is paused (out of descriptors) until then.
@@ -252,10 +254,19 @@ impl Muxer {
             return Err(VsockError::InvalidCid(cfg.guest_cid));
         }
         let listener = bind_listener(&cfg.uds_path)?;
+        // The socket file's owner is this VMM's user.
+        let owner = std::fs::metadata(&cfg.uds_path)
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .map_err(|source| VsockError::Io {
+                path: cfg.uds_path.clone(),
+                op: "inspect the new",
+                source,
+            })?;
         Ok(Muxer {
             guest_cid: cfg.guest_cid,
             uds_path: cfg.uds_path.clone(),
             listener,
+            owner,
             listener_registered: false,
             listener_dirty: true,
             accept_paused_until: None,
@@ -494,7 +505,15 @@ impl Muxer {
         for _ in 0..ACCEPT_BATCH {
             match self.listener.accept() {
                 Ok((sock, _)) => {
-                    if self.conns.len() >= MAX_CONNECTIONS || sock.set_nonblocking(true).is_err() {
+                    // The socket is 0600 (the VMM's umask), but a loosened mode or directory
+                    // must not let another user reach the guest's services: the peer's
+                    // credentials decide.
+                    let owner = self.owner;
+                    let allowed = peer_uid(&sock).is_ok_and(|uid| uid == owner || uid == 0);
+                    if !allowed
+                        || self.conns.len() >= MAX_CONNECTIONS
+                        || sock.set_nonblocking(true).is_err()
+                    {
                         bump(&self.stats.host_connections_refused, 1);
                         continue;
                     }
