@@ -122,7 +122,12 @@ mount -t tmpfs -o mode=0755 tmpfs /host/run || lab_fail "mount /run"
 mount -t 9p -o "$o9p" labshare "/host$share" || lab_fail "mounting share (9p tag labshare) at $share failed"
 cp /init /host/run/qvm-lab-init.sh
 
-exec chroot /host /usr/bin/env -i \
+# switch_root, not a plain chroot: the kernel refuses user namespaces to a chrooted process
+# (current_chrooted()), and the sandbox's tests need them. With the host root moved over /,
+# "." is the namespace's root, so the chroot below changes nothing the kernel checks.
+cd /host || lab_fail "cd /host"
+mount --move . / || lab_fail "moving the host root over / failed"
+exec chroot . /usr/bin/env -i \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/root/.cargo/bin \
     HOME=/root TERM=dumb LANG=C.UTF-8 QVM_LAB_SHARE="$share" QVM_IN_LAB=1 \
     /bin/sh /run/qvm-lab-init.sh agent "$share"

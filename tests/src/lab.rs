@@ -660,6 +660,42 @@ fn tmp_exposures() -> String {
     }
 }
 
+/// The uid of the ordinary user that tests about what a user (not root) gets run as.
+pub const USER_UID: u32 = 4300;
+
+/// The uid of a second ordinary user, for "another local user" in tests.
+pub const OTHER_UID: u32 = 4301;
+
+/// Shell that runs `script` as the ordinary user [`USER_UID`] (see [`as_uid`]).
+pub fn as_user(script: &str) -> String {
+    as_uid(USER_UID, script)
+}
+
+/// Shell that runs `script` as `uid` (gid the same; of supplementary groups only /dev/kvm's,
+/// which is how a desktop user reaches KVM on a hardware host; no capabilities; a clean
+/// environment with its own `HOME` and `XDG_RUNTIME_DIR=/run/user/<uid>`), after root has made
+/// that runtime directory and, in the lab (a throwaway L1 whose /dev/kvm has no group), given
+/// [`USER_UID`] /dev/kvm. The lab runs scripts as root: a test about what an ordinary user
+/// gets must go through this.
+pub fn as_uid(uid: u32, script: &str) -> String {
+    format!(
+        r#"set -e
+install -d -m 0700 -o {uid} -g {uid} /run/user/{uid} /tmp/home-{uid}
+[ -z "${{QVM_IN_LAB:-}}" ] || chown {u} /dev/kvm
+kvm_gid=$(stat -c %g /dev/kvm)
+# Never root's group: an ordinary user is not in it.
+if [ "$kvm_gid" = 0 ]; then groups=--clear-groups; else groups=--groups=$kvm_gid; fi
+set +e
+exec setpriv --reuid={uid} --regid={uid} $groups \
+  --inh-caps=-all --bounding-set=-all \
+  env -i HOME=/tmp/home-{uid} XDG_RUNTIME_DIR=/run/user/{uid} PATH="$PATH" LANG=C.UTF-8 \
+  sh -c {script}
+"#,
+        u = USER_UID,
+        script = shell_quote(script)
+    )
+}
+
 /// Single-quotes `s` for sh.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))

@@ -147,3 +147,45 @@ fn sigterm_stops_a_halted_guest_and_joins_vcpus() {
     assert!(err.contains("stopped by signal 15"), "{err}");
     assert!(!err.contains("did not stop"), "{err}");
 }
+
+/// A guest that floods its console must not fill the host's disk (or the session's runtime
+/// directory, a tmpfs, where qvm keeps console.log): with `[console] limit_mib = 1`, a guest
+/// that writes 1.25 MiB leaves a log of 1 MiB and one line saying the rest was dropped; the
+/// VMM runs on and the guest's power-off still ends it cleanly.
+#[test]
+fn a_guest_flooding_its_console_stops_at_the_limit() {
+    const FLOOD: u32 = 5 << 18;
+    let mut code = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
+    code.push(0xb9); // mov ecx, FLOOD
+    code.extend_from_slice(&FLOOD.to_le_bytes());
+    code.extend_from_slice(&[0xb0, b'x', 0xee, 0xff, 0xc9, 0x75, 0xf9]); // al='x'; out; dec ecx; jnz
+    code.extend(tiny::print("QVM-FLOOD-END\n"));
+    code.extend(tiny::acpi_poweroff());
+    let cfg = write_guest("flood", &code);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[console]\nlimit_mib = 1\n");
+    std::fs::write(&cfg, text).unwrap();
+    let log = cfg.with_extension("console.log");
+    let start = Instant::now();
+    let out = Command::new(vmm_binary())
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let written = std::fs::read(&log).unwrap();
+    let xs = written.iter().take_while(|&&b| b == b'x').count();
+    assert_eq!(xs, 1 << 20, "{} bytes in the log", written.len());
+    let rest = String::from_utf8_lossy(&written[xs..]);
+    assert!(rest.contains("reached its limit of 1 MiB"), "{rest}");
+    assert!(!rest.contains("QVM-FLOOD-END"), "{rest}");
+    assert!(written.len() < (1 << 20) + 200, "{} bytes", written.len());
+    assert!(stderr.contains("limit_mib"), "{stderr}");
+    eprintln!(
+        "flood of {FLOOD} bytes: {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+}

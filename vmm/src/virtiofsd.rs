@@ -1,6 +1,7 @@
 //! Starting and stopping virtiofsd for `[[fs]]` entries with `shared_dir`.
 
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,6 +65,23 @@ impl Virtiofsd {
         }
         if fs.read_only {
             cmd.arg("--readonly");
+        }
+        // virtiofsd parses guest traffic: it inherits none of our descriptors (guest RAM,
+        // KVM, disks, sockets), whatever a library forgot to mark close-on-exec. Marked, not
+        // closed, so the exec error pipe of `spawn` still works; kernels before 5.11 lack the
+        // flag, and then our own descriptors are close-on-exec anyway.
+        // SAFETY: the closure makes one raw syscall (async-signal-safe) in the forked child.
+        unsafe {
+            cmd.pre_exec(|| {
+                const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3 as libc::c_uint,
+                    libc::c_uint::MAX,
+                    CLOSE_RANGE_CLOEXEC,
+                );
+                Ok(())
+            });
         }
         let mut child = cmd.spawn().map_err(|source| VirtiofsdError::Spawn {
             bin: bin.clone(),

@@ -1,0 +1,118 @@
+//! What an ordinary user's VM keeps to itself, checked as that user (uid 4300) in the lab: a
+//! VMM it starts (with umask 0, the worst it could inherit) makes its API and vsock sockets
+//! and its console file 0600, leaves no descriptor to a child it execs, is not readable by the user's other
+//! processes through /proc, and refuses a second local user (uid 4301) on its API even when
+//! that user can reach the socket (the vsock socket's refusal needs an active vsock device, so
+//! it is a unit test: devices' `another_user_cannot_reach_the_guest`). And the lab lets an ordinary user make the user namespaces the sandbox
+//! runs VMs in.
+
+// Test code: an unwrap here is a test failure that says what failed. clippy's
+// allow-unwrap-in-tests covers #[test] functions only, not the helpers a test crate has.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use qvm_tests::fixtures::{tiny, tiny_elf, vm_toml, vmm_binary};
+use qvm_tests::lab::{self, as_uid, as_user, shell_quote, OTHER_UID, USER_UID};
+use qvm_tests::util::{field, share_dir, WAITFOR_IN_LOG};
+
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The sandbox runs VMs in user namespaces an ordinary user makes: L1 must let it. (L1 used to
+/// chroot into the host's root, and the kernel refuses user namespaces to a chrooted process;
+/// it now moves the host root over / first.)
+#[test]
+fn an_ordinary_user_can_make_user_namespaces() {
+    let out = lab::run_or_panic(
+        &as_user(
+            r#"echo "uid=$(id -u) groups=$(id -G) caps=$(grep CapEff /proc/self/status | cut -f2)"
+unshare -Urmnp --fork sh -c 'echo "inside=$(id -u)"' 2>&1"#,
+        ),
+        TIMEOUT,
+    );
+    assert_eq!(out.code, 0, "{}", out.output);
+    let who = field(&out.output, "uid=");
+    assert!(who.starts_with(&format!("{USER_UID} ")), "{}", out.output);
+    assert!(who.ends_with("caps=0000000000000000"), "{}", out.output);
+    assert!(!who.contains("groups=0"), "in root's group: {}", out.output);
+    assert_eq!(field(&out.output, "inside="), "0", "{}", out.output);
+}
+
+#[test]
+fn a_user_s_vmm_keeps_to_itself() {
+    let share = share_dir("user-hygiene");
+    let elf = share.join("up.elf");
+    let code = [tiny::print("QVM-TINY-UP\n"), tiny::halt_forever()].concat();
+    std::fs::write(&elf, tiny_elf(&code)).unwrap();
+    let d = "/tmp/qvm-user";
+    let kernel = format!("{d}/up.elf");
+    let mut cfg = vm_toml(std::path::Path::new(&kernel), None, 1, 64, "console=ttyS0");
+    // A vsock device, for its socket's mode (a tiny guest never activates it), and a console
+    // file the VMM creates itself.
+    cfg.push_str(&format!(
+        "\n[vsock]\nguest_cid = 3\nsocket = \"{d}/rt/vsock.sock\"\n\
+         \n[console]\nmode = \"file\"\npath = \"{d}/rt/console.log\"\n"
+    ));
+    std::fs::write(share.join("vm.toml"), cfg).unwrap();
+    let vmm = vmm_binary().display().to_string();
+    let start = format!(
+        "umask 0; exec {vmm} --config {d}/vm.toml --api-sock {d}/rt/api.sock \
+         </dev/null >/dev/null 2>{d}/rt/console.log.vmm"
+    );
+    // What another process of the same user tries: the VMM's environment, its descriptors.
+    let same_user = r#"p=$(cat /tmp/qvm-user/pid)
+if cat /proc/$p/environ >/dev/null 2>&1; then echo "SAME-USER-ENVIRON readable"; else echo "SAME-USER-ENVIRON denied"; fi
+if ls /proc/$p/fd >/dev/null 2>&1; then echo "SAME-USER-FDS readable"; else echo "SAME-USER-FDS denied"; fi
+"#;
+    let api_version = |sock: &str| format!("{vmm} ctl --api-sock {sock} get /version");
+    let script = format!(
+        r#"set -u
+d={d}
+rm -rf $d; mkdir -m 0755 $d
+cp {share}/up.elf {share}/vm.toml $d/ && chmod 0644 $d/up.elf $d/vm.toml
+install -d -o {USER_UID} -g {USER_UID} -m 0700 $d/rt
+sh -c {start_as_user} &
+vmm=$!
+echo $vmm > $d/pid
+log=$d/rt/console.log
+{WAITFOR_IN_LOG}
+waitfor QVM-TINY-UP
+i=0; until [ -S $d/rt/api.sock ] || [ $i -gt 300 ]; do i=$((i+1)); sleep 0.1; done
+echo "VMM-UID $(awk '/^Uid:/{{print $2}}' /proc/$vmm/status)"
+echo "MODES $(stat -c %a $d/rt/api.sock $d/rt/vsock.sock $d/rt/console.log | tr '\n' ' ')"
+n=0
+for f in /proc/$vmm/fdinfo/*; do
+  fd=${{f##*/}}; [ "$fd" -le 2 ] && continue
+  fl=$(awk '/^flags:/{{print $2}}' $f 2>/dev/null); [ -n "$fl" ] || continue
+  if [ $(( fl & 02000000 )) -eq 0 ]; then n=$((n+1)); echo "INHERITABLE $fd $(readlink /proc/$vmm/fd/$fd)"; fi
+done
+echo "INHERITABLE-FDS $n"
+sh -c {same_user_as_user}
+if sh -c {owner_api} >/dev/null 2>&1; then echo "OWNER-API answered"; else echo "OWNER-API refused"; fi
+# Another local user who can reach the sockets (modes loosened, as a mistake might leave them).
+chmod 0755 $d/rt; chmod 0666 $d/rt/api.sock $d/rt/vsock.sock
+if sh -c {other_api} >/dev/null 2>&1; then echo "OTHER-USER-API answered"; else echo "OTHER-USER-API refused"; fi
+kill $vmm; wait $vmm
+echo "VMM-EXIT $?"
+echo "--- console"; cat $log; echo "--- qvm-vmm"; cat $log.vmm
+"#,
+        share = share.display(),
+        start_as_user = shell_quote(&as_user(&start)),
+        same_user_as_user = shell_quote(&as_user(same_user)),
+        owner_api = shell_quote(&as_user(&api_version(&format!("{d}/rt/api.sock")))),
+        other_api = shell_quote(&as_uid(
+            OTHER_UID,
+            &api_version(&format!("{d}/rt/api.sock"))
+        )),
+    );
+    let r = lab::run_or_panic(&script, TIMEOUT);
+    let out = &r.output;
+    eprintln!("{out}");
+    assert_eq!(field(out, "VMM-UID "), USER_UID.to_string(), "{out}");
+    assert_eq!(field(out, "MODES "), "600 600 600", "{out}");
+    assert_eq!(field(out, "INHERITABLE-FDS "), "0", "{out}");
+    assert_eq!(field(out, "SAME-USER-ENVIRON "), "denied", "{out}");
+    assert_eq!(field(out, "SAME-USER-FDS "), "denied", "{out}");
+    assert_eq!(field(out, "OWNER-API "), "answered", "{out}");
+    assert_eq!(field(out, "OTHER-USER-API "), "refused", "{out}");
+}
