@@ -1,19 +1,126 @@
 //! The per-user runtime directory: `$XDG_RUNTIME_DIR/qvm/<vm>/` (else `/run/user/$UID/qvm`,
-//! else `/tmp/qvm-$UID`) holding each VM's derived `vm.toml`, `api.sock`, `vsock.sock`,
-//! `console.log` (the guest's console), `vmm.log` (qvm-vmm's own messages) and `pid`; and
-//! telling running, stopped and stale VMs apart.
+//! else `/tmp/qvm-$UID`, for root `/run/qvm`; root takes `$XDG_RUNTIME_DIR` only if it is
+//! root's, not a user's kept by `sudo -E`) holding each VM's derived `vm.toml`,
+//! `api.sock`, `vsock.sock`, `console.log` (the guest's console), `vmm.log` (qvm-vmm's own
+//! messages) and `pid`; and telling running, stopped and stale VMs apart.
+//!
+//! Another local user controls every path in /tmp, and a jailed VMM (another uid) owns its
+//! VM's directory. So the root is used only if it is a real directory (not a symbolic link)
+//! owned by us and closed to group and others ([`prepare_root`]), and every file qvm writes
+//! there is made afresh with `O_EXCL | O_NOFOLLOW` and chowned through its descriptor
+//! ([`create_private`]): a planted link is replaced, never followed. (Root under `sudo` used
+//! `/tmp/qvm-0`, accepted it from anyone, and followed links in it.)
 
+use std::fs::File;
+use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+/// Where root's VMs live when root has no runtime directory of its own: not under /tmp.
+pub const ROOT_RUNTIME_DIR: &str = "/run/qvm";
+
 /// The runtime root from the environment's values (pure, for tests): `xdg` is
-/// `$XDG_RUNTIME_DIR`, `run_user_exists` whether `/run/user/$UID` exists.
+/// `$XDG_RUNTIME_DIR` (for root: only if [`roots_own`]), `run_user_exists` whether
+/// `/run/user/$UID` exists.
 pub fn runtime_root_from(xdg: Option<&Path>, uid: u32, run_user_exists: bool) -> PathBuf {
     match xdg {
         Some(x) if x.is_absolute() => x.join("qvm"),
         _ if run_user_exists => PathBuf::from(format!("/run/user/{uid}/qvm")),
+        _ if uid == 0 => PathBuf::from(ROOT_RUNTIME_DIR),
         _ => PathBuf::from(format!("/tmp/qvm-{uid}")),
     }
+}
+
+/// Whether `dir` is a directory (not a link) of root's that no one else may write: the only
+/// kind of `$XDG_RUNTIME_DIR` root works in. A user's (`sudo -E` keeps it) is theirs to swap
+/// under root's feet.
+pub fn roots_own(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir)
+        .is_ok_and(|m| m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0)
+}
+
+/// Why a runtime directory is not safe to use.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {why}; qvm will not use it (remove it, or set QVM_RUNTIME_DIR to a directory only you can write)")]
+pub struct UnsafeDir {
+    pub path: PathBuf,
+    pub why: String,
+}
+
+/// Checks that `path` (just created or found) is a directory, not a link to one, owned by one
+/// of `owners`, and closed to group and others.
+pub fn check_private_dir(path: &Path, owners: &[u32]) -> Result<(), UnsafeDir> {
+    let bad = |why: String| UnsafeDir {
+        path: path.to_path_buf(),
+        why,
+    };
+    let m = std::fs::symlink_metadata(path).map_err(|e| bad(e.to_string()))?;
+    if m.file_type().is_symlink() {
+        return Err(bad("it is a symbolic link".into()));
+    }
+    if !m.is_dir() {
+        return Err(bad("it is not a directory".into()));
+    }
+    if !owners.contains(&m.uid()) {
+        return Err(bad(format!("it belongs to uid {}, not to you", m.uid())));
+    }
+    if m.mode() & 0o077 != 0 {
+        return Err(bad(format!(
+            "its mode {:o} lets other users in (qvm makes it 0700)",
+            m.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Makes the runtime root `root` (0700; its parents as needed) unless it exists, then checks
+/// it is ours alone ([`check_private_dir`]).
+pub fn prepare_root(root: &Path) -> Result<(), UnsafeDir> {
+    let made = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root);
+    if let Err(e) = made {
+        return Err(UnsafeDir {
+            path: root.to_path_buf(),
+            why: format!("cannot create it: {e}"),
+        });
+    }
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    check_private_dir(root, &[me])
+}
+
+/// Creates `path` afresh for writing, mode 0600: whatever is there (a stale file, or a link
+/// someone planted) is removed first, and the new file is opened with `O_EXCL | O_NOFOLLOW`,
+/// so a link planted in between fails the open instead of being followed. `owner` (uid, gid)
+/// is given the file through its descriptor.
+pub fn create_private(path: &Path, owner: Option<(u32, u32)>) -> io::Result<File> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+    }
+    Ok(f)
+}
+
+/// Gives the directory `path` (not a link) to `uid`:`gid` through its descriptor.
+pub fn chown_dir(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let d = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)?;
+    std::os::unix::fs::fchown(&d, Some(uid), Some(gid))
 }
 
 /// This user's runtime root (`QVM_RUNTIME_DIR` overrides everything).
@@ -23,7 +130,9 @@ pub fn runtime_root() -> PathBuf {
     }
     // SAFETY: getuid(2) cannot fail.
     let uid = unsafe { libc::getuid() };
-    let xdg = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|x| uid != 0 || roots_own(x));
     let run_user = Path::new(&format!("/run/user/{uid}")).is_dir();
     runtime_root_from(xdg.as_deref(), uid, run_user)
 }
@@ -128,6 +237,81 @@ pub fn alive(pid: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_works_in_run_qvm_not_tmp_nor_a_user_s_runtime_dir() {
+        assert_eq!(
+            runtime_root_from(None, 0, false),
+            PathBuf::from(ROOT_RUNTIME_DIR)
+        );
+        let t = tempfile::tempdir().unwrap();
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        assert_eq!(roots_own(t.path()), me == 0);
+        let theirs = t.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(1000), Some(1000)).unwrap();
+        assert!(!roots_own(&theirs));
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(t.path(), &link).unwrap();
+        assert!(!roots_own(&link));
+    }
+
+    /// What another local user (or a jailed VMM) plants where qvm is about to work: a runtime
+    /// root that is a link, that is theirs, or that is open to them.
+    #[test]
+    fn a_runtime_root_someone_else_planted_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let ours = t.path().join("ours");
+        prepare_root(&ours).unwrap();
+        let mode = std::fs::metadata(&ours).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&ours, &link).unwrap();
+        let e = prepare_root(&link).unwrap_err().to_string();
+        assert!(
+            e.contains("symbolic link") && e.contains("QVM_RUNTIME_DIR"),
+            "{e}"
+        );
+        let open = t.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = prepare_root(&open).unwrap_err().to_string();
+        assert!(e.contains("mode 777 lets other users in"), "{e}");
+        assert!(check_private_dir(&ours, &[me + 1])
+            .unwrap_err()
+            .to_string()
+            .contains(&format!("belongs to uid {me}")));
+        let file = t.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(prepare_root(&file).is_err());
+    }
+
+    #[test]
+    fn a_planted_link_is_replaced_never_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let log = t.path().join("console.log");
+        std::os::unix::fs::symlink(&victim, &log).unwrap();
+        let mut f = create_private(&log, None).unwrap();
+        std::io::Write::write_all(&mut f, b"guest output").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(!std::fs::symlink_metadata(&log)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "guest output");
+        // A directory link is not followed by chown_dir either.
+        let dir = t.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        let dlink = t.path().join("dlink");
+        std::os::unix::fs::symlink(&dir, &dlink).unwrap();
+        assert!(chown_dir(&dlink, 0, 0).is_err());
+    }
 
     #[test]
     fn root_prefers_xdg_then_run_user_then_tmp() {

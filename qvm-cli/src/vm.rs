@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use qvm_api::{client, Method};
 
 use crate::domains::{to_toml, Domain, DomainsError};
-use crate::runtime::{alive, VmPaths};
+use crate::runtime::{
+    alive, check_private_dir, chown_dir, create_private, prepare_root, UnsafeDir, VmPaths,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -45,6 +47,8 @@ pub enum LifecycleError {
     },
     #[error("{vm}: qvm-vmm (pid {pid}) is still running after shutdown, stop and SIGKILL")]
     WontDie { vm: String, pid: i32 },
+    #[error(transparent)]
+    UnsafeDir(#[from] UnsafeDir),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LifecycleError + '_ {
@@ -178,32 +182,41 @@ pub fn vmm_command(
 /// Last `n` lines of a file.
 /// Writes the VM's derived `vm.toml` (after qvm-vmm's validation) and returns its path.
 pub fn write_config(d: &Domain, paths: &VmPaths) -> Result<PathBuf, LifecycleError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&paths.dir)
-        .map_err(io(&paths.dir))?;
+    // The root is ours alone; the VM's directory is ours, or the jail's once chowned.
+    prepare_root(paths.dir.parent().unwrap_or(Path::new("/")))?;
+    match std::fs::DirBuilder::new().mode(0o700).create(&paths.dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(&paths.dir)(e)),
+    }
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let owners: Vec<u32> = std::iter::once(me)
+        .chain(d.jail.as_ref().map(|j| j.uid))
+        .collect();
+    check_private_dir(&paths.dir, &owners)?;
+    let jail_owner = d.jail.as_ref().map(|j| (j.uid, j.gid));
     // The apps' home is created on first use (private to its owner, the jail's uid if jailed).
     if let Some(home) = d.apps.as_ref().and_then(|a| a.home.as_ref()) {
-        if !home.exists() {
+        if std::fs::symlink_metadata(home).is_err() {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(home)
                 .map_err(io(home))?;
-            if let Some(j) = &d.jail {
-                std::os::unix::fs::chown(home, Some(j.uid), Some(j.gid)).map_err(io(home))?;
+            if let Some((uid, gid)) = jail_owner {
+                chown_dir(home, uid, gid).map_err(io(home))?;
             }
         }
     }
     let cfg = d.checked_config(paths)?;
     let path = paths.config();
-    std::fs::write(&path, to_toml(&cfg)).map_err(io(&path))?;
-    if let Some(j) = &d.jail {
-        // The jailed VMM makes its sockets in the VM's directory and reads its config.
-        for p in [&paths.dir, &path] {
-            std::os::unix::fs::chown(p, Some(j.uid), Some(j.gid)).map_err(io(p))?;
-        }
+    // The jailed VMM reads its config and makes its sockets in the VM's directory; it owns
+    // that directory, so whatever it left there is replaced, never followed.
+    let mut f = create_private(&path, jail_owner).map_err(io(&path))?;
+    std::io::Write::write_all(&mut f, to_toml(&cfg).as_bytes()).map_err(io(&path))?;
+    if let Some((uid, gid)) = jail_owner {
+        chown_dir(&paths.dir, uid, gid).map_err(io(&paths.dir))?;
     }
     Ok(path)
 }
@@ -212,11 +225,7 @@ pub fn write_config(d: &Domain, paths: &VmPaths) -> Result<PathBuf, LifecycleErr
 /// exclusive flock on `<root>/.<vm>.lock`, outside the VM's directory (a jailed VM owns that).
 fn lock(paths: &VmPaths) -> Result<std::fs::File, LifecycleError> {
     let root = paths.dir.parent().unwrap_or(Path::new("/"));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(root)
-        .map_err(io(root))?;
+    prepare_root(root)?;
     let name = paths
         .dir
         .file_name()
@@ -228,6 +237,7 @@ fn lock(paths: &VmPaths) -> Result<std::fs::File, LifecycleError> {
         .truncate(false)
         .write(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(io(&path))?;
     // SAFETY: flock(2) on a descriptor we own; released when the file is dropped.
@@ -258,15 +268,7 @@ pub fn start(
     }
     let config = write_config(d, paths)?;
     // A fresh pair of logs per boot: the guest's console, and the VMM's own messages.
-    let new_log = |p: PathBuf| {
-        OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&p)
-            .map_err(io(&p))
-    };
+    let new_log = |p: PathBuf| create_private(&p, None).map_err(io(&p));
     let console = new_log(paths.console())?;
     let vmm_log = new_log(paths.vmm_log())?;
     let (vmm, args) = vmm_command(d, paths, &config);
@@ -289,7 +291,9 @@ pub fn start(
     })?;
     let pid = child.id() as i32;
     let pid_file = paths.pid_file();
-    std::fs::write(&pid_file, format!("{pid}\n")).map_err(io(&pid_file))?;
+    create_private(&pid_file, None)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{pid}\n").as_bytes()))
+        .map_err(io(&pid_file))?;
     // Reap it if it exits while we still run (`qvm run` stays around).
     std::thread::spawn(move || {
         let _ = child.wait();
