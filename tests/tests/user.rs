@@ -3,7 +3,9 @@
 //! and its console file 0600, leaves no descriptor to a child it execs, is not readable by the user's other
 //! processes through /proc, and refuses a second local user (uid 4301) on its API even when
 //! that user can reach the socket (the vsock socket's refusal needs an active vsock device, so
-//! it is a unit test: devices' `another_user_cannot_reach_the_guest`). And the lab lets an ordinary user make the user namespaces the sandbox
+//! it is a unit test: devices' `another_user_cannot_reach_the_guest`). Root's `qvm start`
+//! neither works in a runtime directory another user planted nor follows links planted in it.
+//! And the lab lets an ordinary user make the user namespaces the sandbox
 //! runs VMs in.
 
 // Test code: an unwrap here is a test failure that says what failed. clippy's
@@ -12,7 +14,7 @@
 
 use std::time::Duration;
 
-use qvm_tests::fixtures::{tiny, tiny_elf, vm_toml, vmm_binary};
+use qvm_tests::fixtures::{qvm_cli_binary, tiny, tiny_elf, vm_toml, vmm_binary};
 use qvm_tests::lab::{self, as_uid, as_user, shell_quote, OTHER_UID, USER_UID};
 use qvm_tests::util::{field, share_dir, WAITFOR_IN_LOG};
 
@@ -115,4 +117,76 @@ echo "--- console"; cat $log; echo "--- qvm-vmm"; cat $log.vmm
     assert_eq!(field(out, "SAME-USER-FDS "), "denied", "{out}");
     assert_eq!(field(out, "OWNER-API "), "answered", "{out}");
     assert_eq!(field(out, "OTHER-USER-API "), "refused", "{out}");
+}
+
+/// Root's `qvm start` (as under sudo) against what another local user (uid 4300) planted: a
+/// `/tmp/qvm-0` full of links to a root-only file (root used that directory, and followed
+/// the links, truncating the file), a runtime directory of theirs named by
+/// `QVM_RUNTIME_DIR`, and links in the VM's own directory (which a jailed VMM owns). Root
+/// works in /run/qvm, refuses the foreign directory with one line, replaces the links, and
+/// the file keeps its content.
+#[test]
+fn root_s_qvm_start_follows_no_link_another_user_planted() {
+    let share = share_dir("user-planted");
+    std::fs::write(
+        share.join("up.elf"),
+        tiny_elf(&[tiny::print("QVM-TINY-UP\n"), tiny::halt_forever()].concat()),
+    )
+    .unwrap();
+    let domains = share.join("domains.toml");
+    std::fs::write(
+        &domains,
+        format!(
+            "[[vm]]\nname = \"t\"\nmemory_mib = 64\nkernel = \"{}/up.elf\"\ncmdline = \"console=ttyS0\"\n",
+            share.display()
+        ),
+    )
+    .unwrap();
+    let plant_tmp = "mkdir -p /tmp/qvm-0/t && for f in console.log vmm.log pid vm.toml .t.lock; \
+                     do ln -s /run/qvm-victim /tmp/qvm-0/t/$f; ln -s /run/qvm-victim /tmp/qvm-0/$f; done";
+    let script = format!(
+        r#"set -u
+unset XDG_RUNTIME_DIR QVM_RUNTIME_DIR
+export QVM_VMM={vmm}
+q="{qvm} --domains {domains}"
+victim=/run/qvm-victim
+rm -rf /tmp/qvm-0 /tmp/planted /run/qvm
+echo precious > $victim; chmod 600 $victim
+sh -c {plant_tmp}
+$q start t; echo "START $?"
+echo "ROOT-DIR $(stat -c '%U %a' /run/qvm/t 2>&1)"
+echo "VICTIM $(cat $victim)"
+$q stop t --timeout 2 >/dev/null 2>&1
+sh -c {plant_dir}
+QVM_RUNTIME_DIR=/tmp/planted $q start t 2>/tmp/planted.err; echo "PLANTED $?"
+echo "PLANTED-SAYS $(cat /tmp/planted.err)"
+echo "PLANTED-FILES $(find /tmp/planted | wc -l)"
+for f in console.log vmm.log vm.toml pid; do rm -f /run/qvm/t/$f; ln -s $victim /run/qvm/t/$f; done
+$q start t; echo "START-2 $?"
+echo "VICTIM-2 $(cat $victim)"
+echo "LINKS-LEFT $(find /run/qvm/t -type l | wc -l)"
+$q stop t --timeout 2 >/dev/null 2>&1
+"#,
+        vmm = vmm_binary().display(),
+        qvm = qvm_cli_binary().display(),
+        domains = domains.display(),
+        plant_tmp = shell_quote(&as_user(plant_tmp)),
+        plant_dir = shell_quote(&as_user("mkdir -p /tmp/planted")),
+    );
+    let r = lab::run_or_panic(&script, TIMEOUT);
+    let out = &r.output;
+    eprintln!("{out}");
+    assert_eq!(field(out, "START "), "0", "{out}");
+    assert_eq!(field(out, "ROOT-DIR "), "root 700", "{out}");
+    assert_eq!(field(out, "VICTIM "), "precious", "{out}");
+    assert_eq!(field(out, "PLANTED "), "1", "{out}");
+    let says = field(out, "PLANTED-SAYS ");
+    assert!(
+        says.contains("/tmp/planted") && says.contains(&format!("belongs to uid {USER_UID}")),
+        "{out}"
+    );
+    assert_eq!(field(out, "PLANTED-FILES "), "1", "{out}");
+    assert_eq!(field(out, "START-2 "), "0", "{out}");
+    assert_eq!(field(out, "VICTIM-2 "), "precious", "{out}");
+    assert_eq!(field(out, "LINKS-LEFT "), "0", "{out}");
 }
