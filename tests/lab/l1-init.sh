@@ -4,8 +4,8 @@
 # Stage 1 (pid 1, busybox): load modules, check /dev/kvm + kvm_amd, mount the host root
 #   read-only over 9p (tag hostroot) at /host, fresh proc/sys/dev/pts/tmp/run inside it, and the
 #   read-write share (tag labshare) at the same absolute path it has on the host (from the
-#   kernel parameter qvm_share=PATH). Then chroot into /host and run stage 2.
-# Stage 2 ("agent", host's /bin/sh inside the chroot): reads lines from the control serial port
+#   kernel parameter qvm_share=PATH). Then move /host over / (switch_root) and run stage 2.
+# Stage 2 ("agent", the host's /bin/sh with the host root as /): reads lines from the control serial port
 #   /dev/ttyS1:  "run ID"  runs $share/cmd/ID.sh in the background (cwd $share/work), stdout and
 #                          stderr to ID.out, then the exit code to ID.rc ("CODE\n", one write);
 #                "kill ID" kills a running command and all its descendants.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares the "lab" L1 VM: a Debian generic kernel plus a busybox initramfs whose /init
-# (tests/lab/l1-init.sh) loads kvm_amd, mounts the host root over 9p, chroots into it and runs
+# (tests/lab/l1-init.sh) loads kvm_amd, mounts the host root over 9p, switches root to it and runs
 # the command agent. See /work/shared/KVM-LAB.md for why the lab exists.
 #
 # Usage: tests/lab/prepare-l1.sh     prints (last stdout line) a directory holding
