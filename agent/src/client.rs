@@ -213,10 +213,13 @@ impl Session {
             let _ = write_frame(&mut writer, frame::STDIN_CLOSED, b"");
         });
         let mut got = 0usize;
+        // The idle deadline runs from the last stdout data: a guest that sends only empty or
+        // stderr frames does not keep a copy alive.
+        let mut progress = Instant::now();
         loop {
             let mut r = Deadlines {
                 r: &mut *self.reader,
-                idle: self.idle.map(|d| Instant::now() + d),
+                idle: self.idle.map(|d| progress + d),
                 frame: self.frame,
                 started: None,
             };
@@ -224,6 +227,9 @@ impl Session {
             let started = r.started.is_some();
             match next {
                 Ok(Some((frame::STDOUT, d))) => {
+                    if !d.is_empty() {
+                        progress = Instant::now();
+                    }
                     got += d.len();
                     if let Some(limit) = limit {
                         if got > limit {
@@ -242,9 +248,11 @@ impl Session {
                     return Ok(i32::from_le_bytes(code));
                 }
                 Ok(Some((frame::FAILED, d))) => {
-                    return Err(ClientError::Failed(
-                        String::from_utf8_lossy(&d).into_owned(),
-                    ))
+                    // The guest's words, quoted in our error: escaped, and cut short.
+                    return Err(ClientError::Failed(crate::term::escaped(
+                        &String::from_utf8_lossy(&d),
+                        500,
+                    )));
                 }
                 Ok(Some((kind, _))) => return Err(ClientError::Protocol(kind)),
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -391,6 +399,25 @@ mod tests {
         let (r, out, _) = run(s, None);
         assert!(matches!(r, Err(ClientError::Idle(_))), "{r:?}");
         assert_eq!(out, b"x");
+        drop(tx);
+        // Frames that carry nothing of the output do not reset it.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let s = against(move |a, _| {
+            for _ in 0..40 {
+                if write_frame(a, frame::STDERR, b".").is_err()
+                    || write_frame(a, frame::STDOUT, b"").is_err()
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = rx.recv();
+        })
+        .idle_deadline(Duration::from_millis(300));
+        let start = Instant::now();
+        let r = run(s, None).0;
+        assert!(matches!(r, Err(ClientError::Idle(_))), "{r:?}");
+        assert!(start.elapsed() < Duration::from_millis(1500));
         drop(tx);
     }
 

@@ -1,7 +1,7 @@
 //! Streams over AF_VSOCK (guest side) and over the VMM's unix socket (host side).
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -174,24 +174,44 @@ pub fn connect_through_vmm(
     })?;
     s.write_all(format!("CONNECT {port}\n").as_bytes())?;
     let mut r = BufReader::new(s.try_clone()?);
-    let mut line = String::new();
     // The VMM answers with one short line, once the guest has accepted: a reader that never
-    // ends it is not a VMM, and a guest that never accepts must not hold the caller forever.
-    s.set_read_timeout(Some(crate::client::HANDSHAKE_DEADLINE))?;
-    r.by_ref()
-        .take(64)
-        .read_line(&mut line)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "the VM did not answer a connection to vsock port {port} within {} s",
-                    crate::client::HANDSHAKE_DEADLINE.as_secs()
-                ),
+    // ends it is not a VMM, and a guest that never accepts (or a VMM that trickles the line)
+    // must not hold the caller longer than the deadline, counted for the whole line.
+    let deadline = std::time::Instant::now() + crate::client::HANDSHAKE_DEADLINE;
+    let timed_out = || {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the VM did not answer a connection to vsock port {port} within {} s",
+                crate::client::HANDSHAKE_DEADLINE.as_secs()
             ),
-            _ => e,
-        })?;
+        )
+    };
+    let mut raw = Vec::new();
+    while raw.len() < 64 && raw.last() != Some(&b'\n') {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| *d >= std::time::Duration::from_millis(1))
+            .ok_or_else(timed_out)?;
+        s.set_read_timeout(Some(left))?;
+        let mut b = [0u8; 1];
+        match r.read(&mut b) {
+            Ok(0) => break,
+            Ok(_) => raw.push(b[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(timed_out())
+            }
+            Err(e) => return Err(e),
+        }
+    }
     s.set_read_timeout(None)?;
+    let line = String::from_utf8_lossy(&raw).into_owned();
     if !line.starts_with("OK ") {
         return Err(io::Error::new(
             io::ErrorKind::ConnectionRefused,
@@ -200,7 +220,7 @@ pub fn connect_through_vmm(
                 if line.is_empty() {
                     String::new()
                 } else {
-                    format!(": {}", line.trim())
+                    format!(": {}", crate::term::escaped(line.trim(), 64))
                 }
             ),
         ));

@@ -3,8 +3,9 @@
 //! (OSC 52), answer queries into the terminal's input, or change its character set.
 //! [`TermFilter`] passes printable text (any valid UTF-8), newlines and tabs, and drops the
 //! rest: C0 controls, DEL, C1 controls (as bytes or UTF-8), every escape sequence whole, and a
-//! carriage return that does not end a line (it could overwrite what the line shows). Invalid
-//! UTF-8 becomes U+FFFD. Qubes' `qvm-run` filters a guest's output to a terminal the same way.
+//! carriage return that does not end a line (it could overwrite what the line shows) and
+//! bidirectional overrides (they reorder what is shown). Invalid UTF-8 becomes U+FFFD.
+//! [`escaped`] makes a guest's string safe to quote in a message. Qubes' `qvm-run` filters a guest's output to a terminal the same way.
 //!
 //! The filter is a streaming one: a sequence or a character split across writes is handled
 //! the same as one written whole.
@@ -123,8 +124,9 @@ impl<W: Write> TermFilter<W> {
                 self.partial.push(b);
                 if let Ok(s) = std::str::from_utf8(&self.partial) {
                     if let Some(c) = s.chars().next() {
-                        // U+0080..=U+009F are the C1 controls (CSI, OSC, DCS...): dropped.
-                        if !c.is_control() {
+                        // U+0080..=U+009F are the C1 controls (CSI, OSC, DCS...), and
+                        // bidirectional overrides reorder what a terminal shows: dropped.
+                        if !c.is_control() && !is_bidi_control(c) {
                             out.extend_from_slice(&self.partial);
                         }
                     }
@@ -158,6 +160,33 @@ impl<W: Write> TermFilter<W> {
     pub fn get_ref(&self) -> &W {
         &self.inner
     }
+}
+
+/// The Unicode bidirectional formatting characters: a terminal that honours them shows text in
+/// another order than it was written (a command can look like another).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` for quoting in a message: every control character but tab (and every bidirectional
+/// formatting character) written as `\xNN` / `\u{NNNN}`, cut to `max` characters. For what a
+/// guest says that ends up in an error or a status line.
+pub fn escaped(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() && c != '\t' {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else if is_bidi_control(c) {
+            out.push_str(&format!("\\u{{{:04x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// How many bytes a UTF-8 character starting with `lead` has.
@@ -241,6 +270,14 @@ mod tests {
     fn a_carriage_return_that_does_not_end_a_line_is_dropped() {
         assert_eq!(shown(b"rm -rf ~\rls     \n"), "rm -rf ~ls     \n");
         assert_eq!(shown(b"a\r\r\nb\r"), "a\r\nb");
+    }
+
+    #[test]
+    fn bidirectional_overrides_are_dropped() {
+        // "\u{202e}" would show "txt.exe" as "exe.txt"-like reordered text.
+        assert_eq!(shown("a\u{202e}b\u{2066}c\u{200f}d".as_bytes()), "abcd");
+        assert_eq!(escaped("x\u{202e}y\x1b[2J", 100), "x\\u{202e}y\\x1b[2J");
+        assert_eq!(escaped("abcdef", 3), "abc…");
     }
 
     #[test]

@@ -62,8 +62,10 @@ impl ApiServer {
             }
         })?;
         let inode = Some((meta.dev(), meta.ino()));
-        // The socket's owner is the VMM's user: only it (and root) may use the API.
-        let owner = meta.uid();
+        // Only the VMM's user (and root) may use the API. Our euid, not the socket file's
+        // owner: the path could be swapped after bind.
+        // SAFETY: geteuid cannot fail.
+        let owner = unsafe { libc::geteuid() };
         let socket = cfg.socket.clone();
         let remove_on_error = |e: ApiError| {
             let _ = std::fs::remove_file(&socket);

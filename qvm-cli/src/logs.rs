@@ -6,7 +6,6 @@
 //! VMM writes it.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -17,26 +16,15 @@ const MAX_LINE: usize = 200;
 /// Lines before a failure marker quoted with it (what the guest said led to it).
 const CONTEXT_LINES: usize = 3;
 
-/// `s` with every control character but tab written as `\xNN`, cut to [`MAX_LINE`] characters.
+/// `s` with every control character but tab written as `\xNN`, cut to [`MAX_LINE`] characters
+/// ([`qvm_agent::term::escaped`]).
 pub fn sanitize(s: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i == MAX_LINE {
-            out.push('…');
-            break;
-        }
-        if c.is_control() && c != '\t' {
-            out.push_str(&format!("\\x{:02x}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    qvm_agent::term::escaped(s, MAX_LINE)
 }
 
 /// Reads at most the last `max` bytes of `path` (nothing if it is missing).
 fn read_end(path: &Path, max: u64) -> Vec<u8> {
-    let Ok(mut f) = File::open(path) else {
+    let Ok(mut f) = crate::runtime::open_regular(path) else {
         return Vec::new();
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -97,7 +85,7 @@ impl ConsoleWatch {
     /// [`MAX_READ`] in between is skipped over (its markers may be missed: its own loss); a
     /// console that shrank was truncated by a new boot and is read afresh.
     pub fn poll(&mut self) {
-        let Ok(mut f) = File::open(&self.path) else {
+        let Ok(mut f) = crate::runtime::open_regular(&self.path) else {
             return;
         };
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -157,6 +145,7 @@ impl ConsoleWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
     use std::io::Write;
 
     /// An empty `console.log` in a new directory, which lives as long as the TempDir.

@@ -334,9 +334,11 @@ fn real_main(cli: Cli) -> Result<ExitCode, CliError> {
         Some(p) => p,
         None => default_domains()?,
     };
+    let root = runtime_root();
+    qvm_cli::runtime::check_root_if_present(&root).map_err(LifecycleError::from)?;
     let ctx = Ctx {
         domains: Domains::load(&path)?,
-        root: runtime_root(),
+        root,
     };
     match cli.command {
         Cmd::Start { vm: name, timeout } => {

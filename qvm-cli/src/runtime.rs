@@ -12,7 +12,7 @@
 //! `/tmp/qvm-0`, accepted it from anyone, and followed links in it.)
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -74,8 +74,44 @@ pub fn check_private_dir(path: &Path, owners: &[u32]) -> Result<(), UnsafeDir> {
     Ok(())
 }
 
+/// Checks that no one but root and us can change what `root`'s parent directories resolve
+/// to: each (after links are resolved) belongs to root or to us, and is not writable by
+/// group or others unless sticky (as /tmp, where others cannot rename what is ours). A
+/// runtime root made by root inside a user's directory could be swapped for a link after the
+/// check, and every later step would follow it.
+pub fn check_ancestors(root: &Path) -> Result<(), UnsafeDir> {
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let parent = root.parent().unwrap_or(Path::new("/"));
+    let parent = std::fs::canonicalize(parent).map_err(|e| UnsafeDir {
+        path: root.to_path_buf(),
+        why: format!("cannot resolve its parent: {e}"),
+    })?;
+    for dir in parent.ancestors() {
+        let m = std::fs::metadata(dir).map_err(|e| UnsafeDir {
+            path: root.to_path_buf(),
+            why: format!("cannot inspect {}: {e}", dir.display()),
+        })?;
+        let owner_ok = m.uid() == 0 || m.uid() == me;
+        let sticky = m.mode() & 0o1000 != 0;
+        if !owner_ok || (m.mode() & 0o022 != 0 && !sticky) {
+            return Err(UnsafeDir {
+                path: root.to_path_buf(),
+                why: format!(
+                    "{} above it belongs to uid {} (mode {:o}): someone else could swap what is \
+                     below it",
+                    dir.display(),
+                    m.uid(),
+                    m.mode() & 0o7777
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Makes the runtime root `root` (0700; its parents as needed) unless it exists, then checks
-/// it is ours alone ([`check_private_dir`]).
+/// it is ours alone ([`check_private_dir`], [`check_ancestors`]).
 pub fn prepare_root(root: &Path) -> Result<(), UnsafeDir> {
     let made = std::fs::DirBuilder::new()
         .recursive(true)
@@ -89,6 +125,7 @@ pub fn prepare_root(root: &Path) -> Result<(), UnsafeDir> {
     }
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
+    check_ancestors(root)?;
     check_private_dir(root, &[me])
 }
 
@@ -112,6 +149,35 @@ pub fn create_private(path: &Path, owner: Option<(u32, u32)>) -> io::Result<File
         std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
     }
     Ok(f)
+}
+
+/// Opens `path` for reading only if it is a regular file, not through a link, and without
+/// blocking on a FIFO: a jailed VMM owns its VM's directory and could leave a FIFO, a link
+/// to a root-only file or to /dev/zero where qvm reads its pid or logs.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(f)
+}
+
+/// If the runtime root `root` exists, checks it is ours alone ([`check_private_dir`]): even
+/// `qvm status` must not read pid files or talk to sockets someone else planted.
+pub fn check_root_if_present(root: &Path) -> Result<(), UnsafeDir> {
+    if std::fs::symlink_metadata(root).is_err() {
+        return Ok(());
+    }
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    check_ancestors(root)?;
+    check_private_dir(root, &[me])
 }
 
 /// Gives the directory `path` (not a link) to `uid`:`gid` through its descriptor.
@@ -172,10 +238,13 @@ impl VmPaths {
 
     /// The pid in the pid file, if any.
     pub fn pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.pid_file())
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .filter(|p| *p > 0)
+        let mut s = String::new();
+        open_regular(&self.pid_file())
+            .ok()?
+            .take(32)
+            .read_to_string(&mut s)
+            .ok()?;
+        s.trim().parse().ok().filter(|p| *p > 0)
     }
 
     /// Whether `pid` is a live (not zombie) qvm-vmm serving this VM's API socket.
@@ -288,6 +357,19 @@ mod tests {
         let file = t.path().join("file");
         std::fs::write(&file, "").unwrap();
         assert!(prepare_root(&file).is_err());
+        // Inside a directory someone else owns (or may write), even a root made by us could
+        // be swapped for a link after the check.
+        let theirs = t.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(me + 1000), None).unwrap();
+        let e = prepare_root(&theirs.join("qvm")).unwrap_err().to_string();
+        assert!(e.contains("above it belongs to uid"), "{e}");
+        let shared = t.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(prepare_root(&shared.join("qvm")).is_err());
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        prepare_root(&shared.join("qvm")).unwrap();
     }
 
     #[test]
@@ -311,6 +393,30 @@ mod tests {
         let dlink = t.path().join("dlink");
         std::os::unix::fs::symlink(&dir, &dlink).unwrap();
         assert!(chown_dir(&dlink, 0, 0).is_err());
+    }
+
+    /// What a jailed VMM (which owns its VM's directory) could leave where qvm reads its pid:
+    /// a FIFO (qvm would block holding the VM's lock), a link to /dev/zero (endless) or to a
+    /// root-only file.
+    #[test]
+    fn a_pid_file_that_is_not_a_plain_file_is_no_pid() {
+        let t = tempfile::tempdir().unwrap();
+        let p = VmPaths::new(t.path(), "a");
+        std::fs::create_dir_all(&p.dir).unwrap();
+        std::fs::write(p.pid_file(), "123\n").unwrap();
+        assert_eq!(p.pid(), Some(123));
+        std::fs::remove_file(p.pid_file()).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", p.pid_file()).unwrap();
+        assert_eq!(p.pid(), None);
+        std::fs::remove_file(p.pid_file()).unwrap();
+        let fifo = std::ffi::CString::new(p.pid_file().as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert_eq!(p.pid(), None);
+        std::fs::remove_file(p.pid_file()).unwrap();
+        std::fs::write(p.dir.join("real"), "456\n").unwrap();
+        std::os::unix::fs::symlink(p.dir.join("real"), p.pid_file()).unwrap();
+        assert_eq!(p.pid(), None);
     }
 
     #[test]

@@ -88,7 +88,11 @@ fn api_state(paths: &VmPaths, timeout: Duration) -> Option<String> {
         return None;
     }
     let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
-    Some(v["state"].as_str().unwrap_or("running").to_string())
+    // The VMM's word, shown in `qvm status`: escaped like anything read from a VM's files.
+    Some(qvm_agent::term::escaped(
+        v["state"].as_str().unwrap_or("running"),
+        32,
+    ))
 }
 
 /// The VM's state; stale sockets and pid files of a dead VMM are removed.

@@ -36,30 +36,46 @@ pub fn apply() -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    /// In a child process (the settings are process-wide): after `apply`, the process is not
-    /// dumpable, has no core limit, and creates files and sockets 0600.
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// In a forked child (the settings are process-wide), which makes only raw syscalls on
+    /// data prepared before the fork (the test harness has other threads): after `apply`, the
+    /// process is not dumpable, and creates files and sockets 0600 although its umask was 0.
     #[test]
     fn after_apply_nothing_is_for_others() {
         let dir = tempfile::tempdir().unwrap();
-        // SAFETY: fork in a test; the child only makes syscalls and exits.
+        let file = std::ffi::CString::new(dir.path().join("f").as_os_str().as_bytes()).unwrap();
+        // SAFETY: sockaddr_un is plain old data; all-zero is valid.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let sock = dir.path().join("s");
+        for (d, s) in addr.sun_path.iter_mut().zip(sock.as_os_str().as_bytes()) {
+            *d = *s as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        // SAFETY: the child makes only raw syscalls on data prepared above, then _exits.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            // SAFETY: umask cannot fail.
-            unsafe { libc::umask(0) };
-            let ok = super::apply().is_ok()
-                // SAFETY: prctl with integer arguments only.
-                && unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) } == 0
-                && std::fs::write(dir.path().join("f"), b"x").is_ok()
-                && std::os::unix::net::UnixListener::bind(dir.path().join("s")).is_ok();
-            // SAFETY: _exit in the forked child.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            // SAFETY: raw syscalls on valid data in the forked child.
+            unsafe {
+                libc::umask(0);
+                let ok = super::apply().is_ok()
+                    && libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) == 0
+                    && libc::open(file.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o666) >= 0
+                    && {
+                        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                        fd >= 0
+                            && libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len) == 0
+                    };
+                libc::_exit(if ok { 0 } else { 1 });
+            }
         }
         let mut status = 0;
         // SAFETY: waiting for our own child.
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
-        use std::os::unix::fs::PermissionsExt;
         for f in ["f", "s"] {
             let mode = std::fs::metadata(dir.path().join(f))
                 .unwrap()

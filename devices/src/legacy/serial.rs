@@ -90,7 +90,10 @@ impl<W: Write> Write for LogCap<W> {
         self.written += take as u64;
         if take < buf.len() {
             self.full = true;
-            eprintln!(
+            // Not eprintln!: it panics if stderr fails (a full disk), and the guest must not
+            // be able to make the VMM abort by filling it.
+            let _ = writeln!(
+                std::io::stderr(),
                 "serial: the guest's console log reached its limit of {} MiB ([console] limit_mib); \
                  the rest of its output is dropped",
                 self.limit >> 20

@@ -254,14 +254,9 @@ impl Muxer {
             return Err(VsockError::InvalidCid(cfg.guest_cid));
         }
         let listener = bind_listener(&cfg.uds_path)?;
-        // The socket file's owner is this VMM's user.
-        let owner = std::fs::metadata(&cfg.uds_path)
-            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-            .map_err(|source| VsockError::Io {
-                path: cfg.uds_path.clone(),
-                op: "inspect the new",
-                source,
-            })?;
+        // This VMM's user (our euid: the socket's path could be swapped after bind).
+        // SAFETY: geteuid cannot fail.
+        let owner = unsafe { libc::geteuid() };
         Ok(Muxer {
             guest_cid: cfg.guest_cid,
             uds_path: cfg.uds_path.clone(),
