@@ -14,9 +14,13 @@
 
 use std::time::Duration;
 
-use qvm_tests::fixtures::{qvm_cli_binary, tiny, tiny_elf, vm_toml, vmm_binary};
+use qvm_tests::fixtures::{
+    guest_initramfs, guest_kernel, qvm_cli_binary, tiny, tiny_elf, virtiofsd_binary, vm_toml,
+    vmm_binary,
+};
 use qvm_tests::lab::{self, as_uid, as_user, shell_quote, OTHER_UID, USER_UID};
 use qvm_tests::util::{field, share_dir, WAITFOR_IN_LOG};
+use qvm_tests::vm::ScriptVm;
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -189,4 +193,78 @@ $q stop t --timeout 2 >/dev/null 2>&1
     assert_eq!(field(out, "START-2 "), "0", "{out}");
     assert_eq!(field(out, "VICTIM-2 "), "precious", "{out}");
     assert_eq!(field(out, "LINKS-LEFT "), "0", "{out}");
+}
+
+/// A user's VM with a share: the user's virtiofsd runs in namespaces of its own (it parses the
+/// guest's FUSE traffic, and used to run `--sandbox=none` as the user), files the guest writes
+/// belong to the user, and the VMM keeps its Landlock ruleset (it used to skip it for any VM
+/// with a share).
+#[test]
+fn a_user_s_share_is_served_by_a_sandboxed_virtiofsd_and_the_vmm_keeps_landlock() {
+    let d = "/tmp/qvm-user-fs";
+    let cfg = ScriptVm::new(
+        "user-fs",
+        r#"mkdir -p /mnt/s
+mount -t virtiofs home /mnt/s || echo "MOUNT failed"
+echo from-guest > /mnt/s/guest-file && sync && echo "GUEST-WROTE"
+echo "GUEST-DONE"
+sleep 1000
+"#,
+    )
+    .toml(&format!(
+        "\n[[fs]]\ntag = \"home\"\nsocket = \"{d}/rt/home.sock\"\nshared_dir = \"{d}/home\"\n\
+         virtiofsd = \"{d}/virtiofsd\"\n"
+    ))
+    .write();
+    // The user cannot read root's cache: the files go where they can.
+    let kernel = guest_kernel().vmlinux.display().to_string();
+    let initrd = guest_initramfs().display().to_string();
+    let vmm = vmm_binary().display().to_string();
+    let start = format!(
+        "exec {vmm} --config {d}/vm.toml --api-sock {d}/rt/api.sock \
+         </dev/null >{d}/rt/console.log 2>{d}/rt/console.log.vmm"
+    );
+    let script = format!(
+        r#"set -u
+d={d}
+rm -rf $d; mkdir -m 0755 $d
+cp {kernel} $d/vmlinux; cp {initrd} $d/initrd; cp {virtiofsd} $d/virtiofsd
+sed -e "s#{kernel}#$d/vmlinux#" -e "s#{initrd}#$d/initrd#" {cfg} > $d/vm.toml
+chmod 0644 $d/vmlinux $d/initrd $d/vm.toml; chmod 0755 $d/virtiofsd
+install -d -o {USER_UID} -g {USER_UID} -m 0700 $d/rt $d/home
+sh -c {start_as_user} &
+vmm=$!
+log=$d/rt/console.log
+{WAITFOR_IN_LOG}
+if waitfor GUEST-DONE; then
+  pat="socket-path=$d/rt"; pat="$pat/home.sock"
+  for p in $(pgrep -f "$pat"); do
+    echo "VFS $p uid=$(awk '/^Uid:/{{print $2}}' /proc/$p/status) userns=$([ "$(readlink /proc/$p/ns/user)" = "$(readlink /proc/1/ns/user)" ] && echo host || echo own) mntns=$([ "$(readlink /proc/$p/ns/mnt)" = "$(readlink /proc/1/ns/mnt)" ] && echo host || echo own)"
+  done
+  echo "FILE $(stat -c %u $d/home/guest-file 2>&1) $(cat $d/home/guest-file 2>&1)"
+fi
+echo "LANDLOCK $(grep -c 'landlock ABI' $log.vmm) $(grep -c 'landlock skipped' $log.vmm)"
+kill $vmm; wait $vmm
+echo "--- console"; cat $log; echo "--- qvm-vmm"; cat $log.vmm
+"#,
+        virtiofsd = virtiofsd_binary().display(),
+        cfg = cfg.display(),
+        start_as_user = shell_quote(&as_user(&start)),
+    );
+    let r = lab::run_or_panic(&script, TIMEOUT);
+    let out = &r.output;
+    eprintln!("{out}");
+    assert!(out.contains("GUEST-WROTE"), "{out}");
+    let vfs: Vec<&str> = out.lines().filter(|l| l.starts_with("VFS ")).collect();
+    assert!(!vfs.is_empty(), "no virtiofsd found: {out}");
+    for l in &vfs {
+        assert!(l.contains(&format!("uid={USER_UID} ")), "{out}");
+        assert!(l.ends_with("userns=own mntns=own"), "{out}");
+    }
+    assert_eq!(
+        field(out, "FILE "),
+        format!("{USER_UID} from-guest"),
+        "{out}"
+    );
+    assert_eq!(field(out, "LANDLOCK "), "1 0", "{out}");
 }

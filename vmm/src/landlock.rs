@@ -13,8 +13,13 @@
 //!
 //! The O_PATH descriptor of each rule's path stays open (see `apply`). Raw syscalls, no crate. Best effort: a kernel without Landlock (ENOSYS, or EOPNOTSUPP when
 //! it is built but not enabled in `lsm=`) gets one line on stderr and the VM runs anyway.
-//! `[[fs]]` entries with `shared_dir` make qvm-vmm start virtiofsd, which would inherit the
-//! domain and needs to exec and sandbox itself: those VMs skip Landlock (one line says so).
+//! `[[fs]]` entries with `shared_dir` make qvm-vmm start virtiofsd: it is started before the
+//! ruleset applies (it execs and sandboxes itself in its own namespaces), so every VM gets
+//! Landlock, shares included; the VMM may make and remove sockets in each share's socket
+//! directory. Where the kernel has Landlock ABI 6, the ruleset is also scoped: the VMM cannot
+//! connect to abstract unix sockets (a new network namespace's job otherwise: the session bus,
+//! X11's, a compositor's) or, unless it has a virtiofsd to stop, signal processes outside its
+//! domain. One line on stderr says which ABI applied.
 //!
 //! seccomp: the main thread's filter is installed late (vm.rs, just before the event loop),
 //! and no other thread exists yet when this runs, so the landlock syscalls are in no filter.
@@ -72,11 +77,9 @@ pub struct Rule {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The ruleset is in force.
-    Applied { abi: i64, rules: usize },
+    Applied { abi: i64, rules: usize, scoped: u64 },
     /// The kernel has no Landlock; the reason is printed.
     Unsupported(String),
-    /// This VM cannot run under Landlock; the reason is printed.
-    Skipped(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +141,31 @@ pub fn rules(cfg: &VmConfig, api_sock: Option<&Path>) -> Vec<Rule> {
     if let Some(s) = api_sock {
         add(&parent_dir(s), MAKE_SOCK | REMOVE_FILE);
     }
+    // virtiofsd runs outside the ruleset; the VMM removes its socket when the VM stops.
+    for fs in &cfg.filesystems {
+        if fs.shared_dir.is_some() {
+            add(&parent_dir(&fs.socket), MAKE_SOCK | REMOVE_FILE);
+        }
+    }
     r
+}
+
+/// Landlock ABI 6's scopes: abstract unix sockets and signals stay inside the domain.
+pub const SCOPE_ABSTRACT_UNIX_SOCKET: u64 = 1 << 0;
+pub const SCOPE_SIGNAL: u64 = 1 << 1;
+
+/// The scopes to apply under ABI `abi` for `cfg`. Signals stay unscoped for a VM with a
+/// share: the VMM started its virtiofsd before the ruleset (outside the domain) and must be
+/// able to stop it.
+pub fn scopes(abi: i64, cfg: &VmConfig) -> u64 {
+    if abi < 6 {
+        return 0;
+    }
+    if cfg.filesystems.iter().any(|f| f.shared_dir.is_some()) {
+        SCOPE_ABSTRACT_UNIX_SOCKET
+    } else {
+        SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
+    }
 }
 
 fn abi_version() -> Result<i64, std::io::Error> {
@@ -158,9 +185,13 @@ fn abi_version() -> Result<i64, std::io::Error> {
     }
 }
 
+/// `struct landlock_ruleset_attr`; the kernel takes a prefix of it (its size says which ABI
+/// the caller speaks: 8 bytes up to ABI 3, 16 with network rights (4), 24 with scopes (6)).
 #[repr(C)]
 struct RulesetAttr {
     handled_access_fs: u64,
+    handled_access_net: u64,
+    scoped: u64,
 }
 
 #[repr(C, packed)]
@@ -180,13 +211,6 @@ impl Drop for Fd {
 /// Applies the ruleset for `cfg` to the calling thread and the threads it starts from now on.
 /// Call from the main thread before any other thread exists.
 pub fn apply(cfg: &VmConfig, api_sock: Option<&Path>) -> Result<Outcome, LandlockError> {
-    if cfg.filesystems.iter().any(|f| f.shared_dir.is_some()) {
-        return Ok(Outcome::Skipped(
-            "[[fs]] shared_dir: qvm-vmm starts virtiofsd, which would inherit the ruleset; \
-             start virtiofsd yourself (give only socket = ...) to keep Landlock"
-                .into(),
-        ));
-    }
     let abi = match abi_version() {
         Ok(v) => v,
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EOPNOTSUPP)) => {
@@ -212,15 +236,25 @@ pub fn apply(cfg: &VmConfig, api_sock: Option<&Path>) -> Result<Outcome, Landloc
         }
     }
     let handled = handled_fs(abi);
+    let scoped = scopes(abi, cfg);
     let attr = RulesetAttr {
         handled_access_fs: handled,
+        handled_access_net: 0,
+        scoped,
     };
-    // SAFETY: a valid attribute struct and its size.
+    // The prefix this kernel knows: a larger size with fields it does not know is refused
+    // unless they are zero, and older kernels want the old size.
+    let size = if scoped != 0 {
+        std::mem::size_of::<RulesetAttr>()
+    } else {
+        std::mem::size_of::<u64>()
+    };
+    // SAFETY: a valid attribute struct, of which the kernel reads `size` bytes.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_landlock_create_ruleset,
             &attr as *const RulesetAttr,
-            std::mem::size_of::<RulesetAttr>(),
+            size,
             0u32,
         )
     };
@@ -280,7 +314,11 @@ pub fn apply(cfg: &VmConfig, api_sock: Option<&Path>) -> Result<Outcome, Landloc
     if unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset.0, 0u32) } != 0 {
         return Err(last("restrict_self"));
     }
-    Ok(Outcome::Applied { abi, rules: added })
+    Ok(Outcome::Applied {
+        abi,
+        rules: added,
+        scoped,
+    })
 }
 
 /// Test builds only: `QVM_TEST_LANDLOCK=<path>` opens `path` for reading right after the
@@ -351,9 +389,17 @@ mod tests {
         assert_eq!(handled_fs(5), 0xffff);
     }
 
+    /// A VM with a share keeps Landlock: virtiofsd is started before it, and the VMM gets only
+    /// its socket directory (to remove the socket at the end), never the shared directory.
     #[test]
-    fn virtiofsd_started_by_the_vmm_skips_landlock() {
+    fn a_share_keeps_landlock_with_only_its_socket_directory() {
         let c = cfg("[[fs]]\ntag = \"h\"\nsocket = \"/run/vm/fs.sock\"\nshared_dir = \"/srv\"\n");
-        assert!(matches!(apply(&c, None), Ok(Outcome::Skipped(_))));
+        let r = rules(&c, None);
+        assert_eq!(access(&r, "/run/vm"), Some(MAKE_SOCK | REMOVE_FILE));
+        assert_eq!(access(&r, "/srv"), None);
+        assert_eq!(scopes(5, &c), 0);
+        assert_eq!(scopes(6, &c), SCOPE_ABSTRACT_UNIX_SOCKET);
+        let plain = cfg("");
+        assert_eq!(scopes(6, &plain), SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL);
     }
 }

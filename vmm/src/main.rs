@@ -144,8 +144,14 @@ fn main() -> ExitCode {
         },
         None => None,
     };
-    // Before the VM is built and before any other thread exists (all inherit the ruleset).
+    // virtiofsd first (it sandboxes itself and must not inherit our ruleset), then Landlock,
+    // before the VM is built and before any other thread exists (all inherit the ruleset).
+    let mut virtiofsd = Vec::new();
     if let Some(c) = &cfg {
+        virtiofsd = match vm::start_virtiofsd(c) {
+            Ok(v) => v,
+            Err(e) => return outcome(Err(e)),
+        };
         if let Err(code) = restrict_files(cli.landlock, c, cli.api_sock.as_deref()) {
             return code;
         }
@@ -158,7 +164,7 @@ fn main() -> ExitCode {
         let Some(cfg) = cfg else {
             return ExitCode::from(2);
         };
-        return outcome(vm::run(&cfg, &opts));
+        return outcome(vm::run(&cfg, &opts, virtiofsd));
     };
 
     let (control, chan) = match control::channel() {
@@ -195,10 +201,16 @@ fn main() -> ExitCode {
             match start_rx.recv() {
                 // The API threads started before the config existed and stay outside the
                 // ruleset; the VM's own threads all start after this.
-                Ok(c) => match restrict_files(cli.landlock, &c, Some(sock)) {
-                    Ok(()) => c,
-                    Err(code) => return code,
-                },
+                Ok(c) => {
+                    virtiofsd = match vm::start_virtiofsd(&c) {
+                        Ok(v) => v,
+                        Err(e) => return outcome(Err(e)),
+                    };
+                    match restrict_files(cli.landlock, &c, Some(sock)) {
+                        Ok(()) => c,
+                        Err(code) => return code,
+                    }
+                }
                 Err(_) => {
                     eprintln!("qvm-vmm: error: the API server stopped before the VM was started");
                     return ExitCode::from(1);
@@ -206,7 +218,7 @@ fn main() -> ExitCode {
             }
         }
     };
-    let result = vm::run_with_control(&cfg, &opts, Some(chan));
+    let result = vm::run_with_control(&cfg, &opts, Some(chan), virtiofsd);
     api.set_stopped(match &result {
         Ok(o) => format!("{o:?}"),
         Err(e) => e.to_string(),
@@ -236,13 +248,22 @@ fn restrict_files_with(
         return Ok(());
     }
     match landlock::apply(cfg, api_sock) {
-        Ok(landlock::Outcome::Applied { .. }) => Ok(()),
-        Ok(landlock::Outcome::Unsupported(why)) => {
-            eprintln!("qvm-vmm: landlock unavailable, running without it: {why}");
+        Ok(landlock::Outcome::Applied { abi, rules, scoped }) => {
+            let scopes = match (
+                scoped & landlock::SCOPE_ABSTRACT_UNIX_SOCKET != 0,
+                scoped & landlock::SCOPE_SIGNAL != 0,
+            ) {
+                (true, true) => "; abstract unix sockets and signals scoped",
+                (true, false) => {
+                    "; abstract unix sockets scoped (signals not: it stops its virtiofsd)"
+                }
+                _ => "; no scopes (they need ABI 6)",
+            };
+            eprintln!("qvm-vmm: landlock ABI {abi} applied: {rules} rules{scopes}");
             Ok(())
         }
-        Ok(landlock::Outcome::Skipped(why)) => {
-            eprintln!("qvm-vmm: landlock skipped for this VM: {why}");
+        Ok(landlock::Outcome::Unsupported(why)) => {
+            eprintln!("qvm-vmm: landlock unavailable, running without it: {why}");
             Ok(())
         }
         Err(e) => {

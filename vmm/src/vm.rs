@@ -339,7 +339,9 @@ fn virtio_device_count(cfg: &VmConfig) -> usize {
 }
 
 /// Starts virtiofsd for every `[[fs]]` with a shared_dir; they stop when the result is dropped.
-fn start_virtiofsd(cfg: &VmConfig) -> Result<Vec<crate::virtiofsd::Virtiofsd>, VmError> {
+/// Starts virtiofsd for each `[[fs]]` with a `shared_dir`. Call before Landlock applies (the
+/// daemons sandbox themselves, in their own namespaces, and must not inherit our ruleset).
+pub fn start_virtiofsd(cfg: &VmConfig) -> Result<Vec<crate::virtiofsd::Virtiofsd>, VmError> {
     let mut started = Vec::new();
     for (i, fs) in cfg.filesystems.iter().enumerate() {
         if let Some(dir) = &fs.shared_dir {
@@ -567,8 +569,14 @@ fn configure_vcpu(
 
 /// Builds the VM described by `cfg`, runs it until the guest stops or a signal arrives, and
 /// tears it down with every thread joined.
-pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<RunOutcome, VmError> {
-    run_with_control(cfg, opts, None)
+/// `virtiofsd` are the backends [`start_virtiofsd`] started for it (before Landlock: they
+/// must not inherit the VMM's ruleset), stopped when the VM stops.
+pub fn run(
+    cfg: &VmConfig,
+    opts: &RunOptions,
+    virtiofsd: Vec<crate::virtiofsd::Virtiofsd>,
+) -> Result<RunOutcome, VmError> {
+    run_with_control(cfg, opts, None, virtiofsd)
 }
 
 /// [`run`], also serving `control` (the API's pause/resume/stop/status/metrics) from the
@@ -577,7 +585,9 @@ pub fn run_with_control(
     cfg: &VmConfig,
     opts: &RunOptions,
     control: Option<ControlChannel>,
+    virtiofsd: Vec<crate::virtiofsd::Virtiofsd>,
 ) -> Result<RunOutcome, VmError> {
+    let _virtiofsd = virtiofsd;
     phase(opts, "start");
     let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
     for (cap, name) in [
@@ -628,7 +638,6 @@ pub fn run_with_control(
 
     let exit = Arc::new(ExitSignal::new().map_err(|e| VmError::Device(e.to_string()))?);
     let devices = create_devices(&vm, cfg, &exit)?;
-    let _virtiofsd = start_virtiofsd(cfg)?;
     let (mmio, device_metrics) = create_virtio_devices(&kvm, &vm, &mem, cfg)?;
 
     let mut fds = Vec::with_capacity(usize::from(vcpus));
