@@ -158,7 +158,7 @@ fn check(cli: Cli) -> Result<Checked, JailError> {
         &exec,
         &cli.vmm_args,
         &|k| std::env::var(k).ok(),
-        &paths::libraries,
+        &paths::libraries_as(cli.uid, cli.gid),
     )?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {

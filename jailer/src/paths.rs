@@ -381,11 +381,44 @@ pub fn interpreter(exe: &Path) -> Result<Option<PathBuf>, String> {
     Ok(None)
 }
 
+/// Why `interp` may not be run by root: it, or a directory above it, is not root's alone.
+/// `exe` names its own loader, and a config chooses `exe` (`[[fs]] virtiofsd = ...`): a
+/// loader someone else can write is their program.
+pub fn untrusted_loader(interp: &Path) -> Option<String> {
+    let real = match std::fs::canonicalize(interp) {
+        Ok(p) => p,
+        Err(e) => return Some(format!("its loader {}: {e}", interp.display())),
+    };
+    for p in real.ancestors() {
+        let m = match std::fs::metadata(p) {
+            Ok(m) => m,
+            Err(e) => return Some(format!("{}: {e}", p.display())),
+        };
+        if m.uid() != 0 || m.mode() & 0o022 != 0 {
+            return Some(format!(
+                "its loader {} is not root's alone ({} belongs to uid {}, mode {:o}); \
+                 the jailer runs only a loader that root owns and no one else can write",
+                interp.display(),
+                p.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            ));
+        }
+    }
+    None
+}
+
 /// The libraries `exe` loads (and its loader), as `ldd` lists them; none for a static binary.
 /// Runs the loader's `--list` directly rather than the `ldd` script (one exec instead of a
-/// shell and then the loader). A static qvm-vmm would need none of this; the jailer supports
-/// both, so the default dynamic build is what runs.
-pub fn libraries(exe: &Path) -> Result<Vec<PathBuf>, JailError> {
+/// shell and then the loader), as the VM's `uid`:`gid` with no supplementary groups, never as
+/// root, and only a loader root owns and no one else can write ([`untrusted_loader`]). A
+/// static qvm-vmm would need none of this; the jailer supports both, so the default dynamic
+/// build is what runs.
+pub fn libraries_as(uid: u32, gid: u32) -> impl Fn(&Path) -> Result<Vec<PathBuf>, JailError> {
+    move |exe| libraries(exe, uid, gid)
+}
+
+fn libraries(exe: &Path, uid: u32, gid: u32) -> Result<Vec<PathBuf>, JailError> {
     let err = |reason: String| JailError::Ldd {
         exe: exe.to_path_buf(),
         reason,
@@ -393,10 +426,15 @@ pub fn libraries(exe: &Path) -> Result<Vec<PathBuf>, JailError> {
     let Some(interp) = interpreter(exe).map_err(err)? else {
         return Ok(Vec::new());
     };
-    let out = Command::new(&interp)
-        .arg("--list")
-        .arg(exe)
-        .env_clear()
+    if let Some(why) = untrusted_loader(&interp) {
+        return Err(err(why));
+    }
+    let mut cmd = Command::new(&interp);
+    cmd.arg("--list").arg(exe).env_clear();
+    // std clears the supplementary groups when it drops from root to `uid`.
+    use std::os::unix::process::CommandExt;
+    cmd.uid(uid).gid(gid);
+    let out = cmd
         .output()
         .map_err(|e| err(format!("cannot run its loader {}: {e}", interp.display())))?;
     let text =
@@ -446,7 +484,7 @@ mod tests {
             Some(PathBuf::from("/lib64/ld-linux-x86-64.so.2"))
         );
         assert!(interpreter(Path::new("/etc/hostname")).is_err());
-        let libs = libraries(Path::new("/bin/sh")).unwrap();
+        let libs = libraries(Path::new("/bin/sh"), 65534, 65534).unwrap();
         assert!(
             libs.contains(&PathBuf::from("/lib64/ld-linux-x86-64.so.2")),
             "{libs:?}"
@@ -454,6 +492,39 @@ mod tests {
         assert!(
             libs.iter().any(|l| l.to_string_lossy().contains("libc.so")),
             "{libs:?}"
+        );
+    }
+
+    /// A config names the binary (`[[fs]] virtiofsd = ...`) and the binary names its loader:
+    /// a loader someone else can write is refused, never run as root.
+    #[test]
+    fn a_loader_someone_else_can_write_is_never_run() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        // A copy of /bin/sh whose PT_INTERP names a script of ours, path of the same length.
+        let real = b"/lib64/ld-linux-x86-64.so.2";
+        let base = format!("{}/", dir.display());
+        assert!(base.len() < real.len(), "temp dir path too long: {base}");
+        let evil = format!("{base}{}", "e".repeat(real.len() - base.len()));
+        let marker = dir.join("ran");
+        std::fs::write(&evil, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+        std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut elf = std::fs::read("/bin/sh").unwrap();
+        let at = elf
+            .windows(real.len())
+            .position(|w| w == real)
+            .expect("/bin/sh names ld-linux-x86-64.so.2");
+        elf[at..at + real.len()].copy_from_slice(evil.as_bytes());
+        let exe = dir.join("virtiofsd");
+        std::fs::write(&exe, elf).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(interpreter(&exe).unwrap(), Some(PathBuf::from(&evil)));
+        let e = libraries(&exe, 65534, 65534).unwrap_err().to_string();
+        assert!(e.contains("not root's alone"), "{e}");
+        assert!(!marker.exists(), "the loader ran");
+        assert_eq!(
+            untrusted_loader(Path::new("/lib64/ld-linux-x86-64.so.2")),
+            None
         );
     }
 
