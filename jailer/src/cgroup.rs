@@ -181,6 +181,9 @@ impl Cgroup {
         if let Some(o) = &self.origin {
             let _ = fs::write(o.join("cgroup.procs"), std::process::id().to_string());
         }
+        // Whatever the VM left (a virtiofsd that outlived the VMM) dies with it (Linux 5.14+;
+        // older kernels: the rmdir below fails while processes remain, and says so).
+        let _ = fs::write(self.dir.join("cgroup.kill"), "1");
         for _ in 0..100 {
             match fs::remove_dir(&self.dir) {
                 Ok(()) => return,

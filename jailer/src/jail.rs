@@ -356,6 +356,28 @@ pub fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
     )
 }
 
+/// The VMM dies with the jailer, even one killed with SIGKILL (`PR_SET_PDEATHSIG`, set after
+/// the uid change, which clears it). `alive` is the read end of a pipe whose write end only
+/// the jailer holds: if it already died before the prctl, the pipe says so and we stop here.
+pub fn die_with_parent(alive: libc::c_int) -> Result<(), JailError> {
+    // SAFETY: prctl with integer arguments.
+    let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    check(r, || "PR_SET_PDEATHSIG".into())?;
+    let mut pfd = libc::pollfd {
+        fd: alive,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if n != 0 {
+        return Err(JailError::last(
+            "the jailer died before the VM started (its pipe closed)",
+        ));
+    }
+    Ok(())
+}
+
 /// After the drop: can the VM's uid use each path as it must? One line per problem, naming
 /// the fix (the jailer does not chown the admin's files; see the README).
 pub fn check_access(plan: &Plan, exec: &Path, uid: u32, gid: u32) -> Result<(), JailError> {

@@ -241,17 +241,28 @@ fn run(cli: Cli) -> Result<ExitCode, JailError> {
             .transpose()?;
         jail::unshare_pid(netns.as_ref())?;
         drop(netns);
+        // The child learns through this pipe whether we still live (see die_with_parent);
+        // both ends close on exec.
+        let mut alive = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 writes two descriptors into the array.
+        if unsafe { libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(JailError::last("pipe2"));
+        }
         // SAFETY: single-threaded; the child only runs our code and then execs or _exits.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(JailError::last("fork"));
         }
         if pid == 0 {
-            let e = child(&c, &root);
+            // SAFETY: the write end is ours to close in the child.
+            unsafe { libc::close(alive[1]) };
+            let e = child(&c, &root, alive[0]);
             eprintln!("qvm-jailer: error: {e}");
             // SAFETY: _exit skips the parent's destructors (the cgroup stays the parent's).
             unsafe { libc::_exit(i32::from(e.exit_code())) };
         }
+        // SAFETY: the read end is the child's; our write end stays open until we exit.
+        unsafe { libc::close(alive[0]) };
         Ok(parent(pid, &c.cli.id, &cg))
     })();
     cleanup_dirs();
@@ -298,8 +309,9 @@ fn parent(pid: libc::pid_t, id: &str, cg: &Cgroup) -> ExitCode {
     }
 }
 
-/// The child, pid 1 in its namespaces: builds the root, drops everything, execs.
-fn child(c: &Checked, root: &Path) -> JailError {
+/// The child, pid 1 in its namespaces: builds the root, drops everything, execs; `alive` is
+/// the read end of the jailer's liveness pipe.
+fn child(c: &Checked, root: &Path, alive: libc::c_int) -> JailError {
     let r = (|| {
         jail::unshare_rest()?;
         jail::set_hostname(&c.cli.id);
@@ -307,6 +319,7 @@ fn child(c: &Checked, root: &Path) -> JailError {
         jail::enter_root(root)?;
         jail::set_rlimits(&Rlimits { nofile: c.nofile })?;
         jail::drop_privileges(c.cli.uid, c.cli.gid)?;
+        jail::die_with_parent(alive)?;
         jail::check_access(&c.plan, &c.exec, c.cli.uid, c.cli.gid)?;
         Ok::<(), JailError>(())
     })();

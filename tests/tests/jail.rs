@@ -324,6 +324,39 @@ fn a_pids_limit_stops_a_fork_bomb_in_the_jail() {
     assert!(out.contains("HOST-CAN-FORK"), "{out}");
 }
 
+/// `kill -9` of the jailer takes the VMM with it (PDEATHSIG, set after the uid change): no VM
+/// outlives the process that was meant to stop it.
+#[test]
+fn killing_the_jailer_kills_the_vmm() {
+    let dir = share_dir("jail-orphan");
+    let k = dir.join("up.elf");
+    std::fs::write(
+        &k,
+        tiny_elf(&[tiny::print("TINY-UP\n"), tiny::halt_forever()].concat()),
+    )
+    .unwrap();
+    let script = setup("orphan", &vm_toml(&k, None, 1, 64, "console=ttyS0"))
+        + &format!(
+            r#"$J {args} </dev/null >$D/out 2>&1 &
+j=$!
+i=0; until grep -q TINY-UP $D/out; do i=$((i+1)); [ $i -gt 1200 ] && break; sleep 0.1; done
+vmm=$(sed -n 's/.*runs as pid \([0-9]*\).*/\1/p' $D/out)
+live() {{ [ -n "$vmm" ] && [ -d /proc/$vmm ] && ! grep -q '^State:.*Z' /proc/$vmm/status 2>/dev/null; }}
+live && echo "VMM-BEFORE alive" || echo "VMM-BEFORE gone"
+kill -9 $j
+i=0; while live && [ $i -lt 100 ]; do i=$((i+1)); sleep 0.1; done
+live && echo "VMM-AFTER alive" || echo "VMM-AFTER gone"
+live && kill -9 $vmm
+cat $D/out
+"#,
+            args = jailer_args("orphan")
+        );
+    let r = run("orphan", &script);
+    let out = &r.output;
+    assert!(out.contains("VMM-BEFORE alive"), "{out}");
+    assert!(out.contains("VMM-AFTER gone"), "{out}");
+}
+
 /// A tiny guest (no Linux) that powers off at once. Its kernel stays in the lab's 9p share:
 /// unjailed Landlock must cope with a file system that drops unused inodes at once.
 fn tiny_vm(name: &str) -> String {
