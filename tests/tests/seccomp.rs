@@ -121,9 +121,11 @@ fn check_open_refused(kind: &str) {
 }
 
 #[test]
-fn main_thread_cannot_exec_or_open_files() {
+fn main_thread_cannot_exec_open_files_or_signal_others() {
     check_killed("main", "execve", "execve");
     check_open_refused("main");
+    // It stops its virtiofsd through pidfds; kill(2) to any process is forbidden.
+    check_killed("main", "kill", "kill");
 }
 
 #[test]

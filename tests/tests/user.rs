@@ -245,6 +245,10 @@ if waitfor GUEST-DONE; then
 fi
 echo "LANDLOCK $(grep -c 'landlock ABI' $log.vmm) $(grep -c 'landlock skipped' $log.vmm)"
 kill $vmm; wait $vmm
+# The VMM stops its virtiofsd (through a pidfd: its filter has no kill(2)).
+pat="socket-path=$d/rt"; pat="$pat/home.sock"
+i=0; while pgrep -f "$pat" >/dev/null && [ $i -lt 50 ]; do i=$((i+1)); sleep 0.1; done
+echo "VFS-LEFT $(pgrep -f "$pat" | wc -l)"
 echo "--- console"; cat $log; echo "--- qvm-vmm"; cat $log.vmm
 "#,
         virtiofsd = virtiofsd_binary().display(),
@@ -267,4 +271,5 @@ echo "--- console"; cat $log; echo "--- qvm-vmm"; cat $log.vmm
         "{out}"
     );
     assert_eq!(field(out, "LANDLOCK "), "1 0", "{out}");
+    assert_eq!(field(out, "VFS-LEFT "), "0", "{out}");
 }

@@ -238,7 +238,8 @@ pub fn apply_or_exit(kind: ThreadKind) {
 
 /// Test builds only: `QVM_TEST_FORBIDDEN=<kind>:<what>` makes the first thread of that kind
 /// attempt a forbidden syscall right after installing its filter (`execve`, `shadow` (open
-/// /etc/shadow), `ptrace`, `inet` (socket(AF_INET))), so tests can check the wall holds.
+/// /etc/shadow), `ptrace`, `inet` (socket(AF_INET)), `kill` (kill(1, 0))), so tests can check
+/// the wall holds.
 #[cfg(debug_assertions)]
 fn test_hook(kind: ThreadKind) {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -277,6 +278,10 @@ fn test_hook(kind: ThreadKind) {
             }
             "inet" => {
                 libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            }
+            "kill" => {
+                // Signal 0 to init: would tell whether it may signal a process not its own.
+                libc::kill(1, 0);
             }
             _ => {}
         }
@@ -598,14 +603,12 @@ fn rules(kind: ThreadKind) -> Rules {
             // Kicks vCPUs out of KVM_RUN; stops virtiofsd at exit; removes the API socket;
             // resets devices (vhost-user messages) at exit; freezes the guest clock on pause.
             device_io(&mut r);
-            // kill: only single, positive pids (the virtiofsd children), never -1 or a group.
-            r.insert(
-                libc::SYS_kill,
-                vec![rule(vec![cond(0, Op::Gt, 0), cond(0, Op::Lt, 0x8000_0000)])],
-            );
+            // Stops its virtiofsd children through the pidfds it holds (it cannot open
+            // others: no pidfd_open, no clone): no kill(2), so no signal to any other process.
             allow(
                 &mut r,
                 &[
+                    libc::SYS_pidfd_send_signal,
                     libc::SYS_wait4,
                     libc::SYS_unlink,
                     libc::SYS_unlinkat,
@@ -695,6 +698,8 @@ mod tests {
                 libc::SYS_process_vm_readv,
                 libc::SYS_init_module,
                 libc::SYS_mount,
+                libc::SYS_kill,
+                libc::SYS_pidfd_open,
             ] {
                 assert!(!r.contains_key(&s), "{} allows syscall {s}", kind.name());
             }

@@ -31,6 +31,9 @@ pub enum VirtiofsdError {
 /// A virtiofsd we started; dropping it stops it and removes its socket.
 pub struct Virtiofsd {
     child: Child,
+    /// Stops it at the end: the main thread's filter allows signals only through pidfds,
+    /// so a compromised VMM cannot signal any other process of its user.
+    pidfd: std::os::fd::OwnedFd,
     socket: PathBuf,
 }
 
@@ -108,8 +111,26 @@ impl Virtiofsd {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        // SAFETY: pidfd_open of our own child, which we have not reaped; the result is checked.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+        if fd < 0 {
+            let source = std::io::Error::last_os_error();
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(VirtiofsdError::Spawn {
+                bin: bin.clone(),
+                source: std::io::Error::new(
+                    source.kind(),
+                    format!("pidfd_open (Linux 5.3 or later): {source}"),
+                ),
+            });
+        }
+        // SAFETY: a new descriptor nothing else owns.
+        let pidfd =
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
         Ok(Virtiofsd {
             child,
+            pidfd,
             socket: fs.socket.clone(),
         })
     }
@@ -121,7 +142,17 @@ impl Virtiofsd {
 
 impl Drop for Virtiofsd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            )
+        };
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.socket);
     }
