@@ -348,6 +348,8 @@ i=0; while live && [ $i -lt 100 ]; do i=$((i+1)); sleep 0.1; done
 live && echo "VMM-AFTER alive" || echo "VMM-AFTER gone"
 live && kill -9 $vmm
 cat $D/out
+# A jailer killed with SIGKILL leaves its cgroup and jail directory: clear them for a rerun.
+rmdir {CGROUP_BASE}/orphan 2>/dev/null; rm -rf {JAIL_BASE}/orphan
 "#,
             args = jailer_args("orphan")
         );

@@ -15,11 +15,10 @@
 //! it is built but not enabled in `lsm=`) gets one line on stderr and the VM runs anyway.
 //! `[[fs]]` entries with `shared_dir` make qvm-vmm start virtiofsd: it is started before the
 //! ruleset applies (it execs and sandboxes itself in its own namespaces), so every VM gets
-//! Landlock, shares included; the VMM may make and remove sockets in each share's socket
-//! directory. Where the kernel has Landlock ABI 6, the ruleset is also scoped: the VMM cannot
-//! connect to abstract unix sockets (a new network namespace's job otherwise: the session bus,
-//! X11's, a compositor's) or, unless it has a virtiofsd to stop, signal processes outside its
-//! domain. One line on stderr says which ABI applied.
+//! Landlock, shares included, with no right on the share. Where the kernel has Landlock ABI 6,
+//! the ruleset is also scoped: the VMM cannot connect to abstract unix sockets (a new network
+//! namespace's job otherwise: the session bus, X11's, a compositor's) or signal processes
+//! outside its domain. One line on stderr says which ABI applied.
 //!
 //! seccomp: the main thread's filter is installed late (vm.rs, just before the event loop),
 //! and no other thread exists yet when this runs, so the landlock syscalls are in no filter.
@@ -141,12 +140,8 @@ pub fn rules(cfg: &VmConfig, api_sock: Option<&Path>) -> Vec<Rule> {
     if let Some(s) = api_sock {
         add(&parent_dir(s), MAKE_SOCK | REMOVE_FILE);
     }
-    // virtiofsd runs outside the ruleset; the VMM removes its socket when the VM stops.
-    for fs in &cfg.filesystems {
-        if fs.shared_dir.is_some() {
-            add(&parent_dir(&fs.socket), MAKE_SOCK | REMOVE_FILE);
-        }
-    }
+    // virtiofsd runs outside the ruleset and makes its own socket; the VMM only connects to
+    // it (not a Landlock right), and removes a stale one before the ruleset, at start.
     r
 }
 
@@ -154,18 +149,12 @@ pub fn rules(cfg: &VmConfig, api_sock: Option<&Path>) -> Vec<Rule> {
 pub const SCOPE_ABSTRACT_UNIX_SOCKET: u64 = 1 << 0;
 pub const SCOPE_SIGNAL: u64 = 1 << 1;
 
-/// The scopes to apply under ABI `abi` for `cfg`. Signals stay unscoped for a VM with a
-/// share: the VMM started its virtiofsd before the ruleset (outside the domain) and must be
-/// able to stop it.
-pub fn scopes(abi: i64, cfg: &VmConfig) -> u64 {
+/// The scopes ABI `abi` can apply (the VMM signals no process but its own threads).
+pub fn scopes(abi: i64) -> u64 {
     if abi < 6 {
         return 0;
     }
-    if cfg.filesystems.iter().any(|f| f.shared_dir.is_some()) {
-        SCOPE_ABSTRACT_UNIX_SOCKET
-    } else {
-        SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
-    }
+    SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
 }
 
 fn abi_version() -> Result<i64, std::io::Error> {
@@ -236,7 +225,7 @@ pub fn apply(cfg: &VmConfig, api_sock: Option<&Path>) -> Result<Outcome, Landloc
         }
     }
     let handled = handled_fs(abi);
-    let scoped = scopes(abi, cfg);
+    let scoped = scopes(abi);
     let attr = RulesetAttr {
         handled_access_fs: handled,
         handled_access_net: 0,
@@ -389,17 +378,15 @@ mod tests {
         assert_eq!(handled_fs(5), 0xffff);
     }
 
-    /// A VM with a share keeps Landlock: virtiofsd is started before it, and the VMM gets only
-    /// its socket directory (to remove the socket at the end), never the shared directory.
+    /// A VM with a share keeps Landlock: virtiofsd is started before it, and the VMM gets
+    /// nothing of the share, neither its directory nor its socket's.
     #[test]
-    fn a_share_keeps_landlock_with_only_its_socket_directory() {
+    fn a_share_keeps_landlock_and_gets_nothing_of_the_share() {
         let c = cfg("[[fs]]\ntag = \"h\"\nsocket = \"/run/vm/fs.sock\"\nshared_dir = \"/srv\"\n");
         let r = rules(&c, None);
-        assert_eq!(access(&r, "/run/vm"), Some(MAKE_SOCK | REMOVE_FILE));
+        assert_eq!(access(&r, "/run/vm"), None);
         assert_eq!(access(&r, "/srv"), None);
-        assert_eq!(scopes(5, &c), 0);
-        assert_eq!(scopes(6, &c), SCOPE_ABSTRACT_UNIX_SOCKET);
-        let plain = cfg("");
-        assert_eq!(scopes(6, &plain), SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL);
+        assert_eq!(scopes(5), 0);
+        assert_eq!(scopes(6), SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL);
     }
 }

@@ -249,15 +249,10 @@ fn restrict_files_with(
     }
     match landlock::apply(cfg, api_sock) {
         Ok(landlock::Outcome::Applied { abi, rules, scoped }) => {
-            let scopes = match (
-                scoped & landlock::SCOPE_ABSTRACT_UNIX_SOCKET != 0,
-                scoped & landlock::SCOPE_SIGNAL != 0,
-            ) {
-                (true, true) => "; abstract unix sockets and signals scoped",
-                (true, false) => {
-                    "; abstract unix sockets scoped (signals not: it stops its virtiofsd)"
-                }
-                _ => "; no scopes (they need ABI 6)",
+            let scopes = if scoped != 0 {
+                "; abstract unix sockets and signals scoped"
+            } else {
+                "; no scopes (they need ABI 6)"
             };
             eprintln!("qvm-vmm: landlock ABI {abi} applied: {rules} rules{scopes}");
             Ok(())

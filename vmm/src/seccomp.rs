@@ -603,12 +603,12 @@ fn rules(kind: ThreadKind) -> Rules {
             // Kicks vCPUs out of KVM_RUN; stops virtiofsd at exit; removes the API socket;
             // resets devices (vhost-user messages) at exit; freezes the guest clock on pause.
             device_io(&mut r);
-            // Stops its virtiofsd children through the pidfds it holds (it cannot open
-            // others: no pidfd_open, no clone): no kill(2), so no signal to any other process.
+            // No signal to any other process (no kill, no pidfd_send_signal): its virtiofsd
+            // children end when the VM disconnects, or with the VMM (parent-death signal);
+            // wait4 reaps them.
             allow(
                 &mut r,
                 &[
-                    libc::SYS_pidfd_send_signal,
                     libc::SYS_wait4,
                     libc::SYS_unlink,
                     libc::SYS_unlinkat,
@@ -700,6 +700,7 @@ mod tests {
                 libc::SYS_mount,
                 libc::SYS_kill,
                 libc::SYS_pidfd_open,
+                libc::SYS_pidfd_send_signal,
             ] {
                 assert!(!r.contains_key(&s), "{} allows syscall {s}", kind.name());
             }

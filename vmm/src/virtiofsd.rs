@@ -28,14 +28,16 @@ pub enum VirtiofsdError {
     Timeout { dir: PathBuf, socket: PathBuf },
 }
 
-/// A virtiofsd we started; dropping it stops it and removes its socket.
+/// A running virtiofsd. The VMM never signals it (no filter allows a signal to another
+/// process): it ends when the VMM disconnects at the VM's end, and its parent-death signal
+/// ends it when the VMM's main thread exits.
 pub struct Virtiofsd {
     child: Child,
-    /// Stops it at the end: the main thread's filter allows signals only through pidfds,
-    /// so a compromised VMM cannot signal any other process of its user.
-    pidfd: std::os::fd::OwnedFd,
-    socket: PathBuf,
 }
+
+/// How long the VMM waits at the VM's end for a virtiofsd to exit after the disconnect; one
+/// that does not is killed by its parent-death signal when the VMM exits.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// The virtiofsd binary for `fs`: its `virtiofsd` key, else $QVM_VIRTIOFSD, else PATH.
 fn binary(fs: &FsConfig) -> PathBuf {
@@ -61,11 +63,21 @@ impl Virtiofsd {
             .arg(format!("--shared-dir={}", dir.display()))
             .args(["--cache=auto", "--log-level=error"])
             .stdin(Stdio::null());
-        // Always its namespace sandbox (the default) and its own seccomp filter: it parses the
-        // guest's FUSE traffic. Unprivileged, it makes a user namespace mapping our uid and
-        // gid to themselves; a host that forbids that makes it exit, and the VM is refused
-        // with its message (never a silent --sandbox=none).
-        cmd.args(["--sandbox=namespace", "--seccomp=kill"]);
+        // Its namespace sandbox (the default) and its own seccomp filter: it parses the guest's
+        // FUSE traffic. Unprivileged, it makes a user namespace mapping our uid and gid to
+        // themselves; a host that forbids that makes it exit, and the VM is refused with its
+        // message. The one exception, said in one line: inside qvm-jailer's jail (no /proc,
+        // so no new proc mount is allowed), the jail's namespaces and uid are its sandbox.
+        let sandbox = if Path::new("/proc/self").exists() {
+            "--sandbox=namespace"
+        } else {
+            eprintln!(
+                "qvm-vmm: virtiofsd for {} runs in this jail's sandbox (no /proc here for its own)",
+                dir.display()
+            );
+            "--sandbox=none"
+        };
+        cmd.args([sandbox, "--seccomp=kill"]);
         if fs.read_only {
             cmd.arg("--readonly");
         }
@@ -73,11 +85,17 @@ impl Virtiofsd {
         // KVM, disks, sockets), whatever a library forgot to mark close-on-exec. Marked, not
         // closed, so the exec error pipe of `spawn` still works; kernels before 5.11 lack the
         // flag, and then our own descriptors are close-on-exec anyway.
-        // SAFETY: the closure makes two raw syscalls (async-signal-safe) in the forked child.
+        // SAFETY: getpid cannot fail.
+        let vmm = unsafe { libc::getpid() };
+        // SAFETY: the closure makes raw syscalls only (async-signal-safe) in the forked child.
         unsafe {
-            cmd.pre_exec(|| {
-                // Nothing outlives the VMM, even one killed with SIGKILL.
+            cmd.pre_exec(move || {
+                // Nothing outlives the VMM, even one killed with SIGKILL; if it already died
+                // (before the prctl), stop here.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != vmm {
+                    libc::_exit(1);
+                }
                 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
                 libc::syscall(
                     libc::SYS_close_range,
@@ -111,28 +129,7 @@ impl Virtiofsd {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        // SAFETY: pidfd_open of our own child, which we have not reaped; the result is checked.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
-        if fd < 0 {
-            let source = std::io::Error::last_os_error();
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(VirtiofsdError::Spawn {
-                bin: bin.clone(),
-                source: std::io::Error::new(
-                    source.kind(),
-                    format!("pidfd_open (Linux 5.3 or later): {source}"),
-                ),
-            });
-        }
-        // SAFETY: a new descriptor nothing else owns.
-        let pidfd =
-            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-        Ok(Virtiofsd {
-            child,
-            pidfd,
-            socket: fs.socket.clone(),
-        })
+        Ok(Virtiofsd { child })
     }
 
     pub fn pid(&self) -> u32 {
@@ -142,18 +139,17 @@ impl Virtiofsd {
 
 impl Drop for Virtiofsd {
     fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0u32,
-            )
-        };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.socket);
+        // The VM's devices are gone, so its vhost-user connection is closed and it exits.
+        let start = Instant::now();
+        while start.elapsed() < EXIT_WAIT {
+            match self.child.try_wait() {
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                _ => return,
+            }
+        }
+        eprintln!(
+            "qvm-vmm: virtiofsd (pid {}) did not exit; it ends with this process",
+            self.child.id()
+        );
     }
 }
