@@ -155,11 +155,6 @@ impl<W: Write> TermFilter<W> {
             _ => out.extend_from_slice(REPLACEMENT),
         }
     }
-
-    /// The wrapped writer.
-    pub fn get_ref(&self) -> &W {
-        &self.inner
-    }
 }
 
 /// The Unicode bidirectional formatting characters: a terminal that honours them shows text in

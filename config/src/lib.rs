@@ -20,10 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use boot::{BootConfig, DEFAULT_CMDLINE, MAX_CMDLINE_LEN};
-pub use console::{
-    ConsoleConfig, ConsoleMode, DEFAULT_LIMIT_MIB as DEFAULT_CONSOLE_LIMIT_MIB,
-    MAX_LIMIT_MIB as MAX_CONSOLE_LIMIT_MIB,
-};
+pub use console::{ConsoleConfig, ConsoleMode, MAX_LIMIT_MIB as MAX_CONSOLE_LIMIT_MIB};
 pub use disk::{DiskConfig, MAX_DISKS, MAX_DISK_ID_LEN};
 pub use error::{toml_error_at, ConfigError, Section};
 pub use fs::{FsConfig, MAX_FS_TAG_LEN};
