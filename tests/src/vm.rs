@@ -167,6 +167,28 @@ cat $log
 echo "--- qvm-vmm"; cat $log.vmm
 "#;
 
+/// Shell for a lab script whose `qvm` step failed or hung (`$vm` is the VM's runtime
+/// directory, `$q` runs qvm on its domains file). What the host sees: each VMM thread and
+/// where it sleeps, virtiofsd's state and seccomp mode, L1's kernel log (seccomp kills and the
+/// OOM killer are logged there), the VM's own logs and its device counters ($QVM_VMM's
+/// `ctl get /metrics`, before and after the next step). Then what the guest says of its own
+/// processes through a second `qvm run` (the guest kernel has no symbols, so the syscall number
+/// a task sleeps in stands for its wchan): a command stuck in state D, or no answer at all. A
+/// hang leaves no other trace, since the lab's deadline kills the script.
+pub const HOST_VIEW: &str = r#"echo "--- host view of $vm"
+for p in $(pgrep -x qvm-vmm); do
+  for t in /proc/$p/task/*; do echo "vmm $p thread $(cat $t/comm): $(cut -d' ' -f3 $t/stat) $(cat $t/wchan)"; done
+done
+for p in $(pgrep -x virtiofsd); do echo "virtiofsd $p: $(grep -E '^(State|Threads|Seccomp):' /proc/$p/status | tr '\n\t' '  ')"; done
+echo "--- L1 dmesg"; dmesg | tail -n 8
+echo "--- vmm.log"; tail -n 20 $vm/vmm.log
+echo "--- console.log"; tail -n 20 $vm/console.log
+echo "--- metrics"; timeout 10 $QVM_VMM ctl --api-sock $vm/api.sock get /metrics 2>&1 | head -c 6000; echo
+echo "--- a second session: the guest's processes (pid state syscall comm) and interrupts"
+timeout 60 $q run --timeout 20 work -- sh -c 'for p in /proc/[0-9]*; do echo "${p#/proc/} $(cut -d" " -f3 $p/stat) $(cut -d" " -f1 $p/syscall) $(cat $p/comm)"; done | grep -v " I "; grep -iE "virtio|timer" /proc/interrupts' 2>&1 | tail -n 40
+echo "--- metrics after it"; timeout 10 $QVM_VMM ctl --api-sock $vm/api.sock get /metrics 2>&1 | head -c 6000; echo
+"#;
+
 /// Shell that waits for the VMM [`start_vmm`] started to end by itself (the guest powered off),
 /// then prints `VMM-EXIT` and both logs as [`STOP_VMM_AND_SHOW_LOGS`] does.
 pub const WAIT_VMM_AND_SHOW_LOGS: &str = r#"wait $vmm

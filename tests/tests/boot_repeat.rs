@@ -15,7 +15,7 @@ use std::time::Duration;
 use qvm_tests::fixtures::{qvm_cli_binary, virtiofsd_binary, vmm_binary};
 use qvm_tests::lab;
 use qvm_tests::util::{field, share_dir};
-use qvm_tests::vm::{apps_and_wayland, domain, write_domains};
+use qvm_tests::vm::{apps_and_wayland, domain, write_domains, HOST_VIEW};
 use qvm_tests::wayland::{host_desktop, start_weston};
 
 fn boots() -> u32 {
@@ -50,9 +50,8 @@ while [ $i -lt {n} ]; do
   kill_line=$(grep -h "forbidden syscall" $vm/vmm.log 2>/dev/null | head -n 1)
   [ -n "$kill_line" ] && echo "SECCOMP-KILL $i $kill_line"
   if [ $rc != 0 ]; then
-    echo "--- boot $i: vmm.log"; tail -n 20 $vm/vmm.log
-    echo "--- boot $i: console.log"; tail -n 30 $vm/console.log
-  fi
+    echo "--- boot $i failed"
+{host_view}  fi
   $q stop work >/dev/null 2>&1
   echo "STOP $i $?"
 done
@@ -67,6 +66,7 @@ kill $weston 2>/dev/null
         virtiofsd = virtiofsd_binary().display(),
         qvm = qvm_cli_binary().display(),
         domains = domains_path.display(),
+        host_view = HOST_VIEW,
     );
     // About 25 s a boot in the lab under load; three times that for each.
     let timeout = Duration::from_secs(120 + 90 * n as u64);
