@@ -1,13 +1,14 @@
 //! README section (9), `--skip-desktop`: the qvm desktop's `qvm run a -- true` wall time in the
-//! lab, cold (VM stopped: boot, agent, command) and warm (VM running), beside a QEMU script
-//! (microvm with `vhost-vsock-device` in the background, `qvm-run --cid` retried until the
-//! agent answers, then once more); same kernel, initramfs, memory and vCPUs, runs interleaved
-//! in one lab script.
+//! lab, cold (VM stopped: boot, agent, command) and warm (VM running), beside the same VM
+//! jailed by qvm-jailer (`jail = { uid, gid }`, as root in L1: what the sandbox costs) and a
+//! QEMU script (microvm with `vhost-vsock-device` in the background, `qvm-run --cid` retried
+//! until the agent answers, then once more); same kernel, initramfs, memory and vCPUs, runs
+//! interleaved in one lab script.
 
 use std::time::Duration;
 
 use qvm_tests::fixtures::{
-    guest_initramfs, guest_kernel, qvm_cli_binary, qvm_run_binary, vmm_binary,
+    guest_initramfs, guest_kernel, qvm_cli_binary, qvm_jailer_binary, qvm_run_binary, vmm_binary,
 };
 use qvm_tests::lab;
 
@@ -20,18 +21,28 @@ use crate::common::{guest_cmdline, lab_output, median, minmax, table};
 pub fn bench(runs: usize) -> Result<(), String> {
     const MEM_MIB: u32 = 256; // lab::qemu_microvm_boot_cmd's -m; both have 1 vCPU
     const CID: u32 = 3;
+    /// The jailed VM's uid and gid (no account needed).
+    const JAIL_UID: u32 = 4244;
     let kernel = &guest_kernel().vmlinux;
     let initrd = guest_initramfs();
     let cmdline = guest_cmdline("agent");
     let d = lab::lab_share_dir().join("desktop-bench");
     std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
     let domains = d.join("domains.toml");
+    // `a` runs as the user (here root), `j` the same VM through qvm-jailer.
+    let vm = |name: &str| {
+        format!(
+            "[[vm]]\nname = \"{name}\"\nmemory_mib = {MEM_MIB}\nvcpus = 1\nkernel = {:?}\ninitrd = {:?}\ncmdline = {cmdline:?}\n",
+            kernel.display().to_string(),
+            initrd.display().to_string(),
+        )
+    };
     std::fs::write(
         &domains,
         format!(
-            "[[vm]]\nname = \"a\"\nmemory_mib = {MEM_MIB}\nvcpus = 1\nkernel = {:?}\ninitrd = {:?}\ncmdline = {cmdline:?}\n",
-            kernel.display().to_string(),
-            initrd.display().to_string(),
+            "{}{}jail = {{ uid = {JAIL_UID}, gid = {JAIL_UID}, jail_base = \"/tmp/qvm-bench-jail\", cgroup_base = \"/sys/fs/cgroup/qvm-bench\" }}\n",
+            vm("a"),
+            vm("j"),
         ),
     )
     .map_err(|e| e.to_string())?;
@@ -39,8 +50,8 @@ pub fn bench(runs: usize) -> Result<(), String> {
     let script = format!(
         r#"set -u
 modprobe vhost_vsock 2>/dev/null
-export XDG_RUNTIME_DIR=/tmp/qvm-desktop-bench-rt QVM_VMM={vmm}
-rm -rf $XDG_RUNTIME_DIR; mkdir -p -m 700 $XDG_RUNTIME_DIR
+export XDG_RUNTIME_DIR=/tmp/qvm-desktop-bench-rt QVM_VMM={vmm} QVM_JAILER={jailer}
+rm -rf $XDG_RUNTIME_DIR; mkdir -p -m 755 $XDG_RUNTIME_DIR
 q="{qvm} --domains {domains}"
 now() {{ t=${{EPOCHREALTIME/./}}; }}
 for i in $(seq {runs}); do
@@ -49,6 +60,11 @@ for i in $(seq {runs}); do
   now; t0=$t; $q run a -- true </dev/null; rc=$?; now
   echo "SAMPLE qvm-warm $rc $(( (t - t0) / 1000 ))"
   $q stop a >/dev/null 2>&1
+  now; t0=$t; $q run j -- true </dev/null; rc=$?; now
+  echo "SAMPLE jailed-cold $rc $(( (t - t0) / 1000 ))"
+  now; t0=$t; $q run j -- true </dev/null; rc=$?; now
+  echo "SAMPLE jailed-warm $rc $(( (t - t0) / 1000 ))"
+  $q stop j >/dev/null 2>&1
   now; t0=$t
   {qemu} -device vhost-vsock-device,guest-cid={cid} </dev/null >/tmp/qvm-desktop-bench-qemu.log 2>&1 & qp=$!
   rc=1; n=0
@@ -67,6 +83,7 @@ $q list
         vmm = vmm_binary().display(),
         qvm = qvm_cli_binary().display(),
         run = qvm_run_binary().display(),
+        jailer = qvm_jailer_binary().display(),
         domains = domains.display(),
         qemu = lab::qemu_microvm_boot_cmd(kernel, initrd, &cmdline),
         cid = CID,
@@ -80,9 +97,16 @@ $q list
             "exec bash {}",
             lab::shell_quote(&bash_script.to_string_lossy())
         ),
-        Duration::from_secs(300 + 240 * runs as u64),
+        Duration::from_secs(300 + 360 * runs as u64),
     )?;
-    let keys = ["qvm-cold", "qvm-warm", "qemu-cold", "qemu-warm"];
+    let keys = [
+        "qvm-cold",
+        "qvm-warm",
+        "jailed-cold",
+        "jailed-warm",
+        "qemu-cold",
+        "qemu-warm",
+    ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); keys.len()];
     for l in out.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -111,11 +135,22 @@ $q list
     );
     let labels = [
         "qvm (`qvm run a -- true`)",
+        "qvm, jailed by qvm-jailer (`jail = { uid, gid }`)",
         "QEMU script (microvm + vhost-vsock, `qvm-run --cid`)",
     ];
     // samples: cold and warm of each, in the order of `keys`.
     for (label, s) in labels.iter().zip(samples.chunks_mut(2)) {
         println!("| {label} | {} | {} |", cell(&mut s[0]), cell(&mut s[1]));
     }
+    // Issue 17's bar: the sandbox costs at most 10% cold and 5% warm.
+    let mut cost = |jailed: usize, plain: usize| {
+        let (j, p) = (median(&mut samples[jailed]), median(&mut samples[plain]));
+        100.0 * (j - p) / p
+    };
+    println!(
+        "\nthe jail's cost (medians): cold {:+.1}%, warm {:+.1}%",
+        cost(2, 0),
+        cost(3, 1)
+    );
     Ok(())
 }

@@ -62,7 +62,7 @@ fn main() {
             wl::bench(runs.min(3), proxy_only)
         }),
         ("--skip-desktop", "desktop bench", &|| {
-            desktop::bench(runs.min(3))
+            desktop::bench(runs.min(5))
         }),
         ("--skip-lab", "lab boot bench", &|| boot::bench(runs)),
     ];
