@@ -168,7 +168,7 @@ echo "--- qvm-vmm"; cat $log.vmm
 "#;
 
 /// Shell for a lab script whose `qvm` step failed or hung (`$vm` is the VM's runtime
-/// directory, `$q` runs qvm on its domains file). What the host sees: each VMM thread and
+/// directory, named after the VM; `$q` runs qvm on its domains file). What the host sees: each VMM thread and
 /// where it sleeps, virtiofsd's state and seccomp mode, L1's kernel log (seccomp kills and the
 /// OOM killer are logged there), the VM's own logs and its device counters ($QVM_VMM's
 /// `ctl get /metrics`, before and after the next step). Then what the guest says of its own
@@ -185,7 +185,7 @@ echo "--- vmm.log"; tail -n 20 $vm/vmm.log
 echo "--- console.log"; tail -n 20 $vm/console.log
 echo "--- metrics"; timeout 10 $QVM_VMM ctl --api-sock $vm/api.sock get /metrics 2>&1 | head -c 6000; echo
 echo "--- a second session: the guest's processes (pid state syscall comm) and interrupts"
-timeout 60 $q run --timeout 20 work -- sh -c 'for p in /proc/[0-9]*; do echo "${p#/proc/} $(cut -d" " -f3 $p/stat) $(cut -d" " -f1 $p/syscall) $(cat $p/comm)"; done | grep -v " I "; grep -iE "virtio|timer" /proc/interrupts' 2>&1 | tail -n 40
+timeout 60 $q run --timeout 20 "${vm##*/}" -- sh -c 'for p in /proc/[0-9]*; do echo "${p#/proc/} $(cut -d" " -f3 $p/stat) $(cut -d" " -f1 $p/syscall) $(cat $p/comm)"; done | grep -v " I "; grep -iE "virtio|timer" /proc/interrupts' 2>&1 | tail -n 40
 echo "--- metrics after it"; timeout 10 $QVM_VMM ctl --api-sock $vm/api.sock get /metrics 2>&1 | head -c 6000; echo
 "#;
 

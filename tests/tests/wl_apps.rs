@@ -218,10 +218,10 @@ $q run --timeout 150 work -- sh -c 'echo "kept-$((6*7))" > ~/note; echo "HOME=$H
   >$rt/run1.out 2>$rt/run1.err
 rc=$?
 sed 's/^/RUN1 /' $rt/run1.out; cat $rt/run1.err
-[ $rc = 0 ] || {{ echo "RUN1 failed ($rc)"; {hung}}}
+[ $rc = 0 ] || {{ echo "RUN1 failed ($rc)"; {host_view}}}
 demo=$($q run --timeout 150 work -- qvm-wl-demo --transport socket --frames 3 --title from-domains 2>&1 | tail -n 1)
 echo "DEMO $demo"
-case "$demo" in QVM-WL-DONE*) ;; *) echo "DEMO failed"; {hung};; esac
+case "$demo" in QVM-WL-DONE*) ;; *) echo "DEMO failed"; {host_view};; esac
 $q stop work; echo "STOP1 $?"
 echo "HOST-NOTE $(cat $rt/homes/work/note 2>&1)"
 echo "HOST-MODE $(stat -c %a $rt/homes/work)"
@@ -233,7 +233,7 @@ kill $weston 2>/dev/null
 echo "--- console.log"; tail -n 15 $vm/console.log 2>/dev/null
 echo "--- vmm.log"; tail -n 15 $vm/vmm.log 2>/dev/null
 "#,
-        hung = HOST_VIEW,
+        host_view = HOST_VIEW,
         desktop = host_desktop(rt, &start_weston(640, 480), true),
         vmm = vmm_binary().display(),
         virtiofsd = virtiofsd_binary().display(),
