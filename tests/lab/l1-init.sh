@@ -9,6 +9,14 @@
 #   /dev/ttyS1:  "run ID"  runs $share/cmd/ID.sh in the background (cwd $share/work), stdout and
 #                          stderr to ID.out, then the exit code to ID.rc ("CODE\n", one write);
 #                "kill ID" kills a running command and all its descendants.
+#                "diag ID" prints what L1 is doing (its tasks with their kernel stacks, interrupts,
+#                          timers, whether the share still answers) to the console between
+#                          "QVM-LAB-DIAG-BEGIN ID" and "QVM-LAB-DIAG-END ID", with nothing but
+#                          shell builtins and a busybox in tmpfs, so a stalled 9p cannot stop it.
+#   It also prints "qvm-lab-hb up=SECONDS" on the console every 60 s: when L1 stops ticking, the
+#   last heartbeat says when. At start it writes /proc/modules to $share/l1-modules (where the
+#   modules sit, to name an address the host's QEMU monitor reports if L1 freezes) and, when the
+#   kernel command line has qvm_kallsyms=1, its text symbols to $share/l1-kallsyms.
 # Markers on the console (ttyS0): "QVM-LAB-READY" once commands are accepted,
 #   "QVM-LAB-FAIL: reason" before powering off on any set-up error.
 # Must stay POSIX sh: stage 1 runs under busybox sh, stage 2 under dash.
@@ -27,6 +35,47 @@ kill_tree() {
     kill -KILL "$1" 2> /dev/null
 }
 
+bb=/run/qvm-lab/busybox
+
+# The diag verb's report: see the header. Output goes to the caller's stdout (the console).
+diag() {
+    echo "QVM-LAB-DIAG-BEGIN $1"
+    read -r up _ < /proc/uptime
+    read -r la < /proc/loadavg
+    echo "uptime $up s; loadavg $la"
+    echo "tasks (tid state wchan comm; a kernel stack for every user thread and every D task):"
+    for d in /proc/[0-9]*; do
+        read -r cl < "$d/cmdline" 2> /dev/null
+        for t in "$d"/task/*; do
+            read -r st < "$t/stat" 2> /dev/null || continue
+            rest=${st##*) }
+            state=${rest%% *}
+            comm=${st#*(}
+            comm=${comm%)*}
+            w=
+            read -r w < "$t/wchan" 2> /dev/null
+            echo "  ${t##*/} $state ${w:--} $comm"
+            if [ -n "$cl" ] || [ "$state" = D ]; then
+                while read -r line; do echo "      $line"; done 2> /dev/null < "$t/stack"
+            fi
+        done
+        cl=
+    done
+    echo "interrupts:"
+    while read -r line; do echo "  $line"; done < /proc/interrupts
+    echo "timers:"
+    $bb grep -m 12 -E '^now at|expires_next|^ #[0-9]|hres_active|nohz_mode' /proc/timer_list
+    echo "share: $($bb timeout 10 $bb ls -d "$share/cmd" 2>&1 || echo "no answer from 9p within 10 s")"
+    echo "QVM-LAB-DIAG-END $1"
+}
+
+heartbeat() {
+    while $bb sleep 60; do
+        read -r up _ < /proc/uptime
+        echo "qvm-lab-hb up=$up"
+    done
+}
+
 agent() {
     share=$1
     mkdir -p /run/qvm-lab
@@ -35,6 +84,16 @@ agent() {
     [ -c /dev/ttyS1 ] || lab_fail "control serial port /dev/ttyS1 missing"
     stty -F /dev/ttyS1 raw -echo || lab_fail "stty on /dev/ttyS1 failed"
     exec 3< /dev/ttyS1
+    cat /proc/modules > "$share/l1-modules" 2> /dev/null
+    # The kernel's text symbols, once per L1 image (the host keeps them; L1 boots nokaslr):
+    # Debian's System.map is a placeholder.
+    case " $(cat /proc/cmdline) " in
+        *" qvm_kallsyms=1 "*)
+            ($bb grep -E ' [Tt] ' /proc/kallsyms > "$share/l1-kallsyms.tmp" \
+                && $bb mv "$share/l1-kallsyms.tmp" "$share/l1-kallsyms") 3<&- &
+            ;;
+    esac
+    heartbeat > /dev/console 2>&1 3<&- &
     echo "QVM-LAB-READY kernel=$(uname -r) cpus=$(nproc) share=$share" > /dev/console
     while read -r verb id <&3; do
         case $id in
@@ -57,6 +116,7 @@ agent() {
                 pid=$(cat "/run/qvm-lab/$id.pid" 2> /dev/null)
                 [ -n "$pid" ] && kill_tree "$pid"
                 ;;
+            diag) diag "$id" > /dev/console 2>&1 3<&- & ;;
             *) echo "qvm-lab agent: bad command '$verb'" > /dev/console ;;
         esac
     done
@@ -118,6 +178,8 @@ for p in $(echo "$expose" | tr ',' ' '); do
         || lab_fail "exposing host $p in L1 failed"
 done
 mount -t tmpfs -o mode=0755 tmpfs /host/run || lab_fail "mount /run"
+mkdir -p /host/run/qvm-lab && cp /bin/busybox /host/run/qvm-lab/busybox \
+    || lab_fail "copying busybox to /run"
 [ -d "/host$share" ] || lab_fail "share mount point $share does not exist on the host"
 mount -t 9p -o "$o9p" labshare "/host$share" || lab_fail "mounting share (9p tag labshare) at $share failed"
 cp /init /host/run/qvm-lab-init.sh

@@ -39,6 +39,21 @@ pub const DEFAULT_MEM_MIB: u32 = 4096;
 const READY_MARKER: &str = "QVM-LAB-READY";
 const FAIL_MARKER: &str = "QVM-LAB-FAIL:";
 const CONSOLE_TAIL_LINES: usize = 40;
+/// L1 prints this with its uptime on the console every 60 s (`tests/lab/l1-init.sh`).
+const HEARTBEAT: &str = "qvm-lab-hb ";
+/// How long [`Lab::diagnose`] waits for L1's report.
+const DIAG_WAIT: Duration = Duration::from_secs(40);
+/// A command whose L1 printed no heartbeat for this long is stopped as [`LabError::L1Stuck`]
+/// (four beats missed; L1 stays on time even while a nested guest keeps its vCPU busy), instead
+/// of waiting out a timeout that may be most of an hour.
+const L1_SILENCE: Duration = Duration::from_secs(240);
+static L1_SILENCE_SECS: AtomicU64 = AtomicU64::new(L1_SILENCE.as_secs());
+
+/// Sets how long L1 may go without a heartbeat before a command is stopped as
+/// [`LabError::L1Stuck`] (default 240 s): for the harness's own test of that path.
+pub fn set_l1_silence(d: Duration) {
+    L1_SILENCE_SECS.store(d.as_secs(), Ordering::Relaxed);
+}
 
 /// Result of a script run by [`run`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +98,17 @@ pub enum LabError {
         id: String,
         partial_output: String,
         console_tail: String,
+        /// What L1 was doing when the time ran out ([`Lab::diagnose`]); empty in direct mode.
+        diagnosis: String,
+    },
+    /// L1 stopped printing its heartbeat while a command ran: L1's kernel (or QEMU's TCG under
+    /// it) is stuck, so nothing the command does can finish. The command has been killed.
+    L1Stuck {
+        silent: u64,
+        id: String,
+        partial_output: String,
+        console_tail: String,
+        diagnosis: String,
     },
     /// Host-side I/O failure.
     Io { context: String, detail: String },
@@ -116,11 +142,32 @@ impl fmt::Display for LabError {
                 "lab: the L1 VM died ({detail}); a previous command may have crashed or powered \
                  it off. L1 console ends with:\n{console_tail}"
             ),
-            LabError::Timeout { secs, id, partial_output, console_tail } => write!(
+            LabError::Timeout {
+                secs,
+                id,
+                partial_output,
+                console_tail,
+                diagnosis,
+            } => write!(
                 f,
                 "lab: command {id} timed out after {secs:.1} s and was killed (raise the timeout \
                  if L1 is just slow under TCG). Output so far:\n{partial_output}\n\
-                 L1 console ends with:\n{console_tail}"
+                 L1 console ends with:\n{console_tail}\n{diagnosis}"
+            ),
+            LabError::L1Stuck {
+                silent,
+                id,
+                partial_output,
+                console_tail,
+                diagnosis,
+            } => write!(
+                f,
+                "lab: L1 stopped while command {id} ran: no heartbeat for {silent} s, so its \
+                 kernel (or QEMU's TCG under it) is stuck and nothing inside can finish; the \
+                 command was stopped there rather than at its timeout. This is the lab, below \
+                 anything the command runs: the report below says where L1's vCPU was. \
+                 Output so far:\n{partial_output}\nL1 console ends with:\n{console_tail}\n\
+                 {diagnosis}"
             ),
             LabError::Io { context, detail } => write!(f, "lab: {context}: {detail}"),
         }
@@ -289,6 +336,7 @@ fn run_direct(id: &str, sh: &Path, timeout: Duration) -> Result<CmdOutput, LabEr
                 id: id.to_string(),
                 partial_output: read_lossy(&out_path),
                 console_tail: "(direct mode: no L1 console)".into(),
+                diagnosis: String::new(),
             });
         }
         thread::sleep(Duration::from_millis(5));
@@ -306,11 +354,14 @@ fn read_lossy(p: &Path) -> String {
     String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned()
 }
 
-/// Last [`CONSOLE_TAIL_LINES`] lines of a log, with terminal escapes stripped.
+/// Last [`CONSOLE_TAIL_LINES`] lines of a log, with terminal escapes stripped, L1's heartbeats
+/// left out but the last.
 fn tail(p: &Path) -> String {
     let text = read_lossy(p);
     let text: String = strip_escapes(&text);
-    let lines: Vec<&str> = text.lines().collect();
+    let last_hb = text.lines().rfind(|l| l.starts_with(HEARTBEAT));
+    let mut lines: Vec<&str> = text.lines().filter(|l| !l.starts_with(HEARTBEAT)).collect();
+    lines.extend(last_hb);
     let from = lines.len().saturating_sub(CONSOLE_TAIL_LINES);
     let t = lines[from..].join("\n");
     if t.is_empty() {
@@ -318,6 +369,13 @@ fn tail(p: &Path) -> String {
     } else {
         t
     }
+}
+
+/// L1's last heartbeat line on its console (empty before the first).
+fn last_heartbeat(console: &Path) -> String {
+    let text = read_lossy(console);
+    let line = text.lines().rfind(|l| l.contains(HEARTBEAT)).unwrap_or("");
+    line[line.find(HEARTBEAT).unwrap_or(0)..].trim().to_string()
 }
 
 fn strip_escapes(s: &str) -> String {
@@ -343,6 +401,8 @@ fn strip_escapes(s: &str) -> String {
 
 struct Lab {
     base: PathBuf,
+    /// The L1 kernel's text symbols, `<image dir>/kallsyms` (see [`Symbols`]).
+    kallsyms: PathBuf,
     console: PathBuf,
     ctl: Mutex<UnixStream>,
     /// Set by the keeper thread when qemu exits.
@@ -396,6 +456,7 @@ fn prepare_l1(base: &Path) -> Result<PathBuf, LabError> {
 fn boot_lab() -> Result<Lab, LabError> {
     let base = base_dir().to_path_buf();
     let image = prepare_l1(&base)?;
+    let kallsyms = image.join("kallsyms");
     let console = base.join("console.log");
     let sock = base.join("ctl.sock");
     let smp = env_u64("QVM_LAB_SMP", DEFAULT_SMP as u64).max(1);
@@ -429,7 +490,7 @@ fn boot_lab() -> Result<Lab, LabError> {
         "-nographic",
         "-nodefaults",
         "-monitor",
-        "none",
+        &format!("unix:{base_s}/monitor.sock,server=on,wait=off"),
         "-no-reboot",
     ])
     .args([
@@ -450,8 +511,13 @@ fn boot_lab() -> Result<Lab, LabError> {
     .args([
         "-append",
         &format!(
-            "console=ttyS0 panic=-1 quiet qvm_share={base_s}{}",
-            tmp_exposures()
+            "console=ttyS0 panic=-1 quiet nokaslr qvm_share={base_s}{}{}",
+            tmp_exposures(),
+            if kallsyms.is_file() {
+                ""
+            } else {
+                " qvm_kallsyms=1"
+            }
         ),
     ])
     .args([
@@ -562,6 +628,7 @@ fn boot_lab() -> Result<Lab, LabError> {
         UnixStream::connect(&sock).map_err(io_err(format!("connecting to {}", sock.display())))?;
     Ok(Lab {
         base,
+        kallsyms,
         console,
         ctl: Mutex::new(ctl),
         exited,
@@ -592,6 +659,9 @@ impl Lab {
         self.send(&format!("run {id}\n"))?;
         let start = Instant::now();
         let mut poll = Duration::from_millis(2);
+        // The last heartbeat seen, and since when.
+        let mut beat = (last_heartbeat(&self.console), Instant::now());
+        let mut next_beat_check = Instant::now() + Duration::from_secs(5);
         loop {
             // The agent writes "CODE\n" with one write(2); until the newline is there the file
             // may still be empty.
@@ -601,6 +671,7 @@ impl Lab {
                     context: format!("parsing {}", rc_path.display()),
                     detail: format!("{rc:?} is not an exit code"),
                 })?;
+                self.keep_kallsyms();
                 return Ok(CmdOutput {
                     output: read_lossy(&out_path),
                     code,
@@ -612,19 +683,270 @@ impl Lab {
                     console_tail: tail(&self.console),
                 });
             }
+            if Instant::now() >= next_beat_check {
+                next_beat_check = Instant::now() + Duration::from_secs(5);
+                let last = last_heartbeat(&self.console);
+                if last != beat.0 {
+                    beat = (last, Instant::now());
+                } else if beat.1.elapsed().as_secs() >= L1_SILENCE_SECS.load(Ordering::Relaxed) {
+                    let console_tail = tail(&self.console);
+                    let (diagnosis, answered) = self.diagnose();
+                    if answered {
+                        // L1 runs (it reported); only its heartbeat is gone. Not a freeze.
+                        eprintln!(
+                            "lab: L1's heartbeat stopped but L1 answered; command {id} goes \
+                             on.\n{diagnosis}"
+                        );
+                        beat.1 = Instant::now();
+                        continue;
+                    }
+                    let _ = self.send(&format!("kill {id}\n"));
+                    return Err(LabError::L1Stuck {
+                        silent: beat.1.elapsed().as_secs(),
+                        id: id.to_string(),
+                        partial_output: read_lossy(&out_path),
+                        console_tail,
+                        diagnosis,
+                    });
+                }
+            }
             if start.elapsed() >= timeout {
+                // The tail first: the report that follows would push it out of view.
+                let console_tail = tail(&self.console);
+                let (diagnosis, _) = self.diagnose();
                 let _ = self.send(&format!("kill {id}\n"));
                 return Err(LabError::Timeout {
                     secs: timeout.as_secs_f64(),
                     id: id.to_string(),
                     partial_output: read_lossy(&out_path),
-                    console_tail: tail(&self.console),
+                    console_tail,
+                    diagnosis,
                 });
             }
             thread::sleep(poll);
             poll = (poll * 2).min(Duration::from_millis(20));
         }
     }
+}
+
+impl Lab {
+    /// What L1 is doing, for a command that ran out of time: L1's own report (`diag` on the
+    /// control port: its tasks and their kernel stacks, interrupts, timers, whether 9p answers)
+    /// and, from QEMU's monitor, where L1's vCPU is (three samples of its registers, with the L1
+    /// kernel's symbol for RIP, and its local APIC). When L1 does not answer, the monitor's view
+    /// is all there is: then L1 itself is stuck, below anything a test runs. Also says whether
+    /// L1 answered.
+    fn diagnose(&self) -> (String, bool) {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = format!("d{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let begin = format!("QVM-LAB-DIAG-BEGIN {id}");
+        let end = format!("QVM-LAB-DIAG-END {id}");
+        let mut out = String::from("--- what L1 was doing ---\n");
+        let sent = self.send(&format!("diag {id}\n"));
+        let start = Instant::now();
+        let mut report = None;
+        while sent.is_ok() && start.elapsed() < DIAG_WAIT {
+            let text = strip_escapes(&read_lossy(&self.console));
+            if let (Some(b), Some(e)) = (text.rfind(&begin), text.rfind(&end)) {
+                if b < e {
+                    report = Some(text[b..e + end.len()].to_string());
+                    break;
+                }
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        let answered = report.is_some();
+        match (report, sent) {
+            (Some(r), _) => {
+                out.push_str(&r);
+                out.push('\n');
+            }
+            (None, Err(e)) => out.push_str(&format!("(cannot ask L1: {e})\n")),
+            (None, Ok(())) => {
+                let text = strip_escapes(&read_lossy(&self.console));
+                let partial = text.rfind(&begin).map(|b| &text[b..]).unwrap_or("");
+                out.push_str(&format!(
+                    "L1 did not report within {} s of being asked on its control port: L1's own \
+                     kernel is stuck (its heartbeat, the last qvm-lab-hb line above, says since \
+                     when).{}\n",
+                    DIAG_WAIT.as_secs(),
+                    if partial.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" It began:\n{partial}")
+                    }
+                ));
+            }
+        }
+        out.push_str(&self.monitor_view());
+        (out, answered)
+    }
+
+    /// Keeps the kallsyms the first L1 of an image wrote to the lab directory beside the image.
+    fn keep_kallsyms(&self) {
+        let written = self.base.join("l1-kallsyms");
+        if self.kallsyms.is_file() || !written.is_file() {
+            return;
+        }
+        let tmp = self
+            .kallsyms
+            .with_extension(format!("tmp.{}", std::process::id()));
+        if fs::copy(&written, &tmp).is_ok() && fs::rename(&tmp, &self.kallsyms).is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+
+    /// L1's vCPU as QEMU's monitor sees it (see [`Lab::diagnose`]).
+    fn monitor_view(&self) -> String {
+        let sock = self.base.join("monitor.sock");
+        let mut m = match Monitor::connect(&sock) {
+            Ok(m) => m,
+            Err(e) => return format!("(QEMU monitor {}: {e})\n", sock.display()),
+        };
+        self.keep_kallsyms();
+        let syms = Symbols::load(&self.kallsyms, &self.base.join("l1-modules"));
+        let mut out = String::from("QEMU monitor, L1's vCPU:\n");
+        for i in 0..3 {
+            if i > 0 {
+                thread::sleep(Duration::from_secs(1));
+            }
+            match m.cmd("info registers") {
+                Ok(regs) => {
+                    let rip = regs
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("RIP="))
+                        .and_then(|v| u64::from_str_radix(v, 16).ok());
+                    let line = regs.lines().find(|l| l.starts_with("RIP=")).unwrap_or("");
+                    out.push_str(&format!(
+                        "  sample {}: {line}  <{}>\n",
+                        i + 1,
+                        rip.map(|r| syms.name(r)).unwrap_or_default()
+                    ));
+                    if i == 2 {
+                        out.push_str(&regs);
+                    }
+                }
+                Err(e) => out.push_str(&format!("  info registers: {e}\n")),
+            }
+        }
+        match m.cmd("info lapic") {
+            Ok(l) => out.push_str(&format!("info lapic:\n{l}")),
+            Err(e) => out.push_str(&format!("  info lapic: {e}\n")),
+        }
+        out
+    }
+}
+
+/// QEMU's human monitor on a unix socket: one command at a time, the answer ends at the prompt.
+struct Monitor {
+    stream: UnixStream,
+}
+
+impl Monitor {
+    const PROMPT: &'static str = "(qemu) ";
+
+    fn connect(path: &Path) -> io::Result<Monitor> {
+        let stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut m = Monitor { stream };
+        m.read_to_prompt()?;
+        Ok(m)
+    }
+
+    fn read_to_prompt(&mut self) -> io::Result<String> {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.ends_with(Self::PROMPT.as_bytes()) {
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "monitor closed",
+                ));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > 1 << 20 {
+                return Err(io::Error::other("monitor answer over 1 MiB"));
+            }
+        }
+        buf.truncate(buf.len() - Self::PROMPT.len());
+        Ok(strip_escapes(&String::from_utf8_lossy(&buf)))
+    }
+
+    /// The answer to `command`, without the echoed command line.
+    fn cmd(&mut self, command: &str) -> io::Result<String> {
+        self.stream.write_all(format!("{command}\n").as_bytes())?;
+        let answer = self.read_to_prompt()?;
+        Ok(answer
+            .split_once('\n')
+            .map(|(_, rest)| rest.to_string())
+            .unwrap_or_default())
+    }
+}
+
+/// Names L1 kernel addresses: the text symbols of L1's kernel and modules (Debian's `System.map`
+/// is a placeholder, so the first L1 booted from an image writes its `/proc/kallsyms` to the
+/// lab directory, and the host keeps it beside the image: L1 boots `nokaslr`, so it holds for every
+/// boot), and the module areas L1 wrote to `l1-modules` at start (its `/proc/modules`).
+struct Symbols {
+    kernel: Vec<(u64, String)>,
+    modules: Vec<(u64, u64, String)>,
+}
+
+impl Symbols {
+    fn load(kallsyms: &Path, modules: &Path) -> Symbols {
+        let mut kernel: Vec<(u64, String)> = read_lossy(kallsyms)
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let addr = u64::from_str_radix(w.next()?, 16).ok()?;
+                let kind = w.next()?;
+                let name = w.next()?;
+                let module = w.next().unwrap_or("");
+                (matches!(kind, "T" | "t") && addr != 0).then(|| (addr, format!("{name}{module}")))
+            })
+            .collect();
+        kernel.sort_unstable();
+        let modules = read_lossy(modules)
+            .lines()
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                let size = w.get(1)?.parse().ok()?;
+                let addr = u64::from_str_radix(w.get(5)?.strip_prefix("0x")?, 16).ok()?;
+                Some((addr, size, w[0].to_string()))
+            })
+            .collect();
+        Symbols { kernel, modules }
+    }
+
+    fn name(&self, addr: u64) -> String {
+        if let Some((base, _, m)) = self
+            .modules
+            .iter()
+            .find(|(base, size, _)| addr >= *base && addr < base + size)
+        {
+            return format!("module {m}+{:#x}", addr - base);
+        }
+        if self.kernel.is_empty() {
+            return "L1's symbols are not known yet: its first boot is still writing them".into();
+        }
+        let i = self.kernel.partition_point(|(a, _)| *a <= addr);
+        match i.checked_sub(1).and_then(|i| self.kernel.get(i)) {
+            Some((a, n)) if addr - a < 1 << 20 => format!("{n}+{:#x}", addr - a),
+            _ => "not in L1's kernel or modules: a nested guest's address?".into(),
+        }
+    }
+}
+
+/// Sends `command` to the lab L1's QEMU monitor and returns the answer: for the harness's own
+/// tests of what a timeout reports when L1 is frozen (`stop`, `cont`). Lab mode only.
+pub fn l1_monitor(command: &str) -> Result<String, LabError> {
+    let lab = lab()?;
+    let sock = lab.base.join("monitor.sock");
+    Monitor::connect(&sock)
+        .and_then(|mut m| m.cmd(command))
+        .map_err(io_err(format!("QEMU monitor {}", sock.display())))
 }
 
 /// ` qvm_expose=a,b` for host directories under /tmp that the lab must see (L1 mounts a fresh

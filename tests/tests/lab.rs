@@ -61,8 +61,13 @@ fn share_dir_both_ways() {
     );
 }
 
+/// Held by the test that freezes L1 and by the one that runs commands beside `lab::run`'s turn:
+/// a frozen L1 stops every command, not just its own.
+static FREEZE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn concurrent_runs_complete() {
+    let _freeze = FREEZE.lock().unwrap_or_else(|e| e.into_inner());
     let start = Instant::now();
     let handles: Vec<_> = (0..2)
         .map(|i| {
@@ -95,8 +100,54 @@ fn timeout_is_an_error() {
     let msg = err.to_string();
     assert!(matches!(err, lab::LabError::Timeout { .. }), "{msg}");
     assert!(msg.contains("started"), "{msg}");
+    if lab::mode() == lab::Mode::Lab {
+        // L1 reports what it was doing: the script's sleep among its tasks, with a kernel stack.
+        assert!(msg.contains("QVM-LAB-DIAG-BEGIN"), "{msg}");
+        assert!(msg.contains(" S hrtimer_nanosleep sleep"), "{msg}");
+        assert!(msg.contains("share: "), "{msg}");
+        // and QEMU's monitor where L1's vCPU was
+        assert!(msg.contains("sample 3: RIP="), "{msg}");
+    }
     // the timed-out script and its children were killed
     let out = run("sleep 1; pgrep -f 'sleep 61' || echo none");
+    assert_eq!(out.output, "none\n");
+}
+
+/// The case the lab's report exists for: L1 itself stops (here QEMU's `stop` pauses its vCPU)
+/// while a command runs. The lab notices L1's heartbeat has stopped, long before the command's
+/// timeout, says so, and shows where L1's vCPU was.
+#[test]
+fn a_frozen_l1_is_reported_as_such() {
+    if lab::mode() != lab::Mode::Lab {
+        return;
+    }
+    let _freeze = FREEZE.lock().unwrap_or_else(|e| e.into_inner());
+    // L1 up first: the freeze below must hit the command, not L1's boot.
+    assert_eq!(run("echo up").output, "up\n");
+    // One beat (60 s) and a margin; the default is four beats.
+    lab::set_l1_silence(Duration::from_secs(75));
+    let t = std::thread::spawn(|| {
+        lab::run(
+            "echo frozen-started; sleep 600; echo not reached",
+            Duration::from_secs(900),
+        )
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    lab::l1_monitor("stop").expect("QEMU monitor: stop");
+    let started = std::time::Instant::now();
+    let err = t.join().expect("runner thread").unwrap_err();
+    lab::l1_monitor("cont").expect("QEMU monitor: cont");
+    lab::set_l1_silence(Duration::from_secs(240));
+    let msg = err.to_string();
+    eprintln!("{msg}");
+    assert!(matches!(err, lab::LabError::L1Stuck { .. }), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(200), "{msg}");
+    assert!(msg.contains("frozen-started"), "{msg}");
+    assert!(msg.contains("L1 did not report within"), "{msg}");
+    assert!(msg.contains("sample 3: RIP="), "{msg}");
+    assert!(msg.contains("info lapic:"), "{msg}");
+    // L1 runs on afterwards, and the frozen command was killed
+    let out = run("sleep 1; pgrep -f 'sleep 600' || echo none");
     assert_eq!(out.output, "none\n");
 }
 
