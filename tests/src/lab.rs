@@ -491,6 +491,9 @@ fn boot_lab() -> Result<Lab, LabError> {
         "-nodefaults",
         "-monitor",
         &format!("unix:{base_s}/monitor.sock,server=on,wait=off"),
+        // Names QEMU's threads ("CPU 0/TCG", ...) for the lab's report on a stuck L1.
+        "-name",
+        "qvm-lab,debug-threads=on",
         "-no-reboot",
     ])
     .args([
@@ -798,10 +801,11 @@ impl Lab {
 
     /// L1's vCPU as QEMU's monitor sees it (see [`Lab::diagnose`]).
     fn monitor_view(&self) -> String {
+        let threads = self.qemu_threads();
         let sock = self.base.join("monitor.sock");
         let mut m = match Monitor::connect(&sock) {
             Ok(m) => m,
-            Err(e) => return format!("(QEMU monitor {}: {e})\n", sock.display()),
+            Err(e) => return format!("{threads}(QEMU monitor {}: {e})\n", sock.display()),
         };
         self.keep_kallsyms();
         let syms = Symbols::load(&self.kallsyms, &self.base.join("l1-modules"));
@@ -832,6 +836,52 @@ impl Lab {
         match m.cmd("info lapic") {
             Ok(l) => out.push_str(&format!("info lapic:\n{l}")),
             Err(e) => out.push_str(&format!("  info lapic: {e}\n")),
+        }
+        threads + &out
+    }
+
+    /// QEMU's own threads on the host: state and CPU share over one second (a TCG vCPU thread
+    /// at 100% is L1 spinning; near 0% is L1 halted, waiting for an interrupt).
+    fn qemu_threads(&self) -> String {
+        let Some(pid) = fs::read_to_string(self.base.join("qemu.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        else {
+            return "(no qemu.pid)\n".into();
+        };
+        // (tid, comm, state, utime+stime in ticks)
+        let sample = || -> Vec<(String, String, String, u64)> {
+            let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+                return Vec::new();
+            };
+            dir.flatten()
+                .filter_map(|t| {
+                    let stat = fs::read_to_string(t.path().join("stat")).ok()?;
+                    let (head, rest) = stat.rsplit_once(") ")?;
+                    let comm = head.split_once(" (")?.1.to_string();
+                    let f: Vec<&str> = rest.split_whitespace().collect();
+                    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+                    let tid = t.file_name().to_string_lossy().into_owned();
+                    Some((tid, comm, f.first()?.to_string(), ticks))
+                })
+                .collect()
+        };
+        let a = sample();
+        thread::sleep(Duration::from_secs(1));
+        let b = sample();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let mut out = format!("QEMU (pid {pid}) threads on the host, CPU over 1 s:\n");
+        for (tid, comm, state, ticks) in &b {
+            let before = a
+                .iter()
+                .find(|x| &x.0 == tid)
+                .map(|x| x.3)
+                .unwrap_or(*ticks);
+            out.push_str(&format!(
+                "  {tid} {comm} {state} {}%\n",
+                ticks.saturating_sub(before) * 100 / hz
+            ));
         }
         out
     }
