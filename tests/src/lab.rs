@@ -407,6 +407,9 @@ struct Lab {
     ctl: Mutex<UnixStream>,
     /// Set by the keeper thread when qemu exits.
     exited: Arc<Mutex<Option<String>>>,
+    /// Set when a command found L1 stuck ([`LabError::L1Stuck`]): the next command first checks
+    /// that L1 answers again instead of waiting out another silence.
+    stuck: Mutex<Option<String>>,
 }
 
 fn lab() -> Result<&'static Lab, LabError> {
@@ -635,6 +638,7 @@ fn boot_lab() -> Result<Lab, LabError> {
         console,
         ctl: Mutex::new(ctl),
         exited,
+        stuck: Mutex::new(None),
     })
 }
 
@@ -659,6 +663,16 @@ impl Lab {
         let cmd = self.base.join("cmd");
         let rc_path = cmd.join(format!("{id}.rc"));
         let out_path = cmd.join(format!("{id}.out"));
+        let was_stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(when) = was_stuck {
+            if self.ask_report(Duration::from_secs(20)).is_err() {
+                return Err(LabError::L1Died {
+                    detail: format!("L1 got stuck during {when} and still does not answer"),
+                    console_tail: tail(&self.console),
+                });
+            }
+            *self.stuck.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
         self.send(&format!("run {id}\n"))?;
         let start = Instant::now();
         let mut poll = Duration::from_millis(2);
@@ -704,6 +718,8 @@ impl Lab {
                         continue;
                     }
                     let _ = self.send(&format!("kill {id}\n"));
+                    *self.stuck.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(format!("command {id}"));
                     return Err(LabError::L1Stuck {
                         silent: beat.1.elapsed().as_secs(),
                         id: id.to_string(),
@@ -740,34 +756,16 @@ impl Lab {
     /// is all there is: then L1 itself is stuck, below anything a test runs. Also says whether
     /// L1 answered.
     fn diagnose(&self) -> (String, bool) {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        let id = format!("d{}", NEXT.fetch_add(1, Ordering::Relaxed));
-        let begin = format!("QVM-LAB-DIAG-BEGIN {id}");
-        let end = format!("QVM-LAB-DIAG-END {id}");
         let mut out = String::from("--- what L1 was doing ---\n");
-        let sent = self.send(&format!("diag {id}\n"));
-        let start = Instant::now();
-        let mut report = None;
-        while sent.is_ok() && start.elapsed() < DIAG_WAIT {
-            let text = strip_escapes(&read_lossy(&self.console));
-            if let (Some(b), Some(e)) = (text.rfind(&begin), text.rfind(&end)) {
-                if b < e {
-                    report = Some(text[b..e + end.len()].to_string());
-                    break;
-                }
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
-        let answered = report.is_some();
-        match (report, sent) {
-            (Some(r), _) => {
+        let report = self.ask_report(DIAG_WAIT);
+        let answered = report.is_ok();
+        match report {
+            Ok(r) => {
                 out.push_str(&r);
                 out.push('\n');
             }
-            (None, Err(e)) => out.push_str(&format!("(cannot ask L1: {e})\n")),
-            (None, Ok(())) => {
-                let text = strip_escapes(&read_lossy(&self.console));
-                let partial = text.rfind(&begin).map(|b| &text[b..]).unwrap_or("");
+            Err(None) => out.push_str("(cannot ask L1: its control socket is gone)\n"),
+            Err(Some(partial)) => {
                 out.push_str(&format!(
                     "L1 did not report within {} s of being asked on its control port: L1's own \
                      kernel is stuck (its heartbeat, the last qvm-lab-hb line above, says since \
@@ -783,6 +781,28 @@ impl Lab {
         }
         out.push_str(&self.monitor_view());
         (out, answered)
+    }
+
+    /// Asks L1 for its `diag` report and waits up to `wait` for it. `Err(Some(partial))`: no
+    /// whole report in time (what it printed so far); `Err(None)`: could not ask.
+    fn ask_report(&self, wait: Duration) -> Result<String, Option<String>> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = format!("d{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        // With the newline, d1 does not match d10.
+        let begin = format!("QVM-LAB-DIAG-BEGIN {id}\n");
+        let end = format!("QVM-LAB-DIAG-END {id}\n");
+        self.send(&format!("diag {id}\n")).map_err(|_| None)?;
+        let start = Instant::now();
+        loop {
+            let text = strip_escapes(&read_lossy(&self.console));
+            match (text.rfind(&begin), text.rfind(&end)) {
+                (Some(b), Some(e)) if b < e => return Ok(text[b..e + end.len()].to_string()),
+                (b, _) if start.elapsed() >= wait => {
+                    return Err(Some(b.map(|b| text[b..].to_string()).unwrap_or_default()))
+                }
+                _ => thread::sleep(Duration::from_millis(200)),
+            }
+        }
     }
 
     /// Keeps the kallsyms the first L1 of an image wrote to the lab directory beside the image.
