@@ -39,34 +39,36 @@ bb=/run/qvm-lab/busybox
 
 # The diag verb's report: see the header. Output goes to the caller's stdout (the console).
 diag() {
-    echo "QVM-LAB-DIAG-BEGIN $1"
+    did=$1 # the loop below reuses the positional parameters
+    echo "QVM-LAB-DIAG-BEGIN $did"
     read -r up _ < /proc/uptime
     read -r la < /proc/loadavg
     echo "uptime $up s; loadavg $la"
     echo "tasks (tid state wchan comm; a kernel stack for every user thread and every D task):"
     for d in /proc/[0-9]*; do
-        read -r cl < "$d/cmdline" 2> /dev/null
         for t in "$d"/task/*; do
-            read -r st < "$t/stat" 2> /dev/null || continue
-            rest=${st##*) }
-            state=${rest%% *}
+            read -r st 2> /dev/null < "$t/stat" || continue
             comm=${st#*(}
             comm=${comm%)*}
+            # After "comm) ": state ppid pgrp session tty tpgid flags ... (not cmdline, whose
+            # read takes the mmap lock a task stuck in a page fault may hold).
+            set -- ${st##*) }
+            state=$1
+            kthread=$(( $7 & 0x200000 ))
             w=
-            read -r w < "$t/wchan" 2> /dev/null
-            echo "  ${t##*/} $state ${w:--} $comm"
-            if [ -n "$cl" ] || [ "$state" = D ]; then
-                while read -r line; do echo "      $line"; done 2> /dev/null < "$t/stack"
+            read -r w 2> /dev/null < "$t/wchan"
+            printf '  %s %s %s %s\n' "${t##*/}" "$state" "${w:--}" "$comm"
+            if [ "$kthread" = 0 ] || [ "$state" = D ]; then
+                while read -r line; do printf '      %s\n' "$line"; done 2> /dev/null < "$t/stack"
             fi
         done
-        cl=
     done
     echo "interrupts:"
-    while read -r line; do echo "  $line"; done < /proc/interrupts
+    while read -r line; do printf '  %s\n' "$line"; done < /proc/interrupts
     echo "timers:"
     $bb grep -m 12 -E '^now at|expires_next|^ #[0-9]|hres_active|nohz_mode' /proc/timer_list
     echo "share: $($bb timeout 10 $bb ls -d "$share/cmd" 2>&1 || echo "no answer from 9p within 10 s")"
-    echo "QVM-LAB-DIAG-END $1"
+    echo "QVM-LAB-DIAG-END $did"
 }
 
 heartbeat() {

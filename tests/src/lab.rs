@@ -98,7 +98,7 @@ pub enum LabError {
         id: String,
         partial_output: String,
         console_tail: String,
-        /// What L1 was doing when the time ran out ([`Lab::diagnose`]); empty in direct mode.
+        /// What L1 was doing when the time ran out (`Lab::diagnose`); empty in direct mode.
         diagnosis: String,
     },
     /// L1 stopped printing its heartbeat while a command ran: L1's kernel (or QEMU's TCG under
@@ -368,6 +368,16 @@ fn tail(p: &Path) -> String {
         format!("({} is empty)", p.display())
     } else {
         t
+    }
+}
+
+/// Whether L1 answered [`Lab::ask_report`]: a whole report, or the start of one (L1 runs, if
+/// slowly: the report reads every task's stack with dash, one byte per read).
+fn answered(report: &Result<String, Option<String>>) -> bool {
+    match report {
+        Ok(_) => true,
+        Err(Some(partial)) => !partial.is_empty(),
+        Err(None) => false,
     }
 }
 
@@ -665,7 +675,7 @@ impl Lab {
         let out_path = cmd.join(format!("{id}.out"));
         let was_stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(when) = was_stuck {
-            if self.ask_report(Duration::from_secs(20)).is_err() {
+            if !answered(&self.ask_report(DIAG_WAIT)) {
                 return Err(LabError::L1Died {
                     detail: format!("L1 got stuck during {when} and still does not answer"),
                     console_tail: tail(&self.console),
@@ -706,6 +716,7 @@ impl Lab {
                 if last != beat.0 {
                     beat = (last, Instant::now());
                 } else if beat.1.elapsed().as_secs() >= L1_SILENCE_SECS.load(Ordering::Relaxed) {
+                    let silent = beat.1.elapsed().as_secs();
                     let console_tail = tail(&self.console);
                     let (diagnosis, answered) = self.diagnose();
                     if answered {
@@ -721,7 +732,7 @@ impl Lab {
                     *self.stuck.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some(format!("command {id}"));
                     return Err(LabError::L1Stuck {
-                        silent: beat.1.elapsed().as_secs(),
+                        silent,
                         id: id.to_string(),
                         partial_output: read_lossy(&out_path),
                         console_tail,
@@ -758,26 +769,24 @@ impl Lab {
     fn diagnose(&self) -> (String, bool) {
         let mut out = String::from("--- what L1 was doing ---\n");
         let report = self.ask_report(DIAG_WAIT);
-        let answered = report.is_ok();
+        let answered = answered(&report);
         match report {
             Ok(r) => {
                 out.push_str(&r);
                 out.push('\n');
             }
             Err(None) => out.push_str("(cannot ask L1: its control socket is gone)\n"),
-            Err(Some(partial)) => {
-                out.push_str(&format!(
-                    "L1 did not report within {} s of being asked on its control port: L1's own \
-                     kernel is stuck (its heartbeat, the last qvm-lab-hb line above, says since \
-                     when).{}\n",
-                    DIAG_WAIT.as_secs(),
-                    if partial.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" It began:\n{partial}")
-                    }
-                ));
-            }
+            Err(Some(partial)) if !partial.is_empty() => out.push_str(&format!(
+                "L1 began its report but did not finish it within {} s: L1 runs, but slowly, or \
+                 the report itself blocked (its last line says where):\n{partial}\n",
+                DIAG_WAIT.as_secs()
+            )),
+            Err(Some(_)) => out.push_str(&format!(
+                "L1 did not report within {} s of being asked on its control port: L1's own \
+                 kernel is stuck (its heartbeat, the last qvm-lab-hb line above, says since \
+                 when).\n",
+                DIAG_WAIT.as_secs()
+            )),
         }
         out.push_str(&self.monitor_view());
         (out, answered)
@@ -991,11 +1000,9 @@ impl Symbols {
     }
 
     fn name(&self, addr: u64) -> String {
-        if let Some((base, _, m)) = self
-            .modules
-            .iter()
-            .find(|(base, size, _)| addr >= *base && addr < base + size)
-        {
+        if let Some((base, _, m)) = self.modules.iter().find(|(base, size, _)| {
+            addr >= *base && base.checked_add(*size).is_some_and(|e| addr < e)
+        }) {
             return format!("module {m}+{:#x}", addr - base);
         }
         if self.kernel.is_empty() {

@@ -122,22 +122,36 @@ fn a_frozen_l1_is_reported_as_such() {
         return;
     }
     let _freeze = FREEZE.lock().unwrap_or_else(|e| e.into_inner());
-    // L1 up first: the freeze below must hit the command, not L1's boot.
-    assert_eq!(run("echo up").output, "up\n");
-    // One beat (60 s) and a margin; the default is four beats.
+    // One beat (60 s) and a margin; the default is four beats. Restored however this ends.
+    struct Silence;
+    impl Drop for Silence {
+        fn drop(&mut self) {
+            lab::set_l1_silence(Duration::from_secs(240));
+        }
+    }
+    let _silence = Silence;
     lab::set_l1_silence(Duration::from_secs(75));
-    let t = std::thread::spawn(|| {
-        lab::run(
-            "echo frozen-started; sleep 600; echo not reached",
-            Duration::from_secs(900),
-        )
-    });
-    std::thread::sleep(Duration::from_secs(2));
+    // Freeze L1 only once the command is running (it holds lab::run's turn then, so no other
+    // test's command is in L1), and let it go again once the report is in.
+    let marker = lab::lab_share_dir().join("frozen-started");
+    let _ = std::fs::remove_file(&marker);
+    let script = format!(
+        "touch {}; echo frozen-started; sleep 600",
+        lab::shell_quote(&marker.to_string_lossy())
+    );
+    let t = std::thread::spawn(move || lab::run(&script, Duration::from_secs(900)));
+    let wait = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(
+            wait.elapsed() < Duration::from_secs(300),
+            "the command never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     lab::l1_monitor("stop").expect("QEMU monitor: stop");
     let started = std::time::Instant::now();
     let err = t.join().expect("runner thread").unwrap_err();
     lab::l1_monitor("cont").expect("QEMU monitor: cont");
-    lab::set_l1_silence(Duration::from_secs(240));
     let msg = err.to_string();
     eprintln!("{msg}");
     assert!(matches!(err, lab::LabError::L1Stuck { .. }), "{msg}");
