@@ -245,10 +245,7 @@ fn clean_stale(root: &Path) {
             continue;
         }
         let dir = e.path();
-        if let Some(qpid) = fs::read_to_string(dir.join("qemu.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        {
+        if let Some(qpid) = qemu_pid(&dir) {
             let cmdline = fs::read(format!("/proc/{qpid}/cmdline")).unwrap_or_default();
             if String::from_utf8_lossy(&cmdline).contains(dir.to_str().unwrap_or("\0")) {
                 // SAFETY: plain kill(2) of a qemu whose command line names our stale directory.
@@ -652,11 +649,15 @@ fn boot_lab() -> Result<Lab, LabError> {
     })
 }
 
-fn kill_qemu(base: &Path) {
-    if let Some(pid) = fs::read_to_string(base.join("qemu.pid"))
+/// The pid in a lab directory's `qemu.pid` (QEMU's `-pidfile`).
+fn qemu_pid(base: &Path) -> Option<i32> {
+    fs::read_to_string(base.join("qemu.pid"))
         .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-    {
+        .and_then(|s| s.trim().parse().ok())
+}
+
+fn kill_qemu(base: &Path) {
+    if let Some(pid) = qemu_pid(base) {
         // SAFETY: kill(2) of the qemu we started (its pidfile).
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
@@ -872,10 +873,7 @@ impl Lab {
     /// QEMU's own threads on the host: state and CPU share over one second (a TCG vCPU thread
     /// at 100% is L1 spinning; near 0% is L1 halted, waiting for an interrupt).
     fn qemu_threads(&self) -> String {
-        let Some(pid) = fs::read_to_string(self.base.join("qemu.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-        else {
+        let Some(pid) = qemu_pid(&self.base) else {
             return "(no qemu.pid)\n".into();
         };
         // (tid, comm, state, utime+stime in ticks)

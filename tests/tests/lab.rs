@@ -109,8 +109,13 @@ fn timeout_is_an_error() {
         assert!(msg.contains("sample 3: RIP="), "{msg}");
     }
     // the timed-out script and its children were killed
-    let out = run("sleep 1; pgrep -f 'sleep 61' || echo none");
-    assert_eq!(out.output, "none\n");
+    assert_gone("sleep 61");
+}
+
+/// No process in the lab matches `pattern` (`pgrep -f`) a second after a command was killed.
+fn assert_gone(pattern: &str) {
+    let out = run(&format!("sleep 1; pgrep -f '{pattern}' || echo none"));
+    assert_eq!(out.output, "none\n", "{pattern} still runs");
 }
 
 /// The case the lab's report exists for: L1 itself stops (here QEMU's `stop` pauses its vCPU)
@@ -161,8 +166,7 @@ fn a_frozen_l1_is_reported_as_such() {
     assert!(msg.contains("sample 3: RIP="), "{msg}");
     assert!(msg.contains("info lapic:"), "{msg}");
     // L1 runs on afterwards, and the frozen command was killed
-    let out = run("sleep 1; pgrep -f 'sleep 600' || echo none");
-    assert_eq!(out.output, "none\n");
+    assert_gone("sleep 600");
 }
 
 /// Peer check: QEMU's microvm on the lab's KVM boots the project's guest kernel and initramfs
